@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh machine:
+#   make run   - create .venv, install, run every notebook at the `small` profile
+#   make test  - create .venv, install, run the tests
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+KERNEL := kd-studies
+
+.PHONY: install run test bench clean-cache
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "kd-studies (.venv)"
+	@touch $@
+
+install: $(STAMP)
+
+run: install
+	@start=$$(date +%s); \
+	$(PY) -m kdutils run --profile small && \
+	echo "make run: all notebooks at small in $$(( $$(date +%s) - start )) s"
+
+test: install
+	@start=$$(date +%s); \
+	$(PY) -m pytest; rc=$$?; \
+	echo "make test: tests in $$(( $$(date +%s) - start )) s"; exit $$rc
+
+bench: install
+	$(PY) -m kdutils bench synthworld
+
+clean-cache:
+	rm -rf .cache runs

@@ -1,0 +1,67 @@
+"""Command line: `python -m kdutils run|list|bench`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from .errors import KDError
+
+BENCHMARKS = {
+    "synthworld": ("kdutils.synthworld", "benchmark", "SynthWorld images/s at 32x32 on one core"),
+}
+
+
+def _list() -> None:
+    from .runner import notebook_parameters, notebooks
+
+    for path in notebooks():
+        print(path.stem)
+        for name, spec in notebook_parameters(path).items():
+            help_ = f"  # {spec['help']}" if spec.get("help") else ""
+            print(f"    {name} = {spec['default']}{help_}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kdutils", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="execute notebooks with papermill")
+    run_p.add_argument("notebooks", nargs="*", help="names such as 00_overview or 04 (default: all)")
+    run_p.add_argument("--profile", default="small", choices=("tiny", "small", "paper"))
+    run_p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                       help="notebook parameter (a Python literal; repeatable)")
+    run_p.add_argument("--output-root", type=Path, default=None,
+                       help="figures/results go to OUTPUT_ROOT/<notebook> "
+                            "(default: figures/ for small, runs/<profile>/ otherwise)")
+    run_p.add_argument("--kernel", default="kd-studies")
+    run_p.add_argument("--no-progress", action="store_true")
+    sub.add_parser("list", help="show the notebooks and their parameters")
+    bench_p = sub.add_parser("bench", help="speed benchmarks that print measured ratios")
+    bench_p.add_argument("name", choices=sorted(BENCHMARKS))
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "list":
+            _list()
+        elif args.command == "bench":
+            module, func, _ = BENCHMARKS[args.name]
+            getattr(importlib.import_module(module), func)()
+        else:
+            from .runner import NotebookFailed, parse_assignments, run
+
+            try:
+                run(args.notebooks, args.profile, parse_assignments(args.param), args.output_root,
+                    args.kernel, progress=not args.no_progress)
+            except NotebookFailed as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 1
+    except KDError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

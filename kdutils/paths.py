@@ -1,0 +1,30 @@
+"""Where things live, independent of the current directory (JupyterLab, papermill, pytest)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+FIGURES_DIR = REPO_ROOT / "figures"
+RUNS_DIR = REPO_ROOT / "runs"
+
+
+def shared_data_dir() -> Path:
+    """`$KD_SHARED_DATA`, else the `shared/data` folder beside the repository."""
+    env = os.environ.get("KD_SHARED_DATA")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+def output_dir_for(notebook: str, profile: str, output_dir: str | None) -> Path:
+    """The folder a notebook writes figures and results to.
+
+    The runner always says where (`figures/<notebook>` for the canonical
+    `small` run); a notebook opened by hand writes to `runs/<profile>/<notebook>`.
+    """
+    path = Path(output_dir) if output_dir else RUNS_DIR / profile / notebook
+    if not path.is_absolute():
+        path = REPO_ROOT / path
+    path.mkdir(parents=True, exist_ok=True)
+    return path

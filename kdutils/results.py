@@ -1,0 +1,113 @@
+"""Results files: plain JSON and PNG, written atomically, with provenance.
+
+A results JSON holds what was measured plus everything needed to trust it:
+the configuration, seeds, library versions, git commit and wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["environment", "git_commit", "write_json", "write_results", "save_figure", "read_results"]
+
+_LIBRARIES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "transformers", "shap",
+              "matplotlib", "papermill")
+
+
+def git_commit() -> str | None:
+    """The repository's HEAD commit (with '+dirty' when there are uncommitted changes)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def environment() -> dict:
+    """Python, platform, device and library versions of this run."""
+    versions = {}
+    for lib in _LIBRARIES:
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            versions[lib] = None
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "device": device,
+            "torch_threads": torch.get_num_threads(), "libraries": versions}
+
+
+def _plain(obj):
+    """Convert numpy / torch scalars and arrays to JSON types; refuse NaN silently hidden as null."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        return _plain(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)  # "nan" / "inf": visible in the file, never a fake number
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: str | os.PathLike, data: dict) -> Path:
+    """Write JSON atomically: a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(_plain(data), indent=2, sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def write_results(path: str | os.PathLike, *, notebook: str, metrics: dict, config: dict,
+                  seeds, started: float, extra: dict | None = None) -> Path:
+    """The results JSON every notebook writes: metrics + config + provenance."""
+    data = {
+        "notebook": notebook,
+        "profile": config.get("profile"),
+        "seeds": list(seeds),
+        "metrics": metrics,
+        "config": config,
+        "git_commit": git_commit(),
+        "environment": environment(),
+        "wall_time_s": round(time.time() - started, 2),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if extra:
+        data.update(extra)
+    return write_json(path, data)
+
+
+def read_results(path: str | os.PathLike) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def save_figure(fig, out_dir: str | os.PathLike, name: str, dpi: int = 110) -> Path:
+    """Save a figure as PNG atomically under `out_dir/name.png` and return the path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.png"
+    tmp = out_dir / f".{name}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,320 @@
+"""One training loop for every study, readable top to bottom.
+
+`fit` trains any model whose loss a study expresses as `compute_loss(batch)
+-> {"loss": tensor, ...named parts}` (mdistiller style: the method returns its
+named losses, the loop only sums what it is told). What the loop adds:
+
+* seeded determinism on CPU (same seed, same numbers);
+* a checkpoint after every epoch, written atomically, holding the model,
+  optimiser, scheduler, AMP scaler, history and every RNG state, so a run
+  killed at any point and started again ends with exactly the metrics of an
+  uninterrupted run;
+* a NaN/inf guard that names the epoch and step;
+* early stopping and ReduceLROnPlateau on a chosen validation metric;
+* AMP and channels-last on CUDA, tqdm progress everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import ConfigError, NonFiniteLossError
+
+__all__ = [
+    "seed_everything",
+    "resolve_device",
+    "make_optimizer",
+    "make_scheduler",
+    "warmup_cosine",
+    "History",
+    "fit",
+    "to_device",
+    "predict",
+]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a torch Generator for data loaders."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """`auto` means CUDA when present, else CPU; anything else is taken literally."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device='{device}' but no CUDA device is visible; use device='cpu' or 'auto'.")
+    return torch.device(device)
+
+
+def make_optimizer(params: Iterable, name: str, lr: float, momentum: float = 0.9,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The optimisers the four studies use: SGD (with momentum), Adam, AdamW."""
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ConfigError("make_optimizer got no trainable parameters (is everything frozen?).")
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ConfigError(f"optimizer '{name}' is unknown; choose sgd, adam or adamw.")
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                  min_factor: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up then cosine decay, stepped once per optimisation step."""
+    if total_steps <= 0 or warmup_steps < 0 or warmup_steps > total_steps:
+        raise ConfigError(f"warmup_cosine needs 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps}).")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_scheduler(optimizer, name: str | None, *, epochs: int = 1, steps_per_epoch: int = 1,
+                   warmup_epochs: int = 0, plateau_factor: float = 0.1, plateau_patience: int = 3,
+                   mode: str = "max"):
+    """None, 'plateau' (ReduceLROnPlateau on the monitored metric) or 'warmup_cosine' (per step)."""
+    if name in (None, "none"):
+        return None
+    if name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=plateau_factor, patience=plateau_patience)
+    if name == "warmup_cosine":
+        return warmup_cosine(optimizer, warmup_epochs * steps_per_epoch, epochs * steps_per_epoch)
+    raise ConfigError(f"scheduler '{name}' is unknown; choose none, plateau or warmup_cosine.")
+
+
+def to_device(batch, device: torch.device, channels_last: bool = False):
+    """Move a batch (tensor, or tuple/list/dict of them) to `device`; other items pass through."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.ndim == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device, channels_last) for b in batch)
+    return batch
+
+
+@dataclass
+class History:
+    """Per-epoch records: training losses (means over steps), validation metrics, lr, time."""
+
+    epochs: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_value: float | None = None
+    stopped_early: bool = False
+
+    def series(self, key: str) -> list[float]:
+        return [e[key] for e in self.epochs if key in e]
+
+    def to_dict(self) -> dict:
+        return {"epochs": self.epochs, "best_epoch": self.best_epoch,
+                "best_value": self.best_value, "stopped_early": self.stopped_early}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        return cls(**d)
+
+
+def _rng_state(loader) -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    gen = getattr(loader, "generator", None)
+    if gen is not None:
+        state["loader"] = gen.get_state()
+    return state
+
+
+def _set_rng_state(state: dict, loader) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    gen = getattr(loader, "generator", None)
+    if gen is not None and "loader" in state:
+        gen.set_state(state["loader"])
+
+
+def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def fit(
+    model: nn.Module,
+    loader,
+    compute_loss: Callable[[object], dict],
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    *,
+    scheduler=None,
+    evaluate: Callable[[], dict] | None = None,
+    monitor: str | None = None,
+    mode: str = "max",
+    patience: int | None = None,
+    restore_best: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_key: str = "",
+    device: torch.device | str = "cpu",
+    amp: bool | None = None,
+    channels_last: bool | None = None,
+    max_steps_per_epoch: int | None = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> History:
+    """Train `model` for `epochs`; return its History.
+
+    `compute_loss(batch)` gets the batch already on `device` and returns a dict
+    whose "loss" entry is minimised; the other entries are logged as epoch means.
+    `evaluate()` (optional) returns validation metrics after each epoch;
+    `monitor` names the one that drives early stopping (`patience` epochs
+    without improvement), ReduceLROnPlateau and `restore_best`.
+    With `checkpoint`, state is saved after each epoch and an existing file
+    is resumed (a finished run returns at once); `checkpoint_key` must match
+    the file's, so a changed configuration never resumes a stale run.
+    `max_steps_per_epoch` caps the steps (the `dry_run` mode uses 2).
+    """
+    device = torch.device(device)
+    on_cuda = device.type == "cuda"
+    amp = on_cuda if amp is None else amp
+    channels_last = on_cuda if channels_last is None else channels_last
+    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    if (patience is not None or plateau or restore_best) and (evaluate is None or monitor is None):
+        raise ConfigError("early stopping, ReduceLROnPlateau and restore_best need `evaluate` and `monitor`.")
+    if mode not in ("max", "min"):
+        raise ConfigError(f"mode must be 'max' or 'min', got '{mode}'.")
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and on_cuda)
+
+    history, start_epoch, best_state, since_best = History(), 0, None, 0
+    ckpt_path = Path(checkpoint) if checkpoint else None
+    if ckpt_path is not None and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if state["key"] != checkpoint_key:
+            raise ConfigError(
+                f"checkpoint {ckpt_path} was written for a different configuration "
+                f"(key {state['key']!r}, expected {checkpoint_key!r}); delete it to retrain.")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history = History.from_dict(state["history"])
+        best_state, since_best = state["best_state"], state["since_best"]
+        start_epoch = len(history.epochs)
+        _set_rng_state(state["rng"], loader)
+        if progress and start_epoch < epochs and not history.stopped_early:
+            print(f"[{desc}] resuming from {ckpt_path} at epoch {start_epoch + 1}/{epochs}")
+
+    better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
+    epoch_bar = tqdm(range(start_epoch, epochs), desc=desc, disable=not progress, leave=False)
+    for epoch in epoch_bar:
+        if history.stopped_early:
+            break
+        t0 = time.perf_counter()
+        model.train()
+        sums: dict[str, float] = {}
+        n_steps = 0
+        steps = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
+        for step, batch in enumerate(steps):
+            if max_steps_per_epoch is not None and step >= max_steps_per_epoch:
+                break
+            batch = to_device(batch, device, channels_last)
+            with torch.autocast(device.type, enabled=amp and on_cuda):
+                losses = compute_loss(batch)
+            loss = losses["loss"]
+            if not torch.isfinite(loss).all():
+                raise NonFiniteLossError(
+                    f"[{desc}] loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                    "lower the learning rate, check the inputs for NaN, or disable AMP.")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            if scheduler is not None and not plateau:
+                scheduler.step()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            n_steps += 1
+            steps.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        record.update({f"train_{k}": v / max(n_steps, 1) for k, v in sums.items()})
+        if evaluate is not None:
+            model.eval()
+            record.update(evaluate())
+            model.train()
+        record["seconds"] = time.perf_counter() - t0
+        history.epochs.append(record)
+
+        if monitor is not None:
+            value = record[monitor]
+            if history.best_value is None or better(value, history.best_value):
+                history.best_value, history.best_epoch, since_best = value, epoch + 1, 0
+                if restore_best:
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                since_best += 1
+            if plateau:
+                scheduler.step(value)
+            if patience is not None and since_best >= patience:
+                history.stopped_early = True
+        epoch_bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
+                               if k not in ("epoch", "seconds") and isinstance(v, float)})
+        if ckpt_path is not None:
+            _atomic_save({
+                "key": checkpoint_key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scaler": scaler.state_dict(), "history": history.to_dict(), "best_state": best_state,
+                "since_best": since_best, "rng": _rng_state(loader),
+            }, ckpt_path)
+    if restore_best and best_state is not None:
+        model.load_state_dict(best_state)
+    return history
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, device: torch.device | str = "cpu",
+            inputs: Callable = lambda b: b[0], progress: bool = False) -> torch.Tensor:
+    """Model outputs over a loader, concatenated on the CPU (model in eval mode)."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    outs = [model(to_device(inputs(b), device)).float().cpu()
+            for b in tqdm(loader, desc="predict", leave=False, disable=not progress)]
+    model.train(was_training)
+    return torch.cat(outs)

@@ -1,0 +1,122 @@
+"""Teacher wrapper, frozen-output cache, profiles and results files."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from kdutils.cache import cached, cached_outputs, model_fingerprint
+from kdutils.errors import ConfigError
+from kdutils.profiles import PROFILE_NAMES, load_profile
+from kdutils.results import read_results, write_json, write_results
+from kdutils.teacher import FrozenTeacher
+
+
+def test_frozen_teacher_normalises_and_stays_frozen():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Flatten())
+    teacher = FrozenTeacher(net, mean=(0.5, 0.25, 0.0), std=(0.5, 0.5, 1.0))
+    teacher.train()  # must not switch dropout / batch norm on
+    assert not teacher.training and not net.training
+    assert all(not p.requires_grad for p in teacher.parameters())
+    x = torch.rand(2, 3, 8, 8)
+    manual = (x - torch.tensor([0.5, 0.25, 0.0]).view(1, 3, 1, 1)) / torch.tensor([0.5, 0.5, 1.0]).view(1, 3, 1, 1)
+    assert torch.allclose(teacher(x), net(manual))
+    assert torch.equal(teacher(x), teacher(x))  # dropout off
+    bn_before = net[1].running_mean.clone()
+    teacher(x * 10)
+    assert torch.equal(net[1].running_mean, bn_before)
+    assert not teacher(x).requires_grad
+
+
+def test_frozen_teacher_resizes_to_its_input_size():
+    seen = {}
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen["shape"] = tuple(x.shape)
+            return x.mean((2, 3))
+
+    FrozenTeacher(Probe(), input_size=24)(torch.rand(2, 3, 8, 8))
+    assert seen["shape"] == (2, 3, 24, 24)
+
+
+def test_cache_computes_once_and_reuses(tmp_path):
+    calls = {"n": 0}
+
+    def compute():
+        calls["n"] += 1
+        return torch.arange(5)
+
+    a = cached("logits", {"model": "m", "seed": 1}, compute, root=tmp_path, verbose=False)
+    b = cached("logits", {"seed": 1, "model": "m"}, compute, root=tmp_path, verbose=False)
+    assert calls["n"] == 1 and torch.equal(a, b)
+    cached("logits", {"model": "m", "seed": 2}, compute, root=tmp_path, verbose=False)
+    assert calls["n"] == 2
+    assert not list(tmp_path.rglob("*.tmp*"))
+
+
+def test_cached_outputs_equal_plain_outputs_and_track_weights(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    x = torch.randn(20, 4)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=6)
+    out = cached_outputs(model, loader, data_key={"d": 1}, root=tmp_path)
+    assert torch.allclose(out, model(x).detach())
+    fp = model_fingerprint(model)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert model_fingerprint(model) != fp
+    out2 = cached_outputs(model, loader, data_key={"d": 1}, root=tmp_path)
+    assert torch.allclose(out2, model(x).detach())  # changed weights: a new entry, not the stale one
+    shuffled = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=6, shuffle=True)
+    with pytest.raises(ValueError, match="shuffle"):
+        cached_outputs(model, shuffled, data_key={"d": 1}, root=tmp_path)
+
+
+@pytest.mark.parametrize("profile", PROFILE_NAMES)
+def test_profiles_load(profile):
+    cfg = load_profile(profile)
+    assert cfg.profile == profile and cfg.batch_size > 0
+
+
+def test_profile_sizes_grow_from_tiny_to_small():
+    tiny, small = load_profile("tiny"), load_profile("small")
+    assert tiny.n_target_train < small.n_target_train and tiny.epochs < small.epochs
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"seeds": "abc"}, "'seeds'"),
+    ({"seeds": [1, "a"]}, "'seeds\\[1\\]'"),
+    ({"no_such_key": 1}, "'no_such_key'"),
+    ({"epochs": 1.5}, "'epochs'"),
+    ({"dry_run": 1}, "'dry_run'"),
+    ({"context_p": 2.0}, "'context_p'"),
+    ({"batch_size": 0}, "'batch_size'"),
+])
+def test_profile_errors_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_profile("tiny", **overrides)
+
+
+def test_profile_overrides_and_none_passthrough():
+    cfg = load_profile("small", seeds=(0, 7, 42), context_p=1, epochs=None)
+    assert cfg.seeds == [0, 7, 42] and cfg.context_p == 1.0 and cfg.epochs == load_profile("small").epochs
+    assert cfg.replace(dry_run=True).max_steps == 2
+    with pytest.raises(ConfigError):
+        load_profile("huge")
+
+
+def test_results_json_has_provenance_and_is_atomic(tmp_path):
+    import time
+
+    path = write_results(tmp_path / "r" / "results.json", notebook="nb", metrics={"acc": 91.5, "bad": float("nan")},
+                         config=load_profile("tiny").to_dict(), seeds=[0], started=time.time())
+    data = read_results(path)
+    assert data["metrics"] == {"acc": 91.5, "bad": "nan"}
+    for key in ("config", "seeds", "git_commit", "environment", "wall_time_s", "profile"):
+        assert key in data
+    assert data["environment"]["libraries"]["torch"].startswith("2.")
+    assert [p.name for p in path.parent.iterdir()] == ["results.json"]
+    write_json(tmp_path / "x.json", {"t": torch.tensor([1, 2])})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"t": [1, 2]}

@@ -1,0 +1,168 @@
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from kdutils.errors import ConfigError, NonFiniteLossError
+from kdutils.train import fit, make_optimizer, make_scheduler, predict, seed_everything, warmup_cosine
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from train_script import make_run  # noqa: E402
+
+
+def _train(ckpt=None, epochs=4, seed=3):
+    model, loader, opt, sched, evaluate = make_run(seed)
+
+    def compute_loss(batch):
+        xb, yb = batch
+        return {"loss": nn.functional.cross_entropy(model(xb), yb)}
+
+    hist = fit(model, loader, compute_loss, opt, epochs=epochs, scheduler=sched, evaluate=evaluate,
+               monitor="val_acc", checkpoint=ckpt, checkpoint_key="k", progress=False)
+    return model, hist
+
+
+def _strip(hist):
+    return [{k: v for k, v in e.items() if k != "seconds"} for e in hist.epochs]
+
+
+def test_same_seed_gives_identical_metrics_and_weights():
+    m1, h1 = _train(seed=11)
+    m2, h2 = _train(seed=11)
+    assert _strip(h1) == _strip(h2)
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(a, b)
+    _, h3 = _train(seed=12)
+    assert _strip(h3) != _strip(h1)
+
+
+def test_training_learns_the_task():
+    _, hist = _train(epochs=5)
+    assert hist.epochs[-1]["val_acc"] > 80
+    assert hist.epochs[-1]["train_loss"] < hist.epochs[0]["train_loss"]
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    script = str(HERE / "train_script.py")
+
+    def run(ckpt, out, *kill):
+        return subprocess.run([sys.executable, script, str(ckpt), str(out), *map(str, kill)],
+                              capture_output=True, text=True, timeout=120)
+
+    full = run(tmp_path / "a.pt", tmp_path / "a.json")
+    assert full.returncode == 0, full.stderr
+    killed = run(tmp_path / "b.pt", tmp_path / "b.json", 3, 2)  # dies in epoch 3, step 2
+    assert killed.returncode == -9, (killed.returncode, killed.stderr)
+    assert not (tmp_path / "b.json").exists()
+    state = torch.load(tmp_path / "b.pt", weights_only=False)
+    assert len(state["history"]["epochs"]) == 2  # epochs 1 and 2 were checkpointed
+    resumed = run(tmp_path / "b.pt", tmp_path / "b.json")
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "a.json").read_text())
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert a["epochs"] == b["epochs"]
+    assert a["weights"] == b["weights"]
+
+
+def test_finished_checkpoint_returns_without_training(tmp_path):
+    m1, h1 = _train(tmp_path / "c.pt", epochs=3)
+    m2, h2 = _train(tmp_path / "c.pt", epochs=3)
+    assert _strip(h1) == _strip(h2)
+    assert [e["seconds"] for e in h1.epochs] == [e["seconds"] for e in h2.epochs]  # loaded, not re-run
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_of_another_configuration_is_refused(tmp_path):
+    model, loader, opt, _, _ = make_run()
+    loss = lambda b: {"loss": nn.functional.cross_entropy(model(b[0]), b[1])}  # noqa: E731
+    fit(model, loader, loss, opt, epochs=1, checkpoint=tmp_path / "x.pt", checkpoint_key="one", progress=False)
+    with pytest.raises(ConfigError, match="different configuration"):
+        fit(model, loader, loss, opt, epochs=2, checkpoint=tmp_path / "x.pt", checkpoint_key="two",
+            progress=False)
+
+
+def test_nan_loss_names_epoch_and_step():
+    model, loader, opt, _, _ = make_run()
+    calls = {"n": 0}
+
+    def compute_loss(batch):
+        calls["n"] += 1
+        loss = nn.functional.cross_entropy(model(batch[0]), batch[1])
+        if calls["n"] == len(loader) + 3:  # epoch 2, step 3
+            loss = loss * float("nan")
+        return {"loss": loss}
+
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 3"):
+        fit(model, loader, compute_loss, opt, epochs=3, progress=False)
+
+
+def test_early_stopping_and_plateau_factor():
+    model = nn.Linear(2, 2)
+    loader = [(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))]
+    opt = make_optimizer(model.parameters(), "sgd", lr=1.0)
+    sched = make_scheduler(opt, "plateau", plateau_factor=0.9, plateau_patience=1)
+    scores = iter([50.0, 60.0, 55.0, 55.0, 58.0, 59.0, 70.0, 80.0])
+    hist = fit(model, loader, lambda b: {"loss": model(b[0]).sum() * 0}, opt, epochs=8,
+               scheduler=sched, evaluate=lambda: {"val_acc": next(scores)}, monitor="val_acc",
+               patience=3, progress=False)
+    assert hist.stopped_early and len(hist.epochs) == 5  # 60 at epoch 2, then 3 epochs without a better one
+    assert hist.best_epoch == 2 and hist.best_value == 60.0
+    lrs = hist.series("lr")
+    # ReduceLROnPlateau (patience 1) cuts after the 2nd bad epoch: epoch 4; the lr is logged before the step.
+    assert lrs[:4] == [1.0] * 4 and math.isclose(lrs[4], 0.9)
+
+
+def test_restore_best_weights():
+    model = nn.Linear(1, 1, bias=False)
+    nn.init.zeros_(model.weight)
+    loader = [(torch.ones(1, 1),)]
+    opt = make_optimizer(model.parameters(), "sgd", lr=1.0, momentum=0.0)
+    # loss = -w, so w grows by 1 each epoch; metric peaks at epoch 2 (w = 2)
+    scores = iter([1.0, 5.0, 2.0])
+    fit(model, loader, lambda b: {"loss": -model(b[0]).sum()}, opt, epochs=3,
+        evaluate=lambda: {"m": next(scores)}, monitor="m", restore_best=True, progress=False)
+    assert model.weight.item() == pytest.approx(2.0)
+
+
+def test_warmup_cosine_schedule_values():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_cosine(opt, warmup_steps=2, total_steps=6)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    expected = [0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
+    assert lrs == pytest.approx(expected)
+
+
+def test_dry_run_step_cap_and_predict():
+    model, loader, opt, _, _ = make_run()
+    seen = {"n": 0}
+
+    def compute_loss(batch):
+        seen["n"] += 1
+        return {"loss": nn.functional.cross_entropy(model(batch[0]), batch[1])}
+
+    fit(model, loader, compute_loss, opt, epochs=2, max_steps_per_epoch=2, progress=False)
+    assert seen["n"] == 4
+    out = predict(model, loader)
+    assert out.shape == (96, 2)
+
+
+def test_bad_arguments_fail_early():
+    model, loader, opt, _, _ = make_run()
+    with pytest.raises(ConfigError, match="evaluate"):
+        fit(model, loader, lambda b: {}, opt, epochs=1, patience=2)
+    with pytest.raises(ConfigError, match="unknown"):
+        make_optimizer(model.parameters(), "lbfgs", lr=0.1)
+    with pytest.raises(ConfigError, match="trainable"):
+        make_optimizer([nn.Parameter(torch.zeros(1), requires_grad=False)], "sgd", lr=0.1)
+    seed_everything(0)

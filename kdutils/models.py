@@ -1,0 +1,162 @@
+"""Vision backbones for every scale.
+
+`small`/`tiny` use `SmallResNet`, a CIFAR-sized ResNet whose widths and depths
+are parameters, so the students and teachers of the studies are the same
+architecture family at different sizes. It is written to be attribution-safe
+(STUDIES.md section 5): every ReLU is its own non-in-place module, used once,
+and the residual add is out of place, so shap's DeepExplainer can trace it.
+Its stem keeps ResNet's overlapping `MaxPool2d(3, 2, 1)`, as the real ResNets do.
+
+`paper` uses torchvision's models with their published weights; a missing
+weight file is an error that says where to put it, never random weights
+(unless `dry_run` allows them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, MissingDataError
+
+# name -> (stage widths, blocks per stage). Sizes measured at 32x32 input.
+SMALL_ARCHS = {
+    "resnet_xs": ((8, 16, 32, 64), (1, 1, 1, 1)),       # tiny-profile student  (~0.08M)
+    "resnet_s": ((16, 32, 64, 128), (1, 1, 1, 1)),      # small student         (~0.3M)
+    "resnet_m": ((32, 64, 128, 256), (1, 1, 1, 1)),     # small teacher         (~1.2M)
+    "resnet_l": ((48, 96, 192, 384), (2, 2, 2, 2)),     # larger teacher        (~6.3M, slow on CPU)
+}
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block with separate ReLUs and an out-of-place residual add."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.relu2 = nn.ReLU()
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """ResNet for 32x32 images: conv stem + max-pool, four stages, global pooling, optional head.
+
+    `forward` gives class logits when `num_classes > 0`, else pooled features;
+    `features` gives the pooled `feature_dim` vector; `tokens` gives the last
+    feature map flattened to a (N, H*W, C) token sequence (study 1's head).
+    """
+
+    def __init__(self, widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1), num_classes: int = 0,
+                 dropout: float = 0.0):
+        super().__init__()
+        if len(widths) != len(blocks):
+            raise ConfigError(f"widths {widths} and blocks {blocks} must have the same length.")
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
+                                  nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        layers, c_in = [], widths[0]
+        for i, (w, n) in enumerate(zip(widths, blocks)):
+            for j in range(n):
+                layers.append(BasicBlock(c_in, w, stride=2 if (i > 0 and j == 0) else 1))
+                c_in = w
+        self.layers = nn.Sequential(*layers)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.feature_dim = c_in
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(c_in, num_classes) if num_classes > 0 else nn.Identity()
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.stem(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.feature_map(x))
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(x).flatten(2).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.features(x)))
+
+
+def small_resnet(arch: str, num_classes: int = 0, dropout: float = 0.0) -> SmallResNet:
+    """One of the named `SMALL_ARCHS` sizes."""
+    if arch not in SMALL_ARCHS:
+        raise ConfigError(f"unknown small architecture '{arch}'; choose one of {sorted(SMALL_ARCHS)}.")
+    widths, blocks = SMALL_ARCHS[arch]
+    return SmallResNet(widths, blocks, num_classes, dropout)
+
+
+def replace_head(model: nn.Module, num_classes: int, dropout: float = 0.0) -> nn.Module:
+    """New `num_classes` head (after `dropout`) on a SmallResNet or torchvision ResNet / ViT."""
+    if isinstance(model, SmallResNet):
+        model.dropout = nn.Dropout(dropout)
+        model.fc = nn.Linear(model.feature_dim, num_classes)
+        return model
+    if hasattr(model, "fc") and isinstance(model.fc, nn.Linear):  # torchvision ResNet / WideResNet
+        model.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(model.fc.in_features, num_classes))
+        return model
+    if hasattr(model, "heads"):  # torchvision ViT
+        in_features = model.heads[-1].in_features
+        model.heads = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes))
+        return model
+    raise ConfigError(f"replace_head does not know where the head of {type(model).__name__} is.")
+
+
+def freeze_backbone(model: nn.Module) -> nn.Module:
+    """Freeze everything but the head (`fc` or `heads`): head-only transfer learning."""
+    head = model.fc if hasattr(model, "fc") else model.heads
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in head.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def torchvision_model(name: str, weights: str | None, allow_random: bool = False) -> nn.Module:
+    """A torchvision model with published weights (`weights` is the enum member name).
+
+    The weight file must already be in torch's hub cache ($TORCH_HOME): nothing
+    downloads at run time here. When it is missing the error names the file and
+    how to fetch it; `allow_random=True` (dry runs) builds random weights instead.
+    """
+    import torchvision
+
+    try:
+        builder = torchvision.models.get_model_builder(name)
+    except ValueError as err:
+        raise ConfigError(f"torchvision has no model '{name}': {err}") from None
+    if weights is None or allow_random:
+        return builder(weights=None)
+    enum = torchvision.models.get_model_weights(name)
+    try:
+        w = enum[weights]
+    except KeyError:
+        raise ConfigError(f"'{weights}' is not a weight set of {name}; "
+                          f"choose one of {[m.name for m in enum]}.") from None
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
+    if not path.exists():
+        raise MissingDataError(
+            f"{name} weights {weights}", path,
+            f"On a machine with internet run `python -c \"import torchvision; "
+            f"torchvision.models.get_model('{name}', weights='{weights}')\"` (or download {w.url}) "
+            f"and copy the file to {path}; set TORCH_HOME to use another cache folder.")
+    return builder(weights=w)

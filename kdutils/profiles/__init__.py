@@ -5,7 +5,8 @@ about sizes: `tiny` (tests, seconds), `small` (the CPU default, minutes) and
 `paper` (real data and weights, a GPU). The fields every notebook shares are
 below; each study adds its own in a sibling module (`study1.py`...) as a
 `FIELDS` dict, so the full list of knobs and their values at each scale lives
-in this folder. Unknown keys and wrong types are errors that name the key,
+in this folder. In a study file a value may be a dict with exactly the keys
+tiny, small and paper: one value per scale. Unknown keys and wrong types are errors that name the key,
 raised before any work starts.
 """
 
@@ -156,6 +157,8 @@ def profile_values(profile: str) -> dict:
         raise ConfigError(f"unknown profile '{profile}'; choose one of {PROFILE_NAMES}.")
     out = {}
     for name, (_, value) in ALL_FIELDS.items():
+        if isinstance(value, dict) and set(value) == set(PROFILE_NAMES):  # study files' plain form
+            value = value[profile]
         value = value.get(profile) if isinstance(value, PerProfile) else value
         out[name] = list(value) if isinstance(value, list) else value
     return out

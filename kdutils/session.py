@@ -1,0 +1,77 @@
+"""The first and last cell of every notebook, written once.
+
+`start(...)` turns the papermill parameters into a checked configuration,
+picks the device, makes the output folder and applies the plotting style;
+`run.figure(fig, name)` saves a PNG; `run.save(metrics)` writes the results
+JSON with its provenance. Notebooks stay about their study.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import plots
+from .errors import ConfigError, MissingDataError
+from .paths import output_dir_for
+from .profiles import load_profile
+from .results import save_figure, write_results
+from .train import resolve_device
+
+
+@dataclass
+class NotebookRun:
+    name: str
+    cfg: object
+    out: Path
+    device: torch.device
+    started: float = field(default_factory=time.time)
+    figures: list[str] = field(default_factory=list)
+
+    def figure(self, fig, name: str):
+        """Save `fig` as `<out>/<name>.png` (atomically) and keep it displayed in the notebook."""
+        path = save_figure(fig, self.out, name)
+        self.figures.append(path.name)
+        return path
+
+    def save(self, metrics: dict, **extra) -> Path:
+        """Write `<out>/results.json`: metrics, config, seeds, versions, commit, wall time."""
+        path = write_results(self.out / "results.json", notebook=self.name, metrics=metrics,
+                             config=self.cfg.to_dict(), seeds=self.cfg.seeds, started=self.started,
+                             extra={"figures": sorted(set(self.figures)), **extra})
+        print(f"[{self.name}] results -> {path}  ({time.time() - self.started:.1f} s wall time)")
+        return path
+
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+
+def start(name: str, profile: str, *, seeds=None, dry_run: bool = False, output_dir: str | None = None,
+          overrides: dict | None = None) -> NotebookRun:
+    """Validate the notebook's parameters and prepare its run; raises before any work on bad input."""
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ConfigError(f"parameter 'overrides' must be a dict of profile fields, got {overrides!r}.")
+    cfg = load_profile(profile, seeds=seeds, dry_run=dry_run, **(overrides or {}))
+    device = resolve_device(cfg.device)
+    out = output_dir_for(name, cfg.profile, output_dir)
+    plots.style()
+    print(f"[{name}] profile={cfg.profile} seeds={cfg.seeds} dry_run={cfg.dry_run} device={device} -> {out}")
+    return NotebookRun(name=name, cfg=cfg, out=out, device=device)
+
+
+def require_files(paths: dict[str, tuple[Path, str]]) -> None:
+    """Fail fast on the `paper` profile: {what: (path, how to get it)} must all exist.
+
+    Every missing item is listed in one error, so a user fixes them in one go.
+    """
+    missing = [(what, Path(p), how) for what, (p, how) in paths.items() if not Path(p).exists()]
+    if not missing:
+        return
+    if len(missing) == 1:
+        what, p, how = missing[0]
+        raise MissingDataError(what, p, how)
+    lines = "\n".join(f"  - {what}: '{p}'. {how}" for what, p, how in missing)
+    raise MissingDataError(f"{len(missing)} required inputs", missing[0][1], f"Missing:\n{lines}")

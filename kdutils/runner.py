@@ -24,7 +24,9 @@ KERNEL_NAME = "kd-studies"
 
 
 def notebooks() -> list[Path]:
-    return sorted(p for p in NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+    """Every notebook in run order: the studies first, then the overview that reads their results."""
+    found = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+    return [p for p in found if not p.stem.startswith("00")] + [p for p in found if p.stem.startswith("00")]
 
 
 def resolve(name: str) -> Path:

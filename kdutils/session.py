@@ -75,3 +75,17 @@ def require_files(paths: dict[str, tuple[Path, str]]) -> None:
         raise MissingDataError(what, p, how)
     lines = "\n".join(f"  - {what}: '{p}'. {how}" for what, p, how in missing)
     raise MissingDataError(f"{len(missing)} required inputs", missing[0][1], f"Missing:\n{lines}")
+
+
+VERDICTS = ("reproduced", "not reproduced", "not measured at this profile")
+
+
+def claim(text: str, paper, measured, reproduced: bool | None, note: str = "") -> dict:
+    """One row of a study's claims table: the paper's number beside this run's, and a verdict.
+
+    `reproduced` must be computed from the data by the caller (a comparison,
+    a test); `None` means the claim cannot be measured at this profile. The
+    overview notebook collects these rows from every study's results JSON.
+    """
+    verdict = VERDICTS[2] if reproduced is None else VERDICTS[0] if reproduced else VERDICTS[1]
+    return {"claim": text, "paper": paper, "measured": measured, "verdict": verdict, "note": note}

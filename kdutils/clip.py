@@ -1,0 +1,336 @@
+"""CLIP at two sizes: a small one pretrained here on SynthWorld, the published one loaded from disk.
+
+Studies 1 and 2 need an image-text model. At `paper` it is
+`openai/clip-vit-base-patch32` (Hugging Face `CLIPModel`). At `small`/`tiny`
+it is the same class built from a small `CLIPConfig` (a ViT on 32x32 images
+and a causal text transformer over SynthWorld's word-level tokenizer) and
+pretrained with CLIP's symmetric contrastive loss on the SynthWorld *source*
+images and their captions. Two additions, both measured to matter here:
+attribute-changed captions as extra negatives (NegCLIP), and a share of images
+captioned by their class prompt. Without the prompts, zero-shot accuracy with
+"This is an image of a star." stayed near chance (11-14%) although the image
+embeddings held the shape (a caption-ensemble classifier reached 38%): a
+bare prompt looked like no training caption. With them it reached 38%.
+Pretraining runs once per (config, data, schedule, seed): the training loop's
+checkpoint is the cache, so the second notebook that asks for it gets the
+finished weights in seconds.
+
+The helpers below hide two things notebooks should not care about:
+preprocessing (every model in the lab takes images in [0, 1]; CLIP resizes
+them to its input size and normalises with its own statistics here), and the
+return types of transformers 5.x, where `get_image_features` /
+`get_text_features` return a ModelOutput whose `pooler_output` holds the
+projected embedding (older versions returned the tensor itself).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+import torch.nn.functional as F
+
+from . import metrics
+from .cache import cache_root, cached, key_digest
+from .errors import ConfigError, MissingDataError
+from .losses import clip_contrastive_loss
+from .pretrain import synth_split, to_tensors, world_config
+from .synthworld import class_prompts, vocabulary
+from .teacher import CLIP_MEAN, CLIP_STD, Normalize
+from .text import build_tokenizer, hf_download_hint, hf_source, quiet_transformers
+from .train import fit, resolve_device, seed_everything, warmup_cosine
+
+__all__ = ["SMALL_CLIP_ARCHS", "PAPER_CLIP", "small_clip_config", "preprocess", "image_embeds", "text_embeds",
+           "vision_tokens", "contrastive_loss_with_negatives", "encode_texts", "encode_images", "retrieval_recalls", "zero_shot_accuracy",
+           "pretrain_small_clip", "load_clip"]
+
+#: Named small CLIP sizes (like `models.SMALL_ARCHS`): 32x32 images in 8x8 patches -> 16 patch tokens.
+#: Patch 4 (64 tokens) learned less in the same CPU time (measured: worse recall and zero-shot).
+SMALL_CLIP_ARCHS = {
+    "clip_xs": dict(patch_size=8, vision_hidden=32, vision_layers=1, text_hidden=32, text_layers=1, heads=2,
+                    projection_dim=32),
+    "clip_s": dict(patch_size=8, vision_hidden=64, vision_layers=2, text_hidden=64, text_layers=2, heads=4,
+                   projection_dim=64),
+}
+PAPER_CLIP = "openai/clip-vit-base-patch32"
+#: Longest SynthWorld caption is 25 tokens with [CLS]/[SEP]; prompts are shorter.
+SYNTH_MAX_TOKENS = 32
+
+
+def small_clip_config(vocab_size: int, image_size: int = 32, patch_size: int = 4, vision_hidden: int = 128,
+                      vision_layers: int = 4, text_hidden: int = 128, text_layers: int = 4, heads: int = 4,
+                      projection_dim: int = 128, max_positions: int = SYNTH_MAX_TOKENS, pad_token_id: int = 0,
+                      bos_token_id: int = 2, eos_token_id: int = 3):
+    """A `CLIPConfig` for small images and a word-level tokenizer (ids as `text.build_tokenizer` gives them).
+
+    The text tower pools at the first `eos_token_id` ([SEP]), which must not be
+    2: transformers treats eos id 2 as the legacy "argmax of the ids" rule.
+    """
+    from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+
+    if image_size % patch_size:
+        raise ConfigError(f"image_size ({image_size}) must be a multiple of patch_size ({patch_size}).")
+    if eos_token_id == 2:
+        raise ConfigError("eos_token_id 2 selects transformers' legacy pooling rule; use the [SEP] id (3).")
+    for name, hidden in (("vision_hidden", vision_hidden), ("text_hidden", text_hidden)):
+        if hidden % heads:
+            raise ConfigError(f"{name} ({hidden}) must be divisible by heads ({heads}).")
+    text = CLIPTextConfig(vocab_size=vocab_size, hidden_size=text_hidden, intermediate_size=4 * text_hidden,
+                          num_hidden_layers=text_layers, num_attention_heads=heads, max_position_embeddings=max_positions,
+                          projection_dim=projection_dim, pad_token_id=pad_token_id, bos_token_id=bos_token_id,
+                          eos_token_id=eos_token_id)
+    vision = CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=4 * vision_hidden,
+                              num_hidden_layers=vision_layers, num_attention_heads=heads, image_size=image_size,
+                              patch_size=patch_size, projection_dim=projection_dim)
+    return CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=projection_dim)
+
+
+def preprocess(model, images01: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images (N, 3, H, W) -> CLIP pixel values: resized to the vision input size, CLIP-normalised."""
+    if images01.dim() != 4 or images01.shape[1] != 3:
+        raise ValueError(f"images must be (N, 3, H, W) floats in [0, 1], got {tuple(images01.shape)}")
+    norm = Normalize(CLIP_MEAN, CLIP_STD, input_size=int(model.config.vision_config.image_size))
+    return norm.to(images01.device)(images01.float())
+
+
+def _embedding(out, name: str) -> torch.Tensor:
+    """The projected embedding, whether transformers returned a tensor or a ModelOutput."""
+    if isinstance(out, torch.Tensor):
+        return out
+    for key in (name, "pooler_output"):
+        value = getattr(out, key, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    raise TypeError(f"cannot find the {name} in a {type(out).__name__}: transformers changed its return type again.")
+
+
+def image_embeds(model, images01: torch.Tensor) -> torch.Tensor:
+    """Projected (not normalised) image embeddings (N, projection_dim) of [0, 1] images."""
+    return _embedding(model.get_image_features(pixel_values=preprocess(model, images01)), "image_embeds")
+
+
+def text_embeds(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Projected (not normalised) text embeddings (N, projection_dim) of tokenized texts."""
+    return _embedding(model.get_text_features(input_ids=input_ids, attention_mask=attention_mask), "text_embeds")
+
+
+def vision_tokens(model, images01: torch.Tensor) -> torch.Tensor:
+    """Patch tokens (N, num_patches, vision_hidden) of the vision tower's last layer, class token dropped."""
+    out = model.vision_model(pixel_values=preprocess(model, images01))
+    return out.last_hidden_state[:, 1:]
+
+
+def _tokenize(tokenizer, texts, max_length: int | None = None) -> dict[str, torch.Tensor]:
+    max_length = max_length or min(int(getattr(tokenizer, "model_max_length", 77)), 512)
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+@torch.no_grad()
+def encode_texts(model, tokenizer, texts, batch_size: int = 512) -> torch.Tensor:
+    """L2-normalised text embeddings of a list of strings, on the CPU (model in eval mode)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = _tokenize(tokenizer, texts[i:i + batch_size])
+        out.append(F.normalize(text_embeds(model, enc["input_ids"].to(device),
+                                           enc["attention_mask"].to(device)).float(), dim=-1).cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_images(model, images01: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """L2-normalised image embeddings of a [0, 1] image tensor, on the CPU (model in eval mode)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = [F.normalize(image_embeds(model, images01[i:i + batch_size].to(device)).float(), dim=-1).cpu()
+           for i in range(0, len(images01), batch_size)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def retrieval_recalls(image_emb: torch.Tensor, text_emb: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
+    """Recall@k in % for image->text and text->image retrieval; row i of each is a matching pair.
+
+    Keys `i2t_r{k}` and `t2i_r{k}`. Ties count against the query (the true
+    item must score strictly higher than all but k-1 others).
+    """
+    if image_emb.shape != text_emb.shape:
+        raise ValueError(f"image and text embeddings must be paired row by row, got {tuple(image_emb.shape)} "
+                         f"and {tuple(text_emb.shape)}")
+    sims = F.normalize(image_emb.float(), dim=-1) @ F.normalize(text_emb.float(), dim=-1).T
+    out = {}
+    for name, s in (("i2t", sims), ("t2i", sims.T)):
+        rank = (s > s.diag().unsqueeze(1)).sum(1) + (s == s.diag().unsqueeze(1)).sum(1) - 1
+        for k in ks:
+            out[f"{name}_r{k}"] = 100.0 * float((rank < k).float().mean())
+    return out
+
+
+def zero_shot_accuracy(model, tokenizer, images01: torch.Tensor, labels: torch.Tensor, prompts) -> float:
+    """Top-1 in % of classifying images by their most similar class prompt (CLIP's zero-shot rule)."""
+    scores = encode_images(model, images01) @ encode_texts(model, tokenizer, list(prompts)).T
+    return metrics.accuracy(labels, scores)
+
+
+def contrastive_loss_with_negatives(image_emb: torch.Tensor, text_emb: torch.Tensor,
+                                    negative_text_emb: torch.Tensor | None, logit_scale) -> torch.Tensor:
+    """CLIP's symmetric loss, with extra caption negatives on the image->text side (NegCLIP).
+
+    Row i of `negative_text_emb` is a caption that is *almost* right for image i
+    (one attribute changed). Each image must then pick its caption among the
+    batch's captions and these near misses, so the towers cannot ignore an
+    attribute that in-batch negatives alone rarely need (in SynthWorld, the
+    shape: colour, position and background already tell 128 captions apart).
+    Text->image is CLIP's term. Without negatives this is `clip_contrastive_loss`.
+    """
+    if negative_text_emb is None:
+        return clip_contrastive_loss(image_emb, text_emb, logit_scale)
+    img, txt = F.normalize(image_emb, dim=1), F.normalize(text_emb, dim=1)
+    neg = F.normalize(negative_text_emb, dim=1)
+    scale = logit_scale if isinstance(logit_scale, torch.Tensor) else torch.tensor(float(logit_scale))
+    scale = scale.to(img.device, img.dtype).reshape(())
+    labels = torch.arange(img.shape[0], device=img.device)
+    i2t = scale * img @ torch.cat([txt, neg]).T
+    t2i = scale * txt @ img.T
+    return 0.5 * (F.cross_entropy(i2t, labels) + F.cross_entropy(t2i, labels))
+
+
+def _clip_arch(cfg) -> dict:
+    name = getattr(cfg, "s2_clip_arch", "clip_s")
+    if name not in SMALL_CLIP_ARCHS:
+        raise ConfigError(f"unknown small CLIP '{name}'; choose one of {sorted(SMALL_CLIP_ARCHS)}.")
+    return {"name": name, **SMALL_CLIP_ARCHS[name]}
+
+
+def pretrain_small_clip(cfg, seed: int = 0, progress: bool | None = None):
+    """A small `CLIPModel` pretrained contrastively on SynthWorld source images and captions; cached.
+
+    Returns `(model, tokenizer, summary)`: the model in eval mode on the CPU,
+    the word-level tokenizer it reads, and a summary with the training
+    history, the retrieval recalls on the source test split and the zero-shot
+    accuracy on the target test split with the class prompts (a sanity
+    number: far above the 10% of chance when the towers learned). Knobs come
+    from the profile (`s2_clip_arch`, `s2_clip_epochs`, `s2_clip_lr`,
+    `s2_clip_hard_negatives`, `s2_clip_prompt_p`); the cache key holds them,
+    the SynthWorld data, the seed and `dry_run`. AdamW (weight decay 0.1 on
+    matrices), warm-up then cosine, batch `cfg.batch_size`, no augmentation
+    (a flip or shift would falsify the captions' position words).
+    """
+    from transformers import CLIPModel
+
+    if cfg.profile == "paper":
+        raise ConfigError(f"pretrain_small_clip is for the tiny/small profiles; `paper` loads {PAPER_CLIP} "
+                          "with load_clip().")
+    progress = cfg.progress if progress is None else progress
+    arch = _clip_arch(cfg)
+    epochs, lr, hard_negatives = int(cfg.s2_clip_epochs), float(cfg.s2_clip_lr), bool(cfg.s2_clip_hard_negatives)
+    prompt_p = float(cfg.s2_clip_prompt_p)
+    tokenizer = build_tokenizer(vocabulary(), max_length=SYNTH_MAX_TOKENS)
+    config = small_clip_config(len(tokenizer), image_size=world_config(cfg).size, pad_token_id=tokenizer.pad_token_id,
+                               bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+                               **{k: v for k, v in arch.items() if k != "name"})
+    key = {"what": "small-clip", "config": config.to_dict(), "vocab": tokenizer.get_vocab(),
+           "world": asdict(world_config(cfg)), "n_train": cfg.n_source_train, "n_test": cfg.n_source_test,
+           "n_target_test": cfg.n_target_test, "epochs": epochs, "lr": lr, "batch": cfg.batch_size, "seed": seed,
+           "hard_negatives": hard_negatives, "prompt_p": prompt_p, "dry_run": cfg.dry_run, "v": 1}
+    key["config"].pop("transformers_version", None)
+    digest = key_digest(key)
+    ckpt = cache_root() / "pretrain" / f"clip-{arch['name']}-{digest}.pt"
+    device = resolve_device(cfg.device)
+
+    gen = seed_everything(seed)
+    with quiet_transformers():
+        model = CLIPModel(config)
+    summary_path = cache_root() / "clip-summary" / f"{digest}.pt"  # where `cached` keeps it
+    if ckpt.exists() and summary_path.exists():  # finished before: skip generating the training data
+        model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
+        summary = torch.load(summary_path, weights_only=False)
+        return model.eval(), tokenizer, summary
+
+    train = synth_split(cfg, "source_train")
+    x, _ = to_tensors(train)
+    enc = _tokenize(tokenizer, train.captions, SYNTH_MAX_TOKENS)
+    attrs = sorted(train.hard_negatives[0])
+    neg = _tokenize(tokenizer, [h[a] for h in train.hard_negatives for a in attrs], SYNTH_MAX_TOKENS)
+    neg = {k: v.view(len(train), len(attrs), -1) for k, v in neg.items()}
+    prompts = _tokenize(tokenizer, [class_prompts("source")[k] for k in train.labels], SYNTH_MAX_TOKENS)
+    width = enc["input_ids"].shape[1]
+    prompts = {k: F.pad(v, (0, width - v.shape[1])) for k, v in prompts.items()}  # [PAD] = 0, mask 0
+    data = torch.utils.data.TensorDataset(x, enc["input_ids"], enc["attention_mask"], neg["input_ids"],
+                                          neg["attention_mask"], prompts["input_ids"], prompts["attention_mask"])
+    loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=True)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    steps = max(1, epochs * min(len(loader), cfg.max_steps or len(loader)))
+    sched = warmup_cosine(opt, warmup_steps=min(steps // 10, 200), total_steps=steps)
+
+    def compute_loss(batch):
+        images, ids, mask, neg_ids, neg_mask, prompt_ids, prompt_mask = batch
+        scale = model.logit_scale.exp().clamp(max=100.0)
+        if prompt_p > 0:  # some images are described by their class prompt, so prompts are in-distribution
+            use = (torch.rand(len(ids), device=ids.device) < prompt_p).unsqueeze(1)
+            ids, mask = torch.where(use, prompt_ids, ids), torch.where(use, prompt_mask, mask)
+        if hard_negatives:  # one attribute-changed caption per image, drawn afresh each step
+            pick = torch.randint(neg_ids.shape[1], (len(ids),), device=ids.device)
+            rows = torch.arange(len(ids), device=ids.device)
+            ids = torch.cat([ids, neg_ids[rows, pick]])
+            mask = torch.cat([mask, neg_mask[rows, pick]])
+        texts = text_embeds(model, ids, mask)
+        loss = contrastive_loss_with_negatives(image_embeds(model, images), texts[:len(images)],
+                                               texts[len(images):] if hard_negatives else None, scale)
+        return {"loss": loss, "scale": scale.detach()}
+
+    history = fit(model, loader, compute_loss, opt, epochs, scheduler=sched, checkpoint=ckpt, checkpoint_key=digest,
+                  device=device, max_steps_per_epoch=cfg.max_steps, desc=f"pretrain {arch['name']} (CLIP) on source",
+                  progress=progress)
+    model.eval()
+
+    def evaluate():
+        test = synth_split(cfg, "source_test")
+        xt, _ = to_tensors(test)
+        recalls = retrieval_recalls(encode_images(model, xt), encode_texts(model, tokenizer, test.captions), ks=(1, 5))
+        target = synth_split(cfg, "target_test")
+        xz, yz = to_tensors(target)
+        zero_shot = zero_shot_accuracy(model, tokenizer, xz, yz, class_prompts("target"))
+        return {"arch": arch, "epochs": epochs, "lr": lr, "seed": seed, "history": history.to_dict(),
+                "source_test_recalls": recalls, "target_zero_shot_top1": zero_shot,
+                "n_source_test": len(test), "parameters": sum(p.numel() for p in model.parameters())}
+
+    summary = cached("clip-summary", key, evaluate, verbose=False)
+    return model.cpu().eval(), tokenizer, summary
+
+
+def load_clip(name_or_path=PAPER_CLIP, allow_random: bool = False, repo_id: str = PAPER_CLIP):
+    """`(CLIPModel, tokenizer)` from a local folder written by `save_pretrained` (or the HF cache).
+
+    Nothing downloads. Missing files raise `MissingDataError` naming the path
+    and how to get `openai/clip-vit-base-patch32`; `allow_random=True` (dry
+    runs) accepts a folder with a config and tokenizer but no weights.
+    """
+    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+
+    source = hf_source(name_or_path)
+    hint = hf_download_hint(repo_id, name_or_path)
+    with quiet_transformers():
+        try:
+            config = CLIPConfig.from_pretrained(source, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise MissingDataError(f"CLIP model {repo_id} (config and tokenizer)", name_or_path,
+                                   f"{hint} [{type(err).__name__}]") from None
+        try:
+            model = CLIPModel.from_pretrained(source, local_files_only=True)
+        except (OSError, ValueError) as err:
+            if not allow_random:
+                raise MissingDataError(f"CLIP weights {repo_id}", name_or_path,
+                                       f"{hint} [{type(err).__name__}]") from None
+            model = CLIPModel(config)
+            print(f"[clip] dry run: random weights for {name_or_path} (no checkpoint found)")
+    return model.eval(), tokenizer

@@ -1,0 +1,930 @@
+"""KASSL: distilling a frozen self-supervised teacher into a small student (study 3).
+
+The method (a course-project presentation, STUDIES.md section 4): a student
+backbone (ResNet-18) feeds an *encoder extension*, a 4-layer MLP from the
+student's feature size to the teacher's; the loss is the negative cosine
+similarity between the extension's output and the frozen teacher's feature,
+the student seeing one SimCLR-style view t and the teacher another view t',
+plus the same term with the views swapped. The student's backbone is then
+judged by a linear probe. Ablations: no augmentation (both networks get the
+same, un-augmented image), feature reduction (a projection of the teacher's
+feature to a smaller size, which the extension then targets) and both.
+
+This module holds the pieces the notebook tells the story with:
+
+* the paper's numbers and the variants (`PAPER`, `VARIANTS`);
+* the student (`EncoderExtension`, `KASSLStudent`, `kassl_loss`, `spread`);
+* where the two views and the teacher's features come from: a `ViewBank` of
+  pre-drawn views whose teacher features are computed once and cached
+  (`BankViews`), fresh views with a live teacher (`FreshViews`), or the same
+  image to both (`SameImage`); `train_kassl` trains with any of them;
+* the teachers at each scale (`load_teacher`: supervised, BYOL and MoCo-v2
+  pretrained in-run on SynthWorld, or the published ResNet-50 checkpoints),
+  the data (`load_data`), the BYOL baseline (`train_baseline`), probes
+  (`probe`), and the presentation's tables with their derived ratios and
+  verdicts (`table`, `ratios`, `verdicts`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cache import cache_root, cached, key_digest, model_fingerprint
+from .errors import ConfigError
+from .losses import negative_cosine, symmetric_negative_cosine
+from .paths import REPO_ROOT
+from .probe import linear_probe
+from .ssl import LossTrace, ViewAugment, as_float_images, make_learner, train_ssl, view_pair
+from .teacher import IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher, Normalize
+from .train import fit, make_optimizer, make_scheduler, seed_everything
+
+__all__ = [
+    "PAPER", "PAPER_CLAIMS", "VARIANTS", "VARIANT_LABELS", "TEACHER_LABELS",
+    "EncoderExtension", "KASSLStudent", "kassl_loss", "spread",
+    "ViewBank", "BankViews", "FreshViews", "SameImage", "train_kassl",
+    "check_config", "grid", "phase_epochs", "view_bank", "teacher_architecture", "imitation", "encode", "center_crop",
+    "KASSLData", "load_data", "load_teacher", "required_files", "student_backbone", "train_baseline",
+    "random_init_probe", "probe", "train_student", "aggregate", "table", "ratios", "paper_ratios", "summarise",
+    "verdicts", "benchmark",
+]
+
+# ------------------------------------------------------------ the paper
+
+#: The presentation's linear-probe results on ImageNet-100 (None: not reported).
+PAPER = {
+    "byol": {"top1": {"teacher": 81.46, "baseline": 63.52, "original": 81.82, "no_aug": 81.04,
+                      "feature_reduction": 76.18, "no_aug_fr": 75.50},
+             "top5": {"teacher": 96.24, "baseline": 87.32, "original": 95.58, "no_aug": 95.84,
+                      "feature_reduction": 93.10, "no_aug_fr": 92.18}},
+    "moco_v2": {"top1": {"teacher": 80.28, "baseline": None, "original": 77.02, "no_aug": 77.52,
+                         "feature_reduction": 71.56, "no_aug_fr": 71.34},
+                "top5": {"teacher": 95.40, "baseline": None, "original": 94.88, "no_aug": 94.66,
+                         "feature_reduction": 92.42, "no_aug_fr": 92.58}},
+}
+#: What the presentation derives from its table, and the published context beside it.
+PAPER_CLAIMS = {
+    "mean_student_over_teacher_pct": 96.5,
+    "best_student_over_teacher_pct": 100.4,
+    "mean_gain_over_baseline_pts": 15.0,
+    "loss_plateau_without_fr": -0.9,
+    "loss_plateau_with_fr": -0.6,
+    "solo_learn_byol_resnet18_imagenet100_top1": 80.0,  # solo-learn, 400 epochs: the paper's baseline is weak
+    "simreg": "SimReg (Navaneet et al., BMVC 2021): 4-layer MLP on the student, cosine regression to a "
+              "frozen SSL teacher: the closest published method",
+}
+
+#: variant -> (augmented views?, teacher feature reduced?)
+VARIANTS = {"original": (True, False), "no_aug": (False, False), "feature_reduction": (True, True),
+            "no_aug_fr": (False, True)}
+VARIANT_LABELS = {"original": "Original", "no_aug": "No Aug", "feature_reduction": "Feature Red",
+                  "no_aug_fr": "No Aug + FR"}
+TEACHER_LABELS = {"byol": "BYOL", "moco_v2": "MoCo-v2", "supervised": "Supervised"}
+_SSL = ("byol", "moco_v2")
+
+# ------------------------------------------------------------ the student
+
+
+class EncoderExtension(nn.Sequential):
+    """KASSL's 4-layer MLP from the student's feature size to the teacher's.
+
+    Three hidden layers Linear -> BatchNorm -> ReLU of width `hidden`, then a
+    linear output layer of the target size (SimReg's design).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, layers: int = 4):
+        if layers < 2:
+            raise ConfigError(f"the encoder extension needs >= 2 layers, got {layers}.")
+        dims = [in_dim] + [hidden] * (layers - 1)
+        blocks = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            blocks += [nn.Linear(a, b), nn.BatchNorm1d(b), nn.ReLU()]
+        super().__init__(*blocks, nn.Linear(hidden, out_dim))
+
+
+class KASSLStudent(nn.Module):
+    """Student backbone + encoder extension (+ the feature-reduction projection of the teacher side).
+
+    `forward(x)` is the backbone's feature (what the linear probe sees);
+    `embed(x)` is the extension's output, compared with `target(teacher_feature)`.
+    With `reduced_dim`, `target` is a linear projection (no bias) of the
+    teacher's feature to that size: trained with the student when
+    `reduction_trainable`, else a fixed random orthogonal map.
+    """
+
+    def __init__(self, backbone: nn.Module, student_dim: int, teacher_dim: int, hidden: int,
+                 reduced_dim: int | None = None, reduction_trainable: bool = True):
+        super().__init__()
+        self.backbone = backbone
+        self.reduction = None
+        if reduced_dim is not None:
+            if not 0 < reduced_dim <= teacher_dim:
+                raise ConfigError(f"reduced_dim must be in (0, {teacher_dim}], got {reduced_dim}.")
+            self.reduction = nn.Linear(teacher_dim, reduced_dim, bias=False)
+            nn.init.orthogonal_(self.reduction.weight)
+            self.reduction.weight.requires_grad_(reduction_trainable)
+        self.extension = EncoderExtension(student_dim, reduced_dim or teacher_dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.extension(self.backbone(x))
+
+    def target(self, teacher_feature: torch.Tensor) -> torch.Tensor:
+        return teacher_feature if self.reduction is None else self.reduction(teacher_feature)
+
+
+def spread(z: torch.Tensor) -> torch.Tensor:
+    """Collapse check: mean per-dimension std of the L2-normalised rows, times sqrt(dim).
+
+    About 1 for features spread evenly over the sphere, 0 when every row is
+    the same vector (a collapsed projection); SimSiam's diagnostic, rescaled.
+    """
+    z = F.normalize(z.detach().float(), dim=1)
+    return z.std(0).mean() * math.sqrt(z.shape[1])
+
+
+def kassl_loss(student: KASSLStudent, v1: torch.Tensor, v2: torch.Tensor | None, t1: torch.Tensor,
+               t2: torch.Tensor | None) -> dict:
+    """Symmetric negative cosine: student(t) vs teacher(t') plus student(t') vs teacher(t).
+
+    `v2 is None` means the same image went to both networks: both directions
+    are then the same term, so it is computed once (same value, same gradient).
+    """
+    if v2 is None:
+        s1, target = student.embed(v1), student.target(t1)
+        loss = negative_cosine(s1, target)
+    else:
+        s1, s2 = student.embed(v1), student.embed(v2)
+        target, target2 = student.target(t1), student.target(t2)
+        loss = symmetric_negative_cosine(s1, target2, s2, target)
+    return {"loss": loss, "target_spread": spread(target), "student_spread": spread(s1)}
+
+
+# ------------------------------------------------------------ where views come from
+
+def _quantise(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+@dataclass
+class ViewBank:
+    """K pre-drawn views of every image, stored as uint8 (N, K, 3, H, W).
+
+    Views 0..K/2-1 come from the first augmentation t, views K/2..K-1 from the
+    second t' (BYOL's asymmetric pair). A training step picks one of each per
+    image, so the student and the frozen teacher see different views, and the
+    teacher's features for all N*K views are computed once (`features`).
+    """
+
+    views: torch.Tensor
+    key: dict
+
+    @classmethod
+    def draw(cls, images: torch.Tensor, pair: tuple[ViewAugment, ViewAugment], k: int, seed: int,
+             data_key: dict, batch_size: int = 512) -> "ViewBank":
+        if k < 2 or k % 2:
+            raise ConfigError(f"a view bank needs an even number of views >= 2, got {k}.")
+        gen_state = torch.get_rng_state()
+        torch.manual_seed(seed)
+        out = []
+        for i in range(0, len(images), batch_size):
+            x = as_float_images(images[i:i + batch_size])
+            out.append(torch.stack([_quantise(pair[j * 2 // k](x)) for j in range(k)], 1))
+        torch.set_rng_state(gen_state)
+        key = {"data": data_key, "views": [asdict(t) for t in pair], "k": k, "seed": seed}
+        return cls(torch.cat(out), key)
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    @property
+    def k(self) -> int:
+        return self.views.shape[1]
+
+    def features(self, teacher: nn.Module, device, batch_size: int = 512) -> torch.Tensor:
+        """The frozen teacher's features of every view, (N, K, D), cached on disk."""
+        def compute():
+            flat = self.views.flatten(0, 1)
+            teacher.to(device)
+            with torch.no_grad():
+                out = [teacher(as_float_images(flat[i:i + batch_size]).to(device)).float().cpu()
+                       for i in range(0, len(flat), batch_size)]
+            return torch.cat(out).view(len(self), self.k, -1)
+
+        return cached("kassl_bank", {"teacher": model_fingerprint(teacher), "bank": self.key}, compute)
+
+
+class BankViews:
+    """Views from a `ViewBank`; teacher features from its cache (`features`) or from `teacher` live.
+
+    The loader yields image indices. Both ways give the same numbers (a test
+    checks it): the cache only saves the teacher's forward passes.
+    """
+
+    def __init__(self, bank: ViewBank, features: torch.Tensor | None = None, teacher: nn.Module | None = None):
+        if (features is None) == (teacher is None):
+            raise ConfigError("BankViews needs exactly one of cached `features` or a live `teacher`.")
+        self.bank, self.features, self.teacher = bank, features, teacher
+
+    def __call__(self, batch, device):
+        idx = batch[0].cpu()
+        half = self.bank.k // 2
+        i = torch.randint(0, half, (len(idx),))
+        j = torch.randint(half, self.bank.k, (len(idx),))
+        v1 = as_float_images(self.bank.views[idx, i].to(device))
+        v2 = as_float_images(self.bank.views[idx, j].to(device))
+        if self.features is not None:
+            return v1, v2, self.features[idx, i].to(device), self.features[idx, j].to(device)
+        return v1, v2, self.teacher(v1), self.teacher(v2)
+
+
+class FreshViews:
+    """New random views t(x), t'(x) at every step; the teacher runs on them live (the GPU path)."""
+
+    def __init__(self, pair: tuple[ViewAugment, ViewAugment], teacher: nn.Module):
+        self.pair, self.teacher = pair, teacher
+
+    def __call__(self, batch, device):
+        x = as_float_images(batch[0].to(device))
+        v1, v2 = self.pair[0](x), self.pair[1](x)
+        return v1, v2, self.teacher(v1), self.teacher(v2)
+
+
+class SameImage:
+    """No augmentation: the same plain image to student and teacher (ablation Exp 1).
+
+    The loader yields (index, image); the teacher's features of the plain
+    images come from `features` (cached, indexed) or from `teacher` live.
+    """
+
+    def __init__(self, size: int, features: torch.Tensor | None = None, teacher: nn.Module | None = None):
+        if (features is None) == (teacher is None):
+            raise ConfigError("SameImage needs exactly one of cached `features` or a live `teacher`.")
+        self.size, self.features, self.teacher = size, features, teacher
+
+    def __call__(self, batch, device):
+        idx, x = batch[0], batch[1]
+        x = center_crop(as_float_images(x.to(device)), self.size)
+        t = self.features[idx.cpu()].to(device) if self.features is not None else self.teacher(x)
+        return x, None, t, None
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The central size x size pixels (the plain, un-augmented view of a canvas)."""
+    h, w = x.shape[-2:]
+    if h < size or w < size:
+        raise ValueError(f"cannot crop {size} pixels out of a {h}x{w} image")
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top:top + size, left:left + size]
+
+
+def train_kassl(student: KASSLStudent, loader, views, *, epochs: int, lr: float, momentum: float = 0.9,
+                weight_decay: float = 1e-4, warmup_epochs: int = 0, device="cpu", checkpoint=None,
+                checkpoint_key: str = "", max_steps: int | None = None, progress: bool = True,
+                desc: str = "kassl"):
+    """Train `student` on `kassl_loss` with views from `views`; SGD, warm-up then cosine (per step).
+
+    Per-step losses go to `student.trace` (checkpointed with the student).
+    """
+    device = torch.device(device)
+    steps = min(len(loader), max_steps or len(loader))
+    student.trace = LossTrace(epochs * steps)
+    opt = make_optimizer(student.parameters(), "sgd", lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = make_scheduler(opt, "warmup_cosine", epochs=epochs, steps_per_epoch=steps,
+                           warmup_epochs=min(warmup_epochs, epochs))
+
+    def compute_loss(batch):
+        losses = kassl_loss(student, *views(batch, device))
+        student.trace.record(losses["loss"])
+        return losses
+
+    return fit(student, loader, compute_loss, opt, epochs, scheduler=sched, checkpoint=checkpoint,
+               checkpoint_key=checkpoint_key, device=device, max_steps_per_epoch=max_steps, desc=desc,
+               progress=progress)
+
+
+# ------------------------------------------------------------ the grid
+
+def check_config(cfg) -> None:
+    """Refuse unknown teachers / variants and impossible sizes before any work."""
+    bad = [t for t in cfg.s3_teachers if t not in TEACHER_LABELS]
+    if bad or not cfg.s3_teachers or len(set(cfg.s3_teachers)) != len(cfg.s3_teachers):
+        raise ConfigError(f"s3_teachers must be distinct names from {sorted(TEACHER_LABELS)}, got {cfg.s3_teachers}.")
+    for field in ("s3_variants", "s3_variants_other_teachers"):
+        bad = [v for v in getattr(cfg, field) if v not in VARIANTS]
+        if bad:
+            raise ConfigError(f"{field} has unknown variants {bad}; choose from {list(VARIANTS)}.")
+    if cfg.s3_view_bank < 0 or cfg.s3_view_bank % 2:
+        raise ConfigError(f"s3_view_bank must be 0 (fresh views) or an even number >= 2, got {cfg.s3_view_bank}.")
+    if cfg.profile == "paper" and cfg.s3_view_bank:
+        raise ConfigError("s3_view_bank > 0 keeps every view in memory: only for SynthWorld; use 0 at paper.")
+    if cfg.s3_moco_bn_splits < 1 or cfg.s3_ssl_batch % cfg.s3_moco_bn_splits:
+        raise ConfigError(f"s3_ssl_batch ({cfg.s3_ssl_batch}) must be a multiple of s3_moco_bn_splits "
+                          f"({cfg.s3_moco_bn_splits}).")
+    for field in ("s3_baseline_epochs", "s3_kassl_epochs", "s3_probe_epochs"):
+        if getattr(cfg, field) < 1:
+            raise ConfigError(f"{field} must be >= 1, got {getattr(cfg, field)}.")
+    for t in cfg.s3_teachers:
+        if t in _SSL and cfg.profile != "paper" and _ssl_epochs(cfg, t) < 1:
+            raise ConfigError(f"{_SSL_EPOCHS[t]} must be >= 1 to pretrain the {TEACHER_LABELS[t]} teacher in-run.")
+
+
+_SSL_EPOCHS = {"byol": "s3_byol_epochs", "moco_v2": "s3_moco_epochs"}
+
+
+def _ssl_epochs(cfg, method: str) -> int:
+    return getattr(cfg, _SSL_EPOCHS[method])
+
+
+def phase_epochs(cfg, n: int) -> int:
+    """Epochs of a training phase: `n`, or 1 in a dry run (whose epochs stop after two steps)."""
+    return 1 if cfg.dry_run else n
+
+
+def grid(cfg) -> list[tuple[str, str]]:
+    """(teacher, variant) pairs to train: all `s3_variants` for the first teacher, the others' list for the rest."""
+    return [(t, v) for i, t in enumerate(cfg.s3_teachers)
+            for v in (cfg.s3_variants if i == 0 else cfg.s3_variants_other_teachers)]
+
+
+# ------------------------------------------------------------ data at each scale
+
+@dataclass
+class KASSLData:
+    """The images of one scale: unlabelled training images and the probe's labelled splits.
+
+    Datasets yield (uint8 image, label). `canvas` is the side of the training
+    images (views are cropped from it and resampled to `size`, the models'
+    input side); probe images are already `size`. `images` holds the training
+    images in memory (SynthWorld) for the view bank, else None.
+    """
+
+    train: torch.utils.data.Dataset
+    probe_train: torch.utils.data.Dataset
+    probe_test: torch.utils.data.Dataset
+    size: int
+    canvas: int
+    keys: dict
+    images: torch.Tensor | None
+    num_classes: int
+    class_names: list
+
+
+def _resolve(root: str, name: str) -> Path:
+    path = Path(name)
+    if not path.is_absolute():
+        path = Path(root) / path
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def paper_paths(cfg) -> dict:
+    """Where the `paper` profile looks for ImageNet-100 and the checkpoints."""
+    return {"imagenet100": _resolve(cfg.data_root, cfg.s3_imagenet100),
+            "byol": _resolve(cfg.weights_root, cfg.s3_byol_checkpoint),
+            "moco_v2": _resolve(cfg.weights_root, cfg.s3_moco_checkpoint)}
+
+
+def _supervised_weights_file(cfg) -> Path:
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(cfg.s3_checkpoint_arch)
+    try:
+        url = enum[cfg.s3_supervised_weights].url
+    except KeyError:
+        raise ConfigError(f"'{cfg.s3_supervised_weights}' is not a weight set of {cfg.s3_checkpoint_arch}.") from None
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+
+
+def required_files(cfg) -> dict:
+    """{what: (path, how to get it)} for `session.require_files` at `paper`.
+
+    The data is always required; the teachers' weights only outside dry runs
+    (a dry run may stand random weights in for a missing checkpoint).
+    """
+    from .ssl_checkpoints import CHECKPOINT_SOURCES
+
+    paths = paper_paths(cfg)
+    how_data = ("Download ILSVRC2012 from https://image-net.org and put (or symlink) the 100 wnid folders "
+                "listed in kdutils/data/imagenet100-classes.txt under train/ and val/ there "
+                "(or set data_root / s3_imagenet100; the full ImageNet folder works too).")
+    need = {"ImageNet-100 train folder": (paths["imagenet100"] / "train", how_data),
+            "ImageNet-100 val folder": (paths["imagenet100"] / "val", how_data)}
+    if not cfg.dry_run:
+        for t in cfg.s3_teachers:
+            if t in _SSL:
+                need[f"{TEACHER_LABELS[t]} ResNet-50 checkpoint"] = (
+                    paths[t], f"Download {CHECKPOINT_SOURCES[t]} to that path (or set weights_root / "
+                              f"s3_{'byol' if t == 'byol' else 'moco'}_checkpoint).")
+            elif t == "supervised":
+                need["supervised ResNet-50 weights"] = (
+                    _supervised_weights_file(cfg),
+                    f"Run torchvision.models.get_model('{cfg.s3_checkpoint_arch}', "
+                    f"weights='{cfg.s3_supervised_weights}') once on a machine with internet.")
+    return need
+
+
+def _synth_key(cfg, split: str) -> dict:
+    from .pretrain import DATA_SEEDS, world_config
+
+    return {"split": split, "n": getattr(cfg, f"n_{split}"), "seed": DATA_SEEDS[split],
+            "world": asdict(world_config(cfg))}
+
+
+def load_data(cfg) -> KASSLData:
+    """SynthWorld target train/test (tiny, small) or ImageNet-100 train/val (paper)."""
+    if cfg.profile != "paper":
+        from .pretrain import synth_split
+
+        def split(name):
+            batch = synth_split(cfg, name)
+            x = torch.from_numpy(batch.images).permute(0, 3, 1, 2).contiguous()
+            return batch, x, torch.from_numpy(batch.labels).long()
+
+        tr_batch, xtr, ytr = split("target_train")
+        _, xte, yte = split("target_test")
+        train = torch.utils.data.TensorDataset(xtr, ytr)
+        size = xtr.shape[-1]
+        return KASSLData(train, train, torch.utils.data.TensorDataset(xte, yte), size, size,
+                         {"train": _synth_key(cfg, "target_train"), "test": _synth_key(cfg, "target_test")},
+                         xtr, len(tr_batch.class_names), list(tr_batch.class_names))
+
+    from torchvision.transforms import v2
+
+    from .datasets import imagenet100
+
+    size = cfg.image_size
+    canvas = round(size * 8 / 7)  # 256 for 224: views are cropped from the central 256x256
+    root = paper_paths(cfg)["imagenet100"]
+    train_tf = v2.Compose([v2.Resize(canvas, antialias=True), v2.CenterCrop(canvas), v2.PILToTensor()])
+    probe_tf = v2.Compose([v2.Resize(canvas, antialias=True), v2.CenterCrop(size), v2.PILToTensor()])
+    train = imagenet100(root, "train", transform=train_tf)
+    probe_train = imagenet100(root, "train", transform=probe_tf)
+    probe_test = imagenet100(root, "val", transform=probe_tf)
+
+    def key(dataset, split):
+        return {"imagenet100": str(root), "split": split, "n": len(dataset.samples), "size": size}
+
+    return KASSLData(train, probe_train, probe_test, size, canvas,
+                     {"train": key(train, "train"), "test": key(probe_test, "val")}, None, len(train.classes),
+                     list(train.classes))
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """(index, image) items: the no-augmentation path looks cached teacher features up by index."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        return i, self.base[i][0]
+
+
+def _loader(dataset, cfg, batch_size: int, shuffle: bool, seed: int = 0):
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
+                                       generator=gen if shuffle else None, num_workers=cfg.num_workers,
+                                       pin_memory=torch.cuda.is_available())
+
+
+# ------------------------------------------------------------ models at each scale
+
+def student_backbone(cfg) -> tuple[nn.Module, int]:
+    """A freshly initialised student backbone (features out) and its feature size.
+
+    tiny/small: `SmallResNet(cfg.student_arch)` on [0, 1] inputs; paper:
+    torchvision's ResNet-18 (`cfg.student_arch`) with ImageNet normalisation
+    in front and `fc = Identity`.
+    """
+    if cfg.profile != "paper":
+        from .models import small_resnet
+
+        net = small_resnet(cfg.student_arch)
+        return net, net.feature_dim
+    import torchvision
+
+    net = torchvision.models.get_model(cfg.student_arch, weights=None)
+    dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return nn.Sequential(Normalize(IMAGENET_MEAN, IMAGENET_STD), net), dim
+
+
+def teacher_architecture(cfg) -> nn.Module:
+    """The teachers' architecture with random weights (features out): the floor an SSL teacher must beat."""
+    if cfg.profile != "paper":
+        from .models import small_resnet
+
+        return small_resnet(cfg.teacher_arch)
+    import torchvision
+
+    net = torchvision.models.get_model(cfg.s3_checkpoint_arch, weights=None)
+    net.fc = nn.Identity()
+    return FrozenTeacher(net, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def view_bank(cfg, data: "KASSLData", seed: int) -> ViewBank | None:
+    """This seed's bank of `s3_view_bank` pre-drawn views per training image (None: fresh views)."""
+    if not cfg.s3_view_bank or data.images is None:
+        return None
+    pair = view_pair(cfg.s3_view_preset, out_size=data.size)
+    return ViewBank.draw(data.images, pair, cfg.s3_view_bank, seed, data.keys["train"])
+
+
+def _feature_dim(model: nn.Module, size: int) -> int:
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        dim = model(torch.zeros(2, 3, size, size, device=next(model.parameters()).device)).shape[1]
+    model.train(was)
+    return int(dim)
+
+
+def _ssl_hyper(cfg, method: str) -> dict:
+    return {"hidden_dim": cfg.s3_ssl_hidden, "proj_dim": cfg.s3_ssl_proj_dim,
+            "byol_momentum": cfg.s3_byol_momentum, "moco_momentum": cfg.s3_moco_momentum,
+            "queue_size": cfg.s3_moco_queue, "temperature": cfg.s3_moco_temperature,
+            "bn_splits": cfg.s3_moco_bn_splits if method == "moco_v2" else 1}
+
+
+def _train_ssl_encoder(method: str, encoder: nn.Module, dim: int, loader, cfg, *, epochs: int, seed: int,
+                       key: dict, size: int, device, desc: str):
+    """BYOL / MoCo-v2 on `loader`, checkpointed in the cache; returns (encoder, history)."""
+    digest = key_digest(key)
+    steps = epochs * min(len(loader), cfg.max_steps or len(loader))
+    learner = make_learner(method, encoder, dim, total_steps=max(1, steps), **_ssl_hyper(cfg, method))
+    views = view_pair(cfg.s3_view_preset, out_size=size)
+    history = train_ssl(learner, loader, views, epochs=epochs, lr=cfg.s3_ssl_lr, device=device,
+                        checkpoint=cache_root() / "kassl" / f"{desc.replace(' ', '-')}-{digest}.pt",
+                        checkpoint_key=digest, max_steps=cfg.max_steps, progress=cfg.progress, desc=desc)
+    encoder = learner.encoder.cpu().eval()
+    return encoder, {"epochs": history.epochs, "steps": learner.trace.series()}
+
+
+def load_teacher(name: str, cfg, device) -> tuple[FrozenTeacher, dict]:
+    """A frozen teacher returning pooled features, and a summary of where it came from.
+
+    tiny/small: 'supervised' is the shared source-task pretraining
+    (`pretrain_source(cfg.teacher_arch)`); 'byol' and 'moco_v2' train the
+    same architecture self-supervised on the SynthWorld source images (seed 0,
+    cached). paper: the published ResNet-50 checkpoints (`paper_paths`), or
+    torchvision's supervised ImageNet weights; in a dry run a missing file
+    gives random weights, said in the summary.
+    """
+    if name not in TEACHER_LABELS:
+        raise ConfigError(f"unknown teacher '{name}'; choose from {sorted(TEACHER_LABELS)}.")
+    if cfg.profile != "paper":
+        return _synthworld_teacher(name, cfg, device)
+    from .ssl_checkpoints import CHECKPOINT_SOURCES, load_ssl_resnet
+
+    import torchvision
+
+    arch = cfg.s3_checkpoint_arch
+    if name == "supervised":
+        from .models import torchvision_model
+
+        stand_in = cfg.dry_run and not _supervised_weights_file(cfg).exists()
+        model = torchvision_model(arch, cfg.s3_supervised_weights, allow_random=stand_in)
+        model.fc = nn.Identity()
+        info = {"source": f"RANDOM {arch} weights (dry run; {_supervised_weights_file(cfg)} is missing)" if stand_in
+                else f"torchvision {arch} {cfg.s3_supervised_weights} (supervised ImageNet-1k)"}
+    else:
+        path = paper_paths(cfg)[name]
+        if cfg.dry_run and not path.exists():
+            model = torchvision.models.get_model(arch, weights=None)
+            model.fc = nn.Identity()
+            info = {"source": f"RANDOM {arch} weights (dry run; {path} is missing)"}
+        else:
+            model, info = load_ssl_resnet(path, arch, how_to_get=f"Download {CHECKPOINT_SOURCES[name]}.")
+            info["source"] = f"{path.name} ({info['format']} format)"
+    teacher = FrozenTeacher(model, IMAGENET_MEAN, IMAGENET_STD).to(device)
+    info.update({"name": name, "arch": arch, "feature_dim": _feature_dim(teacher, cfg.image_size)})
+    return teacher, info
+
+
+def _synthworld_teacher(name: str, cfg, device):
+    from .models import small_resnet
+    from .pretrain import pretrain_source, synth_split, to_tensors
+
+    arch = cfg.teacher_arch
+    if name == "supervised":
+        model, summary = pretrain_source(arch, cfg)
+        model = copy.deepcopy(model)
+        model.fc, model.dropout = nn.Identity(), nn.Identity()
+        info = {"source": f"supervised on the SynthWorld source task ({cfg.pretrain_epochs} epochs)",
+                "source_top1": summary["source_top1"]}
+    else:
+        x, _ = to_tensors(synth_split(cfg, "source_train"))
+        images = _quantise(x)
+        gen = seed_everything(0)
+        encoder = small_resnet(arch)
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images), batch_size=cfg.s3_ssl_batch,
+                                             shuffle=True, drop_last=True, generator=gen)
+        n_epochs = phase_epochs(cfg, _ssl_epochs(cfg, name))
+        key = {"what": "kassl-ssl-teacher", "method": name, "arch": arch, "data": _synth_key(cfg, "source_train"),
+               "epochs": n_epochs, "lr": cfg.s3_ssl_lr, "batch": cfg.s3_ssl_batch,
+               "views": cfg.s3_view_preset, "hyper": _ssl_hyper(cfg, name), "dry_run": cfg.dry_run, "v": 2}
+        model, history = _train_ssl_encoder(name, encoder, encoder.feature_dim, loader, cfg, epochs=n_epochs,
+                                            seed=0, key=key, size=x.shape[-1], device=device,
+                                            desc=f"{name} teacher")
+        info = {"source": f"{TEACHER_LABELS[name]} on {len(x)} SynthWorld source images, {n_epochs} epochs",
+                "history": history}
+    teacher = FrozenTeacher(model, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)).to(device)
+    info.update({"name": name, "arch": arch, "feature_dim": _feature_dim(teacher, cfg.image_size)})
+    return teacher, info
+
+
+def train_baseline(cfg, data: KASSLData, seed: int, device) -> tuple[nn.Module, dict]:
+    """The paper's baseline: the student architecture trained with BYOL on the training images.
+
+    Returns the backbone and its training history {"epochs": [...], "steps": [per-step losses]}.
+    """
+    seed_everything(seed)
+    backbone, dim = student_backbone(cfg)
+    loader = _loader(data.train, cfg, cfg.s3_ssl_batch, shuffle=True, seed=seed)
+    n_epochs = phase_epochs(cfg, cfg.s3_baseline_epochs)
+    key = {"what": "kassl-baseline", "arch": cfg.student_arch, "data": data.keys["train"], "epochs": n_epochs,
+           "lr": cfg.s3_ssl_lr, "batch": cfg.s3_ssl_batch, "views": cfg.s3_view_preset,
+           "hyper": _ssl_hyper(cfg, "byol"), "seed": seed, "dry_run": cfg.dry_run, "v": 2}
+    return _train_ssl_encoder("byol", backbone, dim, loader, cfg, epochs=n_epochs, seed=seed,
+                              key=key, size=data.size, device=device, desc=f"BYOL baseline seed {seed}")
+
+
+def train_student(teacher: FrozenTeacher, teacher_info: dict, variant: str, cfg, data: KASSLData, seed: int,
+                  device, bank: ViewBank | None = None, reduction_trainable: bool | None = None):
+    """One KASSL student: returns (student, {"epochs": per-epoch records, "steps": per-step losses}).
+
+    With a `bank` the views and the teacher's features come from it (cached);
+    without one, fresh views and a live teacher. Checkpointed in the cache,
+    keyed by the teacher's weights, the variant, the hyperparameters and seed.
+    """
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown KASSL variant '{variant}'; choose from {list(VARIANTS)}.")
+    augmented, reduced = VARIANTS[variant]
+    trainable = cfg.s3_fr_trainable if reduction_trainable is None else reduction_trainable
+    seed_everything(seed)
+    backbone, dim = student_backbone(cfg)
+    student = KASSLStudent(backbone, dim, teacher_info["feature_dim"], cfg.s3_extension_hidden,
+                           cfg.s3_reduced_dim if reduced else None, trainable)
+    if augmented:
+        if bank is not None:
+            views = BankViews(bank, features=bank.features(teacher, device))
+            dataset = torch.utils.data.TensorDataset(torch.arange(len(bank)))
+        else:
+            views = FreshViews(view_pair(cfg.s3_view_preset, out_size=data.size), teacher)
+            dataset = data.train
+    else:
+        if data.images is not None:
+            plain = cached("kassl_plain", {"teacher": model_fingerprint(teacher), "data": data.keys["train"]},
+                           lambda: _features(teacher, data.train, cfg, device, data.size))
+            views = SameImage(data.size, features=plain)
+        else:
+            views = SameImage(data.size, teacher=teacher)
+        dataset = _Indexed(data.train)
+    loader = _loader(dataset, cfg, cfg.s3_kassl_batch, shuffle=True, seed=seed)
+    key = {"what": "kassl-student", "teacher": model_fingerprint(teacher), "variant": variant,
+           "trainable_reduction": trainable if reduced else None, "arch": cfg.student_arch,
+           "data": data.keys["train"], "bank": bank.key if (bank is not None and augmented) else None,
+           "views": cfg.s3_view_preset, "epochs": phase_epochs(cfg, cfg.s3_kassl_epochs),
+           "warmup": cfg.s3_kassl_warmup_epochs,
+           "lr": cfg.s3_kassl_lr, "batch": cfg.s3_kassl_batch, "wd": cfg.s3_kassl_weight_decay,
+           "hidden": cfg.s3_extension_hidden, "reduced": cfg.s3_reduced_dim if reduced else None,
+           "seed": seed, "dry_run": cfg.dry_run, "v": 2}
+    digest = key_digest(key)
+    name = f"{teacher_info['name']}-{variant}{'' if trainable or not reduced else '-fixed'}-s{seed}"
+    history = train_kassl(student, loader, views, epochs=phase_epochs(cfg, cfg.s3_kassl_epochs), lr=cfg.s3_kassl_lr,
+                          weight_decay=cfg.s3_kassl_weight_decay, warmup_epochs=cfg.s3_kassl_warmup_epochs,
+                          device=device, checkpoint=cache_root() / "kassl" / f"student-{name}-{digest}.pt",
+                          checkpoint_key=digest, max_steps=cfg.max_steps, progress=cfg.progress,
+                          desc=f"KASSL {name}")
+    return student.cpu().eval(), {"epochs": history.epochs, "steps": student.trace.series()}
+
+
+# ------------------------------------------------------------ evaluation
+
+@torch.no_grad()
+def _features(encoder: nn.Module, dataset, cfg, device, size: int, batch_size: int = 256) -> torch.Tensor:
+    loader = _loader(dataset, cfg, batch_size, shuffle=False)
+    encoder.eval().to(device)
+    out = [encoder(center_crop(as_float_images(b[0].to(device)), size)).float().cpu() for b in loader]
+    return torch.cat(out)
+
+
+def encode(encoder: nn.Module, data: KASSLData, split: str, cfg, device) -> torch.Tensor:
+    """Features of the probe's `split` ('train' or 'test'), cached by the encoder's weights."""
+    dataset = data.probe_train if split == "train" else data.probe_test
+    key = {"model": model_fingerprint(encoder), "data": data.keys[split]}
+    return cached("kassl_features", key, lambda: _features(encoder, dataset, cfg, device, data.size),
+                  verbose=False)
+
+
+@torch.no_grad()
+def imitation(student: KASSLStudent, teacher: nn.Module, data: "KASSLData", cfg, device) -> float:
+    """Mean cosine between the student's extension output and the (reduced) teacher feature on test images.
+
+    How well the student imitates the teacher on images it never trained on
+    (the negative of the KASSL loss without augmentation, on the test split).
+    """
+    t = encode(teacher, data, "test", cfg, device)
+    student.eval().to(device)
+    loader = _loader(data.probe_test, cfg, 256, shuffle=False)
+    s = torch.cat([student.embed(center_crop(as_float_images(b[0].to(device)), data.size)).float().cpu()
+                   for b in loader])
+    target = student.target(t.to(device)).float().cpu()
+    student.cpu()
+    return float(F.cosine_similarity(s, target, dim=1).mean())
+
+
+def _labels(dataset) -> torch.Tensor:
+    if isinstance(dataset, torch.utils.data.TensorDataset):
+        return dataset.tensors[1]
+    return torch.as_tensor(dataset.targets, dtype=torch.long)
+
+
+def probe(encoder: nn.Module, data: KASSLData, cfg, seed: int, device) -> dict:
+    """Linear probe of a frozen encoder: top-1 / top-5 (%) on the probe's test split."""
+    xtr, xte = encode(encoder, data, "train", cfg, device), encode(encoder, data, "test", cfg, device)
+    result = linear_probe(xtr, _labels(data.probe_train), xte, _labels(data.probe_test),
+                          epochs=phase_epochs(cfg, cfg.s3_probe_epochs), seed=seed, max_steps=cfg.max_steps)
+    return {"top1": result["top1"], "top5": result["top5"]}
+
+
+def random_init_probe(arch_builder, data: KASSLData, cfg, seed: int, device) -> dict:
+    """The probe of an untrained network: what SSL has to beat to have learned anything."""
+    seed_everything(seed)
+    return probe(arch_builder(), data, cfg, seed, device)
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def aggregate(per_seed: list[dict]) -> tuple[dict, dict]:
+    """Mean and (population) standard deviation over seeds of same-shaped nested dicts of numbers."""
+    first = per_seed[0]
+    if isinstance(first, dict):
+        pairs = {k: aggregate([d[k] for d in per_seed]) for k in first}
+        return {k: m for k, (m, _) in pairs.items()}, {k: s for k, (_, s) in pairs.items()}
+    mean = sum(per_seed) / len(per_seed)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in per_seed) / len(per_seed))
+
+
+def table(results: dict, teacher: str, metric: str) -> dict:
+    """One row of the presentation's table: teacher, baseline and each variant (None: not run)."""
+    row = {"teacher": results["teachers"][teacher][metric], "baseline": results["baseline"][metric]}
+    for v in VARIANTS:
+        cell = results["students"].get(teacher, {}).get(v)
+        row[v] = cell[metric] if cell else None
+    return row
+
+
+def ratios(row: dict) -> dict:
+    """Derived numbers of a table row: student / teacher (%) and gain over the baseline (points)."""
+    out = {}
+    for v in VARIANTS:
+        s = row.get(v)
+        out[v] = None if s is None or row["teacher"] in (None, 0) else {
+            "student_over_teacher_pct": 100 * s / row["teacher"],
+            "gain_over_baseline_pts": None if row.get("baseline") is None else s - row["baseline"]}
+    return out
+
+
+def paper_ratios() -> dict:
+    """The same derived numbers computed from the paper's own table (for the comparison)."""
+    return {t: {m: ratios(PAPER[t][m]) for m in ("top1", "top5")} for t in PAPER}
+
+
+def summarise(rows: dict) -> dict:
+    """Mean and best student/teacher ratio and mean gain over the baseline, over all cells of `rows`.
+
+    `rows` is {teacher: row} for one metric; cells that were not run are skipped.
+    """
+    cells = [r for row in rows.values() for r in ratios(row).values() if r is not None]
+    gains = [c["gain_over_baseline_pts"] for c in cells if c["gain_over_baseline_pts"] is not None]
+    pct = [c["student_over_teacher_pct"] for c in cells]
+    return {"mean_student_over_teacher_pct": _mean(pct), "best_student_over_teacher_pct": max(pct) if pct else None,
+            "mean_gain_over_baseline_pts": _mean(gains), "cells": len(cells)}
+
+
+def _fmt(value, unit: str) -> str:
+    return "-" if value is None else f"{value:+.2f} {unit}" if unit == "pts" else f"{value:.1f}{unit}"
+
+
+def verdicts(results: dict, margin: float = 1.0) -> list[dict]:
+    """The presentation's claims checked against this run's top-1 probes, in the overview's claim format.
+
+    Each row: claim, paper, measured, verdict ("reproduced", "not reproduced"
+    or "not measured at this profile" when its cells were not run) and a note
+    with the rule. `margin` (points) is the difference below which two probes
+    count as equal.
+    """
+    out = []
+    rows = {t: table(results, t, "top1") for t in results["teachers"]}
+
+    def add(claim, paper, measured, holds, unit, rule):
+        verdict = ("not measured at this profile" if measured is None
+                   else "reproduced" if holds else "not reproduced")
+        out.append({"claim": claim, "paper": _fmt(paper, unit), "measured": _fmt(measured, unit),
+                    "verdict": verdict, "note": rule})
+
+    def diff(row, a, b):
+        return None if row[a] is None or row[b] is None else row[a] - row[b]
+
+    for t, row in rows.items():
+        label, paper = TEACHER_LABELS[t], PAPER.get(t, {}).get("top1")
+        ratio = ratios(row)["original"]
+        pct = None if ratio is None else ratio["student_over_teacher_pct"]
+        add(f"{label} teacher: the student comes close to the teacher (original, top-1)",
+            paper and 100 * paper["original"] / paper["teacher"], pct, pct is not None and pct >= 90.0, "%",
+            "student / teacher >= 90%")
+        gain = None if ratio is None else ratio["gain_over_baseline_pts"]
+        add(f"{label} teacher: the student beats the BYOL baseline (original, top-1)",
+            paper and paper["baseline"] and paper["original"] - paper["baseline"], gain,
+            gain is not None and gain > margin, "pts", f"gain > {margin:g} point")
+        fr = diff(row, "feature_reduction", "original")
+        add(f"{label} teacher: feature reduction costs accuracy (top-1)",
+            paper and paper["feature_reduction"] - paper["original"], fr, fr is not None and fr < -margin, "pts",
+            f"FR - original < -{margin:g} point")
+        na = diff(row, "no_aug", "original")
+        add(f"{label} teacher: dropping augmentation changes little (top-1)",
+            paper and paper["no_aug"] - paper["original"], na, na is not None and abs(na) <= 2.0, "pts",
+            "|no aug - original| <= 2 points")
+    summary = summarise(rows)
+    mean_pct, gain = summary["mean_student_over_teacher_pct"], summary["mean_gain_over_baseline_pts"]
+    add("the student reaches on average 96.5% of the teacher (top-1, all cells)",
+        PAPER_CLAIMS["mean_student_over_teacher_pct"], mean_pct, mean_pct is not None and mean_pct >= 90.0, "%",
+        f"mean over the {summary['cells']} cells run >= 90% (the paper's own table gives 94.6% over its 8 cells)")
+    add("the student beats the baseline by +15 points on average (top-1, all cells)",
+        PAPER_CLAIMS["mean_gain_over_baseline_pts"], gain, gain is not None and gain > margin, "pts",
+        f"mean gain > {margin:g} point; its size depends on the scale")
+    return out
+
+
+def benchmark(n_images: int = 1024, views: int = 4, epochs: int = 4, students: int = 2) -> dict:
+    """Print and return the speed-up of cached teacher views over a live teacher, and check they agree.
+
+    The notebook's use at `small`: several students (variants) of one teacher
+    train for a few epochs on the same view bank. Small-profile models
+    (`teacher_arch` teacher, `student_arch` student) on SynthWorld target
+    images train `students` times from the same seed, once with the teacher's
+    features of the bank computed in advance (on a cold cache, the
+    pre-computation is timed) and once with the teacher run at every step.
+    """
+    import os
+    import tempfile
+    import time
+
+    from .models import small_resnet
+    from .profiles import load_profile
+
+    cfg = load_profile("small", n_target_train=n_images, progress=False)
+    data = load_data(cfg)
+    torch.manual_seed(0)
+    teacher = FrozenTeacher(small_resnet(cfg.teacher_arch), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    bank = ViewBank.draw(data.images, view_pair(cfg.s3_view_preset), views, 0, data.keys["train"])
+    teacher_dim = _feature_dim(teacher, data.size)
+
+    def train_once(source):
+        seed_everything(0)
+        backbone = small_resnet(cfg.student_arch)
+        student = KASSLStudent(backbone, backbone.feature_dim, teacher_dim, cfg.s3_extension_hidden)
+        gen = torch.Generator().manual_seed(0)
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(len(bank))),
+                                             batch_size=cfg.s3_kassl_batch, shuffle=True, drop_last=True,
+                                             generator=gen)
+        return train_kassl(student, loader, source, epochs=epochs, lr=cfg.s3_kassl_lr, progress=False)
+
+    def timed(make_source):
+        t0 = time.perf_counter()
+        source = make_source()
+        losses = [train_once(source).series("train_loss") for _ in range(students)]
+        return time.perf_counter() - t0, losses
+
+    old = os.environ.get("KD_CACHE_DIR")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["KD_CACHE_DIR"] = tmp
+        try:
+            cached_s, cached_loss = timed(lambda: BankViews(bank, features=bank.features(teacher, "cpu")))
+        finally:
+            if old is None:
+                del os.environ["KD_CACHE_DIR"]
+            else:
+                os.environ["KD_CACHE_DIR"] = old
+    live_s, live_loss = timed(lambda: BankViews(bank, teacher=teacher))
+    same = all(abs(a - b) < 1e-5 for la, lb in zip(cached_loss, live_loss) for a, b in zip(la, lb))
+    result = {"live_s": live_s, "cached_s": cached_s, "speedup": live_s / cached_s, "same_losses": same}
+    print(f"KASSL: {students} students x {epochs} epochs on {n_images} images with {views} pre-drawn views each: "
+          f"live teacher {live_s:.1f} s, cached teacher features {cached_s:.1f} s (including computing them) "
+          f"-> {live_s / cached_s:.2f}x faster; per-epoch losses equal: {same}")
+    return result

@@ -1,0 +1,467 @@
+"""Binary image-text matchers (study 2): a CLIP teacher, two-tower students, BCE and KD training.
+
+Every matcher takes a batch from `pairs.PairDataset` (a dict with the image
+and the caption tokenized for each reader) and returns one logit per pair:
+"does this caption describe this image?".
+
+* `ClipMatcher` (teacher): logit = w * cos(image, caption) + b on a
+  `CLIPModel`, w initialised from CLIP's logit scale, all of it fine-tuned.
+* `TwoTowerMatcher` (students): an image encoder (a ResNet without its
+  classifier) and a mean-pooled text encoder (MiniLM style), then a head:
+  - `additive`, the paper's: `Linear(concat(u, v)) = a(image) + b(caption)`.
+    With random negatives a matched and a mismatched pair draw image and
+    caption from the same marginals, so this score has the same mean in
+    both classes: the architecture cannot represent "these two agree".
+  - `interaction`: `[u', v', u'*v', |u'-v'|]` of projected features into a
+    small MLP, which can compare the two (the usual sentence-pair head).
+
+Training uses `train.fit` with a loss chosen by `LossSpec`: BCE on the
+labels, or the paper's two KD losses against cached teacher logits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import metrics
+from .cache import cache_root, cached, key_digest, model_fingerprint
+from .clip import image_embeds, text_embeds
+from .errors import ConfigError
+from .losses import binary_softmax_kd, sigmoid_kd
+from .train import History, fit, make_optimizer, seed_everything, to_device
+
+__all__ = ["ClipMatcher", "TwoTowerMatcher", "LossSpec", "matching_loss", "pairs_fingerprint", "predict_logits",
+           "teacher_logits", "train_matcher", "calibrate_bias", "matching_report", "additive_score_analysis",
+           "predict_additive_parts", "equivalent_sigmoid_alpha", "paper_inputs", "build_teacher", "student_factory",
+           "benchmark"]
+
+
+class ClipMatcher(nn.Module):
+    """CLIP as a binary matcher: `w * cos(image, caption) + b`, reading the batch's "teacher" tokens."""
+
+    reader = "teacher"
+
+    def __init__(self, clip_model: nn.Module, scale: float | None = None, bias: float = 0.0):
+        super().__init__()
+        self.clip = clip_model
+        init = float(clip_model.logit_scale.detach().exp()) if scale is None else float(scale)
+        self.w = nn.Parameter(torch.tensor(init))
+        self.b = nn.Parameter(torch.tensor(float(bias)))
+
+    def cosine(self, batch: dict) -> torch.Tensor:
+        img = F.normalize(image_embeds(self.clip, batch["image"]), dim=-1)
+        txt = F.normalize(text_embeds(self.clip, batch[f"{self.reader}_ids"], batch[f"{self.reader}_mask"]), dim=-1)
+        return (img * txt).sum(-1)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.w * self.cosine(batch) + self.b
+
+
+class TwoTowerMatcher(nn.Module):
+    """Image tower + text tower + a matching head (`additive` or `interaction`), one logit per pair."""
+
+    reader = "student"
+    HEADS = ("additive", "interaction")
+
+    def __init__(self, image_encoder: nn.Module, image_dim: int, text_encoder: nn.Module, head: str = "additive",
+                 width: int = 128, dropout: float = 0.1):
+        super().__init__()
+        if head not in self.HEADS:
+            raise ConfigError(f"matching head must be one of {self.HEADS}, got {head!r}.")
+        self.image_encoder, self.text_encoder, self.head_kind = image_encoder, text_encoder, head
+        text_dim = int(text_encoder.dim)
+        if head == "additive":
+            self.head = nn.Linear(image_dim + text_dim, 1)
+        else:
+            self.project_image = nn.Linear(image_dim, width)
+            self.project_text = nn.Linear(text_dim, width)
+            self.head = nn.Sequential(nn.Linear(4 * width, width), nn.ReLU(), nn.Dropout(dropout), nn.Linear(width, 1))
+        self.image_dim, self.text_dim = image_dim, text_dim
+
+    def towers(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        u = self.image_encoder(batch["image"])
+        v = self.text_encoder(batch[f"{self.reader}_ids"], batch[f"{self.reader}_mask"])
+        return u, v
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        u, v = self.towers(batch)
+        if self.head_kind == "additive":
+            return self.head(torch.cat([u, v], dim=-1)).squeeze(-1)
+        pu, pv = self.project_image(u), self.project_text(v)
+        return self.head(torch.cat([pu, pv, pu * pv, (pu - pv).abs()], dim=-1)).squeeze(-1)
+
+    def additive_parts(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The additive head's score split as a(image) + b(caption) (the bias goes with the image part)."""
+        if self.head_kind != "additive":
+            raise ConfigError("additive_parts exists only for the additive head.")
+        u, v = self.towers(batch)
+        w = self.head.weight[0]
+        return u @ w[:self.image_dim] + self.head.bias[0], v @ w[self.image_dim:]
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """`bce` (labels only), or `softmax_kd` / `sigmoid_kd` against the teacher's logits with T and alpha."""
+
+    kind: str = "bce"
+    T: float = 1.0
+    alpha: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in ("bce", "softmax_kd", "sigmoid_kd"):
+            raise ConfigError(f"loss kind must be bce, softmax_kd or sigmoid_kd, got {self.kind!r}.")
+
+    @property
+    def label(self) -> str:
+        return "BCE" if self.kind == "bce" else f"{self.kind} T={self.T:g} alpha={self.alpha:g}"
+
+
+def matching_loss(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None, spec: LossSpec) -> dict:
+    """{"loss", "hard", "kd"}: the hard BCE and (for KD) the distillation term before weighting."""
+    if spec.kind == "bce":
+        hard = F.binary_cross_entropy_with_logits(logits, labels)
+        return {"loss": hard, "hard": hard.detach()}
+    if teacher is None:
+        raise ConfigError(f"{spec.kind} needs the teacher's logits.")
+    fn = binary_softmax_kd if spec.kind == "softmax_kd" else sigmoid_kd
+    parts = fn(logits, teacher, labels, spec.T, spec.alpha, return_parts=True)
+    return {"loss": parts["total"], "hard": parts["ce"].detach(), "kd": parts["kd"].detach()}
+
+
+def pairs_fingerprint(dataset) -> str:
+    """Hash of a PairDataset's pairs and images (in-memory bytes, or the image loader's description)."""
+    h = hashlib.sha256()
+    p = dataset.pairs
+    h.update(p.image_index.tobytes())
+    h.update(p.labels.tobytes())
+    h.update("\x00".join(p.captions).encode())
+    if isinstance(dataset.images, torch.Tensor):
+        h.update(dataset.images.contiguous().numpy().tobytes())
+    else:
+        h.update(repr(getattr(dataset.images, "key", dataset.images)).encode())
+    return h.hexdigest()[:16]
+
+
+def _loader(dataset, batch_size: int, shuffle: bool = False, generator=None, num_workers: int = 0):
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                                       num_workers=num_workers, drop_last=False)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, dataset, batch_size: int = 256, device="cpu", num_workers: int = 0,
+                   progress: bool = False, desc: str = "predict") -> torch.Tensor:
+    """One logit per pair of `dataset`, in order, on the CPU (model in eval mode, restored after)."""
+    was_training = model.training
+    model.eval().to(device)
+    out = [model(to_device(b, torch.device(device))).float().cpu()
+           for b in tqdm(_loader(dataset, batch_size, num_workers=num_workers), desc=desc, leave=False,
+                         disable=not progress)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def teacher_logits(teacher: nn.Module, dataset, batch_size: int = 256, device="cpu", num_workers: int = 0,
+                   progress: bool = False) -> torch.Tensor:
+    """The frozen teacher's logit for every pair, cached on disk by (teacher weights, pairs)."""
+    key = {"what": "matching-teacher-logits", "teacher": model_fingerprint(teacher), "pairs": pairs_fingerprint(dataset)}
+    return cached("study2", key, lambda: predict_logits(teacher, dataset, batch_size, device, num_workers, progress,
+                                                       "teacher logits"), verbose=False)
+
+
+@torch.no_grad()
+def calibrate_bias(matcher: ClipMatcher, dataset, batch_size: int = 256, device="cpu", num_workers: int = 0) -> float:
+    """Set b = -w * (mean cosine over the pairs), so the untrained threshold sits amid the data.
+
+    Labels are not used. Without it, w * cos with CLIP's scale (100 for the
+    published model) starts every pair far on the "match" side, and Adam at
+    lr 5e-5 would need thousands of steps to move b there.
+    """
+    matcher.b.zero_()
+    cos = predict_logits(_CosineOnly(matcher), dataset, batch_size, device, num_workers)
+    matcher.b.fill_(-float(matcher.w.detach()) * float(cos.mean()))
+    return float(matcher.b)
+
+
+class _CosineOnly(nn.Module):
+    def __init__(self, matcher: ClipMatcher):
+        super().__init__()
+        self.matcher = matcher
+
+    def forward(self, batch):
+        return self.matcher.cosine(batch)
+
+
+def train_matcher(model: nn.Module, train, val, *, loss: LossSpec = LossSpec(), teacher: torch.Tensor | None = None,
+                  epochs: int, lr: float, batch_size: int, seed: int, device="cpu", num_workers: int = 0,
+                  max_steps: int | None = None, cache_tag: str | None = None, progress: bool = True,
+                  desc: str = "train") -> History:
+    """Fine-tune `model` (every parameter) with Adam on `train`; validation BCE/accuracy after each epoch.
+
+    `teacher` holds the frozen teacher's logit for each training pair (KD
+    losses). With `cache_tag`, the run is checkpointed under the cache, keyed
+    by the initial weights, the data, the loss, the teacher logits and the
+    schedule: a rerun resumes or returns the finished model at once.
+    """
+    if loss.kind != "bce" and (teacher is None or len(teacher) != len(train)):
+        raise ConfigError(f"{loss.kind} needs one teacher logit per training pair ({len(train)}).")
+    gen = seed_everything(seed)
+    checkpoint, key = None, ""
+    if cache_tag is not None:
+        spec = {"tag": cache_tag, "init": model_fingerprint(model), "train": pairs_fingerprint(train),
+                "val": pairs_fingerprint(val), "loss": asdict(loss), "epochs": epochs, "lr": lr, "batch": batch_size,
+                "seed": seed, "max_steps": max_steps, "v": 1,
+                "teacher": None if teacher is None else hashlib.sha256(teacher.numpy().tobytes()).hexdigest()[:16]}
+        key = key_digest(spec)
+        checkpoint = cache_root() / "study2" / "runs" / f"{cache_tag}-{key}.pt"
+    loader = _loader(train, batch_size, shuffle=True, generator=gen, num_workers=num_workers)
+    opt = make_optimizer(model.parameters(), "adam", lr=lr)
+    soft = None if teacher is None else teacher.float().to(device)
+
+    def compute_loss(batch):
+        logits = model(batch)
+        parts = matching_loss(logits, batch["label"], None if soft is None else soft[batch["index"]], loss)
+        parts["acc"] = ((logits.detach() > 0).float() == batch["label"]).float().mean()
+        return parts
+
+    def evaluate():
+        z = predict_logits(model, val, batch_size * 2, device, num_workers)
+        y = val.labels
+        return {"val_loss": float(F.binary_cross_entropy_with_logits(z, y)),
+                "val_acc": metrics.accuracy(y.long(), (z > 0).long())}
+
+    return fit(model, loader, compute_loss, opt, epochs, evaluate=evaluate, checkpoint=checkpoint,
+               checkpoint_key=key, device=device, max_steps_per_epoch=max_steps, desc=desc, progress=progress)
+
+
+def matching_report(logits: torch.Tensor, pairs) -> dict:
+    """The paper's table (accuracy, precision, recall, F1 in %) plus accuracy per pair kind.
+
+    Per kind: "match" is the recall on true pairs; a negative kind ("random",
+    "shape", "jaccard"...) is the share of its pairs correctly rejected.
+    """
+    report = metrics.binary_report(pairs.labels, logits, from_logits=True)
+    pred = (torch.as_tensor(logits) >= 0).numpy().astype(np.int64)  # sigmoid(z) >= 0.5
+    kinds = np.asarray(pairs.kind)
+    report["by_kind"] = {str(k): 100.0 * float((pred[kinds == k] == pairs.labels[kinds == k]).mean())
+                         for k in np.unique(kinds)}
+    return report
+
+
+def additive_score_analysis(image_part: torch.Tensor, caption_part: torch.Tensor, labels) -> dict:
+    """Is the additive score a(image) + b(caption) different between matched and mismatched pairs?
+
+    Means and standard deviations per class of the score and of its two parts,
+    Welch's t-test on the score, and the ROC AUC of the score (50 = no
+    separation). Equal means with random negatives are the paper's 49%.
+    """
+    from scipy import stats
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels).astype(bool)
+    a, b = image_part.double().numpy(), caption_part.double().numpy()
+    s = a + b
+    out = {}
+    for name, x in (("score", s), ("image_part", a), ("caption_part", b)):
+        out[name] = {"mean_match": float(x[labels].mean()), "mean_mismatch": float(x[~labels].mean()),
+                     "std_match": float(x[labels].std()), "std_mismatch": float(x[~labels].std())}
+    t = stats.ttest_ind(s[labels], s[~labels], equal_var=False)
+    out["welch_t"], out["welch_p"] = float(t.statistic), float(t.pvalue)
+    out["auc"] = 100.0 * float(roc_auc_score(labels, s))
+    return out
+
+
+# ----------------------------------------------------------------------------- the models of each profile
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def paper_inputs(cfg) -> dict:
+    """{what: (path, how to get it)} for `session.require_files` at `paper`.
+
+    Data is always required; weights only outside dry runs (where random
+    weights are allowed, though the model folders' config and tokenizer are
+    still read).
+    """
+    import torchvision
+
+    from .datasets import _COCO_HOW
+    from .pairs import coco_paths, resolve_root
+    from .text import hf_download_hint
+
+    annotations, images = coco_paths(cfg)
+    need = {"COCO captions annotations": (annotations, _COCO_HOW), "COCO images": (images, _COCO_HOW)}
+    weights = resolve_root(cfg.weights_root)
+    clip_dir, text_dir = weights / cfg.s2_clip_weights, weights / cfg.s2_text_weights
+    need["CLIP teacher config"] = (clip_dir / "config.json", hf_download_hint("openai/clip-vit-base-patch32", clip_dir))
+    need["MiniLM text encoder config"] = (text_dir / "config.json", hf_download_hint(MINILM, text_dir))
+    if not cfg.dry_run:
+        w = torchvision.models.get_model_weights(cfg.student_arch)[cfg.s2_student_weights]
+        hub = Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
+        need[f"{cfg.student_arch} {cfg.s2_student_weights} weights"] = (
+            hub, f"Download {w.url} on a machine with internet and copy it to {hub} (or set TORCH_HOME).")
+    return need
+
+
+def build_teacher(cfg, progress: bool | None = None):
+    """(CLIPModel, tokenizer, info): the small CLIP pretrained here (tiny/small) or the published one (paper)."""
+    from .clip import load_clip, pretrain_small_clip
+    from .pairs import resolve_root
+
+    if cfg.profile != "paper":
+        model, tokenizer, summary = pretrain_small_clip(cfg, seed=0, progress=progress)
+        return model, tokenizer, {"source": f"small CLIP ({summary['arch']['name']}) pretrained on SynthWorld source",
+                                  **{k: summary[k] for k in ("source_test_recalls", "target_zero_shot_top1", "parameters")},
+                                  "pretrain_loss": [e["train_loss"] for e in summary["history"]["epochs"]]}
+    path = resolve_root(cfg.weights_root) / cfg.s2_clip_weights
+    model, tokenizer = load_clip(path, allow_random=cfg.dry_run)
+    return model, tokenizer, {"source": str(path), "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def student_factory(cfg):
+    """(make(head, seed) -> TwoTowerMatcher, tokenizer, info): fresh students from the same starting encoders.
+
+    tiny/small: the image tower is a SmallResNet (`student_arch`) pretrained on
+    the SynthWorld source task (`pretrain.pretrain_source`, classifier
+    removed); the text tower a small BERT from a config over the offline
+    SynthWorld tokenizer, randomly initialised per seed (nothing to download).
+    paper: torchvision `student_arch` with `s2_student_weights`, classifier
+    removed, ImageNet normalisation; `all-MiniLM-L6-v2`, mean-pooled.
+    """
+    import copy
+
+    from .models import torchvision_model
+    from .pairs import resolve_root
+    from .teacher import IMAGENET_MEAN, IMAGENET_STD, Normalize
+    from .text import TextEncoder, build_tokenizer, load_text_encoder, small_text_model
+
+    if cfg.profile != "paper":
+        from .pretrain import pretrain_source
+        from .synthworld import vocabulary
+
+        backbone, summary = pretrain_source(cfg.student_arch, cfg, seed=0)
+        backbone.fc = nn.Identity()
+        image_dim = backbone.feature_dim
+        tokenizer = build_tokenizer(vocabulary(), max_length=32)
+        heads = max(1, cfg.s2_text_hidden // 32)
+
+        def text_tower(seed):
+            torch.manual_seed(seed)
+            return TextEncoder(tokenizer, small_text_model("bert", len(tokenizer), hidden=cfg.s2_text_hidden,
+                                                           layers=cfg.s2_text_layers, heads=heads, max_positions=32))
+        info = {"image_tower": f"{cfg.student_arch} pretrained on SynthWorld source (top-1 "
+                               f"{summary['source_top1']:.1f}%)",
+                "text_tower": f"BERT {cfg.s2_text_layers} layers x {cfg.s2_text_hidden}, random init, mean-pooled"}
+    else:
+        net = torchvision_model(cfg.student_arch, cfg.s2_student_weights, allow_random=cfg.dry_run)
+        image_dim = net.fc.in_features
+        net.fc = nn.Identity()
+        backbone = nn.Sequential(Normalize(IMAGENET_MEAN, IMAGENET_STD), net)
+        path = resolve_root(cfg.weights_root) / cfg.s2_text_weights
+        pretrained_text = load_text_encoder(path, allow_random=cfg.dry_run, repo_id=MINILM)
+        tokenizer = pretrained_text.tokenizer
+
+        def text_tower(seed):
+            return copy.deepcopy(pretrained_text)
+        info = {"image_tower": f"torchvision {cfg.student_arch} ({cfg.s2_student_weights})",
+                "text_tower": f"{path} (mean-pooled, {pretrained_text.dim}-d)"}
+
+    def make(head: str, seed: int) -> TwoTowerMatcher:
+        text_encoder = text_tower(seed)
+        torch.manual_seed(seed)
+        return TwoTowerMatcher(copy.deepcopy(backbone), image_dim, text_encoder, head=head, width=cfg.s2_head_width)
+
+    return make, tokenizer, info
+
+
+@torch.no_grad()
+def predict_additive_parts(model: TwoTowerMatcher, dataset, batch_size: int = 256, device="cpu",
+                           num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a(image), b(caption)) of an additive student for every pair of `dataset`, on the CPU."""
+    was_training = model.training
+    model.eval().to(device)
+    parts = [model.additive_parts(to_device(b, torch.device(device))) for b in _loader(dataset, batch_size,
+                                                                                        num_workers=num_workers)]
+    model.train(was_training)
+    return torch.cat([a.float().cpu() for a, _ in parts]), torch.cat([b.float().cpu() for _, b in parts])
+
+
+def equivalent_sigmoid_alpha(T: float, alpha: float) -> tuple[float, float]:
+    """(alpha', c): softmax KD at (T, alpha) has c times the gradient of sigmoid KD at (T, alpha').
+
+    For one logit, both distillation terms have the gradient (sigmoid(z_s/T) -
+    sigmoid(z_t/T)) / T w.r.t. z_s, but softmax KD multiplies it by T^2. So
+    `alpha * T^2 * g + (1 - alpha) * h = c * (alpha' * g + (1 - alpha') * h)`
+    with `c = alpha * T^2 + 1 - alpha` and `alpha' = alpha * T^2 / c`. Adam is
+    almost invariant to the constant c: the two losses are one family.
+    """
+    c = alpha * T * T + 1.0 - alpha
+    return alpha * T * T / c, c
+
+
+def benchmark(n_pairs: int = 1024, epochs: int = 2, batch_size: int = 128) -> dict:
+    """KD with the teacher run at every step vs with its cached logits: same losses, time ratio.
+
+    `python -m kdutils bench matching`. Uses the tiny-profile models (random
+    weights: speed and equality do not depend on training) on SynthWorld pairs.
+    """
+    import time
+
+    from .clip import SMALL_CLIP_ARCHS, small_clip_config
+    from .models import small_resnet
+    from .pairs import PairDataset, random_negative_pairs
+    from .synthworld import generate, vocabulary
+    from .text import TextEncoder, build_tokenizer, quiet_transformers, small_text_model
+    from transformers import CLIPModel
+
+    tok = build_tokenizer(vocabulary(), max_length=32)
+    batch = generate("target", n_pairs, seed=5)
+    images = torch.from_numpy(batch.images).permute(0, 3, 1, 2).contiguous()
+    data = PairDataset(random_negative_pairs(batch.captions, 0), images, {"teacher": tok, "student": tok})
+    arch = dict(SMALL_CLIP_ARCHS["clip_s"])
+    torch.manual_seed(0)
+    with quiet_transformers():
+        teacher = ClipMatcher(CLIPModel(small_clip_config(len(tok), **arch))).eval()
+    spec = LossSpec("sigmoid_kd", 3.0, 0.5)
+
+    def student():
+        torch.manual_seed(1)
+        return TwoTowerMatcher(small_resnet("resnet_xs"), 64, TextEncoder(tok, small_text_model(
+            "bert", len(tok), hidden=64, layers=2, heads=2, max_positions=32)), head="interaction")
+
+    def run(live: bool):
+        t0 = time.perf_counter()
+        cached_logits = None if live else predict_logits(teacher, data, 256)
+        model, gen = student(), seed_everything(0)  # after predicting: its loader draws from the global RNG
+        opt = make_optimizer(model.parameters(), "adam", lr=1e-3)
+        losses = []
+        for _ in range(epochs):
+            for b in _loader(data, batch_size, shuffle=True, generator=gen):
+                if live:
+                    with torch.no_grad():
+                        zt = teacher(b)
+                else:
+                    zt = cached_logits[b["index"]]
+                loss = matching_loss(model(b), b["label"], zt, spec)["loss"]
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(float(loss))
+        return losses, time.perf_counter() - t0
+
+    live_losses, live_s = run(True)
+    cached_losses, cached_s = run(False)
+    diff = max(abs(a - b) for a, b in zip(live_losses, cached_losses))
+    out = {"pairs": n_pairs, "epochs": epochs, "live_teacher_s": live_s, "cached_teacher_s": cached_s,
+           "speedup": live_s / cached_s, "max_loss_difference": diff}
+    print(f"KD with the teacher at every step: {live_s:.2f} s; with cached teacher logits (computing them "
+          f"included): {cached_s:.2f} s; ratio {live_s / cached_s:.2f}x; largest loss difference {diff:.2e} "
+          f"over {len(live_losses)} steps")
+    return out

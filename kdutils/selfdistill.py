@@ -1,0 +1,1058 @@
+"""Study 1: self-distillation through a text-queried image-text head, and its ablations.
+
+The thesis's recipe, in the order this module provides it:
+
+1. **Frozen encoders** (`Encoders`): a pretrained image encoder that gives a
+   token sequence (`ImageEncoder`) and a pretrained text encoder that gives one
+   vector per prompt (`TextQueries`). Their outputs never change, so the image
+   side is computed once per data split and view (`FrozenFeatures`, cached on
+   disk) and every teacher trains on tensors.
+2. **Teachers** (`fit_teacher`): the image-text head (`kdutils.itc_head`)
+   trained with cross-entropy, either the thesis's way (each image queried by
+   its own prompt, mode "prompt", or its own caption, mode "caption") or
+   label-free (all class prompts as queries, mode "label_free"); and the
+   no-text teacher, a linear layer on the encoder's pooled output (mode
+   "linear", the Born-Again baseline).
+3. **Students** (`fit_student`): a freshly initialised copy of the image
+   encoder's architecture plus a linear layer, trained on images only with
+   the soft cross-entropy `-sum y_hat log s_hat` against a frozen teacher's
+   softmax (the teacher's outputs on every training image and view are
+   computed once and cached: `soft_targets`), or with plain cross-entropy on
+   the labels (the student trained alone).
+4. **Ablations**: repeated generations (a student's outputs become the next
+   targets), few-shot subsets (`few_shot_indices`), captions as queries
+   (`image_captions`: SynthWorld's true captions, or a captioning model at
+   `paper`), and image-text retrieval through a learned projection
+   (`retrieval_recalls`).
+
+Augmentation is a horizontal flip only, with the teacher's outputs cached
+for both views (`VIEWS`): a student always imitates the teacher's answer for
+exactly the image it sees. Captions of the flipped view swap "left" and
+"right". Every training run goes through `kdutils.train.fit` with a
+checkpoint keyed by everything that defines it, so a rerun resumes or
+returns at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import clip as kclip
+from . import datasets, metrics
+from . import synthworld as sw
+from . import text as ktext
+from .cache import cache_root, cached, key_digest, model_fingerprint
+from .errors import ConfigError, MissingDataError
+from .itc_head import ImageTextHead
+from .losses import ClipLoss, soft_cross_entropy
+from .models import small_resnet, torchvision_model
+from .paths import REPO_ROOT
+from .pretrain import DATA_SEEDS, pretrain_source, synth_split, world_config
+from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize
+from .train import fit, make_optimizer, seed_everything, warmup_cosine
+
+__all__ = [
+    "VIEWS", "ImageData", "IndexedImages", "load_data", "paper_requirements", "image_captions",
+    "mirror_text", "ImageEncoder", "Student", "TextQueries", "Encoders", "FrozenFeatures", "Teacher",
+    "fit_teacher", "teacher_logits", "fit_student", "student_logits", "soft_targets", "topk",
+    "few_shot_indices", "labels_of", "features_of", "retrieval_recalls", "attention_maps",
+    "pretrain_small_roberta", "tensor_digest",
+]
+
+VIEWS = ("plain", "hflip")
+_SYNTH_TEXT_MAX = 32
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """A short hash of a tensor's values (cache keys of runs that depend on a tensor)."""
+    t = t.detach().cpu().contiguous()
+    return hashlib.sha256(str((t.dtype, tuple(t.shape))).encode() + t.view(-1).view(torch.uint8).numpy().tobytes()
+                          ).hexdigest()[:16]
+
+
+def _texts_digest(texts: Sequence[str]) -> str:
+    return hashlib.sha256("\x1f".join(texts).encode()).hexdigest()[:16]
+
+
+def _under(root: str, path: str) -> Path:
+    """`path` if absolute, else under `root` (itself relative to the repository when relative)."""
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    base = Path(root)
+    return (base if base.is_absolute() else REPO_ROOT / base) / p
+
+
+def _epochs(cfg, epochs: int) -> int:
+    """Dry runs do one epoch of two steps per phase."""
+    return 1 if cfg.dry_run else epochs
+
+
+def _to_unit(images: torch.Tensor) -> torch.Tensor:
+    return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+
+
+def _flip(x: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+    """Flip the images whose view is 1 (hflip), per sample."""
+    return torch.where(view.view(-1, 1, 1, 1).bool(), x.flip(-1), x)
+
+
+# ----------------------------------------------------------------------------- data
+
+class IndexedImages(torch.utils.data.Dataset):
+    """uint8 images (N, 3, H, W) held in memory; an item is (image, label, index)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}.")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels.")
+        self.images, self.labels = images, torch.as_tensor(labels).long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i], i
+
+
+class _IndexedFolder(torch.utils.data.Dataset):
+    """An ImageFolder (transform giving uint8 tensors) whose items are (image, label, index)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.labels = torch.tensor(folder.targets, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        image, label = self.folder[i]
+        return image, label, i
+
+
+def labels_of(dataset) -> torch.Tensor:
+    """Labels of a data set or a `Subset` of one, without loading images."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        return labels_of(dataset.dataset)[torch.as_tensor(dataset.indices)]
+    return dataset.labels
+
+
+def indices_of(dataset) -> torch.Tensor:
+    """The indices (into the full split) of the items of a data set or `Subset`."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        return torch.as_tensor(dataset.indices).long()
+    return torch.arange(len(dataset))
+
+
+def _eval_loader(dataset, batch_size: int = 512):
+    """In-order batches; image files (ImageNet) are decoded by worker processes, tensors in memory are not."""
+    base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
+    workers = min(8, os.cpu_count() or 1) if isinstance(base, _IndexedFolder) else 0
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+
+
+@dataclass
+class ImageData:
+    """One data set of the grid: splits of (uint8 image, label, index) items, class names and prompts.
+
+    `val` drives the training curves only (nothing is selected on it); the
+    real data sets have no validation split, so there it is the test split.
+    `captions` holds SynthWorld's true captions; at `paper` they come from a
+    captioning model (`image_captions`).
+    """
+
+    name: str
+    class_names: list[str]
+    prompts: list[str]
+    splits: dict
+    key: dict
+    captions: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def prompt(class_name: str) -> str:
+    """The thesis's prompt: "This is an image of a [class]."."""
+    name = class_name.replace("_", " ")
+    return f"This is an image of {'an' if name[0].lower() in 'aeiou' else 'a'} {name}."
+
+
+def _in_memory(images_nhwc, labels) -> IndexedImages:
+    return IndexedImages(torch.as_tensor(images_nhwc).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(labels))
+
+
+def synthworld_data(cfg) -> ImageData:
+    splits, captions, sizes = {}, {}, {}
+    for split in ("train", "val", "test"):
+        batch = synth_split(cfg, f"target_{split}")
+        splits[split] = _in_memory(batch.images, batch.labels)
+        captions[split] = list(batch.captions)
+        sizes[split] = len(batch)
+    key = {"data": "synthworld-target", "world": asdict(world_config(cfg)), "sizes": sizes,
+           "seeds": {s: DATA_SEEDS[f"target_{s}"] for s in sizes}}
+    return ImageData("synthworld", list(sw.TARGET_CLASSES), sw.class_prompts("target"), splits, key, captions)
+
+
+def _cifar_root(cfg) -> Path:
+    return _under(cfg.data_root, ".")
+
+
+def cifar_data(cfg, name: str) -> ImageData:
+    root = _cifar_root(cfg)
+    verify = not cfg.dry_run  # dry runs read fixture batches written in the official format
+    train = datasets.cifar(root, name, train=True, verify=verify)
+    test = datasets.cifar(root, name, train=False, verify=verify)
+    classes = [c.replace("_", " ") for c in train.classes]
+    test_set = _in_memory(test.data, test.targets)
+    splits = {"train": _in_memory(train.data, train.targets), "val": test_set, "test": test_set}
+    key = {"data": name, "root": str(root), "sizes": {"train": len(train), "test": len(test)}}
+    return ImageData(name, classes, [prompt(c) for c in classes], splits, key,
+                     notes=[f"{name}: no validation split; the curves use the test split (nothing is selected on it)."])
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1,000 ImageNet class names in wnid-sorted order (torchvision's metadata, no download)."""
+    import torchvision
+
+    return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
+
+
+def imagenet_data(cfg) -> ImageData:
+    import torchvision.transforms as T
+
+    root = _under(cfg.data_root, cfg.s1_imagenet_dir)
+    size = cfg.image_size
+    tf = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.PILToTensor()])
+    how = ("Download ILSVRC2012 from https://image-net.org and arrange train/ and val/ as one folder per "
+           f"wnid (val with the usual valprep.sh) under '{root}'.")
+    train = datasets.image_folder(root / "train", tf, how_to_get=how)
+    val = datasets.image_folder(root / "val", tf, classes=train.classes, how_to_get=how)
+    names = imagenet_class_names()
+    if len(train.classes) != len(names):
+        raise ConfigError(f"ImageNet at '{root / 'train'}' has {len(train.classes)} class folders; the grid needs all "
+                          f"{len(names)} (class names come from torchvision's wnid-sorted list).")
+    test_set = _IndexedFolder(val)
+    splits = {"train": _IndexedFolder(train), "val": test_set, "test": test_set}
+    key = {"data": "imagenet", "root": str(root), "size": size,
+           "sizes": {"train": len(train), "val": len(val)}}
+    return ImageData("imagenet", names, [prompt(c) for c in names], splits, key,
+                     notes=["imagenet: the curves use the validation split, which is also the test split."])
+
+
+def load_data(cfg, name: str) -> ImageData:
+    """One data set of the grid: 'synthworld' (tiny/small) or 'cifar10', 'cifar100', 'imagenet' (paper)."""
+    if name == "synthworld":
+        return synthworld_data(cfg)
+    if name in ("cifar10", "cifar100"):
+        return cifar_data(cfg, name)
+    if name == "imagenet":
+        return imagenet_data(cfg)
+    raise ConfigError(f"unknown data set '{name}' in s1_datasets; choose synthworld, cifar10, cifar100 or imagenet.")
+
+
+def _hub_file(weights: str) -> Path:
+    import torchvision
+
+    w = torchvision.models.get_model_weights("resnet50")[weights]
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
+
+
+def _clip_path(cfg, image_encoder: str) -> tuple[Path, str]:
+    repo = cfg.s1_clip_b16 if image_encoder == "vit_b_16" else cfg.s1_clip_b32
+    return _under(cfg.weights_root, repo), repo
+
+
+def paper_requirements(cfg) -> dict:
+    """Everything the `paper` grid reads, as {what: (path, how to get it)} for `session.require_files`."""
+    req = {}
+    root = _cifar_root(cfg)
+    for name in cfg.s1_datasets:
+        if name in ("cifar10", "cifar100"):
+            folder = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+            url = f"https://www.cs.toronto.edu/~kriz/{'cifar-10' if name == 'cifar10' else 'cifar-100'}-python.tar.gz"
+            req[f"{name} python batches"] = (folder, f"Download {url} and extract it into '{root}'.")
+        elif name == "imagenet":
+            im = _under(cfg.data_root, cfg.s1_imagenet_dir)
+            how = "Download ILSVRC2012 from https://image-net.org; one folder per wnid in train/ and val/."
+            req["ImageNet train folder"] = (im / "train", how)
+            req["ImageNet val folder"] = (im / "val", how)
+        else:
+            raise ConfigError(f"s1_datasets at paper holds '{name}'; choose cifar10, cifar100 or imagenet.")
+    clip_encoders = {e for e in cfg.s1_image_encoders if e in ("vit_b_32", "vit_b_16")}
+    if "clip" in cfg.s1_text_encoders and "resnet50" in cfg.s1_image_encoders:
+        clip_encoders.add("vit_b_32")  # ResNet-50 reads prompts with ViT-B/32's text tower
+    for enc in sorted(clip_encoders):
+        path, repo = _clip_path(cfg, enc)
+        req[f"CLIP {repo}"] = (path, ktext.hf_download_hint(repo, path))
+    for enc in cfg.s1_image_encoders:
+        if enc not in ("vit_b_32", "vit_b_16", "resnet50"):
+            raise ConfigError(f"s1_image_encoders at paper holds '{enc}'; choose vit_b_32, vit_b_16 or resnet50.")
+    if "resnet50" in cfg.s1_image_encoders and not cfg.dry_run:
+        req[f"torchvision resnet50 {cfg.s1_resnet50_weights} weights"] = (
+            _hub_file(cfg.s1_resnet50_weights),
+            f"Run `python -c \"import torchvision; torchvision.models.get_model('resnet50', "
+            f"weights='{cfg.s1_resnet50_weights}')\"` on a machine with internet and copy the hub cache.")
+    if "roberta" in cfg.s1_text_encoders:
+        path = _under(cfg.weights_root, cfg.s1_roberta)
+        req[f"RoBERTa {cfg.s1_roberta}"] = (path, ktext.hf_download_hint(cfg.s1_roberta, path))
+    if cfg.s1_captions:
+        path = _under(cfg.weights_root, cfg.s1_captioner)
+        req[f"captioning model {cfg.s1_captioner}"] = (
+            path, ktext.hf_download_hint(cfg.s1_captioner, path) + " Or set s1_captions=False.")
+    return req
+
+
+_MIRROR = {"left": "right", "right": "left"}
+
+
+def mirror_text(text: str) -> str:
+    """The caption of the horizontally flipped image: 'left' and 'right' swapped."""
+    return re.sub(r"\b(left|right)\b", lambda m: _MIRROR[m.group(1)], text)
+
+
+def image_captions(cfg, data: ImageData, split: str, device) -> list[str]:
+    """One caption per image of `split`: SynthWorld's true captions, else a captioning model's (cached).
+
+    The `paper` hook reads a BLIP checkpoint (`s1_captioner`, a folder written
+    by `save_pretrained`) through transformers; a missing checkpoint raises
+    MissingDataError naming the folder and the download command.
+    """
+    if data.captions is not None:
+        return data.captions[split]
+    from transformers import AutoProcessor, BlipForConditionalGeneration
+
+    path = _under(cfg.weights_root, cfg.s1_captioner)
+    hint = ktext.hf_download_hint(cfg.s1_captioner, path) + " Or set s1_captions=False."
+    with ktext.quiet_transformers():
+        try:
+            processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
+            model = BlipForConditionalGeneration.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise MissingDataError(f"captioning model {cfg.s1_captioner}", path,
+                                   f"{hint} [{type(err).__name__}]") from None
+    model.eval().to(device)
+    dataset = data.splits[split]
+    key = {"what": "s1-captions", "model": model_fingerprint(model), "data": data.key, "split": split,
+           "n": len(dataset), "dry_run": cfg.dry_run}
+
+    @torch.no_grad()
+    def compute():
+        out = []
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+        for images, _, _ in tqdm(loader, desc=f"caption {data.name} {split}", leave=False, disable=not cfg.progress):
+            inputs = processor(images=list(images), return_tensors="pt").to(device)
+            ids = model.generate(**inputs, max_new_tokens=30)
+            out += [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
+        return out
+
+    return cached("s1-captions", key, compute)
+
+
+# ----------------------------------------------------------------------------- encoders
+
+def _resnet_feature_map(net, x: torch.Tensor) -> torch.Tensor:
+    """torchvision ResNet up to layer4 (the last feature map, before pooling)."""
+    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+
+
+class ImageEncoder(nn.Module):
+    """A frozen pretrained image encoder: [0, 1] images -> (tokens (N, T, D), pooled (N, P)).
+
+    Tokens are the head's keys and values: ViT patch tokens (class token
+    dropped) or the last feature map flattened to H*W tokens. `pooled` is the
+    encoder's own summary, the input of the no-text teacher and of the probe:
+    CLIP's post-LayerNorm class token, the ResNet's global average pool.
+    `student_spec` describes the architecture a fresh student copies.
+    """
+
+    def __init__(self, name: str, kind: str, net: nn.Module, preprocess: nn.Module, student_spec: dict,
+                 description: str):
+        super().__init__()
+        if kind not in ("small_resnet", "torchvision_resnet", "clip_vision"):
+            raise ConfigError(f"unknown image encoder kind '{kind}'.")
+        self.name, self.kind, self.student_spec, self.description = name, kind, student_spec, description
+        self.net, self.preprocess = net, preprocess
+        for p in self.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+        self.fingerprint = model_fingerprint(self)
+
+    def train(self, mode: bool = True) -> "ImageEncoder":
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.preprocess(images01)
+        if self.kind == "small_resnet":
+            tokens = self.net.tokens(x)
+            return tokens, tokens.mean(1)
+        if self.kind == "torchvision_resnet":
+            tokens = _resnet_feature_map(self.net, x).flatten(2).transpose(1, 2)
+            return tokens, tokens.mean(1)
+        out = self.net(pixel_values=x)
+        return out.last_hidden_state[:, 1:], out.pooler_output
+
+
+class Student(nn.Module):
+    """A freshly initialised copy of an image encoder's architecture plus a linear layer over classes."""
+
+    def __init__(self, spec: dict, num_classes: int):
+        super().__init__()
+        self.kind = spec["kind"]
+        if self.kind == "small_resnet":
+            self.backbone = small_resnet(spec["arch"])
+            dim = self.backbone.feature_dim
+            self.preprocess = nn.Identity()
+        elif self.kind == "torchvision_resnet":
+            self.backbone = torchvision_model(spec["arch"], None)
+            dim = self.backbone.fc.in_features
+            self.backbone.fc = nn.Identity()
+            self.preprocess = Normalize(IMAGENET_MEAN, IMAGENET_STD, spec["input_size"])
+        elif self.kind == "clip_vision":
+            from transformers import CLIPVisionConfig, CLIPVisionModel
+
+            with ktext.quiet_transformers():
+                self.backbone = CLIPVisionModel(CLIPVisionConfig(**spec["config"]))
+            dim = spec["config"]["hidden_size"]
+            self.preprocess = Normalize(CLIP_MEAN, CLIP_STD, spec["config"]["image_size"])
+        else:
+            raise ConfigError(f"unknown student kind '{self.kind}'.")
+        self.feature_dim = dim
+        self.fc = nn.Linear(dim, num_classes)
+
+    def features(self, images01: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(images01)
+        if self.kind == "small_resnet":
+            return self.backbone.features(x)
+        if self.kind == "torchvision_resnet":
+            return self.backbone(x)
+        return self.backbone(pixel_values=x).pooler_output
+
+    def forward(self, images01: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(images01))
+
+
+class TextQueries:
+    """A frozen text encoder: a list of texts -> one vector per text (the head's queries), on the CPU."""
+
+    def __init__(self, name: str, encode, dim: int, fingerprint: str, description: str):
+        self.name, self._encode, self.dim = name, encode, dim
+        self.fingerprint, self.description = fingerprint, description
+
+    @torch.no_grad()
+    def __call__(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        texts = list(texts)
+        if not texts:
+            raise ValueError("no texts to encode.")
+        return torch.cat([self._encode(texts[i:i + batch_size]).float().cpu()
+                          for i in range(0, len(texts), batch_size)])
+
+    def cached(self, texts: Sequence[str]) -> torch.Tensor:
+        """Encodings of many texts (captions), cached on disk by encoder and text."""
+        key = {"what": "s1-text", "encoder": self.fingerprint, "texts": _texts_digest(texts), "n": len(texts)}
+        return cached("s1-text", key, lambda: self(texts), verbose=False)
+
+
+def pretrain_small_roberta(cfg, seed: int = 0, progress: bool | None = None):
+    """A small RoBERTa-style encoder trained as a masked language model on SynthWorld source captions; cached.
+
+    Built with `kdutils.text` (word-level tokenizer over SynthWorld's closed
+    vocabulary, `small_text_model("roberta")`) plus a linear MLM head: 15% of
+    the word tokens become [MASK] and are predicted. Returns the
+    `TextEncoder` (mean-pooled) and a summary with the masked-word accuracy on
+    source test captions. Cached via the training loop's checkpoint.
+    """
+    progress = cfg.progress if progress is None else progress
+    tokenizer = ktext.build_tokenizer(sw.vocabulary(), max_length=_SYNTH_TEXT_MAX)
+    hidden, layers, epochs = cfg.s1_text_hidden, cfg.s1_text_layers, cfg.s1_mlm_epochs
+    heads = max(1, hidden // 32)
+    key = {"what": "s1-roberta-mlm", "vocab": len(tokenizer), "hidden": hidden, "layers": layers, "heads": heads,
+           "world": asdict(world_config(cfg)), "n_train": cfg.n_source_train, "epochs": epochs,
+           "batch": cfg.batch_size, "seed": seed, "dry_run": cfg.dry_run, "v": 1}
+    digest = key_digest(key)
+    gen = seed_everything(seed)
+    with ktext.quiet_transformers():
+        model = ktext.small_text_model("roberta", len(tokenizer), hidden=hidden, layers=layers, heads=heads,
+                                       max_positions=_SYNTH_TEXT_MAX, pad_token_id=tokenizer.pad_token_id)
+    lm_head = nn.Linear(hidden, len(tokenizer))
+    mlm = nn.ModuleDict({"encoder": model, "lm_head": lm_head})
+    mask_id, first_word = tokenizer.mask_token_id, len(ktext.SPECIAL_TOKENS)
+
+    def mask(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        chosen = (torch.rand(ids.shape, device=ids.device) < 0.15) & (ids >= first_word)
+        return ids.masked_fill(chosen, mask_id), ids.masked_fill(~chosen, -100)
+
+    def encode(texts):
+        enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=_SYNTH_TEXT_MAX,
+                        return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"]
+
+    def loss_of(ids, attention):
+        inputs, targets = mask(ids)
+        hidden_states = model(input_ids=inputs, attention_mask=attention).last_hidden_state
+        logits = lm_head(hidden_states)
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-100), logits, targets
+
+    ids, attention = encode(synth_split(cfg, "source_train").captions)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids, attention), batch_size=cfg.batch_size,
+                                         shuffle=True, generator=gen, drop_last=True)
+    opt = make_optimizer(mlm.parameters(), "adamw", lr=1e-3, weight_decay=0.01)
+    steps = max(1, _epochs(cfg, epochs) * min(len(loader), cfg.max_steps or len(loader)))
+    sched = warmup_cosine(opt, warmup_steps=min(steps // 10, 100), total_steps=steps)
+    history = fit(mlm, loader, lambda b: {"loss": loss_of(*b)[0]}, opt, _epochs(cfg, epochs), scheduler=sched,
+                  checkpoint=cache_root() / "s1" / "roberta" / f"{digest}.pt", checkpoint_key=digest,
+                  max_steps_per_epoch=cfg.max_steps, desc="MLM small RoBERTa on source captions", progress=progress)
+    mlm.eval()
+    with torch.no_grad():
+        torch.manual_seed(seed + 1)
+        tid, tmask = encode(synth_split(cfg, "source_test").captions)
+        _, logits, targets = loss_of(tid, tmask)
+        chosen = targets != -100
+        masked_acc = 100.0 * float((logits.argmax(-1)[chosen] == targets[chosen]).float().mean())
+    summary = {"hidden": hidden, "layers": layers, "epochs": epochs, "history": history.to_dict(),
+               "masked_word_top1_source_test": masked_acc,
+               "parameters": sum(p.numel() for p in model.parameters())}
+    return ktext.TextEncoder(tokenizer, model.eval(), max_length=_SYNTH_TEXT_MAX), summary
+
+
+class Encoders:
+    """The run's pretrained encoders, each loaded (or pretrained and cached) once, frozen, on `device`.
+
+    tiny/small: `resnet` is the SmallResNet pretrained on SynthWorld's source
+    task (`s1_resnet_arch`), `vit` the small CLIP's vision tower (study 2's
+    `pretrain_small_clip`); text `clip` is that CLIP's text tower and
+    `roberta` a small RoBERTa trained by MLM (`pretrain_small_roberta`).
+    paper: `vit_b_32`/`vit_b_16` are CLIP's vision towers, `resnet50` is
+    torchvision's ImageNet ResNet-50 (open_clip's CLIP RN50 is not a
+    dependency of the lab); text `clip` is the CLIP text tower of the image
+    encoder's checkpoint (ViT-B/32's for ResNet-50), `roberta` is roberta-base.
+    Pretrained weights are the same for every seed, as downloaded weights are.
+    """
+
+    def __init__(self, cfg, device):
+        self.cfg, self.device = cfg, torch.device(device)
+        self._images, self._texts, self._clips = {}, {}, {}
+        self.summaries: dict = {}
+
+    def _clip(self, image_encoder: str | None):
+        """(CLIPModel, tokenizer) of the small CLIP, or the paper checkpoint paired with `image_encoder`."""
+        cfg = self.cfg
+        if cfg.profile != "paper":
+            if "small" not in self._clips:
+                model, tokenizer, summary = kclip.pretrain_small_clip(cfg, seed=0)
+                self.summaries["small_clip"] = summary
+                self._clips["small"] = (model.to(self.device).eval(), tokenizer, "small CLIP pretrained on "
+                                        f"SynthWorld source captions ({summary['arch']['name']})")
+            return self._clips["small"]
+        path, repo = _clip_path(cfg, image_encoder or "vit_b_32")
+        if repo not in self._clips:
+            model, tokenizer = kclip.load_clip(path, allow_random=cfg.dry_run, repo_id=repo)
+            self._clips[repo] = (model.to(self.device).eval(), tokenizer, f"CLIP {repo}")
+        return self._clips[repo]
+
+    def image(self, name: str) -> ImageEncoder:
+        if name in self._images:
+            return self._images[name]
+        cfg = self.cfg
+        small = cfg.profile != "paper"
+        if small and name == "resnet":
+            net, summary = pretrain_source(cfg.s1_resnet_arch, cfg, seed=0)
+            self.summaries["resnet"] = summary
+            enc = ImageEncoder(name, "small_resnet", net, nn.Identity(),
+                               {"kind": "small_resnet", "arch": cfg.s1_resnet_arch},
+                               f"SmallResNet {cfg.s1_resnet_arch} pretrained on SynthWorld source "
+                               f"(source top-1 {summary['source_top1']:.1f}%)")
+        elif (small and name == "vit") or (not small and name in ("vit_b_32", "vit_b_16")):
+            model, _, description = self._clip(name)
+            vc = model.config.vision_config
+            spec = {"kind": "clip_vision", "config": {k: v for k, v in vc.to_dict().items()
+                                                      if k in _VISION_CONFIG_KEYS}}
+            enc = ImageEncoder(name, "clip_vision", model.vision_model, Normalize(CLIP_MEAN, CLIP_STD, vc.image_size),
+                               spec, f"vision tower of {description}")
+        elif not small and name == "resnet50":
+            net = torchvision_model("resnet50", cfg.s1_resnet50_weights, allow_random=cfg.dry_run)
+            enc = ImageEncoder(name, "torchvision_resnet", net, Normalize(IMAGENET_MEAN, IMAGENET_STD, cfg.image_size),
+                               {"kind": "torchvision_resnet", "arch": "resnet50", "input_size": cfg.image_size},
+                               f"torchvision resnet50 {cfg.s1_resnet50_weights}"
+                               f"{' (random weights: dry run)' if cfg.dry_run else ''}; open_clip RN50 not used "
+                               "(not a dependency of the lab)")
+        else:
+            known = "resnet, vit" if small else "vit_b_32, vit_b_16, resnet50"
+            raise ConfigError(f"unknown image encoder '{name}' at profile {cfg.profile}; choose {known}.")
+        self._images[name] = enc.to(self.device)
+        return enc
+
+    def text(self, name: str, image_encoder: str | None = None) -> TextQueries:
+        """Text encoder `name` ('clip' or 'roberta'); CLIP's text tower is paired with `image_encoder` at paper."""
+        cfg = self.cfg
+        if name == "clip":
+            model, tokenizer, description = self._clip(image_encoder if cfg.profile == "paper" else None)
+            tag = f"clip:{description}"
+            if tag not in self._texts:
+                fp = model_fingerprint(model.text_model) + model_fingerprint(model.text_projection)
+                self._texts[tag] = TextQueries(
+                    "clip", lambda texts: kclip.encode_texts(model, tokenizer, texts), model.config.projection_dim,
+                    fp, f"text tower of {description} (projected, L2-normalised)")
+            return self._texts[tag]
+        if name == "roberta":
+            if "roberta" not in self._texts:
+                if cfg.profile == "paper":
+                    path = _under(cfg.weights_root, cfg.s1_roberta)
+                    encoder = ktext.load_text_encoder(path, allow_random=cfg.dry_run, repo_id=cfg.s1_roberta)
+                    description = f"{cfg.s1_roberta} (mean-pooled)"
+                else:
+                    encoder, summary = pretrain_small_roberta(cfg, seed=0)
+                    self.summaries["roberta"] = summary
+                    description = (f"small RoBERTa ({summary['hidden']}-d, {summary['layers']} layers), MLM on "
+                                   f"source captions (masked-word top-1 {summary['masked_word_top1_source_test']:.1f}%),"
+                                   " mean-pooled")
+                encoder = encoder.to(self.device).eval()
+                self._texts["roberta"] = TextQueries("roberta", encoder.encode, encoder.dim,
+                                                     model_fingerprint(encoder.model), description)
+            return self._texts["roberta"]
+        raise ConfigError(f"unknown text encoder '{name}'; choose clip or roberta.")
+
+
+_VISION_CONFIG_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+                       "patch_size", "num_channels", "hidden_act", "layer_norm_eps", "projection_dim")
+
+
+# ----------------------------------------------------------------------------- frozen features
+
+class FrozenFeatures:
+    """A frozen encoder's (tokens, pooled) for every item and view of one split.
+
+    Cached in memory and on disk (tokens in float16) when they fit in
+    `cfg.s1_feature_cache_mb`; otherwise (ViT-B/16 on ImageNet) computed per
+    batch by the encoder, which is the same computation without the storage.
+    """
+
+    def __init__(self, encoder: ImageEncoder, dataset, data_key: dict, split: str, views: int, cfg, device):
+        self.encoder, self.views, self.device = encoder, views, torch.device(device)
+        self.key = {"encoder": encoder.fingerprint, "data": data_key, "split": split, "views": views,
+                    "in_memory": None}
+        first = _to_unit(dataset[0][0].unsqueeze(0)).to(self.device)
+        tokens, pooled = encoder(first)
+        self.num_tokens, self.token_dim, self.pooled_dim = tokens.shape[1], tokens.shape[2], pooled.shape[1]
+        mb = len(dataset) * views * (self.num_tokens * self.token_dim * 2 + self.pooled_dim * 4) / 2**20
+        self.in_memory = mb <= cfg.s1_feature_cache_mb
+        self.key["in_memory"] = self.in_memory  # stored tokens are float16: teachers trained on them differ slightly
+        self.tokens = self.pooled = None
+        if self.in_memory:
+            def compute():
+                loader = torch.utils.data.DataLoader(dataset, batch_size=max(cfg.batch_size, 256),
+                                                     num_workers=cfg.num_workers)
+                toks = torch.empty(views, len(dataset), self.num_tokens, self.token_dim, dtype=torch.float16)
+                pools = torch.empty(views, len(dataset), self.pooled_dim)
+                for v in range(views):
+                    for images, _, index in tqdm(loader, desc=f"{encoder.name} {split} [{VIEWS[v]}]", leave=False,
+                                                 disable=not cfg.progress):
+                        x = _to_unit(images.to(self.device))
+                        t, p = encoder(x.flip(-1) if v else x)
+                        toks[v, index], pools[v, index] = t.half().cpu(), p.float().cpu()
+                return {"tokens": toks, "pooled": pools}
+
+            stored = cached("s1-features", self.key, compute, verbose=False)
+            self.tokens, self.pooled = stored["tokens"], stored["pooled"]
+
+    def __call__(self, images: torch.Tensor, index: torch.Tensor, view: torch.Tensor):
+        """(tokens, pooled) as float32 on the device for a batch of items in the given views."""
+        if self.in_memory:
+            i, v = index.cpu(), view.cpu()
+            return self.tokens[v, i].to(self.device).float(), self.pooled[v, i].to(self.device)
+        return self.encoder(_flip(_to_unit(images.to(self.device)), view.to(self.device)))
+
+
+def features_of(feats: FrozenFeatures, dataset, view: int = 0, batch_size: int = 512):
+    """Pooled features (N, P) of the items of `dataset` (a split or a subset) in one view, on the CPU."""
+    idx = indices_of(dataset)
+    if feats.in_memory:
+        return feats.pooled[view, idx]
+    loader = _eval_loader(dataset, batch_size)
+    return torch.cat([feats(images, index, torch.full_like(index, view))[1].cpu() for images, _, index in loader])
+
+
+# ----------------------------------------------------------------------------- teachers
+
+class Teacher(nn.Module):
+    """What trains on frozen features: a linear layer (no text) or the image-text head in one of its modes.
+
+    Modes: "linear" (LayerNorm + linear on the pooled output), "prompt" (the
+    thesis: each image queried with its own class prompt), "caption" (the
+    thesis with each image's own caption), "label_free" (all class prompts
+    query every image). `label_free_scores` evaluates any head without labels.
+    """
+
+    MODES = ("linear", "prompt", "caption", "label_free")
+
+    def __init__(self, mode: str, module: nn.Module, class_queries: torch.Tensor | None = None):
+        super().__init__()
+        if mode not in self.MODES:
+            raise ConfigError(f"teacher mode must be one of {self.MODES}, got '{mode}'.")
+        if mode != "linear" and class_queries is None:
+            raise ConfigError(f"teacher mode '{mode}' needs the class prompts' encodings.")
+        self.mode, self.module = mode, module
+        self.register_buffer("class_queries", class_queries if class_queries is not None else torch.empty(0))
+
+    @property
+    def has_text(self) -> bool:
+        return self.mode != "linear"
+
+    def forward(self, tokens, pooled, labels, queries=None, return_attention: bool = False):
+        if self.mode == "linear":
+            return self.module(pooled)
+        if self.mode == "label_free":
+            return self.module.class_scores(tokens, self.class_queries, return_attention)
+        if self.mode == "prompt":
+            queries = self.class_queries[labels]
+        elif queries is None:
+            raise ValueError("the caption teacher needs each image's caption encoding.")
+        return self.module.own_prompt_logits(tokens, queries, return_attention)
+
+    def label_free_scores(self, tokens, return_attention: bool = False):
+        if not self.has_text:
+            raise ValueError("the linear teacher has no prompts to score.")
+        return self.module.class_scores(tokens, self.class_queries, return_attention)
+
+
+def _loader(dataset, cfg, shuffle: bool, generator=None, batch_size: int | None = None):
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size or cfg.batch_size, shuffle=shuffle,
+                                       generator=generator, num_workers=cfg.num_workers,
+                                       drop_last=shuffle and len(dataset) >= 4 * (batch_size or cfg.batch_size))
+
+
+def _train_loader(dataset, cfg, generator, epochs: int, steps: int | None):
+    """(loader, epochs, total steps): shuffled epochs, or with a step budget (few-shot) one epoch of `steps`
+    batches drawn with replacement, so 10 images and 500 images train for the same number of steps."""
+    if steps is None:
+        loader = _loader(dataset, cfg, shuffle=True, generator=generator)
+    else:
+        sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=steps * cfg.batch_size,
+                                                 generator=generator)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+                                             num_workers=cfg.num_workers)
+        epochs = 1
+    epochs = _epochs(cfg, epochs)
+    return loader, epochs, max(1, epochs * min(len(loader), cfg.max_steps or len(loader)))
+
+
+def fit_teacher(mode: str, feats: FrozenFeatures, train_set, cfg, *, seed: int, num_classes: int,
+                class_queries: torch.Tensor | None = None, caption_table: torch.Tensor | None = None,
+                val: tuple | None = None, epochs: int | None = None, steps: int | None = None, desc: str = "teacher"):
+    """Train a teacher on frozen features with cross-entropy; return (Teacher, History).
+
+    `caption_table` (views, N, text_dim) holds the caption encodings of the
+    training split (mode "caption"). `val` = (features, dataset, caption
+    table or None) adds per-epoch validation accuracy to the history: with
+    the true prompt ("val_top1_true_prompt", leakage for a text head) and
+    label-free ("val_top1"). `steps` replaces `epochs` by a step budget.
+    """
+    device = feats.device
+    gen = seed_everything(seed)
+    if mode == "linear":
+        module = nn.Sequential(nn.LayerNorm(feats.pooled_dim), nn.Linear(feats.pooled_dim, num_classes))
+    else:
+        module = ImageTextHead(feats.token_dim, class_queries.shape[1], num_classes, dim=cfg.s1_head_dim,
+                               heads=cfg.s1_head_heads)
+    teacher = Teacher(mode, module, None if class_queries is None else class_queries.float()).to(device)
+    loader, epochs, total = _train_loader(train_set, cfg, gen, epochs or cfg.s1_head_epochs, steps)
+    opt = make_optimizer(teacher.parameters(), "adamw", lr=cfg.s1_head_lr, weight_decay=1e-4)
+    sched = warmup_cosine(opt, warmup_steps=min(total // 10, 200), total_steps=total)
+    table = caption_table.to(device) if caption_table is not None else None
+
+    def compute_loss(batch):
+        images, labels, index = batch
+        view = torch.randint(0, feats.views, (len(labels),), device=labels.device)
+        tokens, pooled = feats(images, index, view)
+        queries = table[view, index] if table is not None else None
+        return {"loss": F.cross_entropy(teacher(tokens, pooled, labels, queries), labels)}
+
+    def evaluate():
+        vfeats, vset, vtable = val
+        out = {}
+        logits, labels = teacher_logits(teacher, vfeats, vset, "own", vtable)
+        if teacher.has_text and mode != "label_free":
+            out["val_top1_true_prompt"] = metrics.accuracy(labels, logits)
+            logits, labels = teacher_logits(teacher, vfeats, vset, "label_free")
+        out["val_top1"] = metrics.accuracy(labels, logits)
+        return out
+
+    key = {"what": "s1-teacher", "mode": mode, "features": feats.key, "subset": tensor_digest(indices_of(train_set)),
+           "queries": tensor_digest(class_queries) if class_queries is not None else None,
+           "captions": tensor_digest(caption_table) if caption_table is not None else None,
+           "epochs": epochs, "steps": total, "lr": cfg.s1_head_lr, "dim": cfg.s1_head_dim, "heads": cfg.s1_head_heads,
+           "batch": cfg.batch_size, "seed": seed, "dry_run": cfg.dry_run, "val": val is not None, "v": 1}
+    digest = key_digest(key)
+    history = fit(teacher, loader, compute_loss, opt, epochs, scheduler=sched,
+                  evaluate=evaluate if val is not None else None, checkpoint=cache_root() / "s1" / "teachers" /
+                  f"{digest}.pt", checkpoint_key=digest, device=device, max_steps_per_epoch=cfg.max_steps,
+                  desc=desc, progress=cfg.progress)
+    return teacher.eval(), history
+
+
+@torch.no_grad()
+def teacher_logits(teacher: Teacher, feats: FrozenFeatures, dataset, how: str = "own",
+                   caption_table: torch.Tensor | None = None, view: int = 0, batch_size: int = 512):
+    """(logits (N, C), labels) of a teacher over a split in one view, on the CPU.
+
+    how="own": the teacher as trained (a text head queried with each image's
+    true prompt or caption: label leakage); how="label_free": every class
+    prompt queries the image, no label used.
+    """
+    if how not in ("own", "label_free"):
+        raise ValueError(f"how must be 'own' or 'label_free', got '{how}'.")
+    teacher.eval()
+    outs, labels_all = [], []
+    for images, labels, index in _eval_loader(dataset, batch_size):
+        labels = labels.to(feats.device)
+        v = torch.full_like(index, view)
+        tokens, pooled = feats(images, index, v)
+        if how == "label_free":
+            logits = teacher.label_free_scores(tokens)
+        else:
+            queries = caption_table[view, index].to(feats.device) if caption_table is not None else None
+            logits = teacher(tokens, pooled, labels, queries)
+        outs.append(logits.float().cpu())
+        labels_all.append(labels.cpu())
+    return torch.cat(outs), torch.cat(labels_all)
+
+
+@torch.no_grad()
+def soft_targets(teacher: Teacher, feats: FrozenFeatures, train_set, caption_table=None) -> torch.Tensor:
+    """The frozen teacher's logits on every training item and view, (views, N_split, C) float16; cached.
+
+    Rows of items outside `train_set` (a few-shot subset) stay zero. The
+    student's target is their softmax (`fit_student`).
+    """
+    key = {"what": "s1-soft-targets", "teacher": model_fingerprint(teacher), "mode": teacher.mode,
+           "features": feats.key, "subset": tensor_digest(indices_of(train_set)),
+           "captions": tensor_digest(caption_table) if caption_table is not None else None}
+
+    def compute():
+        n = len(train_set.dataset) if isinstance(train_set, torch.utils.data.Subset) else len(train_set)
+        idx, out = indices_of(train_set), None
+        for v in range(feats.views):
+            logits, _ = teacher_logits(teacher, feats, train_set, "own", caption_table, view=v)
+            if out is None:
+                out = torch.zeros(feats.views, n, logits.shape[1], dtype=torch.float16)
+            out[v, idx] = logits.half()
+        return out
+
+    return cached("s1-soft-targets", key, compute, verbose=False)
+
+
+# ----------------------------------------------------------------------------- students
+
+def fit_student(spec: dict, train_set, cfg, *, data_key: dict, seed: int, num_classes: int, device,
+                targets: torch.Tensor | None = None,
+                val_set=None, epochs: int | None = None, steps: int | None = None, desc: str = "student"):
+    """Train a fresh student (`Student(spec)`) on images only; return (Student, History).
+
+    With `targets` (views, N, C teacher logits, see `soft_targets`) the loss is
+    the soft cross-entropy against their softmax, in the view the student
+    sees; without, plain cross-entropy on the labels (the student alone).
+    AdamW with warm-up and cosine decay; random horizontal flips.
+    """
+    device = torch.device(device)
+    gen = seed_everything(seed)
+    student = Student(spec, num_classes)
+    loader, epochs, total = _train_loader(train_set, cfg, gen, epochs or cfg.s1_student_epochs, steps)
+    opt = make_optimizer(student.parameters(), "adamw", lr=cfg.s1_student_lr, weight_decay=cfg.s1_student_weight_decay)
+    sched = warmup_cosine(opt, warmup_steps=min(total // 10, 500), total_steps=total)
+    probs = None if targets is None else targets
+
+    def compute_loss(batch):
+        images, labels, index = batch
+        view = torch.randint(0, len(VIEWS), (len(labels),), device=labels.device)
+        logits = student(_flip(_to_unit(images), view))
+        if probs is None:
+            return {"loss": F.cross_entropy(logits, labels)}
+        target = F.softmax(probs[view.cpu(), index.cpu()].to(logits.device).float(), dim=1)
+        return {"loss": soft_cross_entropy(logits.float(), target)}  # float32 even under AMP: rows sum to 1
+
+    def evaluate():
+        logits, labels = student_logits(student, val_set, device)
+        return {"val_top1": metrics.accuracy(labels, logits)}
+
+    key = {"what": "s1-student", "spec": spec, "classes": num_classes, "data": data_key,
+           "subset": tensor_digest(indices_of(train_set)), "n": len(train_set),
+           "targets": tensor_digest(targets) if targets is not None else None, "epochs": epochs, "steps": total,
+           "lr": cfg.s1_student_lr, "wd": cfg.s1_student_weight_decay, "batch": cfg.batch_size, "seed": seed,
+           "dry_run": cfg.dry_run, "val": val_set is not None, "v": 1}
+    digest = key_digest(key)
+    history = fit(student, loader, compute_loss, opt, epochs, scheduler=sched,
+                  evaluate=evaluate if val_set is not None else None,
+                  checkpoint=cache_root() / "s1" / "students" / f"{digest}.pt", checkpoint_key=digest, device=device,
+                  max_steps_per_epoch=cfg.max_steps, desc=desc, progress=cfg.progress)
+    return student.eval(), history
+
+
+@torch.no_grad()
+def student_logits(student: Student, dataset, device, view: int = 0, batch_size: int = 512,
+                   features: bool = False):
+    """(logits or penultimate features, labels) of a student over a split in one view, on the CPU."""
+    was_training = student.training
+    student.eval().to(device)
+    outs, labels_all = [], []
+    for images, labels, _ in _eval_loader(dataset, batch_size):
+        x = _to_unit(images.to(device))
+        x = x.flip(-1) if view else x
+        outs.append((student.features(x) if features else student(x)).float().cpu())
+        labels_all.append(labels)
+    student.train(was_training)
+    return torch.cat(outs), torch.cat(labels_all)
+
+
+def student_targets(student: Student, train_set, device) -> torch.Tensor:
+    """A student's logits on every training item and view (views, N, C) float16: the next generation's targets."""
+    n = len(train_set.dataset) if isinstance(train_set, torch.utils.data.Subset) else len(train_set)
+    out = torch.zeros(len(VIEWS), n, student.fc.out_features, dtype=torch.float16)
+    idx = indices_of(train_set)
+    for v in range(len(VIEWS)):
+        out[v, idx] = student_logits(student, train_set, device, view=v)[0].half()
+    return out
+
+
+def topk(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Top-1 and top-5 in % (top-5 only when there are more than 5 classes)."""
+    out = {"top1": metrics.accuracy(labels, logits)}
+    if logits.shape[1] > 5:
+        out["top5"] = metrics.topk_accuracy(logits, labels, 5)
+    return out
+
+
+# ----------------------------------------------------------------------------- ablations
+
+def few_shot_indices(labels: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """k items per class, nested in k (the 1-shot items are among the 5-shot ones), fixed by `seed`."""
+    if k < 1:
+        raise ConfigError(f"few-shot k must be >= 1, got {k}.")
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(labels), generator=g)
+    chosen = []
+    for c in torch.unique(labels).tolist():
+        members = order[labels[order] == c]
+        if len(members) < k:
+            raise ConfigError(f"class {c} has {len(members)} training images, fewer than k={k}.")
+        chosen.append(members[:k])
+    return torch.sort(torch.cat(chosen)).values
+
+
+def retrieval_recalls(train_image: torch.Tensor, train_text: torch.Tensor, test_image: torch.Tensor,
+                      test_text: torch.Tensor, cfg, *, seed: int, gallery: int, device) -> dict:
+    """Recall@1/5/10 (%) of test images and captions through a linear projection learned into the text space.
+
+    Image features are standardised with the training set's statistics and
+    mapped by one linear layer; the frozen text encodings stay fixed. The
+    projection is trained with CLIP's symmetric contrastive loss (learnable
+    temperature) on the training pairs; the first `gallery` test pairs are
+    ranked (`kdutils.clip.retrieval_recalls`, both directions).
+    """
+    device = torch.device(device)
+    gen = seed_everything(seed)
+    mean, std = train_image.mean(0, keepdim=True), train_image.std(0, keepdim=True) + 1e-6
+    proj = nn.Linear(train_image.shape[1], train_text.shape[1])
+    loss_fn = ClipLoss(init_scale=10.0)
+    model = nn.ModuleDict({"proj": proj, "loss": loss_fn})
+    data = torch.utils.data.TensorDataset((train_image - mean) / std, train_text)
+    loader = torch.utils.data.DataLoader(data, batch_size=256, shuffle=True, generator=gen, drop_last=len(data) >= 512)
+    epochs = _epochs(cfg, cfg.s1_retrieval_epochs)
+    total = max(1, epochs * min(len(loader), cfg.max_steps or len(loader)))
+    opt = make_optimizer(model.parameters(), "adamw", lr=1e-2, weight_decay=1e-4)
+    fit(model, loader, lambda b: {"loss": loss_fn(proj(b[0]), b[1])}, opt, epochs,
+        scheduler=warmup_cosine(opt, min(total // 10, 100), total), device=device,
+        max_steps_per_epoch=cfg.max_steps, desc="retrieval projection", progress=False)
+    n = min(gallery, len(test_image))
+    with torch.no_grad():
+        image_emb = proj(((test_image[:n] - mean) / std).to(device)).cpu()
+    return kclip.retrieval_recalls(image_emb, test_text[:n], ks=(1, 5, 10))
+
+
+@torch.no_grad()
+def attention_maps(teacher: Teacher, feats: FrozenFeatures, dataset, indices: Sequence[int], how: str = "own"):
+    """Attention of a text head over image tokens for some items: (n, T) weights and the labels.
+
+    how="own": the query is the image's true class prompt (the thesis's head);
+    how="label_free": the map of the highest-scoring class prompt.
+    """
+    subset = torch.utils.data.Subset(dataset, list(indices))
+    images, labels, index = next(iter(torch.utils.data.DataLoader(subset, batch_size=len(subset))))
+    tokens, _ = feats(images, index, torch.zeros_like(index))
+    labels = labels.to(feats.device)
+    if how == "own":
+        logits, weights = teacher.module.own_prompt_logits(tokens, teacher.class_queries[labels], True)
+        return weights.cpu(), labels.cpu(), logits.argmax(1).cpu()
+    scores, weights = teacher.label_free_scores(tokens, True)
+    best = scores.argmax(1)
+    return weights[torch.arange(len(best)), best].cpu(), labels.cpu(), best.cpu()
+
+
+def benchmark(n_train: int = 2000, epochs: int = 3) -> dict:
+    """Head training on cached frozen features against the encoder in the loop (`python -m kdutils bench`).
+
+    Same data, encoder (a SmallResNet with random weights: speed does not
+    depend on the weights), head and seed; prints seconds, the speed-up for
+    `epochs` epochs including the one-off feature pass, and how closely the two
+    heads agree (the cache stores tokens in float16).
+    """
+    import tempfile
+    import time
+
+    from .profiles import load_profile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        previous = os.environ.get("KD_CACHE_DIR")
+        os.environ["KD_CACHE_DIR"] = tmp
+        try:
+            base = load_profile("small", progress=False, n_target_train=n_train, s1_head_epochs=epochs)
+            data = synthworld_data(base)
+            train, test = data.splits["train"], data.splits["test"]
+            torch.manual_seed(0)
+            encoder = ImageEncoder("resnet", "small_resnet", small_resnet(base.s1_resnet_arch), nn.Identity(),
+                                   {"kind": "small_resnet", "arch": base.s1_resnet_arch}, "random SmallResNet")
+            queries = torch.randn(data.num_classes, 32, generator=torch.Generator().manual_seed(0))
+            out = {}
+            for name, mb in (("cached", base.s1_feature_cache_mb), ("streamed", 0)):
+                cfg = base.replace(s1_feature_cache_mb=mb)
+                t0 = time.perf_counter()
+                feats = FrozenFeatures(encoder, train, data.key, "train", len(VIEWS), cfg, "cpu")
+                test_feats = FrozenFeatures(encoder, test, data.key, "test", 1, cfg, "cpu")
+                t1 = time.perf_counter()
+                head, _ = fit_teacher("label_free", feats, train, cfg, seed=0, num_classes=data.num_classes,
+                                      class_queries=queries)
+                t2 = time.perf_counter()
+                logits, labels = teacher_logits(head, test_feats, test)
+                out[name] = {"features_s": t1 - t0, "training_s": t2 - t1, "logits": logits,
+                             "top1": metrics.accuracy(labels, logits)}
+        finally:
+            if previous is None:
+                os.environ.pop("KD_CACHE_DIR", None)
+            else:
+                os.environ["KD_CACHE_DIR"] = previous
+    c, s_ = out["cached"], out["streamed"]
+    total_c, total_s = c["features_s"] + c["training_s"], s_["features_s"] + s_["training_s"]
+    agreement = 100.0 * float((c["logits"].argmax(1) == s_["logits"].argmax(1)).float().mean())
+    print(f"head training, {n_train} images x {len(VIEWS)} views, {epochs} epochs, {base.s1_resnet_arch} encoder")
+    print(f"  cached  : features {c['features_s']:.1f} s + training {c['training_s']:.1f} s = {total_c:.1f} s")
+    print(f"  streamed: features {s_['features_s']:.1f} s + training {s_['training_s']:.1f} s = {total_s:.1f} s")
+    print(f"  speed-up {total_s / total_c:.2f}x; test top-1 {c['top1']:.2f}% vs {s_['top1']:.2f}%; "
+          f"same prediction on {agreement:.1f}% of test images; "
+          f"max |logit difference| {float((c['logits'] - s_['logits']).abs().max()):.2e}")
+    return {"cached_s": total_c, "streamed_s": total_s, "speedup": total_s / total_c, "agreement_pct": agreement,
+            "top1_cached": c["top1"], "top1_streamed": s_["top1"]}

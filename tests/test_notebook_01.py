@@ -1,0 +1,154 @@
+"""Notebook 01 (self-distillation through an image-text head) at tiny, at paper on fixtures (dry run), without data."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from kdutils import runner, text
+from kdutils.clip import small_clip_config
+from tests.fixtures import write_cifar, write_image_folder
+
+STEM = "01_clip_head_self_distillation"
+FIGURES = {"1_grid_bars.png", "2_grid_gain_heatmap.png", "3_generations.png", "4_few_shot.png",
+           "5_attention_maps.png", "6_training_curves.png", "7_data_prompts_captions.png", "8_retrieval.png"}
+VERDICTS = {"reproduced", "not reproduced", "not measured at this profile"}
+
+
+def check_results(results: dict, datasets: list[str], image_encoders: list[str], text_encoders: list[str]):
+    """Keys and ranges every profile must produce."""
+    m = results["metrics"]
+    for key in ("grid_students", "summary", "per_seed", "ablation", "encoders", "timings_s"):
+        assert key in m, key
+    seeds = set(results["seeds"])
+    for dname in datasets:
+        grid = m["grid_students"][f"{dname} top1"]
+        assert set(grid) == set(image_encoders)
+        for cells in grid.values():
+            assert set(cells) == {f"{t} / {w}" for t in text_encoders for w in ("without text", "with text")}
+            for v in cells.values():
+                assert v == "not run at this profile" or 0 <= v <= 100
+    rows = m["per_seed"]
+    assert {r["seed"] for r in rows} == seeds
+    assert all(0 <= r["top1"] <= 100 for r in rows)
+    models = {r["model"] for r in rows}
+    for name in ("probe", "teacher without text", "thesis head, train, true prompt",
+                 "thesis head, test, true prompt (leak)", "thesis head, test, label-free", "label-free head, test",
+                 "student alone", "student without text", "student with text", "student of the label-free head"):
+        assert name in models, name
+    ab = m["ablation"]
+    gens = ab["generations"]
+    assert {g["chain"] for g in gens} == {"with text", "without text"}
+    assert max(g["generation"] for g in gens) == results["config"]["s1_generations"]
+    assert {f["k"] for f in ab["few_shot"]} == set(results["config"]["s1_few_shot_k"])
+    for row in ab["few_shot"]:
+        for col in ("teacher without text", "label-free head", "student without text",
+                    "student with text"):
+            assert 0 <= row[col] <= 100
+    assert {c["verdict"] for c in results["claims"]} <= VERDICTS and len(results["claims"]) == 3
+    return m
+
+
+@pytest.mark.notebook
+def test_notebook_01_tiny(tmp_path):
+    t0 = time.perf_counter()
+    runner.run([STEM], "tiny", {}, output_root=tmp_path, progress=False)
+    elapsed = time.perf_counter() - t0
+    out = tmp_path / STEM
+    results = json.loads((out / "results.json").read_text())
+    m = check_results(results, ["synthworld"], ["resnet", "vit"], ["clip", "roberta"])
+    assert FIGURES <= {p.name for p in out.glob("*.png")} and FIGURES <= set(results["figures"])
+    models = {r["model"] for r in m["per_seed"]}
+    assert {"caption head, test, own caption (leak)", "student of the caption head"} <= models
+    retrieval = m["ablation"]["retrieval"]
+    assert {r["model"] for r in retrieval} >= {"pretrained encoder (frozen)", "student with text"}
+    assert all(0 <= r[f"{d}_r{k}"] <= 100 for r in retrieval for d in ("i2t", "t2i") for k in (1, 5, 10))
+    assert all(r["i2t_r1"] <= r["i2t_r5"] <= r["i2t_r10"] for r in retrieval)
+    assert {c["verdict"] for c in results["claims"]} == {"not measured at this profile"}  # tiny measures nothing
+    assert m["encoders"]["pretraining"]["small_clip"]["target_zero_shot_top1"] >= 0
+    print(f"notebook 01 at tiny: {elapsed:.1f} s")
+
+
+def write_paper_fixtures(root):
+    """CIFAR-10/100 python batches, a 1,000-class ImageNet tree, and tiny random CLIP, RoBERTa and BLIP models
+    saved with `save_pretrained` (with their tokenizers) where the `paper` profile looks for them."""
+    from transformers import (BertTokenizerFast, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
+                              BlipProcessor, CLIPModel)
+
+    from kdutils.selfdistill import imagenet_class_names
+
+    data, weights = root / "data", root / "weights"
+    write_cifar(data, "cifar10", n_train=60, n_test=20, seed=0)
+    write_cifar(data, "cifar100", n_train=60, n_test=20, seed=1)
+    wnids = [f"n{i:08d}" for i in range(len(imagenet_class_names()))]
+    write_image_folder(data / "imagenet" / "train", wnids, n_per_class=1, size=12, seed=0, ext="JPEG")
+    write_image_folder(data / "imagenet" / "val", wnids, n_per_class=1, size=12, seed=1, ext="JPEG")
+    words = sorted({w.lower() for name in ("airplane automobile bird cat deer dog frog horse ship truck",)
+                    for w in name.split()} | {"this", "is", "an", "image", "of", "a"})
+    tok = text.build_tokenizer(words, max_length=24)
+    torch.manual_seed(0)
+    clip_dir = weights / "openai" / "clip-vit-base-patch32"
+    CLIPModel(small_clip_config(len(tok), image_size=32, patch_size=8, vision_hidden=32, vision_layers=1,
+                                text_hidden=32, text_layers=1, heads=2, projection_dim=16, max_positions=24,
+                                pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id,
+                                eos_token_id=tok.sep_token_id)).save_pretrained(clip_dir)
+    tok.save_pretrained(clip_dir)
+    roberta_dir = weights / "roberta-base"
+    text.small_text_model("roberta", len(tok), hidden=32, layers=1, heads=2, max_positions=24).save_pretrained(roberta_dir)
+    tok.save_pretrained(roberta_dir)
+    blip_dir = weights / "Salesforce" / "blip-image-captioning-base"
+    blip_dir.mkdir(parents=True)
+    (blip_dir / "vocab.txt").write_text("\n".join([*text.SPECIAL_TOKENS, *words]))
+    bert_tok = BertTokenizerFast(vocab_file=str(blip_dir / "vocab.txt"))
+    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
+                  tokenizer=bert_tok).save_pretrained(blip_dir)
+    BlipForConditionalGeneration(BlipConfig(
+        text_config=dict(vocab_size=len(text.SPECIAL_TOKENS) + len(words), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, encoder_hidden_size=32, bos_token_id=2,
+                         eos_token_id=3, sep_token_id=3, pad_token_id=0, max_position_embeddings=40),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=16),
+        projection_dim=32)).save_pretrained(blip_dir)
+    return data, weights
+
+
+@pytest.mark.notebook
+def test_notebook_01_paper_dry_run_on_fixtures(tmp_path):
+    data, weights = write_paper_fixtures(tmp_path)
+    params = {"dry_run": True, "data_root": str(data), "weights_root": str(weights), "image_size": 32,
+              "batch_size": 16, "num_workers": 0, "s1_clip_b16": "openai/clip-vit-base-patch32",
+              "s1_few_shot_k": [1], "s1_generations": 2, "s1_retrieval_gallery": 20, "s1_head_dim": 16,
+              "s1_head_heads": 2}
+    runner.run([STEM], "paper", params, output_root=tmp_path / "out", progress=False)
+    results = json.loads((tmp_path / "out" / STEM / "results.json").read_text())
+    m = check_results(results, ["cifar10", "cifar100", "imagenet"], ["vit_b_32", "vit_b_16", "resnet50"],
+                      ["clip", "roberta"])
+    assert "cifar100 top5" in m["grid_students"] and "imagenet top5" in m["grid_students"]
+    descriptions = " ".join(r["description"] for r in m["encoders"]["rows"])
+    assert "clip-vit-base-patch32" in descriptions and "torchvision resnet50" in descriptions
+    assert "roberta-base" in descriptions
+    assert {c["verdict"] for c in results["claims"]} == {"not measured at this profile"}  # a dry run measures nothing
+    imagenet = [r for r in m["per_seed"] if r["dataset"] == "imagenet" and r["model"] == "student with text"]
+    assert imagenet and all(0 <= r["top5"] <= 100 for r in imagenet)
+    assert FIGURES <= set(results["figures"])
+
+
+@pytest.mark.notebook
+def test_notebook_01_paper_without_data_fails_fast(tmp_path):
+    missing = tmp_path / "nothing"
+    t0 = time.perf_counter()
+    with pytest.raises(runner.NotebookFailed) as err:
+        runner.run([STEM], "paper", {"data_root": str(missing), "weights_root": str(missing)},
+                   output_root=tmp_path / "out", progress=False)
+    elapsed = time.perf_counter() - t0
+    message = str(err.value)
+    assert "MissingDataError" in message
+    for expected in ("cifar-10-batches-py", "cifar-100-python", "imagenet", "clip-vit-base-patch32",
+                     "clip-vit-base-patch16", "roberta-base", "blip-image-captioning-base", "resnet50",
+                     "huggingface-cli download"):
+        assert expected in message, expected
+    assert elapsed < 120, f"took {elapsed:.0f} s: the check must come before any work"
+    assert not (tmp_path / "out" / STEM / "results.json").exists()

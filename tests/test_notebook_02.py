@@ -1,0 +1,113 @@
+"""Notebook 02 (binary image-text matching with KD) at tiny, at paper on fixtures (dry run), and without data."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from kdutils import runner, text
+from kdutils.clip import small_clip_config
+from tests.fixtures import write_coco_captions
+
+STEM = "02_coco_binary_kd"
+FIGURES = {"pairs.png", "kd_sweep.png", "accuracy_random_vs_hard.png", "hard_negatives_by_kind.png",
+           "training_curves.png", "additive_score_distributions.png", "teacher_errors.png"}
+TABLE = ("accuracy", "precision", "recall", "f1")
+
+
+def check_results(results: dict, sweep_heads: list[str]) -> None:
+    m = results["metrics"]
+    models = m["models"]
+    for name in ("teacher (CLIP)", "additive (paper baseline)", "additive + softmax kd", "additive + sigmoid kd",
+                 "interaction"):
+        assert name in models, name
+    for name, model in models.items():
+        for which in ("random", "hard"):
+            for key in TABLE:
+                assert 0.0 <= model[which][key] <= 100.0, (name, which, key)
+            assert set(model[which]["per_seed"]) == {str(s) for s in results["seeds"]}
+            assert "match" in model[which]["by_kind"]
+        assert model["history"][str(results["seeds"][0])][0]["epoch"] == 1
+    cells = m["sweep"]
+    assert {c["head"] for c in cells} == set(sweep_heads) and {c["loss"] for c in cells} == {"softmax_kd", "sigmoid_kd"}
+    assert len(m["sweep_best"]) == 2 * len(sweep_heads)
+    assert all(0 <= c["test_acc"] <= 100 for c in cells)
+    assert m["paper"]["teacher"]["accuracy"] == 86.40 and m["paper"]["sigmoid_kd"]["accuracy"] == 85.56
+    verdicts = {v["verdict"] for v in m["verdicts"]}
+    assert verdicts <= {"reproduced", "not reproduced", "not measured at this profile"}
+    analysis = m["additive_analysis"]["additive (paper baseline)"]
+    assert 0 <= analysis["auc"] <= 100 and 0 <= analysis["welch_p"] <= 1
+    assert m["pairs"]["test"]["pairs"] == m["pairs"]["test_hard"]["pairs"]
+
+
+@pytest.mark.notebook
+def test_notebook_02_tiny(tmp_path):
+    t0 = time.perf_counter()
+    runner.run([STEM], "tiny", {}, output_root=tmp_path, progress=False)
+    elapsed = time.perf_counter() - t0
+    out = tmp_path / STEM
+    results = json.loads((out / "results.json").read_text())
+    check_results(results, ["interaction"])
+    assert FIGURES <= {p.name for p in out.glob("*.png")}
+    assert set(results["figures"]) >= FIGURES
+    m = results["metrics"]
+    assert {v["verdict"] for v in m["verdicts"]} == {"not measured at this profile"}
+    assert 0 <= m["teacher_info"]["target_zero_shot_top1"] <= 100
+    print(f"notebook 02 at tiny: {elapsed:.1f} s")
+
+
+def write_paper_fixtures(root):
+    """COCO-format captions with JPEGs, a tiny random CLIP and a tiny random BERT saved like the Hub's."""
+    from transformers import CLIPModel
+
+    data, weights = root / "data", root / "weights"
+    write_coco_captions(data / "coco", n_images=40, captions_per_image=3, seed=0, split="train2017")
+    words = "a an the cat dog man red blue small large on near with sitting standing table street".split()
+    tok = text.build_tokenizer(words, max_length=24)
+    torch.manual_seed(0)
+    clip_dir = weights / "openai" / "clip-vit-base-patch32"
+    CLIPModel(small_clip_config(len(tok), image_size=32, patch_size=8, vision_hidden=32, vision_layers=1,
+                                text_hidden=32, text_layers=1, heads=2, projection_dim=16,
+                                max_positions=24)).save_pretrained(clip_dir)
+    tok.save_pretrained(clip_dir)
+    minilm_dir = weights / "sentence-transformers" / "all-MiniLM-L6-v2"
+    text.small_text_model("bert", len(tok), hidden=32, layers=1, heads=2, max_positions=24).save_pretrained(minilm_dir)
+    tok.save_pretrained(minilm_dir)
+    return data, weights
+
+
+@pytest.mark.notebook
+def test_notebook_02_paper_dry_run_on_fixtures(tmp_path, monkeypatch):
+    monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path / "cache"))  # random-weight runs stay out of the shared cache
+    data, weights = write_paper_fixtures(tmp_path)
+    params = {"dry_run": True, "data_root": str(data), "weights_root": str(weights), "image_size": 64,
+              "num_workers": 0, "s2_sweep_T": [2.0], "s2_sweep_alpha": [0.5]}
+    runner.run([STEM], "paper", params, output_root=tmp_path / "out", progress=False)
+    results = json.loads((tmp_path / "out" / STEM / "results.json").read_text())
+    check_results(results, ["additive", "interaction"])
+    m = results["metrics"]
+    assert m["pairs"]["train"]["pairs"] == 32 and set(m["pairs"]["test_hard"]["kinds"]) == {"match", "jaccard"}
+    assert "clip-vit-base-patch32" in m["teacher_info"]["source"]
+    assert "all-MiniLM-L6-v2" in m["student_info"]["text_tower"] and "resnet18" in m["student_info"]["image_tower"]
+    assert {v["verdict"] for v in m["verdicts"]} == {"not measured at this profile"}  # a dry run measures nothing
+    assert all(len(h["0"]) == 1 for h in (model["history"] for model in m["models"].values()))
+
+
+@pytest.mark.notebook
+def test_notebook_02_paper_without_data_fails_fast(tmp_path):
+    missing = tmp_path / "nothing"
+    t0 = time.perf_counter()
+    with pytest.raises(runner.NotebookFailed) as err:
+        runner.run([STEM], "paper", {"data_root": str(missing), "weights_root": str(missing)},
+                   output_root=tmp_path / "out", progress=False)
+    elapsed = time.perf_counter() - t0
+    message = str(err.value)
+    assert "MissingDataError" in message
+    for expected in ("captions_train2017.json", "train2017", "clip-vit-base-patch32", "all-MiniLM-L6-v2",
+                     "huggingface-cli download", "cocodataset.org"):
+        assert expected in message, expected
+    assert elapsed < 120, f"took {elapsed:.0f} s: the check must come before any work"
+    assert not (tmp_path / "out" / STEM / "results.json").exists()

@@ -1,0 +1,347 @@
+"""Study 1's machinery: data items, frozen features (cached = computed), teachers, students, ablations."""
+
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from kdutils import selfdistill as sd
+from kdutils.errors import ConfigError
+from kdutils.models import small_resnet
+from kdutils.profiles import load_profile
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _cfg(**kw):
+    return load_profile("tiny", progress=False, **kw)
+
+
+def _data(n=48, classes=4, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n) % classes
+    return sd.IndexedImages(images, labels)
+
+
+def _encoder(seed=0):
+    torch.manual_seed(seed)
+    return sd.ImageEncoder("resnet", "small_resnet", small_resnet("resnet_xs"), nn.Identity(),
+                           {"kind": "small_resnet", "arch": "resnet_xs"}, "test encoder")
+
+
+KEY = {"data": "unit-test"}
+
+
+# ----------------------------------------------------------------------------- data and text
+
+def test_prompt_follows_the_thesis_template_with_the_right_article():
+    assert sd.prompt("cat") == "This is an image of a cat."
+    assert sd.prompt("aquarium_fish") == "This is an image of an aquarium fish."
+    assert sd.prompt("Egyptian cat") == "This is an image of an Egyptian cat."
+
+
+def test_mirror_text_swaps_left_and_right_only_as_words():
+    cap = "a small red star in the upper left on a striped blue background"
+    assert sd.mirror_text(cap) == "a small red star in the upper right on a striped blue background"
+    assert sd.mirror_text("center right, lower left") == "center left, lower right"
+    assert sd.mirror_text("leftover brightness") == "leftover brightness"
+
+
+def test_indexed_items_and_subsets_keep_the_index_into_the_split():
+    data = _data(n=10, classes=2)
+    image, label, index = data[7]
+    assert image.dtype == torch.uint8 and int(label) == 1 and index == 7
+    sub = torch.utils.data.Subset(data, [7, 2, 5])
+    assert sd.labels_of(sub).tolist() == [1, 0, 1]
+    assert sd.indices_of(sub).tolist() == [7, 2, 5]
+    assert sub[1][2] == 2
+    with pytest.raises(ValueError, match="uint8"):
+        sd.IndexedImages(torch.zeros(2, 3, 4, 4), torch.zeros(2))
+
+
+def test_few_shot_indices_are_k_per_class_nested_and_fixed():
+    labels = torch.tensor([0, 1, 2] * 20)
+    one, five = sd.few_shot_indices(labels, 1), sd.few_shot_indices(labels, 5)
+    assert torch.bincount(labels[five]).tolist() == [5, 5, 5]
+    assert torch.bincount(labels[one]).tolist() == [1, 1, 1]
+    assert set(one.tolist()) <= set(five.tolist())
+    assert torch.equal(five, sd.few_shot_indices(labels, 5))
+    with pytest.raises(ConfigError, match="fewer than k=21"):
+        sd.few_shot_indices(labels, 21)
+
+
+def test_synthworld_data_matches_the_shared_splits():
+    cfg = _cfg()
+    data = sd.load_data(cfg, "synthworld")
+    assert data.num_classes == 10 and len(data.prompts) == 10
+    assert data.prompts[3] == "This is an image of a star."
+    assert len(data.splits["train"]) == cfg.n_target_train and len(data.captions["test"]) == cfg.n_target_test
+    from kdutils.pretrain import synth_split
+    batch = synth_split(cfg, "target_val")
+    assert torch.equal(data.splits["val"].images[5].permute(1, 2, 0), torch.from_numpy(batch.images[5]))
+    assert data.captions["val"][5] == batch.captions[5]
+
+
+# ----------------------------------------------------------------------------- frozen features
+
+def test_cached_features_equal_the_encoder_computed_per_batch(cache):
+    data, enc = _data(), _encoder()
+    cached = sd.FrozenFeatures(enc, data, KEY, "train", 2, _cfg(), "cpu")
+    streamed = sd.FrozenFeatures(enc, data, KEY, "train", 2, _cfg(s1_feature_cache_mb=0), "cpu")
+    assert cached.in_memory and not streamed.in_memory
+    images, _, index = next(iter(torch.utils.data.DataLoader(data, batch_size=16)))
+    view = torch.tensor([0, 1] * 8)
+    t1, p1 = cached(images, index, view)
+    t2, p2 = streamed(images, index, view)
+    torch.testing.assert_close(t1, t2, rtol=2e-3, atol=2e-3)  # tokens are stored in float16
+    torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-5)
+    # the flipped view is the encoder applied to the mirrored image
+    x = images[1:2].float() / 255
+    torch.testing.assert_close(p1[1:2], enc(x.flip(-1))[1], rtol=1e-5, atol=1e-5)
+    # pooled = mean of the ResNet's tokens (its global average pool)
+    torch.testing.assert_close(p1, t2.mean(1), rtol=1e-5, atol=1e-5)
+    assert t1.shape == (16, cached.num_tokens, cached.token_dim)
+
+
+def test_features_are_cached_on_disk_by_encoder_and_data(cache):
+    data, enc = _data(), _encoder()
+    a = sd.FrozenFeatures(enc, data, KEY, "train", 1, _cfg(), "cpu")
+    assert len(list((cache / "s1-features").glob("*.pt"))) == 1
+    b = sd.FrozenFeatures(enc, data, KEY, "train", 1, _cfg(), "cpu")
+    assert torch.equal(a.tokens, b.tokens)
+    sd.FrozenFeatures(_encoder(seed=1), data, KEY, "train", 1, _cfg(), "cpu")
+    assert len(list((cache / "s1-features").glob("*.pt"))) == 2
+
+
+# ----------------------------------------------------------------------------- teachers
+
+def _queries(classes=4, dim=6, seed=0):
+    return torch.randn(classes, dim, generator=torch.Generator().manual_seed(seed))
+
+
+def test_teacher_modes_are_the_heads_two_uses(cache):
+    data, enc = _data(), _encoder()
+    feats = sd.FrozenFeatures(enc, data, KEY, "train", 1, _cfg(), "cpu")
+    q = _queries()
+    teacher, _ = sd.fit_teacher("prompt", feats, data, _cfg(), seed=0, num_classes=4, class_queries=q)
+    own, labels = sd.teacher_logits(teacher, feats, data, "own")
+    free, _ = sd.teacher_logits(teacher, feats, data, "label_free")
+    tokens = feats.tokens[0].float()
+    torch.testing.assert_close(own, teacher.module.own_prompt_logits(tokens, q[labels]))
+    torch.testing.assert_close(free, teacher.module.class_scores(tokens, q))
+    # label-free score of class c = the logit c of the head queried with prompt c
+    torch.testing.assert_close(free[:, 2], teacher.module.own_prompt_logits(tokens, q[2].expand(len(tokens), -1))[:, 2])
+    linear, _ = sd.fit_teacher("linear", feats, data, _cfg(), seed=0, num_classes=4)
+    with pytest.raises(ValueError, match="no prompts"):
+        sd.teacher_logits(linear, feats, data, "label_free")
+
+
+def test_teacher_training_learns_separable_features(cache):
+    """Tokens that spell the class out: the label-free head and the linear teacher both learn them."""
+    n, classes = 200, 4
+    labels = torch.arange(n) % classes
+    images = torch.zeros(n, 3, 8, 8, dtype=torch.uint8)
+    data = sd.IndexedImages(images, labels)
+    feats = sd.FrozenFeatures(_encoder(), data, KEY, "train", 1, _cfg(), "cpu")
+    torch.manual_seed(0)
+    tokens = torch.randn(1, n, feats.num_tokens, feats.token_dim) * 0.1
+    tokens[0, torch.arange(n), labels % feats.num_tokens, labels] += 3.0
+    feats.tokens, feats.pooled = tokens.half(), tokens.mean(2)
+    feats.key = {"test": "separable"}
+    cfg = _cfg(s1_head_epochs=40, s1_head_lr=1e-2, batch_size=50)
+    for mode in ("label_free", "linear"):
+        teacher, history = sd.fit_teacher(mode, feats, data, cfg, seed=0, num_classes=classes,
+                                          class_queries=_queries(classes, 6) if mode != "linear" else None)
+        logits, y = sd.teacher_logits(teacher, feats, data, "own")
+        assert sd.topk(logits, y)["top1"] > 95, mode
+        assert history.epochs[-1]["train_loss"] < history.epochs[0]["train_loss"]
+
+
+def test_soft_targets_hold_the_teachers_logits_per_view_and_only_for_the_subset(cache):
+    data, enc = _data(), _encoder()
+    feats = sd.FrozenFeatures(enc, data, KEY, "train", 2, _cfg(), "cpu")
+    q = _queries()
+    sub = torch.utils.data.Subset(data, [1, 4, 9, 30])
+    teacher, _ = sd.fit_teacher("label_free", feats, sub, _cfg(), seed=0, num_classes=4, class_queries=q)
+    targets = sd.soft_targets(teacher, feats, sub)
+    assert targets.shape == (2, len(data), 4) and targets.dtype == torch.float16
+    for v in (0, 1):
+        expected, _ = sd.teacher_logits(teacher, feats, sub, "own", view=v)
+        torch.testing.assert_close(targets[v, [1, 4, 9, 30]].float(), expected, rtol=2e-3, atol=2e-3)
+    assert targets[:, 0].abs().sum() == 0  # not in the subset
+    assert not torch.equal(targets[0, [1, 4]], targets[1, [1, 4]])  # the flipped view differs
+    assert torch.equal(sd.soft_targets(teacher, feats, sub), targets)  # cached
+
+
+def test_caption_teacher_reads_each_images_own_query(cache):
+    data, enc = _data(n=16), _encoder()
+    feats = sd.FrozenFeatures(enc, data, KEY, "train", 1, _cfg(), "cpu")
+    q = _queries()
+    table = torch.randn(1, 16, 6)
+    teacher, _ = sd.fit_teacher("caption", feats, data, _cfg(), seed=0, num_classes=4, class_queries=q,
+                                caption_table=table)
+    own, _ = sd.teacher_logits(teacher, feats, data, "own", table)
+    torch.testing.assert_close(own, teacher.module.own_prompt_logits(feats.tokens[0].float(), table[0]))
+
+
+# ----------------------------------------------------------------------------- students
+
+SPEC = {"kind": "small_resnet", "arch": "resnet_xs"}
+
+
+def test_soft_cross_entropy_on_one_hot_targets_trains_exactly_like_cross_entropy(cache):
+    data = _data()
+    cfg = _cfg(s1_student_epochs=2, batch_size=16)
+    one_hot = torch.zeros(2, len(data), 4, dtype=torch.float16)
+    one_hot[:, torch.arange(len(data)), data.labels] = 100.0  # softmax is exactly one-hot
+    a, ha = sd.fit_student(SPEC, data, cfg, data_key=KEY, seed=3, num_classes=4, device="cpu")
+    b, hb = sd.fit_student(SPEC, data, cfg, data_key=KEY, seed=3, num_classes=4, device="cpu", targets=one_hot)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
+    assert ha.series("train_loss") == pytest.approx(hb.series("train_loss"), rel=1e-5)
+
+
+def test_student_training_is_seeded_and_checkpointed(cache):
+    data = _data()
+    cfg = _cfg(s1_student_epochs=1, batch_size=16)
+    targets = torch.randn(2, len(data), 4).half()
+    a, _ = sd.fit_student(SPEC, data, cfg, data_key=KEY, seed=0, num_classes=4, device="cpu", targets=targets,
+                          val_set=data)
+    files = list((cache / "s1" / "students").glob("*.pt"))
+    assert len(files) == 1
+    t0 = time.perf_counter()
+    b, hist = sd.fit_student(SPEC, data, cfg, data_key=KEY, seed=0, num_classes=4, device="cpu", targets=targets,
+                             val_set=data)
+    assert time.perf_counter() - t0 < 5
+    assert "val_top1" in hist.epochs[0]
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(pa, pb)
+    files[0].unlink()  # retrain from scratch: same seed, same numbers
+    c, _ = sd.fit_student(SPEC, data, cfg, data_key=KEY, seed=0, num_classes=4, device="cpu", targets=targets,
+                          val_set=data)
+    la, _ = sd.student_logits(a, data, "cpu")
+    lc, _ = sd.student_logits(c, data, "cpu")
+    assert torch.equal(la, lc)
+
+
+def test_student_targets_are_its_logits_in_both_views():
+    data = _data(n=12)
+    torch.manual_seed(0)
+    student = sd.Student(SPEC, 4).eval()
+    t = sd.student_targets(student, data, "cpu")
+    x = data.images.float() / 255
+    with torch.no_grad():
+        torch.testing.assert_close(t[0].float(), student(x), rtol=2e-3, atol=2e-3)
+        torch.testing.assert_close(t[1].float(), student(x.flip(-1)), rtol=2e-3, atol=2e-3)
+
+
+def test_students_copy_the_encoders_architecture_fresh():
+    from transformers import CLIPVisionConfig
+
+    vc = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                          image_size=16, patch_size=8).to_dict()
+    spec = {"kind": "clip_vision", "config": {k: vc[k] for k in ("hidden_size", "intermediate_size",
+                                                                 "num_hidden_layers", "num_attention_heads",
+                                                                 "image_size", "patch_size")}}
+    x = torch.rand(2, 3, 32, 32)
+    vit = sd.Student(spec, 7)
+    assert vit(x).shape == (2, 7) and vit.features(x).shape == (2, 32)
+    res = sd.Student({"kind": "torchvision_resnet", "arch": "resnet18", "input_size": 32}, 5)
+    assert res(x).shape == (2, 5) and res.features(x).shape == (2, 512)
+    small = sd.Student(SPEC, 3)
+    assert small(x).shape == (2, 3) and small.feature_dim == 64
+    with pytest.raises(ConfigError, match="unknown student kind"):
+        sd.Student({"kind": "mlp"}, 3)
+
+
+def test_torchvision_resnet_encoder_tokens_are_the_last_feature_map():
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None).eval()
+    enc = sd.ImageEncoder("r18", "torchvision_resnet", net, nn.Identity(), {}, "test")
+    x = torch.rand(2, 3, 64, 64)
+    tokens, pooled = enc(x)
+    assert tokens.shape == (2, 4, 512)
+    with torch.no_grad():
+        net.fc = nn.Identity()
+        torch.testing.assert_close(pooled, net(x), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- ablations
+
+def test_retrieval_projection_recovers_a_linear_image_text_map(cache):
+    torch.manual_seed(0)
+    w = torch.randn(16, 8)
+    train_img, test_img = torch.randn(600, 16), torch.randn(50, 16)
+    cfg = _cfg(s1_retrieval_epochs=60)
+    recalls = sd.retrieval_recalls(train_img, train_img @ w, test_img, test_img @ w, cfg, seed=0, gallery=50,
+                                   device="cpu")
+    assert set(recalls) == {f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
+    assert recalls["i2t_r1"] > 90 and recalls["t2i_r1"] > 90
+    noise = sd.retrieval_recalls(train_img, torch.randn(600, 8), test_img, torch.randn(50, 8), cfg, seed=0,
+                                 gallery=50, device="cpu")
+    assert noise["i2t_r1"] < 20 and noise["i2t_r10"] < 50
+
+
+def test_attention_maps_are_distributions_over_the_image_tokens(cache):
+    data, enc = _data(), _encoder()
+    feats = sd.FrozenFeatures(enc, data, KEY, "train", 1, _cfg(), "cpu")
+    teacher, _ = sd.fit_teacher("prompt", feats, data, _cfg(), seed=0, num_classes=4, class_queries=_queries())
+    for how in ("own", "label_free"):
+        weights, labels, predicted = sd.attention_maps(teacher, feats, data, [0, 5, 6], how)
+        assert weights.shape == (3, feats.num_tokens)
+        torch.testing.assert_close(weights.sum(1), torch.ones(3))
+        assert labels.tolist() == [0, 1, 2] and predicted.shape == (3,)
+
+
+def test_paper_requirements_list_every_download(tmp_path):
+    cfg = load_profile("paper", data_root=str(tmp_path / "data"), weights_root=str(tmp_path / "w"))
+    req = sd.paper_requirements(cfg)
+    paths = {str(p) for p, _ in req.values()}
+    assert str(tmp_path / "data" / "cifar-10-batches-py") in paths
+    assert str(tmp_path / "data" / "cifar-100-python") in paths
+    assert str(tmp_path / "data" / "imagenet" / "val") in paths
+    assert str(tmp_path / "w" / "openai" / "clip-vit-base-patch16") in paths
+    assert str(tmp_path / "w" / "roberta-base") in paths
+    assert str(tmp_path / "w" / "Salesforce" / "blip-image-captioning-base") in paths
+    assert any("resnet50" in what for what in req)
+    assert all(how for _, how in req.values())
+    dry = sd.paper_requirements(cfg.replace(dry_run=True, s1_captions=False))
+    assert not any("resnet50" in what or "captioning" in what for what in dry)
+
+
+def test_captioning_hook_fails_clearly_without_the_model(tmp_path):
+    from kdutils.errors import MissingDataError
+
+    cfg = load_profile("paper", weights_root=str(tmp_path))
+    data = sd.ImageData("cifar10", ["cat"], ["x"], {"train": _data(n=4, classes=1)}, KEY)
+    with pytest.raises(MissingDataError, match="captioning model Salesforce/blip-image-captioning-base"):
+        sd.image_captions(cfg, data, "train", "cpu")
+
+
+def test_small_roberta_is_pretrained_once_and_reads_prompts(cache):
+    cfg = _cfg()
+    enc, summary = sd.pretrain_small_roberta(cfg)
+    assert 0 <= summary["masked_word_top1_source_test"] <= 100
+    assert summary["hidden"] == cfg.s1_text_hidden
+    v = enc.encode(["This is an image of a star.", "This is an image of a heart."])
+    assert v.shape == (2, cfg.s1_text_hidden) and not torch.allclose(v[0], v[1])
+    t0 = time.perf_counter()
+    enc2, _ = sd.pretrain_small_roberta(cfg)
+    assert time.perf_counter() - t0 < 10
+    assert torch.equal(enc2.encode(["a star"]), enc.encode(["a star"]))
+
+
+def test_benchmark_compares_cached_and_streamed_features_on_the_same_run(capsys):
+    out = sd.benchmark(n_train=64, epochs=1)
+    assert out["cached_s"] > 0 and out["streamed_s"] > 0 and out["speedup"] == pytest.approx(
+        out["streamed_s"] / out["cached_s"])
+    assert out["agreement_pct"] >= 90  # float16 storage changes almost no prediction
+    assert "speed-up" in capsys.readouterr().out

@@ -11,6 +11,10 @@ from .errors import KDError
 
 BENCHMARKS = {
     "synthworld": ("kdutils.synthworld", "benchmark", "SynthWorld images/s at 32x32 on one core"),
+    "tlkd": ("kdutils.tlkd", "benchmark", "study 4: cached-feature head training vs the plain loop"),
+    "matching": ("kdutils.matching", "benchmark", "study 2: cached teacher logits vs the live teacher"),
+    "selfdistill": ("kdutils.selfdistill", "benchmark", "study 1: head training on cached frozen features vs live"),
+    "kassl": ("kdutils.kassl", "benchmark", "study 3: cached teacher view bank vs the live teacher"),
 }
 
 
@@ -39,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--no-progress", action="store_true")
     sub.add_parser("list", help="show the notebooks and their parameters")
     bench_p = sub.add_parser("bench", help="speed benchmarks that print measured ratios")
-    bench_p.add_argument("name", choices=sorted(BENCHMARKS))
+    bench_p.add_argument("name", choices=sorted(BENCHMARKS),
+                         help="; ".join(f"{k}: {v[2]}" for k, v in BENCHMARKS.items()))
     args = parser.parse_args(argv)
 
     try:

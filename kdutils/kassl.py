@@ -46,7 +46,7 @@ from .teacher import IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher, Normalize
 from .train import fit, make_optimizer, make_scheduler, seed_everything
 
 __all__ = [
-    "PAPER", "PAPER_CLAIMS", "VARIANTS", "VARIANT_LABELS", "TEACHER_LABELS",
+    "PAPER", "PAPER_CLAIMS", "VARIANTS", "VARIANT_LABELS", "TEACHER_LABELS", "TARGET_NORMS", "mean_direction_cosine",
     "EncoderExtension", "KASSLStudent", "kassl_loss", "spread",
     "ViewBank", "BankViews", "FreshViews", "SameImage", "train_kassl",
     "check_config", "grid", "phase_epochs", "view_bank", "teacher_architecture", "imitation", "encode", "center_crop",
@@ -86,6 +86,8 @@ VARIANTS = {"original": (True, False), "no_aug": (False, False), "feature_reduct
 VARIANT_LABELS = {"original": "Original", "no_aug": "No Aug", "feature_reduction": "Feature Red",
                   "no_aug_fr": "No Aug + FR"}
 TEACHER_LABELS = {"byol": "BYOL", "moco_v2": "MoCo-v2", "supervised": "Supervised"}
+#: What is done to the teacher's feature before the cosine: nothing (the presentation) or standardisation.
+TARGET_NORMS = ("none", "standardize")
 _SSL = ("byol", "moco_v2")
 
 # ------------------------------------------------------------ the student
@@ -109,19 +111,29 @@ class EncoderExtension(nn.Sequential):
 
 
 class KASSLStudent(nn.Module):
-    """Student backbone + encoder extension (+ the feature-reduction projection of the teacher side).
+    """Student backbone + encoder extension (+ what is done to the teacher's feature).
 
     `forward(x)` is the backbone's feature (what the linear probe sees);
     `embed(x)` is the extension's output, compared with `target(teacher_feature)`.
-    With `reduced_dim`, `target` is a linear projection (no bias) of the
-    teacher's feature to that size: trained with the student when
+    `standardize_targets` (not in the presentation) passes the teacher's
+    feature through a parameter-free batch norm first: each dimension is
+    centred and scaled by the statistics of the batch at hand (in training
+    and evaluation alike, so a test set is standardised by its own).
+    Pooled ReLU features share a large mean direction, so the raw cosine is
+    high for any prediction near that mean; centring leaves only what tells
+    images apart to be matched (data2vec normalises its targets for the same
+    reason). With `reduced_dim`, `target` then applies a linear projection
+    (no bias) to that size: trained with the student when
     `reduction_trainable`, else a fixed random orthogonal map.
     """
 
     def __init__(self, backbone: nn.Module, student_dim: int, teacher_dim: int, hidden: int,
-                 reduced_dim: int | None = None, reduction_trainable: bool = True):
+                 reduced_dim: int | None = None, reduction_trainable: bool = True,
+                 standardize_targets: bool = False):
         super().__init__()
         self.backbone = backbone
+        self.standardize = (nn.BatchNorm1d(teacher_dim, affine=False, track_running_stats=False)
+                            if standardize_targets else None)
         self.reduction = None
         if reduced_dim is not None:
             if not 0 < reduced_dim <= teacher_dim:
@@ -138,7 +150,8 @@ class KASSLStudent(nn.Module):
         return self.extension(self.backbone(x))
 
     def target(self, teacher_feature: torch.Tensor) -> torch.Tensor:
-        return teacher_feature if self.reduction is None else self.reduction(teacher_feature)
+        t = teacher_feature if self.standardize is None else self.standardize(teacher_feature)
+        return t if self.reduction is None else self.reduction(t)
 
 
 def spread(z: torch.Tensor) -> torch.Tensor:
@@ -149,6 +162,17 @@ def spread(z: torch.Tensor) -> torch.Tensor:
     """
     z = F.normalize(z.detach().float(), dim=1)
     return z.std(0).mean() * math.sqrt(z.shape[1])
+
+
+def mean_direction_cosine(features: torch.Tensor) -> float:
+    """Mean cosine of each feature with the features' mean: the cosine a student reaches by predicting a constant.
+
+    The reference for the KASSL loss: a student whose extension outputs the
+    teacher's mean direction for every image scores `-this` without having
+    learned anything about the images.
+    """
+    flat = features.reshape(-1, features.shape[-1]).float()
+    return float(F.cosine_similarity(flat, flat.mean(0, keepdim=True), dim=1).mean())
 
 
 def kassl_loss(student: KASSLStudent, v1: torch.Tensor, v2: torch.Tensor | None, t1: torch.Tensor,
@@ -322,6 +346,8 @@ def check_config(cfg) -> None:
         bad = [v for v in getattr(cfg, field) if v not in VARIANTS]
         if bad:
             raise ConfigError(f"{field} has unknown variants {bad}; choose from {list(VARIANTS)}.")
+    if cfg.s3_target_norm not in TARGET_NORMS:
+        raise ConfigError(f"s3_target_norm must be one of {TARGET_NORMS}, got '{cfg.s3_target_norm}'.")
     if cfg.s3_view_bank < 0 or cfg.s3_view_bank % 2:
         raise ConfigError(f"s3_view_bank must be 0 (fresh views) or an even number >= 2, got {cfg.s3_view_bank}.")
     if cfg.profile == "paper" and cfg.s3_view_bank:
@@ -661,7 +687,8 @@ def train_baseline(cfg, data: KASSLData, seed: int, device) -> tuple[nn.Module, 
 
 
 def train_student(teacher: FrozenTeacher, teacher_info: dict, variant: str, cfg, data: KASSLData, seed: int,
-                  device, bank: ViewBank | None = None, reduction_trainable: bool | None = None):
+                  device, bank: ViewBank | None = None, reduction_trainable: bool | None = None,
+                  target_norm: str | None = None):
     """One KASSL student: returns (student, {"epochs": per-epoch records, "steps": per-step losses}).
 
     With a `bank` the views and the teacher's features come from it (cached);
@@ -672,10 +699,13 @@ def train_student(teacher: FrozenTeacher, teacher_info: dict, variant: str, cfg,
         raise ConfigError(f"unknown KASSL variant '{variant}'; choose from {list(VARIANTS)}.")
     augmented, reduced = VARIANTS[variant]
     trainable = cfg.s3_fr_trainable if reduction_trainable is None else reduction_trainable
+    target_norm = cfg.s3_target_norm if target_norm is None else target_norm
+    if target_norm not in TARGET_NORMS:
+        raise ConfigError(f"target_norm must be one of {TARGET_NORMS}, got '{target_norm}'.")
     seed_everything(seed)
     backbone, dim = student_backbone(cfg)
     student = KASSLStudent(backbone, dim, teacher_info["feature_dim"], cfg.s3_extension_hidden,
-                           cfg.s3_reduced_dim if reduced else None, trainable)
+                           cfg.s3_reduced_dim if reduced else None, trainable, target_norm == "standardize")
     if augmented:
         if bank is not None:
             views = BankViews(bank, features=bank.features(teacher, device))
@@ -699,9 +729,11 @@ def train_student(teacher: FrozenTeacher, teacher_info: dict, variant: str, cfg,
            "warmup": cfg.s3_kassl_warmup_epochs,
            "lr": cfg.s3_kassl_lr, "batch": cfg.s3_kassl_batch, "wd": cfg.s3_kassl_weight_decay,
            "hidden": cfg.s3_extension_hidden, "reduced": cfg.s3_reduced_dim if reduced else None,
-           "seed": seed, "dry_run": cfg.dry_run, "v": 2}
+           "target_norm": target_norm,
+           "seed": seed, "dry_run": cfg.dry_run, "v": 3}
     digest = key_digest(key)
-    name = f"{teacher_info['name']}-{variant}{'' if trainable or not reduced else '-fixed'}-s{seed}"
+    name = (f"{teacher_info['name']}-{variant}{'' if trainable or not reduced else '-fixed'}-{target_norm}"
+            f"-s{seed}")
     history = train_kassl(student, loader, views, epochs=phase_epochs(cfg, cfg.s3_kassl_epochs), lr=cfg.s3_kassl_lr,
                           weight_decay=cfg.s3_kassl_weight_decay, warmup_epochs=cfg.s3_kassl_warmup_epochs,
                           device=device, checkpoint=cache_root() / "kassl" / f"student-{name}-{digest}.pt",

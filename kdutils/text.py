@@ -165,8 +165,8 @@ def quiet_transformers():
 
 def hf_download_hint(repo_id: str, dest) -> str:
     """The sentence telling a user how to put a Hub checkpoint at `dest` (nothing downloads at run time)."""
-    return (f"On a machine with internet run `huggingface-cli download {repo_id} --local-dir {dest}` "
-            f"(or `hf download {repo_id} --local-dir {dest}`) and copy the folder here.")
+    return (f"Run `huggingface-cli download {repo_id} --local-dir {dest}` (or `hf download {repo_id} "
+            f"--local-dir {dest}`) on a machine with internet, and copy that folder to {dest} on this one.")
 
 
 def hf_source(name_or_path) -> str:

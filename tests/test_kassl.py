@@ -187,3 +187,17 @@ def test_student_backbones_at_each_scale():
 def test_aggregate_over_seeds():
     mean, std = kassl.aggregate([{"a": {"top1": 10.0}, "b": 1.0}, {"a": {"top1": 20.0}, "b": 3.0}])
     assert mean == {"a": {"top1": 15.0}, "b": 2.0} and std == {"a": {"top1": 5.0}, "b": 1.0}
+
+
+def test_standardised_targets_and_the_mean_direction_reference():
+    student = KASSLStudent(_backbone(), 6, 5, 8, standardize_targets=True).train()
+    t = torch.rand(32, 5) * 3 + 10  # positive features with a large common mean, like pooled ReLU outputs
+    z = student.target(t)
+    assert torch.allclose(z.mean(0), torch.zeros(5), atol=1e-5)
+    assert torch.allclose(z.var(0, unbiased=False), torch.ones(5), atol=1e-3)
+    assert not list(student.standardize.parameters())
+    assert torch.allclose(student.eval().target(t), z)  # batch statistics in evaluation too
+    assert kassl.mean_direction_cosine(t) > 0.99  # a constant prediction already scores almost 1
+    assert kassl.mean_direction_cosine(torch.ones(4, 3)) == pytest.approx(1.0)
+    assert kassl.mean_direction_cosine(torch.cat([torch.eye(3), -torch.eye(3)])) == pytest.approx(0.0, abs=1e-6)
+    assert kassl.mean_direction_cosine(t.view(4, 8, 5)) == pytest.approx(kassl.mean_direction_cosine(t))

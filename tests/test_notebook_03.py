@@ -51,10 +51,13 @@ def test_kassl_notebook_at_tiny(tmp_path):
     ssl_steps = m["loss_histories"]["teachers"]["byol"]["steps"]
     assert ssl_steps and all(0 <= x <= 8 for x in ssl_steps)  # BYOL's summed loss range
     assert m["loss_histories"]["teachers"]["supervised"] is None
-    assert [row["projection"] for row in m["fr_control"]] == ["trained jointly", "fixed (random orthogonal)"]
-    assert all(0 <= row["target spread"] <= 2 for row in m["fr_control"])
+    runs = [row["run"] for row in m["controls"]]
+    assert len(runs) == 4 and runs[1] == "no aug, targets none" and runs[3] == "no aug + FR, projection fixed"
+    assert all(0 <= row["target spread"] <= 2 and row["steps"] for row in m["controls"])
+    assert 0 < m["mean_direction_cosine"]["supervised"] <= 1  # ReLU features: positive mean direction
     assert m["data"] == {"train": 300, "probe_train": 300, "probe_test": 200, "classes": 10, "size": 32}
-    assert len(results["claims"]) == 4 * len(cfg.s3_teachers) + 2 + 2  # + the two SSL-vs-random checks
+    # 4 per teacher, 2 summaries, SSL teachers vs random weights, students vs random weights
+    assert len(results["claims"]) == 4 * len(cfg.s3_teachers) + 2 + 2 + len(cfg.s3_teachers)
     for name in FIGURES:
         assert (out / f"{name}.png").stat().st_size > 10_000, name
     print(f"tiny notebook: {seconds:.1f} s (notebook's own wall time {m['wall_s']['total']:.1f} s)")

@@ -168,3 +168,15 @@ def test_train_ssl_reduces_byol_loss_and_is_deterministic(tmp_path):
     assert a[-1] < a[0]
     with pytest.raises(ConfigError):
         make_learner("simclr", _encoder(), 4, total_steps=1, hidden_dim=4, proj_dim=2)
+
+
+def test_loss_trace_records_steps_and_survives_a_state_dict_round_trip():
+    from kdutils.ssl import LossTrace
+
+    trace = LossTrace(3)
+    for v in (1.0, 0.5, 0.25, 0.125):  # the fourth is beyond the planned steps: ignored
+        trace.record(torch.tensor(v))
+    assert trace.series() == [1.0, 0.5, 0.25]
+    copy_ = LossTrace(3)
+    copy_.load_state_dict(trace.state_dict())
+    assert copy_.series() == [1.0, 0.5, 0.25]

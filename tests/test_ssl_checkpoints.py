@@ -128,3 +128,19 @@ def test_detect_format_and_key_mapping():
     assert detect_format({"conv1.weight": 0}) == "torchvision"
     with pytest.raises(CheckpointError):
         backbone_state_dict({"backbone.3.weight": torch.zeros(1)})  # the max-pool holds no weights
+
+
+class _Namespace:
+    """Stands for the argparse / omegaconf objects Lightning pickles beside the weights."""
+
+    lr = 0.1
+
+
+def test_lightning_checkpoint_with_pickled_objects_loads_with_a_warning(tmp_path):
+    _, backbone = _reference()
+    path = tmp_path / "solo.ckpt"
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in backbone.items()},
+                "hyper_parameters": _Namespace()}, path)
+    with pytest.warns(UserWarning, match="weights_only=False"):
+        _, report = load_ssl_resnet(path, "resnet18")
+    assert report["format"] == "backbone"

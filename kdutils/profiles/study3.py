@@ -19,7 +19,7 @@ FIELDS = {
                                 "small": ["supervised", "byol", "moco_v2"],
                                 "paper": ["byol", "moco_v2"]}),
     "s3_variants": (list[str], _ALL_VARIANTS),
-    "s3_variants_other_teachers": (list[str], {"tiny": ["original"], "small": ["original", "feature_reduction"],
+    "s3_variants_other_teachers": (list[str], {"tiny": ["original"], "small": ["original", "no_aug"],
                                       "paper": _ALL_VARIANTS}),
     # views: "synthworld" matches the world's invariances, "imagenet" is BYOL's recipe
     "s3_view_preset": (str, {"tiny": "synthworld", "small": "synthworld", "paper": "imagenet"}),
@@ -41,7 +41,7 @@ FIELDS = {
     # the baseline: the student architecture trained with BYOL on the target data
     "s3_baseline_epochs": (int, {"tiny": 1, "small": 4, "paper": 200}),
     # KASSL student
-    "s3_kassl_epochs": (int, {"tiny": 1, "small": 4, "paper": 200}),
+    "s3_kassl_epochs": (int, {"tiny": 1, "small": 5, "paper": 200}),
     "s3_kassl_warmup_epochs": (int, {"tiny": 0, "small": 1, "paper": 5}),
     "s3_kassl_lr": (float, 0.03),
     "s3_kassl_batch": (int, 64),
@@ -49,7 +49,12 @@ FIELDS = {
     "s3_extension_hidden": (int, {"tiny": 64, "small": 512, "paper": 2048}),
     "s3_reduced_dim": (int, {"tiny": 16, "small": 64, "paper": 512}),
     "s3_fr_trainable": (bool, True),
-    "s3_fr_control": (bool, {"tiny": True, "small": True, "paper": False}),
+    # "none": the presentation's raw cosine; "standardize": teacher features
+    # centred and scaled per dimension first (see kdutils.kassl.KASSLStudent)
+    "s3_target_norm": (str, {"tiny": "standardize", "small": "standardize", "paper": "none"}),
+    # rerun two cheap (no augmentation) variants of the first teacher with the
+    # other target normalisation and the other kind of projection
+    "s3_controls": (bool, {"tiny": True, "small": True, "paper": False}),
     # evaluation
     "s3_probe_epochs": (int, {"tiny": 5, "small": 30, "paper": 100}),
     # `paper` files (relative paths are under weights_root / data_root)

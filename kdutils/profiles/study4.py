@@ -61,6 +61,6 @@ FIELDS = {
     "s4_h4_corrupt_subset": (float, 0.1),
     "s4_h4_corrupt_p": (list[float], _scales([0.5], [0.1, 0.5, 0.95],
                                              [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0])),
-    "s4_h4_views": (int, _scales(1, 2, 4)),                # pre-drawn corruptions per image (x2 mirrors)
+    "s4_h4_views": (int, _scales(1, 1, 4)),                # pre-drawn corruptions per image (x2 mirrors)
     "s4_h4_center_min_side": (float, 200 / 224),           # CenterBlack side ~ U(min_side, 1) x image side
 }

@@ -137,6 +137,9 @@ def test_paper_ratios_and_summary_match_the_presentation_table():
     assert s["best_student_over_teacher_pct"] == pytest.approx(100.442, abs=1e-3)
     assert s["mean_gain_over_baseline_pts"] == pytest.approx((18.30 + 17.52 + 12.66 + 11.98) / 4)  # "+15"
     assert s["mean_student_over_teacher_pct"] == pytest.approx(94.58, abs=0.01) and s["cells"] == 8
+    byol = summarise({"byol": PAPER["byol"]["top1"]})
+    assert byol["mean_student_over_teacher_pct"] == pytest.approx(96.53, abs=0.01)  # the presentation's "96.5%"
+    assert byol["mean_gain_over_baseline_pts"] == pytest.approx(15.115, abs=1e-3)  # and its "+15"
 
 
 def _results(original=60.0, fr=50.0, no_aug=None):
@@ -170,6 +173,10 @@ def test_table_and_verdicts_follow_the_numbers():
     rows = {v["claim"]: v for v in verdicts(byol)}
     assert rows["BYOL teacher: the student comes close to the teacher (original, top-1)"]["paper"] == "100.4%"
     assert rows["BYOL teacher: the student beats the BYOL baseline (original, top-1)"]["paper"] == "+18.30 pts"
+    mean_gain = rows["the student beats the baseline by +15 points on average (top-1, BYOL teacher's cells)"]
+    assert mean_gain["measured"] == "+25.00 pts" and mean_gain["verdict"] == "reproduced"  # (30 + 20) / 2
+    assert by_claim["the student reaches on average 96.5% of its teacher (top-1, BYOL teacher's cells)"][
+        "verdict"] == "not measured at this profile"  # no BYOL teacher in `res`
 
 
 def test_student_backbones_at_each_scale():

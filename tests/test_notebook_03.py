@@ -60,6 +60,7 @@ def test_kassl_notebook_at_tiny(tmp_path):
     assert len(results["claims"]) == 4 * len(cfg.s3_teachers) + 2 + 2 + len(cfg.s3_teachers)
     for name in FIGURES:
         assert (out / f"{name}.png").stat().st_size > 10_000, name
+    assert results["main_figures"] == [f"{name}.png" for name in FIGURES[:3]]
     print(f"tiny notebook: {seconds:.1f} s (notebook's own wall time {m['wall_s']['total']:.1f} s)")
 
 

@@ -30,7 +30,9 @@ FIELDS = {
     "s1_ablation_encoder": (str, {"tiny": "resnet", "small": "resnet", "paper": "vit_b_32"}),
     "s1_ablation_text": (str, "clip"),
     "s1_few_shot_k": (list[int], {"tiny": [1, 5], "small": [1, 5, 10, 50], "paper": [1, 5, 10, 50]}),
-    "s1_few_shot_steps": (int, {"tiny": 2, "small": 50, "paper": 2000}),
+    "s1_few_shot_head_steps": (int, {"tiny": 2, "small": 300, "paper": 2000}),
+    "s1_few_shot_steps": (int, {"tiny": 2, "small": 200, "paper": 5000}),   # student steps, batch s1_few_shot_batch
+    "s1_few_shot_batch": (int, {"tiny": 16, "small": 32, "paper": 64}),
     "s1_generations": (int, {"tiny": 2, "small": 3, "paper": 3}),
     "s1_captions": (bool, True),
     "s1_retrieval_gallery": (int, {"tiny": 100, "small": 1000, "paper": 5000}),
@@ -40,10 +42,12 @@ FIELDS = {
     "s1_head_heads": (int, {"tiny": 2, "small": 4, "paper": 8}),
     "s1_head_epochs": (int, {"tiny": 2, "small": 10, "paper": 10}),
     "s1_head_lr": (float, 1e-3),
-    # students: fresh copies of the image encoder's architecture + a linear layer
+    # students: fresh copies of the image encoder's architecture + a linear layer;
+    # SGD (momentum 0.9, weight decay 5e-4) for ResNets, AdamW (weight decay 0.05) for ViTs
     "s1_student_epochs": (int, {"tiny": 1, "small": 5, "paper": 100}),
-    "s1_student_lr": (float, {"tiny": 2e-3, "small": 2e-3, "paper": 5e-4}),
-    "s1_student_weight_decay": (float, 0.05),
+    "s1_student_batch_size": (int, {"tiny": 32, "small": 64, "paper": 128}),
+    "s1_resnet_student_lr": (float, 0.1),
+    "s1_vit_student_lr": (float, {"tiny": 2e-3, "small": 2e-3, "paper": 5e-4}),
     # the small RoBERTa-style text encoder: masked-language-model pretraining on source captions (cached)
     "s1_text_hidden": (int, {"tiny": 32, "small": 64, "paper": 64}),
     "s1_text_layers": (int, 2),

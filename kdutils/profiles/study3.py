@@ -39,9 +39,9 @@ FIELDS = {
     "s3_moco_temperature": (float, 0.2),
     "s3_moco_bn_splits": (int, {"tiny": 2, "small": 2, "paper": 1}),
     # the baseline: the student architecture trained with BYOL on the target data
-    "s3_baseline_epochs": (int, {"tiny": 1, "small": 4, "paper": 200}),
+    "s3_baseline_epochs": (int, {"tiny": 1, "small": 3, "paper": 200}),
     # KASSL student
-    "s3_kassl_epochs": (int, {"tiny": 1, "small": 5, "paper": 200}),
+    "s3_kassl_epochs": (int, {"tiny": 1, "small": 4, "paper": 200}),
     "s3_kassl_warmup_epochs": (int, {"tiny": 0, "small": 1, "paper": 5}),
     "s3_kassl_lr": (float, 0.03),
     "s3_kassl_batch": (int, 64),

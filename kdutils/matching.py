@@ -453,7 +453,7 @@ def benchmark(n_pairs: int = 1024, epochs: int = 2, batch_size: int = 128) -> di
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                losses.append(loss.item())
+                losses.append(loss.detach().item())
         return losses, time.perf_counter() - t0
 
     live_losses, live_s = run(True)

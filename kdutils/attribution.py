@@ -48,6 +48,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, MissingDataError
+from .train import single_cpu_thread
 
 __all__ = [
     "marginal_contributions", "shapley_values",
@@ -55,7 +56,7 @@ __all__ = [
     "polygon_mask", "coco_polygon_masks", "index_from_file_name",
     "shap_safe_resnet", "check_shap_safe", "accumulating_maxpool",
     "DeepExplanation", "explain_deep", "explain_expected_gradients", "rank_agreement",
-    "plot_attribution", "single_cpu_thread",
+    "plot_attribution",
 ]
 
 # ------------------------------------------------------------------ Shapley values
@@ -361,23 +362,6 @@ def accumulating_maxpool(enabled: bool = True):
 
 
 # ------------------------------------------------------------------ explanations
-
-@contextlib.contextmanager
-def single_cpu_thread(device="cpu"):
-    """Run small tensor work on one CPU thread (restored on exit; no effect on a GPU).
-
-    Per-image explanations and linear heads issue many small operations; on a
-    busy 2-core machine the thread pool's hand-offs cost more than they save
-    (a head's training step ran ~5x slower with two threads than with one).
-    """
-    threads = torch.get_num_threads()
-    if torch.device(device).type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
 
 @dataclass
 class DeepExplanation:

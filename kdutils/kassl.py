@@ -42,6 +42,7 @@ from torch import nn
 from .cache import cache_root, cached, key_digest, model_fingerprint
 from .errors import ConfigError
 from .losses import negative_cosine, symmetric_negative_cosine
+from .models import weights_file
 from .paths import REPO_ROOT
 from .probe import linear_probe
 from .ssl import LossTrace, ViewAugment, as_float_images, make_learner, train_ssl, view_pair
@@ -423,14 +424,7 @@ def paper_paths(cfg) -> dict:
 
 
 def _supervised_weights_file(cfg) -> Path:
-    import torchvision
-
-    enum = torchvision.models.get_model_weights(cfg.s3_checkpoint_arch)
-    try:
-        url = enum[cfg.s3_supervised_weights].url
-    except KeyError:
-        raise ConfigError(f"'{cfg.s3_supervised_weights}' is not a weight set of {cfg.s3_checkpoint_arch}.") from None
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    return weights_file(cfg.s3_checkpoint_arch, cfg.s3_supervised_weights)
 
 
 def required_files(cfg) -> dict:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,6 +35,7 @@ from .cache import cache_root, cached, key_digest, model_fingerprint
 from .clip import image_embeds, text_embeds
 from .errors import ConfigError
 from .losses import binary_softmax_kd, sigmoid_kd
+from .models import weights_requirement
 from .train import History, fit, make_optimizer, seed_everything, to_device
 
 __all__ = ["ClipMatcher", "TwoTowerMatcher", "LossSpec", "matching_loss", "pairs_fingerprint", "predict_logits",
@@ -290,8 +290,6 @@ def paper_inputs(cfg) -> dict:
     weights are allowed, though the model folders' config and tokenizer are
     still read).
     """
-    import torchvision
-
     from .datasets import _COCO_HOW
     from .pairs import coco_paths, resolve_root
     from .text import hf_download_hint
@@ -303,10 +301,8 @@ def paper_inputs(cfg) -> dict:
     need["CLIP teacher config"] = (clip_dir / "config.json", hf_download_hint("openai/clip-vit-base-patch32", clip_dir))
     need["MiniLM text encoder config"] = (text_dir / "config.json", hf_download_hint(MINILM, text_dir))
     if not cfg.dry_run:
-        w = torchvision.models.get_model_weights(cfg.student_arch)[cfg.s2_student_weights]
-        hub = Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
-        need[f"{cfg.student_arch} {cfg.s2_student_weights} weights"] = (
-            hub, f"Download {w.url} on a machine with internet and copy it to {hub} (or set TORCH_HOME).")
+        need[f"{cfg.student_arch} {cfg.s2_student_weights} weights"] = weights_requirement(
+            cfg.student_arch, cfg.s2_student_weights)
     return need
 
 

@@ -131,6 +131,30 @@ def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def weights_file(name: str, weights: str) -> Path:
+    """Where torch's hub cache ($TORCH_HOME) keeps torchvision's `name` weights `weights` (an enum member name)."""
+    import torchvision
+
+    try:
+        enum = torchvision.models.get_model_weights(name)
+    except ValueError as err:
+        raise ConfigError(f"torchvision has no model '{name}': {err}") from None
+    try:
+        w = enum[weights]
+    except KeyError:
+        raise ConfigError(f"'{weights}' is not a weight set of {name}; "
+                          f"choose one of {[m.name for m in enum]}.") from None
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
+
+
+def weights_requirement(name: str, weights: str) -> tuple[Path, str]:
+    """(file, how to get it) of torchvision weights, the form `session.require_files` takes."""
+    path = weights_file(name, weights)
+    return path, (f"On a machine with internet run `python -c \"import torchvision; "
+                  f"torchvision.models.get_model('{name}', weights='{weights}')\"` and copy "
+                  f"{path.name} to {path}; set TORCH_HOME to use another cache folder.")
+
+
 def torchvision_model(name: str, weights: str | None, allow_random: bool = False) -> nn.Module:
     """A torchvision model with published weights (`weights` is the enum member name).
 
@@ -146,17 +170,7 @@ def torchvision_model(name: str, weights: str | None, allow_random: bool = False
         raise ConfigError(f"torchvision has no model '{name}': {err}") from None
     if weights is None or allow_random:
         return builder(weights=None)
-    enum = torchvision.models.get_model_weights(name)
-    try:
-        w = enum[weights]
-    except KeyError:
-        raise ConfigError(f"'{weights}' is not a weight set of {name}; "
-                          f"choose one of {[m.name for m in enum]}.") from None
-    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
+    path, how = weights_requirement(name, weights)
     if not path.exists():
-        raise MissingDataError(
-            f"{name} weights {weights}", path,
-            f"On a machine with internet run `python -c \"import torchvision; "
-            f"torchvision.models.get_model('{name}', weights='{weights}')\"` (or download {w.url}) "
-            f"and copy the file to {path}; set TORCH_HOME to use another cache folder.")
-    return builder(weights=w)
+        raise MissingDataError(f"{name} weights {weights}", path, how)
+    return builder(weights=torchvision.models.get_model_weights(name)[weights])

@@ -10,6 +10,7 @@ finished weights in a second, and an interrupted pretraining resumes.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 
 import torch
@@ -20,7 +21,8 @@ from .augment import flip_shift
 from .cache import cache_root, key_digest
 from .models import small_resnet
 from .probe import extract_features
-from .synthworld import SynthBatch, WorldConfig, generate
+from .results import write_json
+from .synthworld import SynthBatch, WorldConfig, class_names, generate
 from .train import fit, make_optimizer, resolve_device, seed_everything, warmup_cosine
 
 # Fixed data seeds: every study sees the same SynthWorld images for a profile,
@@ -62,11 +64,15 @@ def pretrain_source(arch: str, cfg, seed: int = 0, epochs: int | None = None, lr
            "epochs": epochs, "lr": lr, "batch": cfg.batch_size, "seed": seed, "dry_run": cfg.dry_run, "v": 1}
     digest = key_digest(key)
     ckpt = cache_root() / "pretrain" / f"{arch}-{digest}.pt"
+    summary_file = ckpt.with_suffix(".summary.json")
+    model = small_resnet(arch, num_classes=len(class_names("source")))
+    if summary_file.exists() and ckpt.exists():  # finished before: no data to generate, nothing to score
+        model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
+        return model.eval(), json.loads(summary_file.read_text())
 
     train = synth_split(cfg, "source_train")
     x, y = to_tensors(train)
     gen = seed_everything(seed)
-    model = small_resnet(arch, num_classes=len(train.class_names))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=cfg.batch_size,
                                          shuffle=True, generator=gen, drop_last=True)
     opt = make_optimizer(model.parameters(), "sgd", lr=lr, momentum=0.9, weight_decay=5e-4)
@@ -87,4 +93,5 @@ def pretrain_source(arch: str, cfg, seed: int = 0, epochs: int | None = None, lr
     summary = {"arch": arch, "epochs": epochs, "seed": seed, "history": history.to_dict(),
                "source_top1": metrics.accuracy(yt, logits), "source_top5": metrics.topk_accuracy(logits, yt, 5),
                "parameters": sum(p.numel() for p in model.parameters())}
+    write_json(summary_file, summary)  # fit returned: the run is complete
     return model.cpu(), summary

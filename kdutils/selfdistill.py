@@ -36,7 +36,6 @@ returns at once.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -56,7 +55,7 @@ from .cache import cache_root, cached, key_digest, model_fingerprint
 from .errors import ConfigError, MissingDataError
 from .itc_head import ImageTextHead
 from .losses import ClipLoss, soft_cross_entropy
-from .models import small_resnet, torchvision_model
+from .models import small_resnet, torchvision_model, weights_requirement
 from .paths import REPO_ROOT
 from .pretrain import DATA_SEEDS, pretrain_source, synth_split, world_config
 from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize
@@ -266,13 +265,6 @@ def load_data(cfg, name: str) -> ImageData:
     raise ConfigError(f"unknown data set '{name}' in s1_datasets; choose synthworld, cifar10, cifar100 or imagenet.")
 
 
-def _hub_file(weights: str) -> Path:
-    import torchvision
-
-    w = torchvision.models.get_model_weights("resnet50")[weights]
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
-
-
 def _clip_path(cfg, image_encoder: str) -> tuple[Path, str]:
     repo = cfg.s1_clip_b16 if image_encoder == "vit_b_16" else cfg.s1_clip_b32
     return _under(cfg.weights_root, repo), repo
@@ -304,10 +296,8 @@ def paper_requirements(cfg) -> dict:
         if enc not in ("vit_b_32", "vit_b_16", "resnet50"):
             raise ConfigError(f"s1_image_encoders at paper holds '{enc}'; choose vit_b_32, vit_b_16 or resnet50.")
     if "resnet50" in cfg.s1_image_encoders and not cfg.dry_run:
-        req[f"torchvision resnet50 {cfg.s1_resnet50_weights} weights"] = (
-            _hub_file(cfg.s1_resnet50_weights),
-            f"Run `python -c \"import torchvision; torchvision.models.get_model('resnet50', "
-            f"weights='{cfg.s1_resnet50_weights}')\"` on a machine with internet and copy the hub cache.")
+        req[f"torchvision resnet50 {cfg.s1_resnet50_weights} weights"] = weights_requirement(
+            "resnet50", cfg.s1_resnet50_weights)
     if "roberta" in cfg.s1_text_encoders:
         path = _under(cfg.weights_root, cfg.s1_roberta)
         req[f"RoBERTa {cfg.s1_roberta}"] = (path, ktext.hf_download_hint(cfg.s1_roberta, path))

@@ -27,6 +27,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .losses import MoCoQueue, byol_loss, info_nce
+from .train import History, fit, make_optimizer, warmup_cosine
 
 __all__ = ["ViewAugment", "VIEW_PRESETS", "view_pair", "as_float_images", "MLPHead", "BYOL", "MoCoV2",
            "cosine_momentum", "LossTrace", "make_learner", "train_ssl"]
@@ -375,7 +376,7 @@ def make_learner(method: str, encoder: nn.Module, feature_dim: int, *, total_ste
 def train_ssl(learner: nn.Module, loader, views: tuple[ViewAugment, ViewAugment], *, epochs: int, lr: float,
               weight_decay: float = 1e-4, warmup_fraction: float = 0.1, device="cpu", checkpoint=None,
               checkpoint_key: str = "", max_steps: int | None = None, progress: bool = True,
-              desc: str = "ssl") -> "History":
+              desc: str = "ssl") -> History:
     """Self-supervised training: two views of each batch (`loader` yields (images, ...)), SGD, warm-up + cosine.
 
     The per-step losses end up in `learner.trace` (a `LossTrace`).
@@ -384,7 +385,6 @@ def train_ssl(learner: nn.Module, loader, views: tuple[ViewAugment, ViewAugment]
     training loop is `kdutils.train.fit`, so `checkpoint` makes it resumable
     and doubles as the cache of the finished encoder.
     """
-    from .train import fit, make_optimizer, warmup_cosine
 
     steps = epochs * min(len(loader), max_steps or len(loader))
     learner.trace = LossTrace(steps)

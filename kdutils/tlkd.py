@@ -37,17 +37,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import metrics
-from .attribution import single_cpu_thread
 from .cache import cached, model_fingerprint
 from .errors import ConfigError
 from .losses import hinton_kd
-from .models import SMALL_ARCHS
+from .models import SMALL_ARCHS, weights_requirement
 from .paths import REPO_ROOT
 from .teacher import CIFAR10_MEAN, CIFAR10_STD, FrozenTeacher, Normalize
-from .train import History, fit, make_optimizer, make_scheduler, seed_everything
+from .train import History, fit, make_optimizer, make_scheduler, seed_everything, single_cpu_thread
 
 __all__ = [
-    "Split", "StudyData", "load_data", "paper_requirements", "load_encoder", "weights_file",
+    "Split", "StudyData", "load_data", "paper_requirements", "load_encoder",
     "ViewBank", "frozen_features", "CachedSource", "PlainSource", "view_logits", "head_logits",
     "HeadParams", "HeadRun", "train_head", "tl_vs_kd",
     "subset_indices", "noisy_labels", "per_class_gain", "first_epoch_reaching",
@@ -172,17 +171,6 @@ def _annotated_masks(path: Path, n: int, size) -> tuple[np.ndarray, np.ndarray]:
     return masks, has
 
 
-def weights_file(name: str, weights: str) -> Path:
-    """Where torchvision's hub cache keeps the weight file of `name`/`weights`."""
-    import torchvision
-
-    try:
-        w = torchvision.models.get_model_weights(name)[weights]
-    except (KeyError, ValueError):
-        raise ConfigError(f"'{weights}' is not a torchvision weight set of '{name}'.") from None
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
-
-
 def paper_requirements(cfg) -> dict:
     """{what: (path, how to get it)} for `session.require_files` at the paper profile.
 
@@ -198,10 +186,7 @@ def paper_requirements(cfg) -> dict:
         for role, arch, weights in (("student", cfg.student_arch, cfg.s4_student_weights),
                                     ("teacher", cfg.teacher_arch, cfg.s4_teacher_weights),
                                     ("H4 teacher", cfg.s4_h4_teacher_arch, cfg.s4_h4_teacher_weights)):
-            need[f"{role} weights {arch} {weights}"] = (
-                weights_file(arch, weights),
-                f"On a machine with internet run `python -c \"import torchvision; torchvision.models.get_model("
-                f"'{arch}', weights='{weights}')\"` and copy the file into this folder (or set TORCH_HOME).")
+            need[f"{role} weights {arch} {weights}"] = weights_requirement(arch, weights)
     if cfg.s4_mask_annotations:
         need["foreground polygon annotations"] = (
             _resolve(cfg.s4_mask_annotations),

@@ -120,3 +120,21 @@ def test_results_json_has_provenance_and_is_atomic(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["results.json"]
     write_json(tmp_path / "x.json", {"t": torch.tensor([1, 2])})
     assert json.loads((tmp_path / "x.json").read_text()) == {"t": [1, 2]}
+
+
+def test_source_pretraining_is_cached_with_its_summary(tmp_path, monkeypatch):
+    """A second call loads the finished weights and summary without generating or scoring any data."""
+    from kdutils import pretrain
+
+    monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path))
+    cfg = load_profile("tiny", n_source_train=128, n_source_test=64, batch_size=32, progress=False)
+    model, summary = pretrain.pretrain_source("resnet_xs", cfg, seed=0)
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("a cached pretraining must not generate data")
+
+    monkeypatch.setattr(pretrain, "synth_split", no_data)
+    again, summary_again = pretrain.pretrain_source("resnet_xs", cfg, seed=0)
+    assert json.loads(json.dumps(summary)) == summary_again
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert not again.training and 0 <= summary_again["source_top1"] <= 100

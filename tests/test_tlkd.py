@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdutils import tlkd
+from kdutils import models, tlkd
 from kdutils.errors import ConfigError
 from kdutils.models import small_resnet
 from kdutils.profiles import load_profile
@@ -248,7 +248,7 @@ def test_paper_requirements_name_data_and_weights(tmp_path):
                                                s4_mask_annotations=str(tmp_path / "masks.json")))
     assert set(dry) == {"CIFAR-10 python batches", "foreground polygon annotations"}
     with pytest.raises(ConfigError, match="weight set"):
-        tlkd.weights_file("resnet18", "NOPE")
+        models.weights_file("resnet18", "NOPE")
 
 
 def test_paper_data_from_cifar_batches_with_polygon_masks(tmp_path):

@@ -40,11 +40,11 @@ FIELDS = {
     # the image-text head (trained on frozen encoder outputs)
     "s1_head_dim": (int, {"tiny": 32, "small": 64, "paper": 512}),
     "s1_head_heads": (int, {"tiny": 2, "small": 4, "paper": 8}),
-    "s1_head_epochs": (int, {"tiny": 2, "small": 10, "paper": 10}),
+    "s1_head_epochs": (int, {"tiny": 2, "small": 6, "paper": 10}),
     "s1_head_lr": (float, 1e-3),
     # students: fresh copies of the image encoder's architecture + a linear layer;
     # SGD (momentum 0.9, weight decay 5e-4) for ResNets, AdamW (weight decay 0.05) for ViTs
-    "s1_student_epochs": (int, {"tiny": 1, "small": 5, "paper": 100}),
+    "s1_student_epochs": (int, {"tiny": 1, "small": 4, "paper": 100}),
     "s1_student_batch_size": (int, {"tiny": 32, "small": 64, "paper": 128}),
     "s1_resnet_student_lr": (float, 0.1),
     "s1_vit_student_lr": (float, {"tiny": 2e-3, "small": 2e-3, "paper": 5e-4}),

@@ -19,7 +19,7 @@ FIELDS = {
                                 "small": ["supervised", "byol", "moco_v2"],
                                 "paper": ["byol", "moco_v2"]}),
     "s3_variants": (list[str], _ALL_VARIANTS),
-    "s3_variants_other_teachers": (list[str], {"tiny": ["original"], "small": ["original", "no_aug"],
+    "s3_variants_other_teachers": (list[str], {"tiny": ["original"], "small": ["original"],
                                       "paper": _ALL_VARIANTS}),
     # views: "synthworld" matches the world's invariances, "imagenet" is BYOL's recipe
     "s3_view_preset": (str, {"tiny": "synthworld", "small": "synthworld", "paper": "imagenet"}),

@@ -258,6 +258,18 @@ def binary_two_class_logits(z: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.zeros_like(z), z], dim=1)
 
 
+def _binary_inputs(student_logit, teacher_logit, targets, T, alpha):
+    """Checked (z_s, z_t, y, T, alpha) of a one-logit KD loss: both logits flat and of one length."""
+    zs = _as_binary_logit(student_logit, "student_logit")
+    zt = _as_binary_logit(teacher_logit, "teacher_logit")
+    if zs.shape != zt.shape:
+        raise ValueError(
+            f"student_logit and teacher_logit must hold the same number of samples, "
+            f"got {tuple(student_logit.shape)} and {tuple(teacher_logit.shape)}"
+        )
+    return zs, zt, _as_binary_targets(targets, zs.shape[0], zs), _check_T(T), _check_alpha(alpha)
+
+
 def binary_softmax_kd(
     student_logit: torch.Tensor,
     teacher_logit: torch.Tensor,
@@ -276,15 +288,7 @@ def binary_softmax_kd(
     This is study 2's "softmax KD" (reported to fail in the paper).
     Logits may be (N,) or (N, 1); targets are 0/1 (or soft values in [0, 1]).
     """
-    zs = _as_binary_logit(student_logit, "student_logit")
-    zt = _as_binary_logit(teacher_logit, "teacher_logit")
-    if zs.shape != zt.shape:
-        raise ValueError(
-            f"student_logit and teacher_logit must hold the same number of samples, "
-            f"got {tuple(student_logit.shape)} and {tuple(teacher_logit.shape)}"
-        )
-    T, alpha = _check_T(T), _check_alpha(alpha)
-    y = _as_binary_targets(targets, zs.shape[0], zs)
+    zs, zt, y, T, alpha = _binary_inputs(student_logit, teacher_logit, targets, T, alpha)
     kd = T * T * tempered_kl(binary_two_class_logits(zs), binary_two_class_logits(zt), T)
     ce = F.binary_cross_entropy_with_logits(zs, y)
     return _combine(kd, ce, alpha, return_parts)
@@ -308,15 +312,7 @@ def sigmoid_kd(
     soft BCE differs from the binary KL only by the teacher's entropy, so its
     gradient is the same but its minimum is that entropy, not 0.
     """
-    zs = _as_binary_logit(student_logit, "student_logit")
-    zt = _as_binary_logit(teacher_logit, "teacher_logit")
-    if zs.shape != zt.shape:
-        raise ValueError(
-            f"student_logit and teacher_logit must hold the same number of samples, "
-            f"got {tuple(student_logit.shape)} and {tuple(teacher_logit.shape)}"
-        )
-    T, alpha = _check_T(T), _check_alpha(alpha)
-    y = _as_binary_targets(targets, zs.shape[0], zs)
+    zs, zt, y, T, alpha = _binary_inputs(student_logit, teacher_logit, targets, T, alpha)
     p_t = torch.sigmoid(zt.detach() / T)
     kd = F.binary_cross_entropy_with_logits(zs / T, p_t)
     if scale_by_T2:

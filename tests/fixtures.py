@@ -151,3 +151,27 @@ def write_coco_captions(root, n_images: int = 6, captions_per_image: int = 5, se
     ann_file.write_text(json.dumps(data))
     return {"annotations_file": ann_file, "image_dir": img_dir, "captions": expected,
             "sizes": {im["id"]: (im["width"], im["height"]) for im in images}}
+
+
+def paper_run_failure(notebook: str, tmp_path, params: dict, within_s: float = 120) -> str:
+    """Run `notebook` at `paper` where inputs are missing; return the error text.
+
+    Checks what every notebook promises: it stops with a MissingDataError
+    before any work (within `within_s`, kernel start included) and leaves no
+    results file behind.
+    """
+    import time
+
+    import pytest
+
+    from kdutils import runner
+
+    t0 = time.perf_counter()
+    with pytest.raises(runner.NotebookFailed) as err:
+        runner.run([notebook], "paper", params, output_root=tmp_path / "out", progress=False)
+    seconds = time.perf_counter() - t0
+    message = str(err.value)
+    assert "MissingDataError" in message
+    assert seconds < within_s, f"took {seconds:.0f} s: the check must come before any work"
+    assert not (tmp_path / "out" / notebook / "results.json").exists()
+    return message

@@ -39,6 +39,9 @@ class NotebookRun:
 
     def save(self, metrics: dict, **extra) -> Path:
         """Write `<out>/results.json`: metrics, config, seeds, versions, commit, wall time."""
+        unsaved = [f for f in extra.get("main_figures", []) if f not in self.figures]
+        if unsaved:
+            raise ValueError(f"main_figures {unsaved} were not saved with run.figure(); saved: {self.figures}")
         path = write_results(self.out / "results.json", notebook=self.name, metrics=metrics,
                              config=self.cfg.to_dict(), seeds=self.cfg.seeds, started=self.started,
                              extra={"figures": sorted(set(self.figures)), **extra})

@@ -31,6 +31,10 @@ def check_results(results: dict, sweep_heads: list[str]) -> None:
             assert set(model[which]["per_seed"]) == {str(s) for s in results["seeds"]}
             assert "match" in model[which]["by_kind"]
         assert model["history"][str(results["seeds"][0])][0]["epoch"] == 1
+    # the claims the overview collects mirror the notebook's verdicts
+    assert [c["claim"] for c in results["claims"]] == [v["claim"] for v in m["verdicts"]]
+    assert [c["verdict"] for c in results["claims"]] == [v["verdict"] for v in m["verdicts"]]
+    assert results["main_figures"] and all(f in results["figures"] for f in results["main_figures"])
     cells = m["sweep"]
     assert {c["head"] for c in cells} == set(sweep_heads) and {c["loss"] for c in cells} == {"softmax_kd", "sigmoid_kd"}
     assert len(m["sweep_best"]) == 2 * len(sweep_heads)

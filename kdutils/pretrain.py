@@ -65,6 +65,7 @@ def pretrain_source(arch: str, cfg, seed: int = 0, epochs: int | None = None, lr
     digest = key_digest(key)
     ckpt = cache_root() / "pretrain" / f"{arch}-{digest}.pt"
     summary_file = ckpt.with_suffix(".summary.json")
+    gen = seed_everything(seed)  # before the model: its initialisation is part of the seeded run
     model = small_resnet(arch, num_classes=len(class_names("source")))
     if summary_file.exists() and ckpt.exists():  # finished before: no data to generate, nothing to score
         model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
@@ -72,7 +73,6 @@ def pretrain_source(arch: str, cfg, seed: int = 0, epochs: int | None = None, lr
 
     train = synth_split(cfg, "source_train")
     x, y = to_tensors(train)
-    gen = seed_everything(seed)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=cfg.batch_size,
                                          shuffle=True, generator=gen, drop_last=True)
     opt = make_optimizer(model.parameters(), "sgd", lr=lr, momentum=0.9, weight_decay=5e-4)

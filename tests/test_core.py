@@ -138,3 +138,17 @@ def test_source_pretraining_is_cached_with_its_summary(tmp_path, monkeypatch):
     assert json.loads(json.dumps(summary)) == summary_again
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     assert not again.training and 0 <= summary_again["source_top1"] <= 100
+
+
+def test_source_pretraining_does_not_depend_on_earlier_random_draws(tmp_path, monkeypatch):
+    """Same seed, same weights, whatever ran before in the process (the notebooks share one kernel)."""
+    from kdutils import pretrain
+
+    cfg = load_profile("tiny", n_source_train=64, n_source_test=32, batch_size=32, progress=False, dry_run=True)
+    states = []
+    for i, draws in enumerate((0, 17)):
+        monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path / str(i)))
+        torch.rand(draws)
+        model, _ = pretrain.pretrain_source("resnet_xs", cfg, seed=3)
+        states.append(model.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(states[0].values(), states[1].values()))

@@ -33,7 +33,6 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +42,7 @@ from .cache import cache_root, cached, key_digest, model_fingerprint
 from .errors import ConfigError
 from .losses import negative_cosine, symmetric_negative_cosine
 from .models import weights_file
-from .paths import REPO_ROOT
+from .paths import under
 from .probe import linear_probe
 from .ssl import LossTrace, ViewAugment, as_float_images, make_learner, train_ssl, view_pair
 from .teacher import IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher, Normalize
@@ -409,22 +408,11 @@ class KASSLData:
     class_names: list
 
 
-def _resolve(root: str, name: str) -> Path:
-    path = Path(name)
-    if not path.is_absolute():
-        path = Path(root) / path
-    return path if path.is_absolute() else REPO_ROOT / path
-
-
 def paper_paths(cfg) -> dict:
     """Where the `paper` profile looks for ImageNet-100 and the checkpoints."""
-    return {"imagenet100": _resolve(cfg.data_root, cfg.s3_imagenet100),
-            "byol": _resolve(cfg.weights_root, cfg.s3_byol_checkpoint),
-            "moco_v2": _resolve(cfg.weights_root, cfg.s3_moco_checkpoint)}
-
-
-def _supervised_weights_file(cfg) -> Path:
-    return weights_file(cfg.s3_checkpoint_arch, cfg.s3_supervised_weights)
+    return {"imagenet100": under(cfg.data_root, cfg.s3_imagenet100),
+            "byol": under(cfg.weights_root, cfg.s3_byol_checkpoint),
+            "moco_v2": under(cfg.weights_root, cfg.s3_moco_checkpoint)}
 
 
 def required_files(cfg) -> dict:
@@ -449,7 +437,7 @@ def required_files(cfg) -> dict:
                               f"s3_{'byol' if t == 'byol' else 'moco'}_checkpoint).")
             elif t == "supervised":
                 need["supervised ResNet-50 weights"] = (
-                    _supervised_weights_file(cfg),
+                    weights_file(cfg.s3_checkpoint_arch, cfg.s3_supervised_weights),
                     f"Run torchvision.models.get_model('{cfg.s3_checkpoint_arch}', "
                     f"weights='{cfg.s3_supervised_weights}') once on a machine with internet.")
     return need
@@ -617,10 +605,10 @@ def load_teacher(name: str, cfg, device) -> tuple[FrozenTeacher, dict]:
     if name == "supervised":
         from .models import torchvision_model
 
-        stand_in = cfg.dry_run and not _supervised_weights_file(cfg).exists()
+        stand_in = cfg.dry_run and not weights_file(cfg.s3_checkpoint_arch, cfg.s3_supervised_weights).exists()
         model = torchvision_model(arch, cfg.s3_supervised_weights, allow_random=stand_in)
         model.fc = nn.Identity()
-        info = {"source": f"RANDOM {arch} weights (dry run; {_supervised_weights_file(cfg)} is missing)" if stand_in
+        info = {"source": f"RANDOM {arch} weights (dry run; {weights_file(cfg.s3_checkpoint_arch, cfg.s3_supervised_weights)} is missing)" if stand_in
                 else f"torchvision {arch} {cfg.s3_supervised_weights} (supervised ImageNet-1k)"}
     else:
         path = paper_paths(cfg)[name]

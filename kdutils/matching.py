@@ -36,6 +36,7 @@ from .clip import image_embeds, text_embeds
 from .errors import ConfigError
 from .losses import binary_softmax_kd, sigmoid_kd
 from .models import weights_requirement
+from .paths import under
 from .train import History, fit, make_optimizer, seed_everything, to_device
 
 __all__ = ["ClipMatcher", "TwoTowerMatcher", "LossSpec", "matching_loss", "pairs_fingerprint", "predict_logits",
@@ -291,12 +292,12 @@ def paper_inputs(cfg) -> dict:
     still read).
     """
     from .datasets import _COCO_HOW
-    from .pairs import coco_paths, resolve_root
+    from .pairs import coco_paths
     from .text import hf_download_hint
 
     annotations, images = coco_paths(cfg)
     need = {"COCO captions annotations": (annotations, _COCO_HOW), "COCO images": (images, _COCO_HOW)}
-    weights = resolve_root(cfg.weights_root)
+    weights = under(cfg.weights_root)
     clip_dir, text_dir = weights / cfg.s2_clip_weights, weights / cfg.s2_text_weights
     need["CLIP teacher config"] = (clip_dir / "config.json", hf_download_hint("openai/clip-vit-base-patch32", clip_dir))
     need["MiniLM text encoder config"] = (text_dir / "config.json", hf_download_hint(MINILM, text_dir))
@@ -309,14 +310,12 @@ def paper_inputs(cfg) -> dict:
 def build_teacher(cfg, progress: bool | None = None):
     """(CLIPModel, tokenizer, info): the small CLIP pretrained here (tiny/small) or the published one (paper)."""
     from .clip import load_clip, pretrain_small_clip
-    from .pairs import resolve_root
-
     if cfg.profile != "paper":
         model, tokenizer, summary = pretrain_small_clip(cfg, seed=0, progress=progress)
         return model, tokenizer, {"source": f"small CLIP ({summary['arch']['name']}) pretrained on SynthWorld source",
                                   **{k: summary[k] for k in ("source_test_recalls", "target_zero_shot_top1", "parameters")},
                                   "pretrain_loss": [e["train_loss"] for e in summary["history"]["epochs"]]}
-    path = resolve_root(cfg.weights_root) / cfg.s2_clip_weights
+    path = under(cfg.weights_root) / cfg.s2_clip_weights
     model, tokenizer = load_clip(path, allow_random=cfg.dry_run)
     return model, tokenizer, {"source": str(path), "parameters": sum(p.numel() for p in model.parameters())}
 
@@ -334,7 +333,6 @@ def student_factory(cfg):
     import copy
 
     from .models import torchvision_model
-    from .pairs import resolve_root
     from .teacher import IMAGENET_MEAN, IMAGENET_STD, Normalize
     from .text import TextEncoder, build_tokenizer, load_text_encoder, small_text_model
 
@@ -360,7 +358,7 @@ def student_factory(cfg):
         image_dim = net.fc.in_features
         net.fc = nn.Identity()
         backbone = nn.Sequential(Normalize(IMAGENET_MEAN, IMAGENET_STD), net)
-        path = resolve_root(cfg.weights_root) / cfg.s2_text_weights
+        path = under(cfg.weights_root) / cfg.s2_text_weights
         pretrained_text = load_text_encoder(path, allow_random=cfg.dry_run, repo_id=MINILM)
         tokenizer = pretrained_text.tokenizer
 

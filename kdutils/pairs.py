@@ -33,10 +33,11 @@ import torch
 
 from .cache import key_digest
 from .errors import ConfigError
+from .paths import under
 
 __all__ = ["PairSet", "choose_captions", "split_halves", "random_negative_pairs", "hard_negative_pairs",
            "attribute_negatives", "jaccard_neighbours", "split_images", "PairDataset", "tokenize_captions", "PAIR_SEED",
-           "synth_pair_sets", "ImageFiles", "coco_pair_sets", "resolve_root", "coco_paths", "load_pair_sets"]
+           "synth_pair_sets", "ImageFiles", "coco_pair_sets", "coco_paths", "load_pair_sets"]
 
 
 @dataclass
@@ -323,17 +324,9 @@ def coco_pair_sets(records, image_size: int, fractions=(0.8, 0.1, 0.1), max_imag
     return out
 
 
-def resolve_root(path) -> Path:
-    """A profile path: absolute as given, relative ones from the repository root (not the notebook's folder)."""
-    from .paths import REPO_ROOT
-
-    path = Path(path)
-    return path if path.is_absolute() else REPO_ROOT / path
-
-
 def coco_paths(cfg) -> tuple[Path, Path]:
     """(annotations file, image folder) of the `paper` profile."""
-    root = resolve_root(cfg.data_root)
+    root = under(cfg.data_root)
     return root / cfg.s2_coco_annotations, root / cfg.s2_coco_images
 
 

@@ -17,6 +17,16 @@ def shared_data_dir() -> Path:
     return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
 
 
+def under(root: str | os.PathLike, path: str | os.PathLike = ".") -> Path:
+    """A profile path: `path` if absolute, else `root / path`, a relative `root` taken from the repository
+    root (never from the notebook's folder, so JupyterLab, papermill and pytest agree)."""
+    path = Path(path)
+    if path.is_absolute():
+        return path
+    root = Path(root)
+    return (root if root.is_absolute() else REPO_ROOT / root) / path
+
+
 def output_dir_for(notebook: str, profile: str, output_dir: str | None) -> Path:
     """The folder a notebook writes figures and results to.
 

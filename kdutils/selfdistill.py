@@ -56,7 +56,7 @@ from .errors import ConfigError, MissingDataError
 from .itc_head import ImageTextHead
 from .losses import ClipLoss, soft_cross_entropy
 from .models import small_resnet, torchvision_model, weights_requirement
-from .paths import REPO_ROOT
+from .paths import under
 from .pretrain import DATA_SEEDS, pretrain_source, synth_split, world_config
 from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize
 from .train import fit, make_optimizer, seed_everything, warmup_cosine
@@ -83,15 +83,6 @@ def tensor_digest(t: torch.Tensor) -> str:
 
 def _texts_digest(texts: Sequence[str]) -> str:
     return hashlib.sha256("\x1f".join(texts).encode()).hexdigest()[:16]
-
-
-def _under(root: str, path: str) -> Path:
-    """`path` if absolute, else under `root` (itself relative to the repository when relative)."""
-    p = Path(path)
-    if p.is_absolute():
-        return p
-    base = Path(root)
-    return (base if base.is_absolute() else REPO_ROOT / base) / p
 
 
 def _epochs(cfg, epochs: int) -> int:
@@ -209,7 +200,7 @@ def synthworld_data(cfg) -> ImageData:
 
 
 def _cifar_root(cfg) -> Path:
-    return _under(cfg.data_root, ".")
+    return under(cfg.data_root, ".")
 
 
 def cifar_data(cfg, name: str) -> ImageData:
@@ -235,7 +226,7 @@ def imagenet_class_names() -> list[str]:
 def imagenet_data(cfg) -> ImageData:
     import torchvision.transforms as T
 
-    root = _under(cfg.data_root, cfg.s1_imagenet_dir)
+    root = under(cfg.data_root, cfg.s1_imagenet_dir)
     size = cfg.image_size
     tf = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.PILToTensor()])
     how = ("Download ILSVRC2012 from https://image-net.org and arrange train/ and val/ as one folder per "
@@ -267,7 +258,7 @@ def load_data(cfg, name: str) -> ImageData:
 
 def _clip_path(cfg, image_encoder: str) -> tuple[Path, str]:
     repo = cfg.s1_clip_b16 if image_encoder == "vit_b_16" else cfg.s1_clip_b32
-    return _under(cfg.weights_root, repo), repo
+    return under(cfg.weights_root, repo), repo
 
 
 def paper_requirements(cfg) -> dict:
@@ -280,7 +271,7 @@ def paper_requirements(cfg) -> dict:
             url = f"https://www.cs.toronto.edu/~kriz/{'cifar-10' if name == 'cifar10' else 'cifar-100'}-python.tar.gz"
             req[f"{name} python batches"] = (folder, f"Download {url} and extract it into '{root}'.")
         elif name == "imagenet":
-            im = _under(cfg.data_root, cfg.s1_imagenet_dir)
+            im = under(cfg.data_root, cfg.s1_imagenet_dir)
             how = "Download ILSVRC2012 from https://image-net.org; one folder per wnid in train/ and val/."
             req["ImageNet train folder"] = (im / "train", how)
             req["ImageNet val folder"] = (im / "val", how)
@@ -299,10 +290,10 @@ def paper_requirements(cfg) -> dict:
         req[f"torchvision resnet50 {cfg.s1_resnet50_weights} weights"] = weights_requirement(
             "resnet50", cfg.s1_resnet50_weights)
     if "roberta" in cfg.s1_text_encoders:
-        path = _under(cfg.weights_root, cfg.s1_roberta)
+        path = under(cfg.weights_root, cfg.s1_roberta)
         req[f"RoBERTa {cfg.s1_roberta}"] = (path, ktext.hf_download_hint(cfg.s1_roberta, path))
     if cfg.s1_captions:
-        path = _under(cfg.weights_root, cfg.s1_captioner)
+        path = under(cfg.weights_root, cfg.s1_captioner)
         req[f"captioning model {cfg.s1_captioner}"] = (
             path, ktext.hf_download_hint(cfg.s1_captioner, path) + " Or set s1_captions=False.")
     return req
@@ -327,7 +318,7 @@ def image_captions(cfg, data: ImageData, split: str, device) -> list[str]:
         return data.captions[split]
     from transformers import AutoProcessor, BlipForConditionalGeneration
 
-    path = _under(cfg.weights_root, cfg.s1_captioner)
+    path = under(cfg.weights_root, cfg.s1_captioner)
     hint = ktext.hf_download_hint(cfg.s1_captioner, path) + " Or set s1_captions=False."
     with ktext.quiet_transformers():
         try:
@@ -604,7 +595,7 @@ class Encoders:
         if name == "roberta":
             if "roberta" not in self._texts:
                 if cfg.profile == "paper":
-                    path = _under(cfg.weights_root, cfg.s1_roberta)
+                    path = under(cfg.weights_root, cfg.s1_roberta)
                     encoder = ktext.load_text_encoder(path, allow_random=cfg.dry_run, repo_id=cfg.s1_roberta)
                     description = f"{cfg.s1_roberta} (mean-pooled)"
                 else:

@@ -41,7 +41,7 @@ from .cache import cached, model_fingerprint
 from .errors import ConfigError
 from .losses import hinton_kd
 from .models import SMALL_ARCHS, weights_requirement
-from .paths import REPO_ROOT
+from .paths import under
 from .teacher import CIFAR10_MEAN, CIFAR10_STD, FrozenTeacher, Normalize
 from .train import History, fit, make_optimizer, make_scheduler, seed_everything, single_cpu_thread
 
@@ -102,11 +102,6 @@ class StudyData:
         return len(self.class_names)
 
 
-def _resolve(path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else REPO_ROOT / p
-
-
 def _float_images(uint8_nhwc: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(uint8_nhwc).permute(0, 3, 1, 2).float().div_(255)
 
@@ -137,7 +132,7 @@ def load_data(cfg) -> StudyData:
 
     from .datasets import cifar
 
-    root = _resolve(cfg.data_root)
+    root = under(cfg.data_root)
     train_ds = cifar(root, "cifar10", train=True, verify=cfg.s4_verify_data)
     test_ds = cifar(root, "cifar10", train=False, verify=cfg.s4_verify_data)
     x, y = np.asarray(train_ds.data), np.asarray(train_ds.targets)
@@ -149,7 +144,7 @@ def load_data(cfg) -> StudyData:
     xt, yt = np.asarray(test_ds.data), np.asarray(test_ds.targets)
     test = _split(xt, yt)
     if cfg.s4_mask_annotations:
-        test.masks, test.has_mask = _annotated_masks(_resolve(cfg.s4_mask_annotations), len(yt), xt.shape[1:3])
+        test.masks, test.has_mask = _annotated_masks(under(cfg.s4_mask_annotations), len(yt), xt.shape[1:3])
     return StudyData(_split(x[tr], y[tr]), _split(x[va], y[va]), test, class_names=list(train_ds.classes),
                      source="CIFAR-10")
 
@@ -177,7 +172,7 @@ def paper_requirements(cfg) -> dict:
     Data always (dry runs read fixture batches); weights unless `dry_run`
     (which allows random weights); the mask annotations when configured.
     """
-    root = _resolve(cfg.data_root)
+    root = under(cfg.data_root)
     need = {"CIFAR-10 python batches": (
         root / "cifar-10-batches-py",
         f"Download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it into '{root}' "
@@ -189,7 +184,7 @@ def paper_requirements(cfg) -> dict:
             need[f"{role} weights {arch} {weights}"] = weights_requirement(arch, weights)
     if cfg.s4_mask_annotations:
         need["foreground polygon annotations"] = (
-            _resolve(cfg.s4_mask_annotations),
+            under(cfg.s4_mask_annotations),
             "Export COCO-format polygons from the VGG Image Annotator; name each image by its test index.")
     return need
 

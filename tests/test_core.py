@@ -152,3 +152,13 @@ def test_source_pretraining_does_not_depend_on_earlier_random_draws(tmp_path, mo
         model, _ = pretrain.pretrain_source("resnet_xs", cfg, seed=3)
         states.append(model.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(states[0].values(), states[1].values()))
+
+
+def test_profile_paths_resolve_from_the_repository_not_the_working_directory(tmp_path, monkeypatch):
+    from kdutils.paths import REPO_ROOT, under
+
+    monkeypatch.chdir(tmp_path)
+    assert under("data", "coco/x.json") == REPO_ROOT / "data" / "coco" / "x.json"
+    assert under(tmp_path, "w.pt") == tmp_path / "w.pt"
+    assert under("data", tmp_path / "abs.pt") == tmp_path / "abs.pt"
+    assert under("data") == REPO_ROOT / "data"

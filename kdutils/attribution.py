@@ -52,7 +52,7 @@ from .train import single_cpu_thread
 
 __all__ = [
     "marginal_contributions", "shapley_values",
-    "region_contributions", "region_table",
+    "region_contributions", "region_table", "foreground_share",
     "polygon_mask", "coco_polygon_masks", "index_from_file_name",
     "shap_safe_resnet", "check_shap_safe", "accumulating_maxpool",
     "DeepExplanation", "explain_deep", "explain_expected_gradients", "rank_agreement",
@@ -148,6 +148,36 @@ def region_table(values, masks) -> dict[str, np.ndarray]:
     rows = [region_contributions(v, m) for v, m in zip(values, masks)]
     return {f"{region}_{part}": np.array([r[region][part] for r in rows])
             for region in ("fg", "bg") for part in ("pos", "neg", "diff")}
+
+
+def foreground_share(values, masks) -> np.ndarray:
+    """Per image, the share of its positive attribution that lies inside the foreground mask.
+
+    Scale-free, unlike region sums: a model whose attributions are all x0.9
+    (a KD head that shrinks its logits, say) has the same shares. `values`:
+    (N, C, H, W), summed over channels per pixel first as the thesis's maps
+    are, or (N, H, W); `masks`: (N, H, W) boolean. NaN where an image has no
+    positive attribution at all.
+
+    >>> v = np.array([[[1.0, 3.0], [-2.0, 0.0]]])
+    >>> foreground_share(v, np.array([[[True, False], [True, False]]]))
+    array([0.25])
+    """
+    v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    v = v.astype(np.float64)
+    if v.ndim == 4:
+        v = v.sum(axis=1)
+    m = np.asarray(masks)
+    if v.ndim != 3 or m.shape != v.shape:
+        raise ValueError(f"foreground_share needs values (N, C, H, W) or (N, H, W) and masks (N, H, W) of the "
+                         f"same N, H, W; got {np.shape(values)} and {m.shape}.")
+    if not np.isfinite(v).all():
+        raise ValueError("foreground_share got NaN or infinite attributions: the explainer failed upstream.")
+    positive = np.clip(v, 0, None)
+    total = positive.reshape(len(v), -1).sum(1)
+    inside = (positive * m.astype(bool)).reshape(len(v), -1).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, inside / np.where(total > 0, total, 1), np.nan)
 
 
 # ----------------------------------------------------------- masks from polygons

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import plots
@@ -19,6 +20,7 @@ from .errors import ConfigError, MissingDataError
 from .paths import output_dir_for
 from .profiles import load_profile
 from .results import save_figure, write_results
+from .stats import VERDICTS, paired_verdict
 from .train import resolve_device
 
 
@@ -80,15 +82,33 @@ def require_files(paths: dict[str, tuple[Path, str]]) -> None:
     raise MissingDataError(f"{len(missing)} required inputs", missing[0][1], f"Missing:\n{lines}")
 
 
-VERDICTS = ("reproduced", "not reproduced", "not measured at this profile")
+def claim(text: str, paper, measured: str | None = None, reproduced: bool | None = None, note: str = "", *,
+          gains=None, paper_size: float | None = None, precondition: bool = False, unit: str = "") -> dict:
+    """One row of the claims ledger: the paper's number beside ours, and a verdict from `stats.VERDICTS`.
 
+    With `gains` (per-seed paired differences, positive when the claim holds) the verdict is
+    `stats.paired_verdict(gains)`: mean +- sample std (n), a 95% t-interval over seeds, and, when the
+    paper states a size (`paper_size`, in the units of the gains), whether it lies inside that interval.
+    Without gains, `reproduced` is one computed comparison (`basis: "one comparison"`, no interval), and
+    `None` means not measured at this profile. `precondition=True` marks a lab check (a teacher beats
+    random weights, SHAP additivity), kept apart from the papers' claims. The overview collects the rows.
 
-def claim(text: str, paper, measured, reproduced: bool | None, note: str = "") -> dict:
-    """One row of a study's claims table: the paper's number beside this run's, and a verdict.
-
-    `reproduced` must be computed from the data by the caller (a comparison,
-    a test); `None` means the claim cannot be measured at this profile. The
-    overview notebook collects these rows from every study's results JSON.
+    >>> claim("KD beats TL", "+3.56", gains=[0.9, 1.4, 1.1], paper_size=3.56)["verdict"]
+    'reproduced'
     """
-    verdict = VERDICTS[2] if reproduced is None else VERDICTS[0] if reproduced else VERDICTS[1]
-    return {"claim": text, "paper": paper, "measured": measured, "verdict": verdict, "note": note}
+    row = {"claim": text, "kind": "precondition" if precondition else "claim", "paper": paper, "note": note}
+    if gains is not None:
+        v = paired_verdict(gains)
+        per_seed = [float(g) for g in np.asarray(gains, dtype=float).ravel()]
+        interval = f"[{v.low:+.2f}, {v.high:+.2f}]" if v.n > 1 else "(one seed: no interval)"
+        ours = f"{v.mean:+.2f} +- {v.std:.2f}{unit} (n = {v.n}), 95% CI {interval}"
+        row.update(measured=f"{measured}; {ours}" if measured else ours, verdict=v.name, basis="seeds",
+                   ours={"mean": v.mean, "std": v.std, "n": v.n, "per_seed": per_seed},
+                   interval=[v.low, v.high], confidence=v.confidence,
+                   paper_inside=None if paper_size is None else v.contains(paper_size))
+        return row
+    verdict = VERDICTS[3] if reproduced is None else VERDICTS[0] if reproduced else VERDICTS[1]
+    row.update(measured=measured if measured is not None else "not measured", verdict=verdict,
+               basis="not measured" if reproduced is None else "one comparison", ours=None, interval=None,
+               paper_inside=None)
+    return row

@@ -1,4 +1,9 @@
-"""Statistics the studies report: paired Wilcoxon tests and mean +- std over seeds.
+"""Statistics the studies report: verdicts over seeds, paired Wilcoxon tests, mean +- std.
+
+Seeds are replicates. A claim "A beats B" is judged by `paired_verdict` on
+the per-seed differences A - B with a t-interval over seeds: one rule and one
+vocabulary (`VERDICTS`) for every study, invariant to a positive rescaling of
+the differences (a rescaled model is the same model).
 
 Study 4 compares two models on the *same* images (SHAP attributions of TL
 and TL+KD), so its tests are paired and non-parametric: the Wilcoxon
@@ -9,17 +14,75 @@ a p-value is exact or a normal approximation.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import stats as sps
 
-__all__ = ["WilcoxonResult", "paired_wilcoxon", "summarize"]
+__all__ = ["VERDICTS", "PairedVerdict", "paired_verdict", "WilcoxonResult", "paired_wilcoxon", "summarize"]
 
 #: Largest sample (non-zero differences) for which the exact null distribution is used.
 EXACT_MAX_N = 50
 #: Largest sample with ties for which all 2^n sign flips are enumerated.
 PERMUTATION_MAX_N = 13
+
+
+#: The one vocabulary of verdicts.
+VERDICTS = ("reproduced", "not reproduced", "within noise", "not measured at this profile")
+
+
+@dataclass(frozen=True)
+class PairedVerdict:
+    """The verdict on "gain > 0" from per-seed gains, with its t-interval over seeds.
+
+    `name` is one of `VERDICTS`; `low`/`high` bound the mean gain at
+    `confidence` (infinite with one seed: one replicate cannot separate a
+    gain from noise); `std` is the sample standard deviation (ddof=1).
+    """
+
+    name: str
+    mean: float
+    std: float
+    n: int
+    low: float
+    high: float
+    confidence: float
+
+    def contains(self, value: float) -> bool:
+        """Whether `value` (a paper's size, say) lies inside the interval."""
+        return bool(self.low <= value <= self.high)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def paired_verdict(gains, confidence: float = 0.95) -> PairedVerdict:
+    """Judge the claim "gain > 0" from per-seed paired gains (e.g. student with KD minus without, same seed).
+
+    Reproduced when the two-sided t-interval of the mean gain lies above zero, not reproduced when it
+    lies below, within noise when it contains zero (always so with a single seed).
+
+    >>> paired_verdict([1.2, 0.8, 1.0]).name
+    'reproduced'
+    >>> paired_verdict([0.5, -0.4, 0.1]).name
+    'within noise'
+    """
+    g = np.asarray(gains, dtype=np.float64).ravel()
+    if g.size == 0:
+        raise ValueError("paired_verdict needs at least one per-seed gain.")
+    if not np.isfinite(g).all():
+        raise ValueError(f"paired_verdict got NaN or infinite gains {g.tolist()}: fix the measurement first.")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}.")
+    mean = float(g.mean())
+    if g.size == 1:
+        return PairedVerdict("within noise", mean, 0.0, 1, -math.inf, math.inf, confidence)
+    std = float(g.std(ddof=1))
+    half = float(sps.t.ppf(0.5 + confidence / 2, df=g.size - 1)) * std / math.sqrt(g.size)
+    low, high = mean - half, mean + half
+    name = VERDICTS[0] if low > 0 else VERDICTS[1] if high < 0 else VERDICTS[2]
+    return PairedVerdict(name, mean, std, int(g.size), low, high, confidence)
 
 
 @dataclass(frozen=True)

@@ -240,3 +240,33 @@ def test_plot_attribution_draws_a_titled_map():
                                       "TL: star", vmax=2.0)
     assert ax.get_title() == "TL: star" and im.get_clim() == (-2.0, 2.0)
     plt.close(fig)
+
+
+# ------------------------------------------------------------- foreground share (H2, scale-free)
+
+def test_foreground_share_by_hand_and_channel_sum():
+    values = np.zeros((2, 3, 2, 2))
+    values[0, 0] = [[1.0, 3.0], [-2.0, 0.0]]   # one channel carries everything
+    values[1, :, 0, 0] = [1.0, -0.5, 0.5]       # channels sum to +1 at (0, 0)
+    values[1, :, 1, 1] = 3.0                    # +9 at (1, 1)
+    masks = np.array([[[True, False], [True, False]], [[True, False], [False, False]]])
+    np.testing.assert_allclose(attribution.foreground_share(values, masks), [0.25, 0.1])
+
+
+def test_foreground_share_is_invariant_to_rescaling_and_nan_without_positive_attribution():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(5, 3, 8, 8))
+    masks = rng.random((5, 8, 8)) < 0.3
+    share = attribution.foreground_share(values, masks)
+    np.testing.assert_allclose(attribution.foreground_share(0.909 * values, masks), share)
+    np.testing.assert_allclose(attribution.foreground_share(torch.tensor(40.0 * values), masks), share)
+    assert ((share >= 0) & (share <= 1)).all()
+    negative = -np.ones((1, 4, 4))
+    assert np.isnan(attribution.foreground_share(negative, np.ones((1, 4, 4), bool))).all()
+
+
+def test_foreground_share_rejects_bad_input():
+    with pytest.raises(ValueError, match="same N, H, W"):
+        attribution.foreground_share(np.ones((2, 4, 4)), np.ones((2, 4, 5), bool))
+    with pytest.raises(ValueError, match="NaN"):
+        attribution.foreground_share(np.full((1, 2, 2), np.nan), np.ones((1, 2, 2), bool))

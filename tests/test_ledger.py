@@ -1,0 +1,67 @@
+"""The claim ledger: one verdict rule over seeds, constructed so that each verdict word must appear."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from kdutils.session import claim
+from kdutils.stats import VERDICTS, paired_verdict
+
+
+def test_interval_is_the_t_interval_over_seeds():
+    gains = [1.0, 2.0, 4.0]
+    v = paired_verdict(gains)
+    half = sps.t.ppf(0.975, 2) * np.std(gains, ddof=1) / math.sqrt(3)
+    assert v.mean == pytest.approx(7 / 3) and v.std == pytest.approx(np.std(gains, ddof=1))
+    assert (v.low, v.high) == pytest.approx((7 / 3 - half, 7 / 3 + half)) and v.n == 3
+
+
+@pytest.mark.parametrize("gains, word", [
+    ([1.2, 0.8, 1.0], "reproduced"),             # interval above zero
+    ([-1.2, -0.8, -1.0], "not reproduced"),      # interval below zero
+    ([0.5, -0.4, 0.1], "within noise"),          # interval contains zero
+    ([1.35, 0.2, 2.9], "within noise"),          # positive mean, but the seed spread is larger
+    ([3.0], "within noise"),                     # one seed cannot separate a gain from noise
+    ([0.5, 0.5, 0.5], "reproduced"),             # no spread at all: the point interval is above zero
+])
+def test_each_verdict_word(gains, word):
+    assert paired_verdict(gains).name == word
+
+
+def test_verdict_is_scale_free():
+    gains = np.array([0.3, 1.1, 0.6, -0.1])
+    base = paired_verdict(gains)
+    for scale in (1e-3, 0.909, 7.0):
+        scaled = paired_verdict(scale * gains)
+        assert scaled.name == base.name
+        assert (scaled.low, scaled.high) == pytest.approx((scale * base.low, scale * base.high))
+
+
+def test_bad_gains_fail_loudly():
+    with pytest.raises(ValueError, match="at least one"):
+        paired_verdict([])
+    with pytest.raises(ValueError, match="NaN"):
+        paired_verdict([1.0, float("nan")])
+    with pytest.raises(ValueError, match="confidence"):
+        paired_verdict([1.0, 2.0], confidence=1.5)
+
+
+def test_claim_row_from_seeds_with_paper_size():
+    row = claim("KD beats TL", "+3.56", gains=[0.9, 1.4, 1.1], paper_size=3.56, unit=" pts")
+    assert row["verdict"] == "reproduced" and row["basis"] == "seeds" and row["kind"] == "claim"
+    assert row["ours"]["per_seed"] == [0.9, 1.4, 1.1] and row["ours"]["n"] == 3
+    assert row["paper_inside"] is False  # +3.56 lies far above our interval
+    assert "95% CI" in row["measured"] and "(n = 3)" in row["measured"]
+    inside = claim("KD beats TL", "+1.1", gains=[0.9, 1.4, 1.1], paper_size=1.1)
+    assert inside["paper_inside"] is True
+
+
+def test_claim_rows_without_seeds_and_preconditions():
+    assert claim("x", "y", "no masks", None)["verdict"] == "not measured at this profile"
+    one = claim("x", "y", "a > b", True)
+    assert one["verdict"] == "reproduced" and one["basis"] == "one comparison" and one["interval"] is None
+    assert claim("teacher beats random", "-", gains=[5, 6, 7], precondition=True)["kind"] == "precondition"
+    assert {claim("x", "y", gains=g)["verdict"] for g in ([1, 1.1, 1.2], [-1, -1.1, -1.2], [1, -1, 0.5])} \
+        | {claim("x", "y", "-", None)["verdict"]} == set(VERDICTS)

@@ -6,19 +6,22 @@ about sizes: `tiny` (tests, seconds), `small` (the CPU default, minutes) and
 below; each study adds its own in a sibling module (`study1.py`...) as a
 `FIELDS` dict, so the full list of knobs and their values at each scale lives
 in this folder. In a study file a value may be a dict with exactly the keys
-tiny, small and paper: one value per scale. Unknown keys and wrong types are errors that name the key,
-raised before any work starts.
+tiny, small and paper: one value per scale. Every field also says what values
+it accepts (a rule from `rules.py`). Unknown keys, wrong types and values
+outside the rule are errors that name the key, raised before any work starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import pkgutil
 import typing
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from .rules import DEVICE, FLAG, FRACTION, NAME, NON_NEGATIVE, POSITIVE, SYNTH_SIZE, UNIT, one_of
 
 PROFILE_NAMES = ("tiny", "small", "paper")
 
@@ -39,37 +42,35 @@ def per_profile(tiny, small, paper) -> PerProfile:
     return PerProfile(tiny, small, paper)
 
 
-# name -> (type, value or per_profile(...)). Shared by every notebook.
+# name -> (type, value or per_profile(...), allowed values). Shared by every notebook.
 COMMON_FIELDS: dict[str, tuple] = {
-    "profile": (str, per_profile("tiny", "small", "paper")),
-    "seeds": (list[int], [0]),
-    "dry_run": (bool, False),        # two optimisation steps per phase; random weights allowed
-    "device": (str, "auto"),         # "auto" = CUDA when present, else CPU
-    "num_workers": (int, per_profile(0, 0, 8)),
-    "progress": (bool, per_profile(False, True, True)),
+    "profile": (str, per_profile("tiny", "small", "paper"), one_of(*PROFILE_NAMES)),
+    "seeds": (list[int], [0], NON_NEGATIVE),
+    "dry_run": (bool, False, FLAG),        # two optimisation steps per phase; random weights allowed
+    "device": (str, "auto", DEVICE),       # "auto" = CUDA when present, else CPU
+    "num_workers": (int, per_profile(0, 0, 8), NON_NEGATIVE),
+    "progress": (bool, per_profile(False, True, True), FLAG),
+    # papermill's time limit per cell, in seconds (a hung cell fails instead of hanging a run)
+    "cell_timeout": (int, per_profile(300, 3600, 86400), POSITIVE),
     # SynthWorld sizes (`paper` uses the real data sets instead)
-    "image_size": (int, per_profile(32, 32, 224)),
-    "context_p": (float, 0.5),
-    "n_source_train": (int, per_profile(600, 12000, 0)),
-    "n_source_test": (int, per_profile(200, 2000, 0)),
-    "n_target_train": (int, per_profile(300, 5000, 0)),
-    "n_target_val": (int, per_profile(100, 1000, 0)),
-    "n_target_test": (int, per_profile(200, 2000, 0)),
+    "image_size": (int, per_profile(32, 32, 224), POSITIVE),
+    "context_p": (float, 0.5, UNIT),
+    "n_source_train": (int, per_profile(600, 12000, 0), SYNTH_SIZE),
+    "n_source_test": (int, per_profile(200, 2000, 0), SYNTH_SIZE),
+    "n_target_train": (int, per_profile(300, 5000, 0), SYNTH_SIZE),
+    "n_target_val": (int, per_profile(100, 1000, 0), SYNTH_SIZE),
+    "n_target_test": (int, per_profile(200, 2000, 0), SYNTH_SIZE),
     # generic training sizes
-    "batch_size": (int, per_profile(64, 128, 64)),
-    "epochs": (int, per_profile(2, 10, 200)),
+    "batch_size": (int, per_profile(64, 128, 64), POSITIVE),
+    "epochs": (int, per_profile(2, 10, 200), POSITIVE),
     # supervised pretraining of SynthWorld backbones on the source task (cached)
-    "pretrain_epochs": (int, per_profile(1, 12, 0)),
-    "student_arch": (str, per_profile("resnet_xs", "resnet_s", "resnet18")),
-    "teacher_arch": (str, per_profile("resnet_xs", "resnet_m", "vit_b_16")),
+    "pretrain_epochs": (int, per_profile(1, 12, 0), NON_NEGATIVE),
+    "student_arch": (str, per_profile("resnet_xs", "resnet_s", "resnet18"), NAME),
+    "teacher_arch": (str, per_profile("resnet_xs", "resnet_m", "vit_b_16"), NAME),
     # where the `paper` profile finds downloads
-    "data_root": (str, "data"),
-    "weights_root": (str, "weights"),
+    "data_root": (str, "data", NAME),
+    "weights_root": (str, "weights", NAME),
 }
-
-_NON_NEGATIVE = ("n_source_train", "n_source_test", "n_target_train", "n_target_val", "n_target_test",
-                 "num_workers", "pretrain_epochs")
-_POSITIVE = ("batch_size", "epochs", "image_size")
 
 
 def _study_fields() -> dict[str, tuple]:
@@ -79,6 +80,8 @@ def _study_fields() -> dict[str, tuple]:
         for name, spec in getattr(module, "FIELDS", {}).items():
             if name in fields or name in COMMON_FIELDS:
                 raise ConfigError(f"profile field '{name}' is defined twice (again in {info.name}.py).")
+            if len(spec) != 3:
+                raise ConfigError(f"profile field '{name}' in {info.name}.py needs (type, value, allowed values).")
             fields[name] = spec
     return fields
 
@@ -118,6 +121,8 @@ def _check_type(key: str, value, hint):
         return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"parameter '{key}' must be a finite number, got {value!r}.")
     if (hint is int and isinstance(value, bool)) or not isinstance(value, hint):
         raise ConfigError(
             f"parameter '{key}' must be {hint.__name__}, got {type(value).__name__} {value!r}.")
@@ -125,18 +130,16 @@ def _check_type(key: str, value, hint):
 
 
 def _validate(values: dict) -> None:
-    if values["profile"] not in PROFILE_NAMES:
-        raise ConfigError(f"parameter 'profile' must be one of {PROFILE_NAMES}, got {values['profile']!r}.")
-    for key in _NON_NEGATIVE:
-        if values[key] < 0:
-            raise ConfigError(f"parameter '{key}' must be >= 0, got {values[key]}.")
-    for key in _POSITIVE:
-        if values[key] <= 0:
-            raise ConfigError(f"parameter '{key}' must be > 0, got {values[key]}.")
-    if not 0.0 <= values["context_p"] <= 1.0:
-        raise ConfigError(f"parameter 'context_p' must be in [0, 1], got {values['context_p']}.")
-    if any(s < 0 for s in values["seeds"]):
-        raise ConfigError(f"parameter 'seeds' must hold non-negative integers, got {values['seeds']}.")
+    """Every value against its field's allowed values (each item of a list)."""
+    profile = values["profile"]
+    for key, (_, _, allowed) in ALL_FIELDS.items():
+        value = values[key]
+        items = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            if not allowed.check(item, profile):
+                where = key if i is None else f"{key}[{i}]"
+                raise ConfigError(f"parameter '{where}' must be {allowed.text}, got {item!r}"
+                                  + (f" (in {value!r})." if i is not None else "."))
 
 
 def _build(base: dict, overrides: dict):
@@ -156,7 +159,7 @@ def profile_values(profile: str) -> dict:
     if profile not in PROFILE_NAMES:
         raise ConfigError(f"unknown profile '{profile}'; choose one of {PROFILE_NAMES}.")
     out = {}
-    for name, (_, value) in ALL_FIELDS.items():
+    for name, (_, value, _) in ALL_FIELDS.items():
         if isinstance(value, dict) and set(value) == set(PROFILE_NAMES):  # study files' plain form
             value = value[profile]
         value = value.get(profile) if isinstance(value, PerProfile) else value

@@ -1,0 +1,63 @@
+"""Every profile field says what values it accepts; a value outside them fails before any work."""
+
+import subprocess
+import sys
+
+import pytest
+
+from kdutils.errors import ConfigError
+from kdutils.paths import REPO_ROOT
+from kdutils.profiles import ALL_FIELDS, PROFILE_NAMES, load_profile
+from kdutils.profiles.rules import Allowed
+
+
+def test_every_field_has_allowed_values_and_every_profile_meets_them():
+    assert all(isinstance(spec[2], Allowed) for spec in ALL_FIELDS.values())
+    for profile in PROFILE_NAMES:
+        load_profile(profile)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"s4_alpha": 2.0}, r"'s4_alpha' must be in \[0, 1\], got 2.0"),
+    ({"n_target_train": 0}, r"'n_target_train' must be > 0 .*got 0"),
+    ({"s4_alpha_sweep": [0.1, -0.5]}, r"'s4_alpha_sweep\[1\]' must be in \[0, 1\], got -0.5"),
+    ({"s4_temperature": 0.0}, r"'s4_temperature' must be > 0"),
+    ({"s4_h4_fractions": [0.0, 1.0]}, r"'s4_h4_fractions\[0\]' must be in \(0, 1\]"),
+    ({"s2_sweep_heads": ["additve"]}, r"'s2_sweep_heads\[0\]' must be one of 'additive', 'interaction'"),
+    ({"s3_variants": []}, r"'s3_variants' must be a non-empty list"),
+    ({"device": "gpu"}, r"'device' must be 'auto'"),
+    ({"s1_head_lr": float("inf")}, r"'s1_head_lr' must be a finite number"),
+    ({"cell_timeout": 0}, r"'cell_timeout' must be > 0"),
+])
+def test_values_outside_the_allowed_ones_name_field_value_and_rule(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_profile("small", **overrides)
+
+
+def test_synthworld_sizes_may_be_zero_only_where_synthworld_is_unused():
+    assert load_profile("paper").n_target_train == 0
+    with pytest.raises(ConfigError, match="n_source_train"):
+        load_profile("tiny", n_source_train=0)
+
+
+def test_allowed_names_match_the_code_that_reads_them():
+    from kdutils.kassl import TARGET_NORMS, TEACHER_LABELS, VARIANTS
+    from kdutils.matching import TwoTowerMatcher
+    from kdutils.ssl import VIEW_PRESETS
+
+    def allows(field, values):
+        return all(ALL_FIELDS[field][2].check(v, "small") for v in values)
+
+    assert allows("s3_variants", VARIANTS) and allows("s3_teachers", TEACHER_LABELS)
+    assert allows("s3_target_norm", TARGET_NORMS) and allows("s3_view_preset", VIEW_PRESETS)
+    assert allows("s2_sweep_heads", TwoTowerMatcher.HEADS)
+
+
+@pytest.mark.parametrize("arg, name", [("s4_alpha=2.0", "s4_alpha"), ("n_target_train=0", "n_target_train")])
+def test_cli_rejects_a_bad_study_field_before_any_kernel_starts(arg, name, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "kdutils", "run", "04", "--profile", "small", "-p", arg,
+                           "--output-root", str(tmp_path)], capture_output=True, text=True, cwd=REPO_ROOT,
+                          timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert f"parameter '{name}' must be" in proc.stderr
+    assert not list(tmp_path.iterdir())  # no kernel ran, nothing written

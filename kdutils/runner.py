@@ -16,6 +16,7 @@ from pathlib import Path
 import papermill
 from papermill.exceptions import PapermillExecutionError
 
+from . import progress as section_progress
 from .errors import ConfigError
 from .paths import FIGURES_DIR, NOTEBOOKS_DIR, RUNS_DIR
 from .profiles import Config, load_profile
@@ -130,8 +131,10 @@ def run(names: list[str], profile: str, params: dict, output_root: Path | None =
         print(f"== {path.stem} [{profile}] -> {out.relative_to(RUNS_DIR.parent)}")
         t0 = time.perf_counter()
         try:
+            shown = (section_progress.engine_options(path.stem, Path(output_root) / path.stem / "results.json",
+                                                     profile) if progress else {"progress_bar": False})
             papermill.execute_notebook(str(path), str(out), parameters=full, kernel_name=kernel,
-                                       progress_bar=progress, cwd=str(path.parent))
+                                       cwd=str(path.parent), **shown)
         except PapermillExecutionError as err:
             raise NotebookFailed(path, out, err) from None
         print(f"== {path.stem} done in {time.perf_counter() - t0:.1f} s")

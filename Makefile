@@ -1,13 +1,15 @@
 # Two commands do all set-up on a fresh machine:
 #   make run   - create .venv, install, run every notebook at the `small` profile
 #   make test  - create .venv, install, run the tests
+#   make lab    - same set-up, then JupyterLab on notebooks/ (kernel "kd-studies (.venv)")
+#   make report - the executed notebooks of the last run as a static site (runs/<profile>/report/)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 KERNEL := kd-studies
 
-.PHONY: install run test bench clean-cache
+.PHONY: install run test bench lab report clean-cache
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +29,12 @@ test: install
 	@start=$$(date +%s); \
 	$(PY) -m pytest; rc=$$?; \
 	echo "make test: tests in $$(( $$(date +%s) - start )) s"; exit $$rc
+
+lab: install
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
+
+report: install
+	$(PY) -m kdutils report
 
 bench: install
 	$(PY) -m kdutils bench synthworld

@@ -1,4 +1,4 @@
-"""Command line: `python -m kdutils run|list|bench`."""
+"""Command line: `python -m kdutils run|list|bench|report`."""
 
 from __future__ import annotations
 
@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--kernel", default="kd-studies")
     run_p.add_argument("--no-progress", action="store_true")
     sub.add_parser("list", help="show the notebooks and their parameters")
+    report_p = sub.add_parser("report", help="the executed notebooks of the last run as a static HTML site")
+    report_p.add_argument("--from", dest="source", type=Path, default=None,
+                          help="folder of executed notebooks (default: the newest runs/<profile>/)")
+    report_p.add_argument("--out", type=Path, default=None, help="where to write it (default: <folder>/report)")
     bench_p = sub.add_parser("bench", help="speed benchmarks that print measured ratios")
     bench_p.add_argument("name", choices=sorted(BENCHMARKS),
                          help="; ".join(f"{k}: {v[2]}" for k, v in BENCHMARKS.items()))
@@ -50,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             _list()
+        elif args.command == "report":
+            from .report import build
+
+            build(args.source, args.out)
         elif args.command == "bench":
             module, func, _ = BENCHMARKS[args.name]
             getattr(importlib.import_module(module), func)()

@@ -115,6 +115,8 @@ def _pixel_map(values) -> np.ndarray:
         v = v.sum(axis=0)
     if v.ndim != 2:
         raise ValueError(f"attribution values must be (C, H, W) or (H, W), got shape {v.shape}.")
+    if not np.isfinite(v).all():
+        raise ValueError("attribution values hold NaN or infinite entries: the explainer failed upstream.")
     return v.astype(np.float64)
 
 

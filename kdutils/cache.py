@@ -4,21 +4,34 @@ Frozen backbones and teachers give the same output for the same input every
 time, so the studies compute them once per (model, data, view) and train heads
 on the cached tensors. The key is explicit: a model fingerprint (a hash of its
 weights), a description of the data and the view; any change gives a new file.
+Every key also carries a code fingerprint (`code_fingerprint`) of the module
+that produced the entry, so a warm cache never serves the results of older
+code. A file lock lets concurrent processes share one cache, and an entry that
+cannot be read is deleted and recomputed with a warning naming it.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import importlib.util
 import json
 import os
+import sys
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import torch
+from filelock import FileLock
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["cache_root", "key_digest", "model_fingerprint", "cached", "cached_outputs"]
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+__all__ = ["cache_root", "key_digest", "code_fingerprint", "model_fingerprint", "cached",
+           "cached_outputs", "entry_lock"]
 
 
 def cache_root() -> Path:
@@ -33,6 +46,63 @@ def key_digest(key: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def code_fingerprint(module: str) -> str:
+    """Hash of the code of `module` and of every kdutils module it imports, directly or not.
+
+    Cache keys carry it (`"code": code_fingerprint(__name__)`), so any change
+    to the code that produced an entry gives a new key; comments and layout
+    do not count (the syntax tree is hashed, not the text).
+    """
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(_module_code(name)[1])
+    h = hashlib.sha256()
+    for name in sorted(seen):
+        h.update(f"{name}:{_module_code(name)[0]};".encode())
+    return h.hexdigest()[:16]
+
+
+def _module_code(name: str) -> tuple[str, tuple[str, ...]]:
+    """(hash of the module's syntax tree, the kdutils modules it imports); ("", ()) without a source file.
+
+    kdutils modules are read from the package folder, never imported: a lazily imported module is read, not run.
+    """
+    path = _source_file(name) if _ours(name) else getattr(sys.modules.get(name), "__file__", None)
+    if not path or not str(path).endswith(".py"):
+        return "", ()
+    package = name if Path(path).name == "__init__.py" else name.rpartition(".")[0]
+    return _parse_module(Path(path).read_text(encoding="utf-8"), package)
+
+
+@functools.lru_cache(maxsize=None)
+def _parse_module(source: str, package: str) -> tuple[str, tuple[str, ...]]:
+    tree = ast.parse(source)
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) \
+                if node.level else node.module
+            imported.add(base)
+            imported.update(f"{base}.{a.name}" for a in node.names)  # `from . import metrics` imports a module
+    ours = (n for n in imported if _ours(n) and _source_file(n) is not None)
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest(), tuple(sorted(ours))
+
+
+def _ours(name: str) -> bool:
+    return name == "kdutils" or name.startswith("kdutils.")
+
+
+def _source_file(name: str) -> Path | None:
+    """kdutils.a.b -> kdutils/a/b.py or kdutils/a/b/__init__.py; None if neither exists."""
+    base = _PACKAGE_DIR.joinpath(*name.split(".")[1:])
+    return next((f for f in (base.with_name(base.name + ".py"), base / "__init__.py") if f.is_file()), None)
+
+
 def model_fingerprint(model: nn.Module) -> str:
     """Hash of every parameter and buffer: two models with equal weights share a cache."""
     h = hashlib.sha256()
@@ -43,27 +113,57 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def entry_lock(path: str | os.PathLike) -> FileLock:
+    """An inter-process lock for the cache entry (or checkpoint) at `path`: one process fills it, the others wait."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path) + ".lock")
+
+
+_MISSING = object()
+
+
+def _read_entry(path: Path):
+    """The stored object, or _MISSING when absent or unreadable (then deleted, with a warning naming it)."""
+    if not path.exists():
+        return _MISSING
+    try:
+        return torch.load(path, weights_only=False)
+    except Exception as err:  # truncated, corrupt, or pickling classes that no longer exist
+        warnings.warn(f"cache entry {path} is unreadable ({type(err).__name__}: {err}); "
+                      "deleting it and computing it again.", stacklevel=3)
+        path.unlink(missing_ok=True)
+        return _MISSING
+
+
 def cached(kind: str, key: dict, compute: Callable[[], object], root: Path | None = None,
            verbose: bool = True):
     """Return the object stored under (kind, key), computing and saving it on a miss.
 
-    Writes are atomic (temporary file, then rename), so an interrupted run never
-    leaves a truncated cache entry behind.
+    Unless `key` holds a "code" entry, the code fingerprint of the module that
+    defines `compute` is added to it. Concurrent processes asking for one
+    entry compute it once (a file lock); writes are atomic (temporary file,
+    then rename), so an interrupted run never leaves a truncated entry behind.
     """
+    if "code" not in key:
+        key = {**key, "code": code_fingerprint(compute.__module__)}
     root = Path(root) if root is not None else cache_root()
     path = root / kind / f"{key_digest(key)}.pt"
-    if path.exists():
-        if verbose:
-            print(f"[cache] hit  {kind}/{path.name}")
-        return torch.load(path, weights_only=False)
-    value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(value, tmp)
-    os.replace(tmp, path)
-    (path.with_suffix(".json")).write_text(json.dumps(key, sort_keys=True, default=str, indent=1))
+    value = _read_entry(path)
+    if value is _MISSING:
+        with entry_lock(path):
+            value = _read_entry(path)  # another process may have filled it while this one waited
+            if value is _MISSING:
+                value = compute()
+                tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+                torch.save(value, tmp)
+                os.replace(tmp, path)
+                (path.with_suffix(".json")).write_text(json.dumps(key, sort_keys=True, default=str, indent=1))
+                if verbose:
+                    print(f"[cache] miss {kind}/{path.name} (computed and saved)")
+                return value
     if verbose:
-        print(f"[cache] miss {kind}/{path.name} (computed and saved)")
+        print(f"[cache] hit  {kind}/{path.name}")
     return value
 
 

@@ -31,14 +31,14 @@ import torch
 import torch.nn.functional as F
 
 from . import metrics
-from .cache import cache_root, cached, key_digest
+from .cache import cache_root, cached, code_fingerprint, key_digest
 from .errors import ConfigError, MissingDataError
 from .losses import clip_contrastive_loss
 from .pretrain import synth_split, to_tensors, world_config
 from .synthworld import class_prompts, vocabulary
 from .teacher import CLIP_MEAN, CLIP_STD, Normalize
 from .text import build_tokenizer, hf_download_hint, hf_source, quiet_transformers
-from .train import fit, resolve_device, seed_everything, warmup_cosine
+from .train import fit, load_checkpoint, resolve_device, seed_everything, warmup_cosine
 
 __all__ = ["SMALL_CLIP_ARCHS", "PAPER_CLIP", "small_clip_config", "preprocess", "image_embeds", "text_embeds",
            "vision_tokens", "contrastive_loss_with_negatives", "encode_texts", "encode_images", "retrieval_recalls", "zero_shot_accuracy",
@@ -237,7 +237,8 @@ def pretrain_small_clip(cfg, seed: int = 0, progress: bool | None = None):
     key = {"what": "small-clip", "config": config.to_dict(), "vocab": tokenizer.get_vocab(),
            "world": asdict(world_config(cfg)), "n_train": cfg.n_source_train, "n_test": cfg.n_source_test,
            "n_target_test": cfg.n_target_test, "epochs": epochs, "lr": lr, "batch": cfg.batch_size, "seed": seed,
-           "hard_negatives": hard_negatives, "prompt_p": prompt_p, "dry_run": cfg.dry_run, "v": 1}
+           "hard_negatives": hard_negatives, "prompt_p": prompt_p, "dry_run": cfg.dry_run,
+           "code": code_fingerprint(__name__)}
     key["config"].pop("transformers_version", None)
     digest = key_digest(key)
     ckpt = cache_root() / "pretrain" / f"clip-{arch['name']}-{digest}.pt"
@@ -248,8 +249,8 @@ def pretrain_small_clip(cfg, seed: int = 0, progress: bool | None = None):
         model = CLIPModel(config)
     summary_path = cache_root() / "clip-summary" / f"{digest}.pt"  # where `cached` keeps it
     if ckpt.exists() and summary_path.exists():  # finished before: skip generating the training data
-        model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
-        summary = torch.load(summary_path, weights_only=False)
+        model.load_state_dict(load_checkpoint(ckpt)["model"])
+        summary = load_checkpoint(summary_path)
         return model.eval(), tokenizer, summary
 
     train = synth_split(cfg, "source_train")

@@ -4,28 +4,35 @@ Each loader reads the official on-disk format (CIFAR python batches, an
 ImageFolder tree, the COCO captions JSON) with torchvision where torchvision
 has a reader, and checks that the files are there *before* building anything,
 so a machine without the downloads fails in one sentence that names the path
-and how to get the data (see `kdutils.errors`). Tests feed the same loaders
-small files written in the same formats (`tests/fixtures.py`).
+and how to get the data (see `kdutils.errors`). A file that is there but
+unreadable (malformed JSON, a truncated batch, a corrupt image found
+mid-epoch, an image of the wrong size) is a `CorruptFileError` naming it.
+Tests feed the same loaders small files written in the same formats
+(`tests/fixtures.py`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import pickle
 import shutil
 import tarfile
 from importlib import resources
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
+import numpy as np
 import torch.utils.data
 from PIL import Image
 from torchvision import datasets as tvd
 
 from .paths import shared_data_dir
-from .errors import ConfigError, MissingDataError
+from .errors import ConfigError, CorruptFileError, MissingDataError
 
 __all__ = [
+    "read_image",
     "cifar",
     "image_folder",
     "imagenet100",
@@ -37,6 +44,20 @@ __all__ = [
     "coco_captions",
     "CocoCaptions",
 ]
+
+
+def read_image(path, size: tuple[int, int] | None = None) -> Image.Image:
+    """An RGB PIL image; a corrupt or unreadable file, or one not `size` (width, height), raises naming it."""
+    try:
+        with Image.open(path) as im:
+            image = im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for truncated and unknown files
+        raise CorruptFileError(f"image {path} cannot be read ({type(err).__name__}: {err}); "
+                               "replace it with a good copy or delete it.") from None
+    if size is not None and image.size != tuple(size):
+        raise CorruptFileError(f"image {path} is {image.size[0]}x{image.size[1]}, expected {size[0]}x{size[1]}; "
+                               "resize or replace it.")
+    return image
 
 
 def _first(items, n: int = 5) -> str:
@@ -87,6 +108,7 @@ def cifar(root, name: str = "cifar10", train: bool = True, transform: Callable |
     cls = _CIFAR[name] if verify else _CIFAR_UNVERIFIED[name]
     folder = Path(root) / cls.base_folder
     files = [n for n, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    bad_batch = functools.partial(_bad_cifar_batch, folder, files, f"{_CIFAR_TITLE[name]} ({cls.url}, into '{root}')")
     absent = [n for n in files if not (folder / n).is_file()]
     if absent and not download:
         what = f"{_CIFAR_TITLE[name]} python batches" + (
@@ -96,7 +118,9 @@ def cifar(root, name: str = "cifar10", train: bool = True, transform: Callable |
             f"Pass download=True on a machine with internet, or download {cls.url} "
             f"and extract it into '{root}'.")
     try:
-        return cls(str(root), train=train, transform=transform, download=download)
+        dataset = cls(str(root), train=train, transform=transform, download=download)
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError) as err:  # torchvision cannot parse a batch
+        raise bad_batch(err) from None
     except RuntimeError:
         # torchvision says only "not found or corrupted": name the files that fail.
         from torchvision.datasets.utils import check_integrity
@@ -111,6 +135,33 @@ def cifar(root, name: str = "cifar10", train: bool = True, transform: Callable |
             f"These files are not the official release (corrupted download or locally written "
             f"batches). Delete the folder and pass download=True, or download {cls.url}; "
             f"pass verify=False only for batches you wrote yourself.") from None
+    if len(dataset.data) != len(dataset.targets):
+        raise bad_batch(ValueError(f"{len(dataset.data)} images but {len(dataset.targets)} labels"))
+    return dataset
+
+
+def _bad_cifar_batch(folder: Path, files: list[str], source: str, err: Exception) -> Exception:
+    """The first batch file that does not hold (N, 3072) uint8 rows and N labels, as an error naming it."""
+    for name in files:
+        path = folder / name
+        try:
+            with open(path, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")
+        except Exception as e:
+            problem = f"cannot be unpickled ({type(e).__name__}: {e}): it is truncated or corrupt"
+        else:
+            if "data" not in entry:  # the meta file
+                continue
+            rows = np.asarray(entry["data"])
+            labels = entry.get("labels", entry.get("fine_labels", []))
+            if rows.ndim != 2 or rows.shape[1] != 3 * 32 * 32:
+                problem = f"holds images of shape {rows.shape[1:]}, not 3072 values (32x32 RGB)"
+            elif len(labels) != len(rows):
+                problem = f"holds {len(rows)} images but {len(labels)} labels"
+            else:
+                continue
+        return CorruptFileError(f"CIFAR batch {path} {problem}. Download and extract {source} again.")
+    return err
 
 
 # --------------------------------------------------------------- ImageFolder
@@ -139,12 +190,15 @@ def _check_class_list(classes) -> list[str]:
 
 
 def image_folder(root, transform: Callable | None = None, classes: Sequence[str] | None = None,
-                 *, how_to_get: str = "Point root at a folder with one sub-folder of images per class."):
+                 *, how_to_get: str = "Point root at a folder with one sub-folder of images per class.",
+                 image_size: tuple[int, int] | None = None):
     """torchvision `ImageFolder` on `root/<class>/<image>`, optionally restricted to `classes`.
 
     With `classes`, other folders are ignored and label i is `classes[i]` (the
     list's order, not the alphabetical one), so a fixed class list gives the
     same labels on every machine. `how_to_get` is the hint put in the errors.
+    Images are read with `read_image`: a corrupt one, or with `image_size`
+    (width, height) one of another size, stops the epoch naming the file.
     """
     root = Path(root)
     if not root.is_dir():
@@ -156,10 +210,11 @@ def image_folder(root, transform: Callable | None = None, classes: Sequence[str]
             raise MissingDataError(
                 f"{len(missing)} of {len(classes)} class folders (first missing: {_first(missing)})",
                 root, how_to_get)
+    loader = functools.partial(read_image, size=image_size)
     try:
         if classes is None:
-            return tvd.ImageFolder(str(root), transform=transform)
-        return _ClassListImageFolder(str(root), classes, transform=transform)
+            return tvd.ImageFolder(str(root), transform=transform, loader=loader)
+        return _ClassListImageFolder(str(root), classes, transform=transform, loader=loader)
     except FileNotFoundError as e:  # no class folder, or a class folder without images
         raise MissingDataError(f"images ({e})", root, how_to_get) from None
 
@@ -286,22 +341,30 @@ def coco_captions(annotations_file, image_dir, check_images: bool = True) -> lis
         raise MissingDataError("COCO captions annotation file", annotations_file, _COCO_HOW)
     if not image_dir.is_dir():
         raise MissingDataError("COCO image folder", image_dir, _COCO_HOW)
-    with open(annotations_file, encoding="utf-8") as f:
-        data = json.load(f)
+    try:
+        with open(annotations_file, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptFileError(f"'{annotations_file}' is not valid JSON ({err}); it is truncated or corrupt. "
+                               f"{_COCO_HOW}") from None
     if not isinstance(data, dict) or not {"images", "annotations"} <= data.keys():
         raise ConfigError(f"'{annotations_file}' is not a COCO annotation file (needs 'images' and 'annotations')")
     anns = data["annotations"]
     if anns and "caption" not in anns[0]:
         raise ConfigError(f"'{annotations_file}' has no 'caption' fields: use a captions_*.json file, "
                           "not instances_*.json or person_keypoints_*.json")
-    files = {img["id"]: img["file_name"] for img in data["images"]}
-    caps: dict[int, list[tuple[int, str]]] = {i: [] for i in files}
-    orphans = []
-    for a in anns:
-        if a["image_id"] in caps:
-            caps[a["image_id"]].append((a["id"], a["caption"]))
-        else:
-            orphans.append(a["id"])
+    try:
+        files = {img["id"]: img["file_name"] for img in data["images"]}
+        caps: dict[int, list[tuple[int, str]]] = {i: [] for i in files}
+        orphans = []
+        for a in anns:
+            if a["image_id"] in caps:
+                caps[a["image_id"]].append((a["id"], a["caption"]))
+            else:
+                orphans.append(a["id"])
+    except (KeyError, TypeError) as err:
+        raise CorruptFileError(f"'{annotations_file}' has a record without the field {err} (or not an object): "
+                               f"not the COCO captions format. {_COCO_HOW}") from None
     if orphans:
         raise ConfigError(f"'{annotations_file}': {len(orphans)} captions refer to images not in 'images' "
                           f"(annotation ids {_first(orphans)})")
@@ -331,8 +394,7 @@ class CocoCaptions(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         rec = self.records[index]
-        with Image.open(rec.path) as im:
-            image = im.convert("RGB")
+        image = read_image(rec.path)
         if self.transform is not None:
             image = self.transform(image)
         return image, list(rec.captions)

@@ -17,6 +17,10 @@ class MissingDataError(KDError, FileNotFoundError):
         super().__init__(f"{what} not found at '{path}'. {how_to_get}")
 
 
+class CorruptFileError(KDError, ValueError):
+    """A file is there but cannot be read: truncated, corrupt or in another format. The message names it."""
+
+
 class ConfigError(KDError, ValueError):
     """A parameter is unknown, has the wrong type or an invalid value."""
 

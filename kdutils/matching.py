@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import metrics
-from .cache import cache_root, cached, key_digest, model_fingerprint
+from .cache import cache_root, cached, code_fingerprint, key_digest, model_fingerprint
 from .clip import image_embeds, text_embeds
 from .errors import ConfigError
 from .losses import binary_softmax_kd, sigmoid_kd
@@ -218,7 +218,7 @@ def train_matcher(model: nn.Module, train, val, *, loss: LossSpec = LossSpec(), 
     if cache_tag is not None:
         spec = {"tag": cache_tag, "init": model_fingerprint(model), "train": pairs_fingerprint(train),
                 "val": pairs_fingerprint(val), "loss": asdict(loss), "epochs": epochs, "lr": lr, "batch": batch_size,
-                "seed": seed, "max_steps": max_steps, "v": 1,
+                "seed": seed, "max_steps": max_steps, "code": code_fingerprint(__name__),
                 "teacher": None if teacher is None else hashlib.sha256(teacher.numpy().tobytes()).hexdigest()[:16]}
         key = key_digest(spec)
         checkpoint = cache_root() / "study2" / "runs" / f"{cache_tag}-{key}.pt"

@@ -22,7 +22,11 @@ __all__ = [
 
 
 def _np(x, name: str) -> np.ndarray:
-    """Tensor / array / list -> NumPy array (detached, on the CPU)."""
+    """Tensor / array / list -> NumPy array (detached, on the CPU); NaN or infinite scores raise.
+
+    argmax and sorting silently rank NaN first or last, so a diverged model
+    would get an accuracy instead of an error.
+    """
     if hasattr(x, "detach") and hasattr(x, "cpu"):
         x = x.detach().cpu()
         if str(x.dtype) == "torch.bfloat16":
@@ -31,6 +35,9 @@ def _np(x, name: str) -> np.ndarray:
     a = np.asarray(x)
     if a.dtype == object:
         raise ValueError(f"{name} must be numeric, got an object array")
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        raise ValueError(f"{name} holds {int((~np.isfinite(a)).sum())} NaN or infinite values: "
+                         "the model or the scores diverged upstream")
     return a
 
 

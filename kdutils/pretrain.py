@@ -18,12 +18,12 @@ from torch import nn
 
 from . import metrics
 from .augment import flip_shift
-from .cache import cache_root, key_digest
+from .cache import cache_root, code_fingerprint, key_digest
 from .models import small_resnet
 from .probe import extract_features
 from .results import write_json
 from .synthworld import SynthBatch, WorldConfig, class_names, generate
-from .train import fit, make_optimizer, resolve_device, seed_everything, warmup_cosine
+from .train import fit, load_checkpoint, make_optimizer, resolve_device, seed_everything, warmup_cosine
 
 # Fixed data seeds: every study sees the same SynthWorld images for a profile,
 # and the training seeds (cfg.seeds) vary only initialisation and order.
@@ -61,14 +61,15 @@ def pretrain_source(arch: str, cfg, seed: int = 0, epochs: int | None = None, lr
     progress = cfg.progress if progress is None else progress
     world = asdict(world_config(cfg))
     key = {"what": "source-pretrain", "arch": arch, "world": world, "n_train": cfg.n_source_train,
-           "epochs": epochs, "lr": lr, "batch": cfg.batch_size, "seed": seed, "dry_run": cfg.dry_run, "v": 1}
+           "epochs": epochs, "lr": lr, "batch": cfg.batch_size, "seed": seed, "dry_run": cfg.dry_run,
+           "code": code_fingerprint(__name__)}
     digest = key_digest(key)
     ckpt = cache_root() / "pretrain" / f"{arch}-{digest}.pt"
     summary_file = ckpt.with_suffix(".summary.json")
     gen = seed_everything(seed)  # before the model: its initialisation is part of the seeded run
     model = small_resnet(arch, num_classes=len(class_names("source")))
     if summary_file.exists() and ckpt.exists():  # finished before: no data to generate, nothing to score
-        model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
+        model.load_state_dict(load_checkpoint(ckpt)["model"])
         return model.eval(), json.loads(summary_file.read_text())
 
     train = synth_split(cfg, "source_train")

@@ -51,7 +51,7 @@ from . import clip as kclip
 from . import datasets, metrics
 from . import synthworld as sw
 from . import text as ktext
-from .cache import cache_root, cached, key_digest, model_fingerprint
+from .cache import cache_root, cached, code_fingerprint, key_digest, model_fingerprint
 from .errors import ConfigError, MissingDataError
 from .itc_head import ImageTextHead
 from .losses import ClipLoss, soft_cross_entropy
@@ -466,7 +466,7 @@ def pretrain_small_roberta(cfg, seed: int = 0, progress: bool | None = None):
     heads = max(1, hidden // 32)
     key = {"what": "s1-roberta-mlm", "vocab": len(tokenizer), "hidden": hidden, "layers": layers, "heads": heads,
            "world": asdict(world_config(cfg)), "n_train": cfg.n_source_train, "epochs": epochs,
-           "batch": cfg.batch_size, "seed": seed, "dry_run": cfg.dry_run, "v": 1}
+           "batch": cfg.batch_size, "seed": seed, "dry_run": cfg.dry_run, "code": code_fingerprint(__name__)}
     digest = key_digest(key)
     gen = seed_everything(seed)
     with ktext.quiet_transformers():
@@ -779,7 +779,8 @@ def fit_teacher(mode: str, feats: FrozenFeatures, train_set, cfg, *, seed: int, 
            "queries": tensor_digest(class_queries) if class_queries is not None else None,
            "captions": tensor_digest(caption_table) if caption_table is not None else None,
            "epochs": epochs, "steps": total, "lr": cfg.s1_head_lr, "dim": cfg.s1_head_dim, "heads": cfg.s1_head_heads,
-           "batch": cfg.batch_size, "seed": seed, "dry_run": cfg.dry_run, "val": val is not None, "v": 1}
+           "batch": cfg.batch_size, "seed": seed, "dry_run": cfg.dry_run, "val": val is not None,
+           "code": code_fingerprint(__name__)}
     digest = key_digest(key)
     history = fit(teacher, loader, compute_loss, opt, epochs, scheduler=sched,
                   evaluate=evaluate if val is not None else None, checkpoint=cache_root() / "s1" / "teachers" /
@@ -890,7 +891,7 @@ def fit_student(spec: dict, train_set, cfg, *, data_key: dict, seed: int, num_cl
            "subset": tensor_digest(indices_of(train_set)), "n": len(train_set),
            "targets": tensor_digest(targets) if targets is not None else None, "epochs": epochs, "steps": total,
            "optimizer": [opt_name, lr, wd], "batch": batch_size, "seed": seed,
-           "dry_run": cfg.dry_run, "val": val_set is not None, "v": 1}
+           "dry_run": cfg.dry_run, "val": val_set is not None, "code": code_fingerprint(__name__)}
     digest = key_digest(key)
     history = fit(student, loader, compute_loss, opt, epochs, scheduler=sched,
                   evaluate=evaluate if val_set is not None else None,

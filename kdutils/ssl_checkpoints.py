@@ -18,6 +18,10 @@ stripped; then `load_state_dict(strict=False)` must report exactly the
 classifier (`fc.weight`, `fc.bias`) missing and nothing unexpected, or the
 load fails with the offending keys named. The classifier is replaced by
 `nn.Identity`, so the model returns its pooled feature (2048-d for ResNet-50).
+
+Files are read with torch's safe unpickler (`weights_only=True`). A file
+that also pickles Python objects (Lightning's hyper-parameters) could run
+code on loading, so it loads only when the caller passes `trust_pickle=True`.
 """
 
 from __future__ import annotations
@@ -102,31 +106,44 @@ def backbone_state_dict(state_dict: dict) -> tuple[dict, str]:
     return out, fmt
 
 
-def _read(path: Path):
+def _read(path: Path, trust_pickle: bool, how_to_get: str):
+    unreadable = (f"{path} cannot be read: the file is truncated or corrupt. "
+                  f"{how_to_get or 'Download it again.'}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Lightning checkpoints (solo-learn) pickle their hyper-parameters as
-        # objects; the file is one the user downloaded on purpose.
-        warnings.warn(f"{path.name} holds pickled Python objects besides tensors; loading it with "
-                      "weights_only=False. Only do this with files from a source you trust.", stacklevel=3)
+    except pickle.UnpicklingError as err:
+        if not trust_pickle:
+            raise CheckpointError(
+                f"{path} holds pickled Python objects besides tensors, which torch's safe loader refuses "
+                f"({str(err).splitlines()[0]}). Loading it runs code from the file: only if you trust its "
+                "source, pass trust_pickle=True (profile field s3_trust_pickled_checkpoints=True).") from None
+    except Exception as err:
+        raise CheckpointError(f"{unreadable} ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    # Lightning checkpoints (solo-learn) pickle their hyper-parameters as objects; the user trusts this file.
+    warnings.warn(f"{path.name} holds pickled Python objects besides tensors; loading it with "
+                  "weights_only=False because trust_pickle=True.", stacklevel=3)
+    try:
         return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f"{unreadable} ({type(err).__name__}: {str(err).splitlines()[0]})") from None
 
 
-def load_ssl_resnet(path, arch: str = "resnet50", how_to_get: str = "") -> tuple[nn.Module, dict]:
+def load_ssl_resnet(path, arch: str = "resnet50", how_to_get: str = "", *,
+                    trust_pickle: bool = False) -> tuple[nn.Module, dict]:
     """A torchvision ResNet (`arch`) with the checkpoint's backbone and `fc = Identity`.
 
     Returns the model (eval mode, pooled features out) and a report: the file,
     the detected format, the number of tensors loaded and the keys stripped.
     Raises MissingDataError when the file is absent and CheckpointError when
-    anything but the classifier is missing or anything is left over.
+    it is unreadable, pickles objects without `trust_pickle`, or when anything
+    but the classifier is missing or anything is left over.
     """
     import torchvision
 
     path = Path(path)
     if not path.is_file():
         raise MissingDataError(f"{arch} SSL checkpoint", path, how_to_get or "Download it and put it there.")
-    raw = _unwrap(_read(path))
+    raw = _unwrap(_read(path, trust_pickle, how_to_get))
     weights, fmt = backbone_state_dict(raw)
     try:
         model = torchvision.models.get_model(arch, weights=None)

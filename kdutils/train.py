@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import ConfigError, NonFiniteLossError
+from .errors import ConfigError, CorruptFileError, NonFiniteLossError
 
 __all__ = [
     "seed_everything",
@@ -40,6 +40,8 @@ __all__ = [
     "warmup_cosine",
     "History",
     "fit",
+    "save_checkpoint",
+    "load_checkpoint",
     "to_device",
     "predict",
     "single_cpu_thread",
@@ -185,11 +187,28 @@ def _set_rng_state(state: dict, loader) -> None:
         gen.set_state(state["loader"])
 
 
-def _atomic_save(obj, path: Path) -> None:
+def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
+    """Write `state` to a temporary file, then rename it: a run killed mid-write keeps the previous checkpoint."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
+    torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """A checkpoint written by `save_checkpoint` (a trusted local file, so full unpickling).
+
+    A truncated or corrupt file stops with an error naming it and the remedy,
+    not torch's unpickling traceback.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise CorruptFileError(
+            f"checkpoint {path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0]}): it is "
+            "truncated or corrupt (a full disk, an interrupted copy). Delete it to run this training again "
+            "from the start.") from None
 
 
 def fit(
@@ -243,7 +262,7 @@ def fit(
     history, start_epoch, best_state, since_best = History(), 0, None, 0
     ckpt_path = Path(checkpoint) if checkpoint else None
     if ckpt_path is not None and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        state = load_checkpoint(ckpt_path, map_location=device)
         if state["key"] != checkpoint_key:
             raise ConfigError(
                 f"checkpoint {ckpt_path} was written for a different configuration "
@@ -315,7 +334,7 @@ def fit(
         epoch_bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
                                if k not in ("epoch", "seconds") and isinstance(v, float)})
         if ckpt_path is not None:
-            _atomic_save({
+            save_checkpoint({
                 "key": checkpoint_key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "scaler": scaler.state_dict(), "history": history.to_dict(), "best_state": best_state,

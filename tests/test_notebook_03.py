@@ -9,12 +9,12 @@ import torch
 import torchvision
 
 from kdutils import kassl, runner
+from kdutils.stats import VERDICTS, paired_verdict
 from kdutils.datasets import imagenet100_classes
 from kdutils.profiles import load_profile
 from tests.fixtures import paper_run_failure, write_image_folder
 
 FIGURES = ("kassl_1_top1_bars", "kassl_2_loss_curves", "kassl_3_teachers", "kassl_4_pca", "kassl_5_views")
-VERDICTS = {"reproduced", "not reproduced", "not measured at this profile"}
 
 
 def _check_results(results: dict, profile: str, teachers: list[str], grid: list[tuple[str, str]]):
@@ -34,8 +34,11 @@ def _check_results(results: dict, profile: str, teachers: list[str], grid: list[
         assert steps and all(-1.0 <= x <= 1.0 for x in steps)
         assert -1.0 <= m["test_cosine"][f"{t}/{v}/0"] <= 1.0
     assert all(math.isfinite(x) for x in m["loss_histories"]["baseline"]["0"]["steps"])
-    assert {c["verdict"] for c in results["claims"]} <= VERDICTS
-    assert all(set(c) == {"claim", "paper", "measured", "verdict", "note"} for c in results["claims"])
+    assert {c["verdict"] for c in results["claims"]} <= set(VERDICTS)
+    per_seed = m["probes"]["per_seed"]
+    for c in results["claims"]:  # every seed-based verdict is the ledger's, over the run's seeds
+        if c["basis"] == "seeds":
+            assert c["ours"]["n"] == len(per_seed) and c["verdict"] == paired_verdict(c["ours"]["per_seed"]).name
     return m
 
 
@@ -57,7 +60,10 @@ def test_kassl_notebook_at_tiny(tmp_path):
     assert 0 < m["mean_direction_cosine"]["supervised"] <= 1  # ReLU features: positive mean direction
     assert m["data"] == {"train": 300, "probe_train": 300, "probe_test": 200, "classes": 10, "size": 32}
     # 4 per teacher, 2 summaries, SSL teachers vs random weights, students vs random weights
-    assert len(results["claims"]) == 4 * len(cfg.s3_teachers) + 2 + 2 + len(cfg.s3_teachers)
+    # 4 per teacher, 3 summaries; preconditions: students and SSL teachers vs random weights, the baseline
+    ssl_teachers = [t for t in cfg.s3_teachers if t != "supervised"]
+    assert len(results["claims"]) == 4 * len(cfg.s3_teachers) + 3 + len(cfg.s3_teachers) + len(ssl_teachers) + 1
+    assert sum(c["kind"] == "precondition" for c in results["claims"]) == len(cfg.s3_teachers) + len(ssl_teachers) + 1
     for name in FIGURES:
         assert (out / f"{name}.png").stat().st_size > 10_000, name
     assert results["main_figures"] == [f"{name}.png" for name in FIGURES[:3]]

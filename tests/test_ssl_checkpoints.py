@@ -136,11 +136,30 @@ class _Namespace:
     lr = 0.1
 
 
-def test_lightning_checkpoint_with_pickled_objects_loads_with_a_warning(tmp_path):
+def test_pickled_objects_load_only_when_the_user_trusts_the_file(tmp_path):
     _, backbone = _reference()
     path = tmp_path / "solo.ckpt"
     torch.save({"state_dict": {f"backbone.{k}": v for k, v in backbone.items()},
                 "hyper_parameters": _Namespace()}, path)
+    with pytest.raises(CheckpointError, match="solo.ckpt holds pickled Python objects.*trust_pickle=True"):
+        load_ssl_resnet(path, "resnet18")
     with pytest.warns(UserWarning, match="weights_only=False"):
-        _, report = load_ssl_resnet(path, "resnet18")
+        _, report = load_ssl_resnet(path, "resnet18", trust_pickle=True)
     assert report["format"] == "backbone"
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_truncated_checkpoint_names_the_file_and_never_unpickles_unsafely(tmp_path, monkeypatch, zip_format):
+    _, backbone = _reference()
+    path = tmp_path / "moco.pth.tar"
+    torch.save(_moco(backbone, torch.randn(4, 4)), path, _use_new_zipfile_serialization=zip_format)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    real_load = torch.load
+
+    def safe_only(*args, **kwargs):
+        assert kwargs.get("weights_only") is True, "a published checkpoint was unpickled with weights_only=False"
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", safe_only)
+    with pytest.raises(CheckpointError, match=r"moco.pth.tar cannot be read.*truncated or corrupt.*dl.fbaipublic"):
+        load_ssl_resnet(path, "resnet18", how_to_get="Download dl.fbaipublicfiles.com/moco")

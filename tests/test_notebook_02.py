@@ -10,6 +10,7 @@ import torch
 
 from kdutils import runner, text
 from kdutils.clip import small_clip_config
+from kdutils.stats import VERDICTS, paired_verdict
 from tests.fixtures import paper_run_failure, write_coco_captions
 
 STEM = "02_coco_binary_kd"
@@ -41,7 +42,11 @@ def check_results(results: dict, sweep_heads: list[str]) -> None:
     assert all(0 <= c["test_acc"] <= 100 for c in cells)
     assert m["paper"]["teacher"]["accuracy"] == 86.40 and m["paper"]["sigmoid_kd"]["accuracy"] == 85.56
     verdicts = {v["verdict"] for v in m["verdicts"]}
-    assert verdicts <= {"reproduced", "not reproduced", "not measured at this profile"}
+    assert verdicts <= set(VERDICTS)
+    for c in results["claims"]:  # seed-based verdicts are the ledger's
+        if c["basis"] == "seeds":
+            assert c["verdict"] == paired_verdict(c["ours"]["per_seed"]).name
+
     analysis = m["additive_analysis"]["additive (paper baseline)"]
     assert 0 <= analysis["auc"] <= 100 and 0 <= analysis["welch_p"] <= 1
     assert m["pairs"]["test"]["pairs"] == m["pairs"]["test_hard"]["pairs"]
@@ -55,6 +60,8 @@ def test_notebook_02_tiny(tmp_path):
     out = tmp_path / STEM
     results = json.loads((out / "results.json").read_text())
     check_results(results, ["interaction"])
+    # the grid holds the paper's best cell (T = 3, alpha = 0.5) with a lower and a higher T beside it
+    assert {(1.5, 0.5), (3.0, 0.5), (5.0, 0.5)} <= {(c["T"], c["alpha"]) for c in results["metrics"]["sweep"]}
     assert FIGURES <= {p.name for p in out.glob("*.png")}
     assert set(results["figures"]) >= FIGURES
     m = results["metrics"]

@@ -10,12 +10,12 @@ import torch
 
 from kdutils import runner, text
 from kdutils.clip import small_clip_config
+from kdutils.stats import VERDICTS, paired_verdict
 from tests.fixtures import paper_run_failure, write_cifar, write_image_folder
 
 STEM = "01_clip_head_self_distillation"
 FIGURES = {"1_grid_bars.png", "2_grid_gain_heatmap.png", "3_generations.png", "4_few_shot.png",
            "5_attention_maps.png", "6_training_curves.png", "7_data_prompts_captions.png", "8_retrieval.png"}
-VERDICTS = {"reproduced", "not reproduced", "not measured at this profile"}
 
 
 def check_results(results: dict, datasets: list[str], image_encoders: list[str], text_encoders: list[str]):
@@ -48,7 +48,15 @@ def check_results(results: dict, datasets: list[str], image_encoders: list[str],
         for col in ("teacher without text", "label-free head", "student without text",
                     "student with text"):
             assert 0 <= row[col] <= 100
-    assert {c["verdict"] for c in results["claims"]} <= VERDICTS and len(results["claims"]) == 3
+    # per student family: with vs without text and vs alone; head, Born-Again, captions, generations, few-shot,
+    # retrieval
+    n_families = len(results["config"]["s1_student_encoders"])
+    assert {c["verdict"] for c in results["claims"]} <= set(VERDICTS)
+    assert len(results["claims"]) == 2 * n_families + 6
+    for c in results["claims"]:
+        if c["basis"] == "seeds":
+            assert c["ours"]["n"] == len(results["seeds"])
+            assert c["verdict"] == paired_verdict(c["ours"]["per_seed"]).name
     return m
 
 

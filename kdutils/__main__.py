@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
                             "(default: figures/ for small, runs/<profile>/ otherwise)")
     run_p.add_argument("--kernel", default="kd-studies")
     run_p.add_argument("--no-progress", action="store_true")
+    run_p.add_argument("--cell-timeout", type=int, default=None, metavar="SECONDS",
+                       help="time limit of any one cell (default: the profile's cell_timeout)")
     sub.add_parser("list", help="show the notebooks and their parameters")
     report_p = sub.add_parser("report", help="the executed notebooks of the last run as a static HTML site")
     report_p.add_argument("--from", dest="source", type=Path, default=None,
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
             try:
                 run(args.notebooks, args.profile, parse_assignments(args.param), args.output_root,
-                    args.kernel, progress=not args.no_progress)
+                    args.kernel, progress=not args.no_progress, cell_timeout=args.cell_timeout)
             except NotebookFailed as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 1

@@ -8,7 +8,13 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 FIGURES_DIR = REPO_ROOT / "figures"
-RUNS_DIR = REPO_ROOT / "runs"
+RUNS_DIR = REPO_ROOT / "runs"  # the default of runs_dir()
+
+
+def runs_dir() -> Path:
+    """`$KD_RUNS_DIR` (read at each call, so tests can point it at a temporary folder), else `runs/`."""
+    env = os.environ.get("KD_RUNS_DIR")
+    return Path(env) if env else RUNS_DIR
 
 
 def shared_data_dir() -> Path:
@@ -33,7 +39,7 @@ def output_dir_for(notebook: str, profile: str, output_dir: str | None) -> Path:
     The runner always says where (`figures/<notebook>` for the canonical
     `small` run); a notebook opened by hand writes to `runs/<profile>/<notebook>`.
     """
-    path = Path(output_dir) if output_dir else RUNS_DIR / profile / notebook
+    path = Path(output_dir) if output_dir else runs_dir() / profile / notebook
     if not path.is_absolute():
         path = REPO_ROOT / path
     path.mkdir(parents=True, exist_ok=True)

@@ -2,23 +2,29 @@
 
 `python -m kdutils run 00_overview --profile tiny -p seeds=[0,1]` validates every
 `-p` against the notebook's `parameters` cell and the profile, before a kernel
-starts; runs the notebook with an explicit kernel; keeps the executed copy in
-`runs/<profile>/`; and on failure prints the failing cell and where the
-executed notebook is.
+starts; runs the notebook with an explicit kernel and a time limit per cell;
+keeps the executed copy in `runs/<profile>/`; and on failure prints the
+failing cell and where the executed notebook is. Each run writes into its own
+private files and swaps its results and figures in only when the notebook
+finished, so a failed, interrupted or concurrent run never leaves a mixed set.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
+import os
+import shutil
 import time
 from pathlib import Path
 
 import papermill
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from papermill.exceptions import PapermillExecutionError
 
 from . import progress as section_progress
 from .errors import ConfigError
-from .paths import FIGURES_DIR, NOTEBOOKS_DIR, RUNS_DIR
+from .paths import FIGURES_DIR, NOTEBOOKS_DIR, runs_dir
 from .profiles import Config, load_profile
 
 KERNEL_NAME = "kd-studies"
@@ -98,18 +104,30 @@ def validate(path: Path, profile: str, params: dict) -> dict:
             raise ConfigError(f"parameter '{name}' of {path.stem} must be "
                               f"{type(default_value).__name__} like its default {default}, got {value!r}.")
         direct[name] = value
-    profile_params = {k: v for k, v in direct.items() if k in config_keys and k != "profile"}
-    load_profile(profile, **profile_params, **overrides)
+    _config(profile, {**direct, "overrides": overrides})
     if overrides:
         direct["overrides"] = overrides
     return {**direct, "profile": profile}
 
 
+def _config(profile: str, full: dict):
+    """The configuration a notebook will build from its checked parameters (profile fields and overrides)."""
+    config_keys = set(Config.__dataclass_fields__)
+    direct = {k: v for k, v in full.items() if k in config_keys and k != "profile"}
+    return load_profile(profile, **direct, **(full.get("overrides") or {}))
+
+
 def run(names: list[str], profile: str, params: dict, output_root: Path | None = None,
-        kernel: str = KERNEL_NAME, progress: bool = True) -> list[Path]:
-    """Validate every notebook first, then execute them in order; return the executed copies."""
+        kernel: str = KERNEL_NAME, progress: bool = True, cell_timeout: int | None = None) -> list[Path]:
+    """Validate every notebook first, then execute them in order; return the executed copies.
+
+    `cell_timeout` (seconds) replaces the profile's `cell_timeout` as the limit for any one cell.
+    """
+    if cell_timeout is not None and (isinstance(cell_timeout, bool) or not isinstance(cell_timeout, int)
+                                     or cell_timeout <= 0):
+        raise ConfigError(f"cell_timeout must be a positive number of seconds, got {cell_timeout!r}.")
     paths = [resolve(n) for n in names] if names else notebooks()
-    output_root = output_root or (FIGURES_DIR if profile == "small" else RUNS_DIR / profile)
+    output_root = output_root or (FIGURES_DIR if profile == "small" else runs_dir() / profile)
     config_keys = set(Config.__dataclass_fields__)
     everyone = set().union(*(notebook_parameters(p) for p in paths)) | config_keys
     unknown = sorted(set(params) - everyone)
@@ -126,20 +144,64 @@ def run(names: list[str], profile: str, params: dict, output_root: Path | None =
     _check_kernel(kernel)
     executed = []
     for path, full in plans:
-        out = RUNS_DIR / profile / path.name
+        out = runs_dir() / profile / path.name
         out.parent.mkdir(parents=True, exist_ok=True)
-        print(f"== {path.stem} [{profile}] -> {out.relative_to(RUNS_DIR.parent)}")
+        print(f"== {path.stem} [{profile}] -> {out}")
         t0 = time.perf_counter()
-        try:
+        limit = cell_timeout or _config(profile, full).cell_timeout
+        with _as_one_unit(path, out, full.get("output_dir")) as (private_out, private_params):
             shown = (section_progress.engine_options(path.stem, Path(output_root) / path.stem / "results.json",
                                                      profile) if progress else {"progress_bar": False})
-            papermill.execute_notebook(str(path), str(out), parameters=full, kernel_name=kernel,
-                                       cwd=str(path.parent), **shown)
-        except PapermillExecutionError as err:
-            raise NotebookFailed(path, out, err) from None
+            papermill.execute_notebook(str(path), str(private_out), parameters={**full, **private_params},
+                                       kernel_name=kernel, cwd=str(path.parent), execution_timeout=limit, **shown)
         print(f"== {path.stem} done in {time.perf_counter() - t0:.1f} s")
         executed.append(out)
     return executed
+
+
+@contextlib.contextmanager
+def _as_one_unit(path: Path, executed: Path, output_dir: str | None):
+    """Run into private files; on success swap results and figures in as one unit.
+
+    Yields the private executed-notebook path and the private `output_dir`
+    parameter. The executed copy always moves to `executed` (the path every
+    message names); the output folder replaces `output_dir` only when the
+    notebook finished, so a failed or interrupted run leaves the previous
+    complete set, and concurrent runs never write into the same files.
+    """
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    private_nb = executed.with_name(f".{executed.stem}.{run_id}.running.ipynb")
+    final = Path(output_dir) if output_dir else None
+    staging = final.with_name(f".{final.name}.{run_id}.staging") if final else None
+    try:
+        yield private_nb, ({"output_dir": str(staging)} if staging else {})
+        if staging is not None and staging.exists():  # a notebook may write nothing
+            _swap_in(staging, final)
+    except PapermillExecutionError as err:
+        raise NotebookFailed(path, executed, err) from None
+    except CellTimeoutError as err:
+        raise NotebookStopped(path, executed, f"a cell ran past its time limit ({str(err).splitlines()[0]}). "
+                              "Raise it with --cell-timeout SECONDS or -p cell_timeout=SECONDS.") from None
+    except DeadKernelError:
+        raise NotebookStopped(path, executed, "the kernel died (out of memory, or a crash in native code); "
+                              "the last cell that ran is the likely cause.") from None
+    except KeyboardInterrupt:
+        raise NotebookStopped(path, executed, "interrupted (Ctrl-C); its results and figures were not "
+                              "replaced.") from None
+    finally:
+        if private_nb.exists():
+            os.replace(private_nb, executed)
+        if staging is not None and staging.exists():
+            shutil.rmtree(staging)
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    """Replace the folder `final` by `staging` with two renames (never a mix of old and new files)."""
+    old = final.with_name(f".{final.name}.{staging.name}.old")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 class NotebookFailed(RuntimeError):
@@ -152,6 +214,15 @@ class NotebookFailed(RuntimeError):
             f"{path.name} failed in cell {err.cell_index} (execution count {err.exec_count}):\n"
             f"{source}\n{err.ename}: {err.evalue}\n"
             f"Open the executed notebook to see the full traceback: {executed}")
+
+
+class NotebookStopped(NotebookFailed):
+    """The run stopped without a cell raising: a cell's time limit, a dead kernel or Ctrl-C."""
+
+    def __init__(self, path: Path, executed: Path, reason: str):
+        self.path, self.executed, self.error = path, executed, None
+        RuntimeError.__init__(self, f"{path.name} stopped: {reason}\n"
+                                    f"The executed notebook, up to where it stopped: {executed}")
 
 
 def _check_kernel(kernel: str) -> None:

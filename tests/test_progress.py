@@ -50,7 +50,7 @@ def test_lines_show_section_elapsed_and_expected(tmp_path, monkeypatch):
 def test_runner_prints_sections_while_it_runs(tmp_path, monkeypatch, capsys):
     path = tmp_path / "97_fake.ipynb"
     fake_notebook(path)
-    monkeypatch.setattr(runner, "RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setenv("KD_RUNS_DIR", str(tmp_path / "runs"))
     out = tmp_path / "out"
     (out / "97_fake").mkdir(parents=True)
     (out / "97_fake" / "results.json").write_text(json.dumps({"profile": "tiny", "wall_time_s": 61}))

@@ -71,7 +71,7 @@ def test_failing_cell_is_reported_with_the_executed_copy(tmp_path, monkeypatch):
     nb.metadata["kernelspec"] = {"name": "kd-studies", "display_name": "kd", "language": "python"}
     path = tmp_path / "98_failing.ipynb"
     nbformat.write(nb, path)
-    monkeypatch.setattr(runner, "RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setenv("KD_RUNS_DIR", str(tmp_path / "runs"))
     with pytest.raises(runner.NotebookFailed) as info:
         runner.run([str(path)], "tiny", {}, output_root=tmp_path / "out", progress=False)
     text = str(info.value)

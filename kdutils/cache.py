@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
-__all__ = ["cache_root", "key_digest", "code_fingerprint", "model_fingerprint", "cached",
-           "cached_outputs", "entry_lock"]
+__all__ = ["cache_root", "key_digest", "code_fingerprint", "notebook_fingerprint",
+           "model_fingerprint", "cached", "cached_outputs", "entry_lock"]
 
 
 def cache_root() -> Path:
@@ -53,13 +53,39 @@ def code_fingerprint(module: str) -> str:
     to the code that produced an entry gives a new key; comments and layout
     do not count (the syntax tree is hashed, not the text).
     """
-    seen, todo = set(), [module]
+    digest, imports = _module_code(module)
+    return _with_imports(f"{module}:{digest}", imports)
+
+
+def notebook_fingerprint(path: str | os.PathLike) -> str | None:
+    """`code_fingerprint` of a notebook: its code cells and the kdutils modules they import; None if absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    own, imports = [], set()
+    for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"])
+        python = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
+        try:
+            digest, found = _parse_module(python, "")
+        except SyntaxError:  # IPython-only syntax: its text counts, its imports cannot be read
+            digest, found = hashlib.sha256(source.encode()).hexdigest(), ()
+        own.append(digest)
+        imports.update(found)
+    return _with_imports(f"notebook:{','.join(own)}", imports)
+
+
+def _with_imports(own: str, imports) -> str:
+    """Hash of `own` and of the code of every kdutils module in `imports`, followed through their imports."""
+    seen, todo = set(), list(imports)
     while todo:
         name = todo.pop()
         if name not in seen:
             seen.add(name)
             todo.extend(_module_code(name)[1])
-    h = hashlib.sha256()
+    h = hashlib.sha256(own.encode())
     for name in sorted(seen):
         h.update(f"{name}:{_module_code(name)[0]};".encode())
     return h.hexdigest()[:16]

@@ -1,7 +1,9 @@
 """Results files: plain JSON and PNG, written atomically, with provenance.
 
 A results JSON holds what was measured plus everything needed to trust it:
-the configuration, seeds, library versions, git commit and wall time.
+the configuration, seeds, library versions, git commit, wall time and the
+code fingerprint of the notebook that wrote it (`staleness` uses it to tell
+current results from stale ones).
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["environment", "git_commit", "write_json", "write_results", "save_figure", "read_results"]
+from .cache import notebook_fingerprint
+from .paths import NOTEBOOKS_DIR
+
+__all__ = ["environment", "git_commit", "write_json", "write_results", "save_figure", "read_results",
+           "staleness"]
 
 _LIBRARIES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "transformers", "shap",
               "matplotlib", "papermill")
@@ -89,6 +95,7 @@ def write_results(path: str | os.PathLike, *, notebook: str, metrics: dict, conf
         "metrics": metrics,
         "config": config,
         "git_commit": git_commit(),
+        "code_fingerprint": notebook_fingerprint(NOTEBOOKS_DIR / f"{notebook}.ipynb"),
         "environment": environment(),
         "wall_time_s": round(time.time() - started, 2),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -100,6 +107,23 @@ def write_results(path: str | os.PathLike, *, notebook: str, metrics: dict, conf
 
 def read_results(path: str | os.PathLike) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def staleness(results: dict, study: str, profile: str) -> str:
+    """Why `study`'s results must not be counted beside a run at `profile` ("" when they are current).
+
+    Stale: written at another profile, or by other code, i.e. the study's
+    notebook or a kdutils module it uses (directly or not) is not what it was
+    when the results were written, committed or not (`code_fingerprint`). Code,
+    not commits, decides: results stay current across commits that do not
+    touch what produced them, as the committed canonical results must.
+    """
+    if results.get("profile") != profile:
+        return f"measured at profile {results.get('profile')!r}, not {profile!r}"
+    if results.get("code_fingerprint") != notebook_fingerprint(NOTEBOOKS_DIR / f"{study}.ipynb"):
+        return (f"written by other code (commit {results.get('git_commit')}): the notebook or a kdutils module "
+                "it uses changed since")
+    return ""
 
 
 def save_figure(fig, out_dir: str | os.PathLike, name: str, dpi: int = 110) -> Path:

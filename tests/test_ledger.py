@@ -1,11 +1,16 @@
-"""The claim ledger: one verdict rule over seeds, constructed so that each verdict word must appear."""
+"""The claim ledger: one verdict rule over seeds (each verdict word constructed), the overview's table, the README."""
 
+import json
 import math
+import subprocess
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
+from kdutils import runner
+from kdutils.ledger import README_END, README_START, collect, counts, markdown, write_readme
+from kdutils.paths import FIGURES_DIR, REPO_ROOT
 from kdutils.session import claim
 from kdutils.stats import VERDICTS, paired_verdict
 
@@ -65,3 +70,56 @@ def test_claim_rows_without_seeds_and_preconditions():
     assert claim("teacher beats random", "-", gains=[5, 6, 7], precondition=True)["kind"] == "precondition"
     assert {claim("x", "y", gains=g)["verdict"] for g in ([1, 1.1, 1.2], [-1, -1.1, -1.2], [1, -1, 0.5])} \
         | {claim("x", "y", "-", None)["verdict"]} == set(VERDICTS)
+
+
+# ------------------------------------------------------------------ the overview's ledger and the README
+
+def _plant(root, study, profile, commit, claims):
+    (root / study).mkdir(parents=True)
+    (root / study / "results.json").write_text(json.dumps({"profile": profile, "git_commit": commit,
+                                                           "claims": claims}))
+
+
+def _git(*args) -> str:
+    return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_collect_marks_other_profiles_and_changed_code_stale(tmp_path):
+    head, first = _git("rev-parse", "HEAD"), _git("rev-list", "--max-parents=0", "HEAD").splitlines()[0]
+    good = claim("KD beats TL", "+3.56", gains=[1.0, 1.2, 1.1], paper_size=3.56)
+    pre = claim("teacher beats random", "-", gains=[5.0, 6.0, 7.0], precondition=True)
+    _plant(tmp_path, "04_tl_kd_shap", "tiny", head + "+dirty", [good, pre])
+    _plant(tmp_path, "03_kassl", "small", head, [good])
+    _plant(tmp_path, "02_coco_binary_kd", "tiny", first, [good])
+    rows = collect(tmp_path, ["01_clip_head_self_distillation", "02_coco_binary_kd", "03_kassl", "04_tl_kd_shap"],
+                   "tiny")
+    by_study = {r["study"]: r for r in rows if r["kind"] == "claim"}
+    assert by_study["01_clip_head_self_distillation"]["verdict"] == "not measured at this profile"
+    assert "code changed since" in by_study["02_coco_binary_kd"]["stale"]
+    assert "profile 'small'" in by_study["03_kassl"]["stale"]
+    assert by_study["04_tl_kd_shap"]["stale"] == "" and by_study["04_tl_kd_shap"]["ours"] == "+1.10 +- 0.10 (n = 3)"
+    assert counts(rows) == {"reproduced": 1, "not reproduced": 0, "within noise": 0,
+                            "not measured at this profile": 1}
+    assert counts(rows, "precondition")["reproduced"] == 1
+
+
+def test_readme_findings_block_is_regenerated(tmp_path):
+    rows = [{"study": "04", "kind": "claim", "claim": "KD | helps", "paper": "+3.56", "ours": "+1.10 +- 0.10 (n = 3)",
+             "measured": "", "interval": "[+0.85, +1.35]", "verdict": "reproduced", "stale": ""}]
+    table = markdown(rows)
+    assert "| 04 | KD / helps | +3.56 | +1.10 +- 0.10 (n = 3) | [+0.85, +1.35] | reproduced |" in table
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_START}\nold\n{README_END}\noutro\n")
+    assert write_readme(rows, readme) and not write_readme(rows, readme)
+    assert readme.read_text() == f"intro\n{README_START}\n{table}{README_END}\noutro\n"
+    readme.write_text("no block")
+    with pytest.raises(ValueError, match="findings"):
+        write_readme(rows, readme)
+
+
+def test_committed_readme_findings_match_the_committed_results():
+    """The README's findings are the ledger of figures/*/results.json, not typed by hand."""
+    studies = [p.stem for p in runner.notebooks() if not p.stem.startswith("00")]
+    text = (REPO_ROOT / "README.md").read_text()
+    block = text.split(README_START, 1)[1].split(README_END, 1)[0]
+    assert block.strip() == markdown(collect(FIGURES_DIR, studies, "small")).strip()

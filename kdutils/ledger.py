@@ -1,0 +1,108 @@
+"""Every study's claims in one table: the overview's ledger and the README's findings, from the results.
+
+Each study notebook writes its claims (rows of `session.claim`) into its
+results JSON. `collect` reads them back, one row per claim, and marks a
+study's results **stale** when they were measured at another profile or by
+code that has changed since (the study's notebook or `kdutils` differ between
+the results' commit and HEAD); stale rows stay visible but are not counted.
+`markdown` renders the rows the README shows, so the README's findings are
+regenerated, never typed (`python -m kdutils findings --write-readme`).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from .paths import NOTEBOOKS_DIR, REPO_ROOT
+from .stats import VERDICTS
+
+__all__ = ["collect", "counts", "markdown", "staleness", "write_readme"]
+
+README_START, README_END = "<!-- findings:start -->", "<!-- findings:end -->"
+
+
+def staleness(results: dict, study: str, profile: str) -> str:
+    """Why a study's results must not be counted now ("" when they are current)."""
+    if results.get("profile") != profile:
+        return f"measured at profile {results.get('profile')!r}, not {profile!r}"
+    commit = str(results.get("git_commit") or "").replace("+dirty", "")
+    if not commit:
+        return "no git commit recorded"
+    paths = ["kdutils", str((NOTEBOOKS_DIR / f"{study}.ipynb").relative_to(REPO_ROOT))]
+    try:
+        changed = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", *paths], cwd=REPO_ROOT,
+                                 capture_output=True).returncode
+    except OSError:
+        return ""  # no git here (an installed copy): nothing to compare with
+    if changed == 1:
+        return f"code changed since commit {commit[:10]}"
+    if changed != 0:
+        return f"commit {commit[:10]} is unknown to this repository"
+    return ""
+
+
+def _ours(row: dict) -> str:
+    ours = row.get("ours")
+    return "" if not ours else f"{ours['mean']:+.2f} +- {ours['std']:.2f} (n = {ours['n']})"
+
+
+def _interval(row: dict) -> str:
+    interval = row.get("interval")
+    if not interval:
+        return ""
+    low, high = interval
+    return "(one seed)" if low == float("-inf") or str(low) == "-inf" else f"[{low:+.2f}, {high:+.2f}]"
+
+
+def collect(root: str | Path, studies: list[str], profile: str) -> list[dict]:
+    """One row per claim of every study under `root/<study>/results.json` (a missing study: one row saying so)."""
+    rows = []
+    for study in studies:
+        path = Path(root) / study / "results.json"
+        if not path.exists():
+            rows.append({"study": study, "kind": "claim", "claim": "(not run at this profile)", "paper": "",
+                         "measured": "", "verdict": VERDICTS[3], "note": str(path), "stale": ""})
+            continue
+        results = json.loads(path.read_text())
+        stale = staleness(results, study, profile)
+        for row in results.get("claims", []):
+            rows.append({"study": study, **row, "kind": row.get("kind", "claim"), "ours": _ours(row),
+                         "interval": _interval(row), "stale": stale})
+    return rows
+
+
+def counts(rows: list[dict], kind: str = "claim") -> dict[str, int]:
+    """Claims of `kind` per verdict, stale results left out."""
+    live = [r for r in rows if r["kind"] == kind and not r["stale"]]
+    return {v: sum(r["verdict"] == v for r in live) for v in VERDICTS}
+
+
+def markdown(rows: list[dict]) -> str:
+    """The findings table the README shows: the papers' claims, then the lab's preconditions."""
+    def table(kind):
+        lines = ["| study | claim | paper | ours: mean +- std (n) | 95% interval | verdict |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            if r["kind"] == kind:
+                verdict = f"{r['verdict']} (stale: {r['stale']})" if r["stale"] else r["verdict"]
+                cells = (r["study"], r["claim"], r["paper"], r["ours"] or r["measured"], r["interval"], verdict)
+                lines.append("| " + " | ".join(str(c).replace("|", "/").replace("\n", " ") for c in cells) + " |")
+        return "\n".join(lines)
+
+    summary = ", ".join(f"{n} {v}" for v, n in counts(rows).items() if n)
+    return (f"**The papers' claims** ({summary}):\n\n{table('claim')}\n\n"
+            f"**Preconditions** (lab checks, not the papers' claims):\n\n{table('precondition')}\n")
+
+
+def write_readme(rows: list[dict], readme: str | Path = REPO_ROOT / "README.md") -> bool:
+    """Replace the README's findings block with `markdown(rows)`; True when it changed."""
+    readme = Path(readme)
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_START} ... {README_END} block for the findings.")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    new = f"{head}{README_START}\n{markdown(rows)}{README_END}{tail}"
+    readme.write_text(new)
+    return new != text

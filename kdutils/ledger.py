@@ -3,8 +3,8 @@
 Each study notebook writes its claims (rows of `session.claim`) into its
 results JSON. `collect` reads them back, one row per claim, and marks a
 study's results **stale** when they were measured at another profile or by
-code that has changed since (the study's notebook or `kdutils` differ between
-the results' commit and HEAD); stale rows stay visible but are not counted.
+code that has changed since (`results.staleness`: the notebook or a kdutils
+module it uses); stale rows stay visible but are not counted.
 `markdown` renders the rows the README shows, so the README's findings are
 regenerated, never typed (`python -m kdutils findings --write-readme`).
 """
@@ -12,35 +12,15 @@ regenerated, never typed (`python -m kdutils findings --write-readme`).
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
-from .paths import NOTEBOOKS_DIR, REPO_ROOT
+from .paths import REPO_ROOT
+from .results import staleness
 from .stats import VERDICTS
 
-__all__ = ["collect", "counts", "markdown", "staleness", "write_readme"]
+__all__ = ["collect", "counts", "markdown", "write_readme"]
 
 README_START, README_END = "<!-- findings:start -->", "<!-- findings:end -->"
-
-
-def staleness(results: dict, study: str, profile: str) -> str:
-    """Why a study's results must not be counted now ("" when they are current)."""
-    if results.get("profile") != profile:
-        return f"measured at profile {results.get('profile')!r}, not {profile!r}"
-    commit = str(results.get("git_commit") or "").replace("+dirty", "")
-    if not commit:
-        return "no git commit recorded"
-    paths = ["kdutils", str((NOTEBOOKS_DIR / f"{study}.ipynb").relative_to(REPO_ROOT))]
-    try:
-        changed = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", *paths], cwd=REPO_ROOT,
-                                 capture_output=True).returncode
-    except OSError:
-        return ""  # no git here (an installed copy): nothing to compare with
-    if changed == 1:
-        return f"code changed since commit {commit[:10]}"
-    if changed != 0:
-        return f"commit {commit[:10]} is unknown to this repository"
-    return ""
 
 
 def _ours(row: dict) -> str:

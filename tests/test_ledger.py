@@ -2,15 +2,15 @@
 
 import json
 import math
-import subprocess
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
 from kdutils import runner
+from kdutils.cache import notebook_fingerprint
 from kdutils.ledger import README_END, README_START, collect, counts, markdown, write_readme
-from kdutils.paths import FIGURES_DIR, REPO_ROOT
+from kdutils.paths import FIGURES_DIR, NOTEBOOKS_DIR, REPO_ROOT
 from kdutils.session import claim
 from kdutils.stats import VERDICTS, paired_verdict
 
@@ -74,28 +74,24 @@ def test_claim_rows_without_seeds_and_preconditions():
 
 # ------------------------------------------------------------------ the overview's ledger and the README
 
-def _plant(root, study, profile, commit, claims):
+def _plant(root, study, profile, fingerprint, claims):
     (root / study).mkdir(parents=True)
-    (root / study / "results.json").write_text(json.dumps({"profile": profile, "git_commit": commit,
-                                                           "claims": claims}))
-
-
-def _git(*args) -> str:
-    return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    (root / study / "results.json").write_text(json.dumps({"profile": profile, "git_commit": "abc",
+                                                           "code_fingerprint": fingerprint, "claims": claims}))
 
 
 def test_collect_marks_other_profiles_and_changed_code_stale(tmp_path):
-    head, first = _git("rev-parse", "HEAD"), _git("rev-list", "--max-parents=0", "HEAD").splitlines()[0]
+    current = lambda study: notebook_fingerprint(NOTEBOOKS_DIR / f"{study}.ipynb")  # noqa: E731
     good = claim("KD beats TL", "+3.56", gains=[1.0, 1.2, 1.1], paper_size=3.56)
     pre = claim("teacher beats random", "-", gains=[5.0, 6.0, 7.0], precondition=True)
-    _plant(tmp_path, "04_tl_kd_shap", "tiny", head + "+dirty", [good, pre])
-    _plant(tmp_path, "03_kassl", "small", head, [good])
-    _plant(tmp_path, "02_coco_binary_kd", "tiny", first, [good])
+    _plant(tmp_path, "04_tl_kd_shap", "tiny", current("04_tl_kd_shap"), [good, pre])
+    _plant(tmp_path, "03_kassl", "small", current("03_kassl"), [good])
+    _plant(tmp_path, "02_coco_binary_kd", "tiny", "older code", [good])
     rows = collect(tmp_path, ["01_clip_head_self_distillation", "02_coco_binary_kd", "03_kassl", "04_tl_kd_shap"],
                    "tiny")
     by_study = {r["study"]: r for r in rows if r["kind"] == "claim"}
     assert by_study["01_clip_head_self_distillation"]["verdict"] == "not measured at this profile"
-    assert "code changed since" in by_study["02_coco_binary_kd"]["stale"]
+    assert "other code" in by_study["02_coco_binary_kd"]["stale"]
     assert "profile 'small'" in by_study["03_kassl"]["stale"]
     assert by_study["04_tl_kd_shap"]["stale"] == "" and by_study["04_tl_kd_shap"]["ours"] == "+1.10 +- 0.10 (n = 3)"
     assert counts(rows) == {"reproduced": 1, "not reproduced": 0, "within noise": 0,

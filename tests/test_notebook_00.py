@@ -1,12 +1,12 @@
 """The overview notebook at the tiny profile."""
 
 import json
-import subprocess
 
 import pytest
 
 from kdutils import runner
-from kdutils.paths import REPO_ROOT
+from kdutils.cache import notebook_fingerprint
+from kdutils.paths import NOTEBOOKS_DIR
 from kdutils.session import claim
 
 
@@ -30,14 +30,14 @@ def test_overview_runs_at_tiny(tmp_path):
 
 @pytest.mark.notebook
 def test_overview_counts_current_results_only(tmp_path):
-    """Planted study results: this profile at this commit counts; another profile is shown as stale, not counted."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+    """Planted study results: this profile and code count; another profile is shown as stale, not counted."""
     rows = [claim("KD beats TL", "+3.56", gains=[1.0, 1.2, 1.1], paper_size=3.56),
             claim("teacher beats random", "-", gains=[5.0, 6.0, 7.0], precondition=True)]
     for study, profile in (("04_tl_kd_shap", "tiny"), ("03_kassl", "small")):
         (tmp_path / study).mkdir()
         (tmp_path / study / "results.json").write_text(json.dumps(
-            {"profile": profile, "git_commit": head, "claims": rows, "wall_time_s": 1.0, "figures": []}))
+            {"profile": profile, "code_fingerprint": notebook_fingerprint(NOTEBOOKS_DIR / f"{study}.ipynb"),
+             "claims": rows, "wall_time_s": 1.0, "figures": []}))
     runner.run(["00_overview"], "tiny", {}, output_root=tmp_path, progress=False)
     m = json.loads((tmp_path / "00_overview" / "results.json").read_text())["metrics"]
     assert m["verdict_counts"]["reproduced"] == 1 and m["precondition_counts"]["reproduced"] == 1

@@ -46,6 +46,7 @@ from .models import weights_file
 from .paths import under
 from .probe import linear_probe
 from .ssl import LossTrace, ViewAugment, as_float_images, make_learner, train_ssl, view_pair
+from .stats import summarize
 from .teacher import IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher, Normalize
 from .train import fit, make_optimizer, make_scheduler, seed_everything
 
@@ -793,13 +794,13 @@ def _mean(values):
 
 
 def aggregate(per_seed: list[dict]) -> tuple[dict, dict]:
-    """Mean and (population) standard deviation over seeds of same-shaped nested dicts of numbers."""
+    """Mean and sample standard deviation (ddof=1, 0 for one seed) over seeds of same-shaped nested dicts."""
     first = per_seed[0]
     if isinstance(first, dict):
         pairs = {k: aggregate([d[k] for d in per_seed]) for k in first}
         return {k: m for k, (m, _) in pairs.items()}, {k: s for k, (_, s) in pairs.items()}
-    mean = sum(per_seed) / len(per_seed)
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in per_seed) / len(per_seed))
+    summary = summarize(per_seed)
+    return summary["mean"], summary["std"]
 
 
 def table(results: dict, teacher: str, metric: str) -> dict:

@@ -1,4 +1,4 @@
-"""Command line: `python -m kdutils run|list|bench|report`."""
+"""Command line: `python -m kdutils run|sweep|list|bench|report`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ BENCHMARKS = {
     "matching": ("kdutils.matching", "benchmark", "study 2: cached teacher logits vs the live teacher"),
     "selfdistill": ("kdutils.selfdistill", "benchmark", "study 1: head training on cached frozen features vs live"),
     "kassl": ("kdutils.kassl", "benchmark", "study 3: cached teacher view bank vs the live teacher"),
+    "sweep": ("kdutils.sweep", "benchmark", "a 4-job Ray sweep on 2 workers vs the same jobs one after another"),
 }
 
 
@@ -26,6 +27,18 @@ def _list() -> None:
         for name, spec in notebook_parameters(path).items():
             help_ = f"  # {spec['help']}" if spec.get("help") else ""
             print(f"    {name} = {spec['default']}{help_}")
+
+
+def _findings(profile: str, root: Path | None, write_readme: bool) -> None:
+    from . import ledger
+    from .paths import FIGURES_DIR, runs_dir
+    from .runner import notebooks
+
+    root = root or (FIGURES_DIR if profile == "small" else runs_dir() / profile)
+    rows = ledger.collect(root, [p.stem for p in notebooks() if not p.stem.startswith("00")], profile)
+    print(ledger.markdown(rows))
+    if write_readme:
+        print("README.md findings", "updated" if ledger.write_readme(rows) else "unchanged")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +56,28 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--no-progress", action="store_true")
     run_p.add_argument("--cell-timeout", type=int, default=None, metavar="SECONDS",
                        help="time limit of any one cell (default: the profile's cell_timeout)")
+    sweep_p = sub.add_parser("sweep", help="one job per (seed, grid cell) on Ray, then merge the seeds")
+    sweep_p.add_argument("notebook", help="a notebook name such as 04 or 04_tl_kd_shap")
+    sweep_p.add_argument("--profile", default="small", choices=("tiny", "small", "paper"))
+    sweep_p.add_argument("--seeds", required=True, help="comma-separated seeds, one job each: 0,7,42")
+    sweep_p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                         help="a parameter of every job (a Python literal; repeatable)")
+    sweep_p.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
+                         help="a swept parameter; jobs run for every combination (repeatable)")
+    sweep_p.add_argument("--address", default="local",
+                         help="'local' (a private Ray on this machine), 'auto' or HOST:PORT of a Ray cluster")
+    sweep_p.add_argument("--cpus-per-job", type=float, default=1.0)
+    sweep_p.add_argument("--gpus-per-job", type=float, default=0.0)
+    sweep_p.add_argument("--output-root", type=Path, default=None,
+                         help="jobs in OUTPUT_ROOT/<notebook>/jobs/seedS, merged results in OUTPUT_ROOT/<notebook> "
+                              "(default: runs/<profile>/sweeps; on a cluster a folder every node sees)")
+    sweep_p.add_argument("--kernel", default="kd-studies")
     sub.add_parser("list", help="show the notebooks and their parameters")
+    findings_p = sub.add_parser("findings", help="every study's claims and verdicts from its results.json")
+    findings_p.add_argument("--profile", default="small", choices=("tiny", "small", "paper"))
+    findings_p.add_argument("--results-root", type=Path, default=None,
+                            help="folder of <study>/results.json (default: figures/ for small, runs/<profile>/)")
+    findings_p.add_argument("--write-readme", action="store_true", help="regenerate the README's findings block")
     report_p = sub.add_parser("report", help="the executed notebooks of the last run as a static HTML site")
     report_p.add_argument("--from", dest="source", type=Path, default=None,
                           help="folder of executed notebooks (default: the newest runs/<profile>/)")
@@ -56,10 +90,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             _list()
+        elif args.command == "findings":
+            _findings(args.profile, args.results_root, args.write_readme)
         elif args.command == "report":
             from .report import build
 
             build(args.source, args.out)
+        elif args.command == "sweep":
+            from .runner import parse_assignments
+            from .sweep import parse_grid, parse_seeds, sweep
+
+            outcome = sweep(args.notebook, args.profile, parse_seeds(args.seeds), parse_assignments(args.param),
+                            parse_grid(args.grid), address=args.address, cpus_per_job=args.cpus_per_job,
+                            gpus_per_job=args.gpus_per_job, output_root=args.output_root, kernel=args.kernel)
+            return 1 if outcome["failed"] else 0
         elif args.command == "bench":
             module, func, _ = BENCHMARKS[args.name]
             getattr(importlib.import_module(module), func)()

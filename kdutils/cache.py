@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
-__all__ = ["cache_root", "key_digest", "code_fingerprint", "notebook_fingerprint",
+__all__ = ["cache_root", "results_root", "key_digest", "code_fingerprint", "notebook_fingerprint",
            "model_fingerprint", "cached", "cached_outputs", "entry_lock"]
 
 
@@ -38,6 +38,13 @@ def cache_root() -> Path:
     """`$KD_CACHE_DIR`, else `.cache/` at the repository root (gitignored)."""
     env = os.environ.get("KD_CACHE_DIR")
     return Path(env) if env else Path(__file__).resolve().parent.parent / ".cache"
+
+
+def results_root() -> Path:
+    """`$KD_RESULTS_STORE`, else `results/` in the cache: finished per-seed results, reused by a warm run
+    and by a sweep's merge (`kdutils.sweep` points its jobs and its merge at one shared folder)."""
+    env = os.environ.get("KD_RESULTS_STORE")
+    return Path(env) if env else cache_root() / "results"
 
 
 def key_digest(key: dict) -> str:

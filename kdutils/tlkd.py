@@ -37,7 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import metrics
-from .cache import cached, model_fingerprint
+from .cache import cached, model_fingerprint, results_root
 from .errors import ConfigError
 from .losses import hinton_kd
 from .models import SMALL_ARCHS, weights_requirement
@@ -48,7 +48,7 @@ from .train import History, fit, make_optimizer, make_scheduler, seed_everything
 __all__ = [
     "Split", "StudyData", "load_data", "paper_requirements", "load_encoder",
     "ViewBank", "frozen_features", "CachedSource", "PlainSource", "view_logits", "head_logits",
-    "HeadParams", "HeadRun", "train_head", "tl_vs_kd",
+    "HeadParams", "HeadRun", "train_head", "h1_seed", "tl_vs_kd",
     "subset_indices", "noisy_labels", "per_class_gain", "first_epoch_reaching",
     "foreground_analysis", "verdict", "study_seeds", "benchmark",
 ]
@@ -576,6 +576,47 @@ def train_head(train, labels: torch.Tensor, val, val_labels: torch.Tensor, hp: H
     return HeadRun(head.eval(), history, time.perf_counter() - t0)
 
 
+def _stored_seed(kind: str, tensors: dict, params: dict, compute):
+    """`compute()` once per content: a per-seed result keyed by the hash of its input tensors and its
+    parameters, kept in the results store (`cache.results_root`), so a warm run and a sweep's merge reuse
+    every finished seed instead of training it again (`python -m kdutils sweep`)."""
+    key = {"inputs": {name: _digest(t.detach().cpu().numpy()) for name, t in tensors.items()}, **params}
+    return cached(kind, key, compute, root=results_root(), verbose=False)
+
+
+def h1_seed(features: dict, labels: dict, hp: HeadParams, alphas, seed: int, *, num_classes: int, device="cpu",
+            max_steps: int | None = None) -> tuple[HeadRun, dict]:
+    """One seed of H1: the teacher's head (`hp`), then a student head per alpha on its logits; stored per seed.
+
+    `features` maps (role, split) to cached features for roles "teacher" and
+    "student" and splits "train" and "val"; returns (teacher run, {alpha: student run}).
+    """
+    device = torch.device(device)
+    tensors = {f"{role}_{split}": features[role, split] for role in ("teacher", "student") for split in ("train", "val")}
+    tensors.update({f"labels_{split}": labels[split] for split in ("train", "val")})
+    params = {"hp": hp, "alphas": sorted(alphas), "seed": seed, "num_classes": num_classes, "max_steps": max_steps,
+              "device": device.type}
+
+    def compute() -> tuple[HeadRun, dict]:
+        common = dict(num_classes=num_classes, seed=seed, device=device, max_steps=max_steps)
+        val = {role: CachedSource(features[role, "val"], device=device) for role in ("teacher", "student")}
+        teacher_run = train_head(CachedSource(features["teacher", "train"], device=device), labels["train"],
+                                 val["teacher"], labels["val"], hp, desc="teacher head", **common)
+        zt = view_logits(teacher_run.head, features["teacher", "train"])
+        distill = CachedSource(features["student", "train"], zt, device=device)
+        students = {alpha: train_head(distill, labels["train"], val["student"], labels["val"], hp.replace(alpha=alpha),
+                                      desc=f"student head alpha={alpha}", **common) for alpha in alphas}
+        for run in (teacher_run, *students.values()):
+            run.head.cpu()  # stored device-free: a GPU job's seed is reused on any machine
+        return teacher_run, students
+
+    teacher_run, students = _stored_seed("tlkd-h1-seed", tensors, params, compute)
+    teacher_run.head.to(device)
+    for run in students.values():
+        run.head.to(device)
+    return teacher_run, students
+
+
 def tl_vs_kd(student: dict, teacher: dict, labels: dict, hp: HeadParams, alpha: float, seeds, *,
              num_classes: int, device="cpu", max_steps: int | None = None) -> dict:
     """One H4 condition: per seed a teacher head, then TL and TL+KD student heads; test metrics.
@@ -583,10 +624,14 @@ def tl_vs_kd(student: dict, teacher: dict, labels: dict, hp: HeadParams, alpha: 
     `student` and `teacher` map "train", "val", "test" to `CachedSource`s of
     the same images, `labels` maps them to labels. The teacher head trains on
     the same (reduced, noisy or corrupted) training data as the students.
-    Returns {seed: {"teacher", "tl", "kd"}: classification report in %}.
+    Returns {seed: {"teacher", "tl", "kd"}: classification report in %}; each seed is stored.
     """
-    out = {}
-    for seed in seeds:
+    tensors = {f"{role}_{split}": sources[split].features for role, sources in (("student", student),
+                                                                               ("teacher", teacher))
+               for split in ("train", "val", "test")}
+    tensors.update({f"labels_{split}": y for split, y in labels.items()})
+
+    def one_seed(seed: int) -> dict:
         common = dict(num_classes=num_classes, seed=seed, device=device, max_steps=max_steps)
         t_run = train_head(teacher["train"], labels["train"], teacher["val"], labels["val"],
                            hp.replace(alpha=0.0), **common)
@@ -596,9 +641,13 @@ def tl_vs_kd(student: dict, teacher: dict, labels: dict, hp: HeadParams, alpha: 
                         **common)
         kd = train_head(with_teacher, labels["train"], student["val"], labels["val"], hp.replace(alpha=alpha),
                         **common)
-        out[seed] = {name: metrics.classification_report(labels["test"], head_logits(run.head, source["test"]))
-                     for name, run, source in (("teacher", t_run, teacher), ("tl", tl, student), ("kd", kd, student))}
-    return out
+        return {name: metrics.classification_report(labels["test"], head_logits(run.head, source["test"]))
+                for name, run, source in (("teacher", t_run, teacher), ("tl", tl, student), ("kd", kd, student))}
+
+    params = {"hp": hp, "alpha": alpha, "num_classes": num_classes, "max_steps": max_steps,
+              "device": torch.device(device).type}
+    return {seed: _stored_seed("tlkd-h4-seed", tensors, {**params, "seed": seed}, lambda: one_seed(seed))
+            for seed in seeds}
 
 
 # ------------------------------------------------------------- H4 data conditions

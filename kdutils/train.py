@@ -11,7 +11,10 @@ named losses, the loop only sums what it is told). What the loop adds:
   uninterrupted run;
 * a NaN/inf guard that names the epoch and step;
 * early stopping and ReduceLROnPlateau on a chosen validation metric;
-* AMP and channels-last on CUDA, tqdm progress everywhere.
+* AMP and channels-last on CUDA, tqdm progress everywhere;
+* data parallelism under Hugging Face Accelerate: started by a launcher (`launch`, `accelerate launch`),
+  each process trains on its share of every batch and the gradients are averaged, so N processes take
+  the steps one process takes with the same global batch; only the main process writes checkpoints.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ __all__ = [
     "to_device",
     "predict",
     "single_cpu_thread",
+    "launch",
 ]
 
 
@@ -187,6 +191,70 @@ def _set_rng_state(state: dict, loader) -> None:
         gen.set_state(state["loader"])
 
 
+def launch(function: Callable, args: tuple = (), num_processes: int = 1):
+    """`function(*args)` trained data-parallel in `num_processes` processes; returns what it returns.
+
+    The processes come from Accelerate's `notebook_launcher` (a CUDA node: one
+    GPU each; a CPU: gloo) and every `fit` inside them runs data-parallel;
+    then `function` is called once more here, where `fit` finds the finished
+    checkpoint the main process wrote and returns at once: so `function`
+    should give its `fit` a checkpoint. One process: a plain call, and
+    accelerate is never imported. From a shell, `accelerate launch
+    --num_processes N script.py` runs a script's `fit` the same way.
+    """
+    if num_processes > 1:
+        from accelerate import notebook_launcher
+
+        notebook_launcher(function, args, num_processes=num_processes)
+    return function(*args)
+
+
+def _data_parallel():
+    """The Accelerator when this process is one of several started by a launcher, else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
+def _is_data(batch) -> bool:
+    """A tensor, or a list of plain items (captions): split it. Lists of tensors are structure (collate)."""
+    return isinstance(batch, torch.Tensor) or (
+        isinstance(batch, list) and not any(isinstance(b, (torch.Tensor, list, tuple, Mapping)) for b in batch))
+
+
+def _share(batch, rank: int, world: int):
+    """This process's contiguous share of a batch (every tensor and item list split along its first axis)."""
+    if _is_data(batch):
+        n = len(batch)
+        if n < world:
+            raise ConfigError(f"a batch of {n} cannot be shared by {world} processes; use a larger batch_size.")
+        return batch[rank * n // world:(rank + 1) * n // world]
+    if isinstance(batch, Mapping):
+        return {k: _share(v, rank, world) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_share(b, rank, world) for b in batch)
+    return batch
+
+
+def _batch_size(batch) -> int:
+    if _is_data(batch):
+        return len(batch)
+    items = batch.values() if isinstance(batch, Mapping) else batch
+    return next(_batch_size(b) for b in items if isinstance(b, (torch.Tensor, list, tuple, Mapping)))
+
+
+def _all_reduce_mean(tensors: list[torch.Tensor], weight: int, total: int, accelerator) -> None:
+    """In place: the size-weighted mean over processes (equal to one process's mean over the whole batch)."""
+    flat = torch.cat([t.reshape(-1) for t in tensors]) * (weight / total)
+    flat = accelerator.reduce(flat, reduction="sum")
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     """Write `state` to a temporary file, then rename it: a run killed mid-write keeps the previous checkpoint."""
     path = Path(path)
@@ -244,7 +312,18 @@ def fit(
     is resumed (a finished run returns at once); `checkpoint_key` must match
     the file's, so a changed configuration never resumes a stale run.
     `max_steps_per_epoch` caps the steps (the `dry_run` mode uses 2).
+    Under a launcher (`launch`) every process iterates the same seeded
+    `loader`, trains on its share of each batch and averages the gradients
+    (weighted by share size; `compute_loss` must return a batch mean): the
+    steps of one process with the same global batch, up to float rounding
+    (dropout masks and batch-norm statistics are per process, as in DDP).
+    Only the main process writes the checkpoint and shows progress.
     """
+    accelerator = _data_parallel()
+    main = accelerator is None or accelerator.is_main_process
+    progress = progress and main
+    if accelerator is not None:  # Accelerate names CPU processes cpu:RANK, which torch.load cannot map to
+        device = accelerator.device if accelerator.device.type != "cpu" else "cpu"
     device = torch.device(device)
     on_cuda = device.type == "cuda"
     amp = on_cuda if amp is None else amp
@@ -292,6 +371,9 @@ def fit(
         for step, batch in enumerate(steps):
             if max_steps_per_epoch is not None and step >= max_steps_per_epoch:
                 break
+            if accelerator is not None:
+                total = _batch_size(batch)
+                batch = _share(batch, accelerator.process_index, accelerator.num_processes)
             batch = to_device(batch, device, channels_last)
             with torch.autocast(device.type, enabled=amp and on_cuda):
                 losses = compute_loss(batch)
@@ -302,6 +384,12 @@ def fit(
                     "lower the learning rate, check the inputs for NaN, or disable AMP.")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if accelerator is not None:
+                grads = [p.grad for p in model.parameters() if p.grad is not None]
+                _all_reduce_mean(grads, _batch_size(batch), total, accelerator)
+                parts = [v.detach().float().reshape(1) for v in losses.values()]
+                _all_reduce_mean(parts, _batch_size(batch), total, accelerator)
+                losses = dict(zip(losses, parts))
             scaler.step(optimizer)
             scaler.update()
             if scheduler is not None and not plateau:
@@ -333,13 +421,15 @@ def fit(
                 history.stopped_early = True
         epoch_bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
                                if k not in ("epoch", "seconds") and isinstance(v, float)})
-        if ckpt_path is not None:
+        if ckpt_path is not None and main:
             save_checkpoint({
                 "key": checkpoint_key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "scaler": scaler.state_dict(), "history": history.to_dict(), "best_state": best_state,
                 "since_best": since_best, "rng": _rng_state(loader),
             }, ckpt_path)
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
     return history

@@ -48,6 +48,8 @@ COMMON_FIELDS: dict[str, tuple] = {
     "seeds": (list[int], [0], NON_NEGATIVE),
     "dry_run": (bool, False, FLAG),        # two optimisation steps per phase; random weights allowed
     "device": (str, "auto", DEVICE),       # "auto" = CUDA when present, else CPU
+    # data-parallel processes of the long trainings (`train.launch`; one GPU each on a multi-GPU node)
+    "num_processes": (int, 1, POSITIVE),
     "num_workers": (int, per_profile(0, 0, 8), NON_NEGATIVE),
     "progress": (bool, per_profile(False, True, True), FLAG),
     # papermill's time limit per cell, in seconds (a hung cell fails instead of hanging a run)

@@ -1,0 +1,284 @@
+"""Sweeps of a study notebook over seeds and grid cells, scheduled by Ray.
+
+`python -m kdutils sweep 04 --profile small --seeds 0,7,42 --grid s4_lr=0.01,0.1` runs one papermill job
+per (grid cell, seed), each with `seeds=[seed]` and its own output folder, as Ray tasks holding
+`--cpus-per-job` CPUs and `--gpus-per-job` GPUs (Ray gives a GPU job its own device through
+CUDA_VISIBLE_DEVICES). Every job is validated before any starts. A job whose `results.json` exists is
+skipped, so a sweep that crashed or lost a job is resumed by running the same command again.
+
+Then, per grid cell, a merge runs the notebook once with every seed. Jobs and merges share one results
+store (`KD_RESULTS_STORE`, `<output-root>/store`) where a notebook keeps each finished seed (study 4:
+`tlkd.h1_seed`, `tlkd.tl_vs_kd`), so the merge reuses the jobs' seeds instead of training them again, and
+its tables, verdicts and figures come from the notebook's own code: a sweep and the notebook run with the
+same `seeds` give the same numbers. A notebook without a store recomputes its seeds in the merge.
+
+On a cluster (`--address auto` after `ray start --head` / `ray start --address HEAD:6379`), the output
+root must be a folder every node sees (a shared file system).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+from .paths import RUNS_DIR
+from .runner import KERNEL_NAME, _check_kernel, notebook_parameters, resolve, validate
+
+STATES = ("queued", "running", "done", "failed", "skipped")
+
+
+@dataclass
+class Job:
+    """One papermill execution: a (grid cell, seed) job, or the merge of a cell's seeds."""
+
+    name: str
+    notebook: Path
+    folder: Path
+    params: dict
+    state: str = "queued"
+    progress: str = ""
+    error: str = ""
+    seconds: float = 0.0
+    started: float = field(default=0.0, repr=False)
+
+    @property
+    def executed(self) -> Path:
+        return self.folder / f"{self.notebook.stem}.ipynb"
+
+    @property
+    def finished(self) -> bool:
+        return (self.folder / "results.json").exists()
+
+    def check_folder(self) -> None:
+        """A folder holding another job's results (other parameters) is an error, not a job to skip."""
+        record = self.folder / "sweep-job.json"
+        if record.exists() and json.loads(record.read_text()) != json.loads(json.dumps(self.params)):
+            raise ConfigError(f"{self.folder} holds a job run with other parameters ({record}); use another "
+                              "--output-root, or delete the folder to run it again.")
+
+
+def parse_grid(pairs: list[str]) -> dict[str, list]:
+    """['s4_lr=0.01,0.1'] -> {'s4_lr': [0.01, 0.1]} (each value a Python literal)."""
+    from .runner import parse_value
+
+    grid = {}
+    for pair in pairs:
+        name, sep, values = pair.partition("=")
+        if not sep or not values:
+            raise ConfigError(f"--grid '{pair}' must be written name=value1,value2,...")
+        grid[name.strip()] = [parse_value(v.strip()) for v in values.split(",")]
+    return grid
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers such as 0,7,42; got '{text}'.") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds needs distinct seeds, got '{text}'.")
+    return seeds
+
+
+def plan(notebook: str, profile: str, seeds: list[int], params: dict, grid: dict[str, list],
+         output_root: Path) -> tuple[list[Job], list[Job]]:
+    """Every job and every merge, validated (`runner.validate`) before anything runs."""
+    path = resolve(notebook)
+    declared = notebook_parameters(path)
+    missing = {"seeds", "output_dir"} - set(declared)
+    if missing:
+        raise ConfigError(f"{path.stem} cannot be swept: its parameters cell lacks {sorted(missing)}.")
+    if "seeds" in params or "output_dir" in params:
+        raise ConfigError("give seeds with --seeds and the folder with --output-root, not with -p.")
+    jobs, merges = [], []
+    for values in itertools.product(*grid.values()):
+        cell = dict(zip(grid, values))
+        cell_name = ",".join(f"{k}={v}" for k, v in cell.items())
+        cell_folder = Path(output_root) / path.stem / cell_name if cell else Path(output_root) / path.stem
+        base = {**params, **cell}
+        for seed in seeds:
+            folder = cell_folder / "jobs" / f"seed{seed}"
+            full = validate(path, profile, {**base, "seeds": [seed], "output_dir": str(folder)})
+            jobs.append(Job(f"{cell_name} seed {seed}".strip(), path, folder, full))
+        full = validate(path, profile, {**base, "seeds": list(seeds), "output_dir": str(cell_folder)})
+        merges.append(Job(f"{cell_name} merge of seeds {seeds}".strip(), path, cell_folder, full))
+    return jobs, merges
+
+
+def _execute(notebook: str, executed: str, params: dict, kernel: str, env: dict) -> str:
+    """The Ray task: run one notebook with papermill; return '' or the failure (never raises)."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from .runner import NotebookFailed
+
+    os.environ.update(env)  # the kernel inherits it: thread limits, the shared results store
+    try:
+        papermill.execute_notebook(notebook, executed, parameters=params, kernel_name=kernel, progress_bar=False,
+                                   cwd=str(Path(notebook).parent))
+    except PapermillExecutionError as err:
+        return str(NotebookFailed(Path(notebook), Path(executed), err))
+    except Exception as err:  # a killed kernel, a lost worker: the job failed, the sweep goes on
+        return f"{type(err).__name__}: {err}\nExecuted notebook: {executed}"
+    return ""
+
+
+def _cells_done(executed: Path) -> str:
+    """'12/37 cells' from papermill's per-cell status in the executed notebook it keeps saving."""
+    try:
+        cells = json.loads(executed.read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return ""
+    status = [c.get("metadata", {}).get("papermill", {}).get("status") for c in cells if c["cell_type"] == "code"]
+    return f"{status.count('completed')}/{len(status)} cells"
+
+
+class Table:
+    """The live job table: redrawn in place on a terminal, printed on each state change otherwise."""
+
+    def __init__(self, jobs: list[Job], stream=sys.stdout):
+        self.jobs, self.stream, self.lines = jobs, stream, 0
+        self.tty, self.last = stream.isatty(), None
+
+    def render(self) -> list[str]:
+        width = max(len(j.name) for j in self.jobs)
+        counts = ", ".join(f"{sum(j.state == s for j in self.jobs)} {s}" for s in STATES)
+        rows = [f"  {j.name:<{width}}  {j.state:<8} {j.progress:<14} "
+                f"{f'{j.seconds:.0f} s' if j.seconds else ''}" for j in self.jobs]
+        return [f"sweep: {counts}", *rows]
+
+    def draw(self) -> None:
+        lines = self.render()
+        if self.tty:
+            self.stream.write(f"\x1b[{self.lines}F" if self.lines else "")
+            self.stream.write("".join(f"\x1b[2K{line}\n" for line in lines))
+            self.lines = len(lines)
+        elif [j.state for j in self.jobs] != self.last:
+            self.stream.write("\n".join(lines) + "\n")
+        self.last = [j.state for j in self.jobs]
+        self.stream.flush()
+
+
+def _run_jobs(ray, task, jobs: list[Job], table: Table, kernel: str, env: dict, poll_s: float) -> None:
+    """Submit the unfinished jobs, follow them until each is done or failed."""
+    pending = {}
+    for job in jobs:
+        if job.finished:
+            job.state, job.progress = "skipped", "results exist"
+            continue
+        job.folder.mkdir(parents=True, exist_ok=True)
+        job.folder.joinpath("sweep-job.json").write_text(json.dumps(job.params, indent=1))
+        job.executed.unlink(missing_ok=True)  # a crashed attempt's notebook would read as progress
+        job.started = time.time()
+        ref = task.remote(str(job.notebook), str(job.executed), job.params, kernel, {**env, "KD_SWEEP_JOB": job.name})
+        pending[ref] = job
+    table.draw()
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=poll_s)
+        for ref in ready:
+            job = pending.pop(ref)
+            job.error = ray.get(ref)
+            job.state = "failed" if job.error or not job.finished else "done"
+            if job.state == "failed" and not job.error:
+                job.error = f"the notebook wrote no results.json; executed notebook: {job.executed}"
+            job.progress = _cells_done(job.executed) or job.progress
+            job.seconds = time.time() - job.started
+        for job in pending.values():
+            progress = _cells_done(job.executed)
+            if progress:
+                job.state, job.progress, job.seconds = "running", progress, time.time() - job.started
+        table.draw()
+
+
+def sweep(notebook: str, profile: str, seeds: list[int], params: dict | None = None,
+          grid: dict[str, list] | None = None, *, address: str = "local", cpus_per_job: float = 1.0,
+          gpus_per_job: float = 0.0, num_cpus: int | None = None, output_root: Path | None = None,
+          kernel: str = KERNEL_NAME, poll_s: float = 1.0, stream=sys.stdout) -> dict:
+    """Run the jobs on Ray, then merge each grid cell; return {'jobs', 'merges', 'failed', 'seconds'}.
+
+    `address`: "local" starts a private Ray on this machine with `num_cpus`
+    (default: all cores) and no dashboard; "auto" or "HOST:PORT" joins a
+    running cluster. Raises nothing for a failed job: failures are listed
+    (with their executed notebooks) and no merge runs until they succeed.
+    """
+    import ray
+
+    output_root = Path(output_root or RUNS_DIR / profile / "sweeps").resolve()
+    jobs, merges = plan(notebook, profile, seeds, params or {}, grid or {}, output_root)
+    for job in jobs + merges:
+        job.check_folder()
+    _check_kernel(kernel)
+    if cpus_per_job <= 0 or gpus_per_job < 0:
+        raise ConfigError(f"--cpus-per-job must be > 0 and --gpus-per-job >= 0; got {cpus_per_job}, {gpus_per_job}.")
+    threads = str(max(1, int(cpus_per_job)))
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "KD_RESULTS_STORE": str(output_root / "store")}
+    if os.environ.get("KD_CACHE_DIR"):
+        env["KD_CACHE_DIR"] = os.environ["KD_CACHE_DIR"]
+    if address == "local":
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 object_store_memory=80 * 2**20, configure_logging=False)
+    else:
+        ray.init(address=address, log_to_driver=False)
+    try:
+        task = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job, max_retries=0)(_execute)
+        t0 = time.perf_counter()
+        table = Table(jobs, stream)
+        _run_jobs(ray, task, jobs, table, kernel, env, poll_s)
+        seconds = time.perf_counter() - t0
+        failed = [j for j in jobs if j.state == "failed"]
+        if not failed:
+            table = Table(jobs + merges, stream)
+            for merge in merges:
+                merge.folder.joinpath("results.json").unlink(missing_ok=True)  # always re-merged
+            _run_jobs(ray, task, merges, table, kernel, env, poll_s)
+            failed = [j for j in merges if j.state == "failed"]
+    finally:
+        ray.shutdown()
+    for job in failed:
+        stream.write(f"FAILED {job.name}:\n{job.error}\n")
+    if not failed:
+        stream.write("merged results: " + ", ".join(str(m.folder / "results.json") for m in merges) + "\n")
+    return {"jobs": jobs, "merges": merges, "failed": failed, "seconds": seconds}
+
+
+def benchmark(jobs: int = 4, workers: int = 2) -> dict:
+    """A `jobs`-job sweep (notebook 04 at tiny, one job per seed) on `workers` one-CPU workers against the
+    same jobs one after another (one worker); print the speed-up.
+
+    Each job's torch threads are limited to its one CPU in both runs; each
+    run has its own empty results store, and the frozen caches are filled
+    first by an untimed job, so both runs do the same work. Merges are not timed.
+    """
+    import tempfile
+
+    seeds = list(range(jobs))
+    previous = os.environ.get("KD_CACHE_DIR")
+    with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as quiet:
+        os.environ["KD_CACHE_DIR"] = str(Path(tmp) / "cache")
+        try:
+            sweep("04", "tiny", [1000], num_cpus=1, output_root=Path(tmp) / "warm-up", stream=quiet)
+            runs = {n: sweep("04", "tiny", seeds, num_cpus=n, output_root=Path(tmp) / f"workers{n}", stream=quiet)
+                    for n in (1, workers)}
+            merged = {n: json.loads((Path(tmp) / f"workers{n}" / "04_tl_kd_shap" / "results.json").read_text())
+                      for n in runs}
+        finally:
+            if previous is None:
+                del os.environ["KD_CACHE_DIR"]
+            else:
+                os.environ["KD_CACHE_DIR"] = previous
+    one, many = runs[1]["seconds"], runs[workers]["seconds"]
+    numbers = {n: {k: v for k, v in m["metrics"].items() if k != "wall_time_s"} for n, m in merged.items()}
+    same = numbers[workers] == numbers[1]
+    print(f"sweep of {jobs} jobs (notebook 04 at tiny, seeds {seeds}), 1 CPU and 1 torch thread per job, "
+          f"{os.cpu_count()} cores")
+    print(f"  one after another (1 worker): {one:.1f} s")
+    print(f"  {workers} workers: {many:.1f} s")
+    print(f"  speed-up: {one / many:.2f}x (ideal {min(workers, jobs)}x); same merged numbers: {same}")
+    return {"jobs": jobs, "workers": workers, "sequential_s": one, "parallel_s": many, "speedup": one / many,
+            "same_merged_numbers": same}

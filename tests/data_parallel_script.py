@@ -1,0 +1,43 @@
+"""`fit` under `train.launch`: the data-parallel test runs it with 1 and with 2 processes.
+
+Usage: python data_parallel_script.py OUT_DIR PROCESSES EPOCHS. The launching process writes OUT_DIR/result.pt
+(loss per epoch and final weights as `launch` returns them, whether accelerate was imported); a process that
+writes a checkpoint leaves OUT_DIR/saved-by-rank-R-of-N.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdutils import train
+
+
+def run(out_dir: str, epochs: int) -> None:
+    out = Path(out_dir)
+    save = train.save_checkpoint
+
+    def save_and_sign(obj, path):  # records which process writes the checkpoint
+        (out / f"saved-by-rank-{os.environ.get('RANK', '0')}-of-{os.environ.get('WORLD_SIZE', '1')}").touch()
+        save(obj, path)
+
+    train.save_checkpoint = save_and_sign
+    gen = train.seed_everything(5)
+    x = torch.randn(99, 8)  # the last batch of 3 is shared 1 / 2: shares of unequal size
+    y = (x[:, 0] - x[:, 2] > 0).long()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16, shuffle=True,
+                                         generator=gen)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2))
+    opt = train.make_optimizer(model.parameters(), "sgd", lr=0.2, momentum=0.9)
+    history = train.fit(model, loader, lambda b: {"loss": nn.functional.cross_entropy(model(b[0]), b[1])}, opt,
+                        epochs, checkpoint=out / "checkpoint.pt", checkpoint_key="data-parallel", progress=False)
+    if "WORLD_SIZE" not in os.environ:  # the notebook's own process: what `launch` returns
+        torch.save({"losses": history.series("train_loss"), "weights": model.state_dict(),
+                    "accelerate_imported": "accelerate" in sys.modules}, out / "result.pt")
+
+
+if __name__ == "__main__":
+    out_dir, processes, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    train.launch(run, (out_dir, epochs), num_processes=processes)

@@ -1,0 +1,118 @@
+"""A real local Ray sweep of notebook 04 at tiny: a job killed mid-run, the sweep resumed, the merge checked
+against the notebook's own run with the same seeds."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kdutils import runner
+from kdutils.errors import ConfigError
+from kdutils.sweep import parse_grid, parse_seeds, plan
+
+NOTEBOOK = "04_tl_kd_shap"
+SEEDS = [0, 7]
+
+
+def _kernel_of(job: str) -> int | None:
+    """The pid of the Jupyter kernel the sweep started for `job` (the sweep marks it with KD_SWEEP_JOB)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"ipykernel" in cmdline and f"KD_SWEEP_JOB={job}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+def _completed_cells(executed: Path) -> int:
+    try:
+        cells = json.loads(executed.read_text())["cells"]
+    except (OSError, ValueError):
+        return 0
+    return sum(c.get("metadata", {}).get("papermill", {}).get("status") == "completed" for c in cells)
+
+
+def _sweep(root: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "kdutils", "sweep", "04", "--profile", "tiny", "--seeds",
+                             ",".join(map(str, SEEDS)), "--cpus-per-job", "1", "--output-root", str(root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _numbers(results: dict) -> dict:
+    """Everything measured, without the wall times."""
+    return {"metrics": {k: v for k, v in results["metrics"].items() if k != "wall_time_s"},
+            "claims": results["claims"], "seeds": results["seeds"]}
+
+
+@pytest.mark.notebook
+def test_sweep_resumes_after_a_killed_job_and_merges_to_the_notebooks_own_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("KD_CACHE_DIR", os.environ.get("KD_CACHE_DIR") or str(tmp_path / "cache"))
+    root = tmp_path / "sweep"
+    job_dir = root / NOTEBOOK / "jobs"
+    first = _sweep(root)
+    deadline = time.time() + 240
+    victim = None
+    while victim is None and first.poll() is None and time.time() < deadline:
+        # mid-run: seed 7's H1 heads are stored (the H1 cell is done), the rest of the notebook is not
+        if _completed_cells(job_dir / "seed7" / f"{NOTEBOOK}.ipynb") >= 10:
+            victim = _kernel_of("seed 7")
+            if victim:
+                os.kill(victim, signal.SIGKILL)
+        time.sleep(0.1)
+    out, _ = first.communicate(timeout=240)
+    assert victim, f"never saw seed 7's kernel mid-run:\n{out}"
+    assert first.returncode == 1, out
+    assert "FAILED seed 7" in out and str(job_dir / "seed7" / f"{NOTEBOOK}.ipynb") in out
+    assert (job_dir / "seed0" / "results.json").exists() and not (job_dir / "seed7" / "results.json").exists()
+    assert not (root / NOTEBOOK / "results.json").exists()  # no merge over a failed job
+
+    second = _sweep(root)
+    out, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, out
+    assert "1 skipped" in out  # seed 0's results exist
+    merged = json.loads((root / NOTEBOOK / "results.json").read_text())
+    assert merged["seeds"] == SEEDS and merged["metrics"]["h1"]["seeds"] == SEEDS
+    # one stored H1 entry per seed: the resumed job and the merge reused what the killed job had finished
+    assert len(list((root / "store" / "tlkd-h1-seed").glob("*.pt"))) == len(SEEDS)
+
+    # the notebook's own run with both seeds, computing everything itself (its own empty store)
+    monkeypatch.setenv("KD_RESULTS_STORE", str(tmp_path / "reference_store"))
+    runner.run([NOTEBOOK], "tiny", {"seeds": SEEDS}, output_root=tmp_path / "reference", progress=False)
+    reference = json.loads((tmp_path / "reference" / NOTEBOOK / "results.json").read_text())
+    assert _numbers(merged) == _numbers(reference)
+    for name in merged["main_figures"]:
+        assert (root / NOTEBOOK / name).stat().st_size > 5_000  # figures re-drawn from the merged data
+
+
+def test_sweep_plan_validates_every_job_first(tmp_path):
+    jobs, merges = plan("04", "tiny", parse_seeds("0,7"), {"s4_epochs": 2}, parse_grid(["s4_alpha=0.1,0.5"]),
+                        tmp_path)
+    assert [j.name for j in jobs] == ["s4_alpha=0.1 seed 0", "s4_alpha=0.1 seed 7",
+                                      "s4_alpha=0.5 seed 0", "s4_alpha=0.5 seed 7"]
+    assert jobs[3].params["seeds"] == [7] and jobs[3].params["overrides"] == {"s4_epochs": 2, "s4_alpha": 0.5}
+    assert jobs[3].folder == tmp_path / NOTEBOOK / "s4_alpha=0.5" / "jobs" / "seed7"
+    assert [m.params["seeds"] for m in merges] == [[0, 7], [0, 7]]
+    with pytest.raises(ConfigError, match="s4_epochs"):
+        plan("04", "tiny", [0], {"s4_epochs": "two"}, {}, tmp_path)  # a bad value stops the sweep before Ray
+    with pytest.raises(ConfigError, match="--seeds"):
+        parse_seeds("0,x")
+    with pytest.raises(ConfigError, match="--seeds"):
+        plan("04", "tiny", [0], {"seeds": [1]}, {}, tmp_path)
+
+
+def test_a_job_folder_with_other_parameters_is_refused(tmp_path):
+    (job,), _ = plan("04", "tiny", [0], {"s4_epochs": 2}, {}, tmp_path)
+    job.folder.mkdir(parents=True)
+    (job.folder / "sweep-job.json").write_text(json.dumps({**job.params, "overrides": {"s4_epochs": 3}}))
+    with pytest.raises(ConfigError, match="other parameters"):
+        job.check_folder()
+    (job.folder / "sweep-job.json").write_text(json.dumps(job.params))
+    job.check_folder()  # the same job: resumable

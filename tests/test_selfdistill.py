@@ -1,7 +1,5 @@
 """Study 1's machinery: data items, frozen features (cached = computed), teachers, students, ablations."""
 
-import time
-
 import pytest
 import torch
 from torch import nn
@@ -207,7 +205,11 @@ def test_soft_cross_entropy_on_one_hot_targets_trains_exactly_like_cross_entropy
     assert ha.series("train_loss") == pytest.approx(hb.series("train_loss"), rel=1e-5)
 
 
-def test_student_training_is_seeded_and_checkpointed(cache):
+def _no_training(*args, **kwargs):
+    raise AssertionError("trained again: the finished checkpoint was not reused")
+
+
+def test_student_training_is_seeded_and_checkpointed(cache, monkeypatch):
     data = _data()
     cfg = _cfg(s1_student_epochs=1, batch_size=16)
     targets = torch.randn(2, len(data), 4).half()
@@ -215,10 +217,10 @@ def test_student_training_is_seeded_and_checkpointed(cache):
                           val_set=data)
     files = list((cache / "s1" / "students").glob("*.pt"))
     assert len(files) == 1
-    t0 = time.perf_counter()
-    b, hist = sd.fit_student(SPEC, data, cfg, data_key=KEY, seed=0, num_classes=4, device="cpu", targets=targets,
-                             val_set=data)
-    assert time.perf_counter() - t0 < 5
+    with monkeypatch.context() as m:
+        m.setattr(torch.amp.GradScaler, "step", _no_training)  # every optimisation step of fit goes through it
+        b, hist = sd.fit_student(SPEC, data, cfg, data_key=KEY, seed=0, num_classes=4, device="cpu", targets=targets,
+                                 val_set=data)
     assert "val_top1" in hist.epochs[0]
     for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(pa, pb)
@@ -326,16 +328,15 @@ def test_captioning_hook_fails_clearly_without_the_model(tmp_path):
         sd.image_captions(cfg, data, "train", "cpu")
 
 
-def test_small_roberta_is_pretrained_once_and_reads_prompts(cache):
+def test_small_roberta_is_pretrained_once_and_reads_prompts(cache, monkeypatch):
     cfg = _cfg()
     enc, summary = sd.pretrain_small_roberta(cfg)
     assert 0 <= summary["masked_word_top1_source_test"] <= 100
     assert summary["hidden"] == cfg.s1_text_hidden
     v = enc.encode(["This is an image of a star.", "This is an image of a heart."])
     assert v.shape == (2, cfg.s1_text_hidden) and not torch.allclose(v[0], v[1])
-    t0 = time.perf_counter()
+    monkeypatch.setattr(torch.amp.GradScaler, "step", _no_training)
     enc2, _ = sd.pretrain_small_roberta(cfg)
-    assert time.perf_counter() - t0 < 10
     assert torch.equal(enc2.encode(["a star"]), enc.encode(["a star"]))
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
-from .paths import RUNS_DIR
+from .paths import runs_dir
 from .runner import KERNEL_NAME, _check_kernel, notebook_parameters, resolve, validate
 
 STATES = ("queued", "running", "done", "failed", "skipped")
@@ -209,7 +209,7 @@ def sweep(notebook: str, profile: str, seeds: list[int], params: dict | None = N
     """
     import ray
 
-    output_root = Path(output_root or RUNS_DIR / profile / "sweeps").resolve()
+    output_root = Path(output_root or runs_dir() / profile / "sweeps").resolve()
     jobs, merges = plan(notebook, profile, seeds, params or {}, grid or {}, output_root)
     for job in jobs + merges:
         job.check_folder()
@@ -217,9 +217,8 @@ def sweep(notebook: str, profile: str, seeds: list[int], params: dict | None = N
     if cpus_per_job <= 0 or gpus_per_job < 0:
         raise ConfigError(f"--cpus-per-job must be > 0 and --gpus-per-job >= 0; got {cpus_per_job}, {gpus_per_job}.")
     threads = str(max(1, int(cpus_per_job)))
-    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "KD_RESULTS_STORE": str(output_root / "store")}
-    if os.environ.get("KD_CACHE_DIR"):
-        env["KD_CACHE_DIR"] = os.environ["KD_CACHE_DIR"]
+    env = {**{k: v for k, v in os.environ.items() if k.startswith("KD_")},  # the driver's cache and runs folders
+           "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "KD_RESULTS_STORE": str(output_root / "store")}
     if address == "local":
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  object_store_memory=80 * 2**20, configure_logging=False)

@@ -592,7 +592,8 @@ def h1_seed(features: dict, labels: dict, hp: HeadParams, alphas, seed: int, *, 
     "student" and splits "train" and "val"; returns (teacher run, {alpha: student run}).
     """
     device = torch.device(device)
-    tensors = {f"{role}_{split}": features[role, split] for role in ("teacher", "student") for split in ("train", "val")}
+    tensors = {f"{role}_{split}": features[role, split]
+               for role in ("teacher", "student") for split in ("train", "val")}
     tensors.update({f"labels_{split}": labels[split] for split in ("train", "val")})
     params = {"hp": hp, "alphas": sorted(alphas), "seed": seed, "num_classes": num_classes, "max_steps": max_steps,
               "device": device.type}

@@ -223,7 +223,12 @@ def sweep(notebook: str, profile: str, seeds: list[int], params: dict | None = N
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  object_store_memory=80 * 2**20, configure_logging=False)
     else:
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as err:
+            raise ConfigError(f"no Ray cluster at --address {address} ({err}). Start one with `ray start "
+                              "--head` (and `ray start --address HEAD:6379` on the other nodes), or use --address "
+                              "local.") from None
     try:
         task = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job, max_retries=0)(_execute)
         t0 = time.perf_counter()

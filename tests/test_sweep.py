@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from kdutils import runner
+import torch
+
+from kdutils import runner, tlkd
 from kdutils.errors import ConfigError
 from kdutils.sweep import parse_grid, parse_seeds, plan
 
@@ -116,3 +118,28 @@ def test_a_job_folder_with_other_parameters_is_refused(tmp_path):
         job.check_folder()
     (job.folder / "sweep-job.json").write_text(json.dumps(job.params))
     job.check_folder()  # the same job: resumable
+
+
+def test_h1_seeds_are_stored_and_reused_not_retrained(tmp_path, monkeypatch):
+    """What a sweep's merge (and a warm run) relies on: a finished seed comes back from the store, identical."""
+    monkeypatch.setenv("KD_RESULTS_STORE", str(tmp_path / "store"))
+    g = torch.Generator().manual_seed(0)
+    features = {(role, split): torch.randn(2 if split == "train" else 1, n, 6, generator=g)
+                for role in ("teacher", "student") for split, n in (("train", 30), ("val", 12))}
+    labels = {"train": torch.arange(30) % 3, "val": torch.arange(12) % 3}
+    hp = tlkd.HeadParams(epochs=2, batch_size=8)
+    args = dict(features=features, labels=labels, hp=hp, alphas=[0.0, 0.5], num_classes=3)
+    teacher, students = tlkd.h1_seed(seed=7, **args)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a stored seed was trained again")
+
+    monkeypatch.setattr(tlkd, "train_head", no_training)
+    again_teacher, again = tlkd.h1_seed(seed=7, **args)
+    assert torch.equal(again_teacher.head[1].weight, teacher.head[1].weight)
+    assert all(torch.equal(again[a].head[1].weight, students[a].head[1].weight) for a in (0.0, 0.5))
+    assert again[0.5].history.to_dict() == students[0.5].history.to_dict()
+    with pytest.raises(AssertionError, match="trained again"):
+        tlkd.h1_seed(seed=8, **args)  # another seed is another entry
+    with pytest.raises(AssertionError, match="trained again"):
+        tlkd.h1_seed(seed=7, **{**args, "hp": hp.replace(lr=0.02)})  # so is another recipe

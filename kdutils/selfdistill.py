@@ -532,7 +532,7 @@ class Encoders:
         self._images, self._texts, self._clips = {}, {}, {}
         self.summaries: dict = {}
 
-    def _clip(self, image_encoder: str | None):
+    def clip(self, image_encoder: str | None = None):
         """(CLIPModel, tokenizer) of the small CLIP, or the paper checkpoint paired with `image_encoder`."""
         cfg = self.cfg
         if cfg.profile != "paper":
@@ -561,7 +561,7 @@ class Encoders:
                                f"SmallResNet {cfg.s1_resnet_arch} pretrained on SynthWorld source "
                                f"(source top-1 {summary['source_top1']:.1f}%)")
         elif (small and name == "vit") or (not small and name in ("vit_b_32", "vit_b_16")):
-            model, _, description = self._clip(name)
+            model, _, description = self.clip(name)
             vc = model.config.vision_config
             spec = {"kind": "clip_vision", "config": {k: v for k, v in vc.to_dict().items()
                                                       if k in _VISION_CONFIG_KEYS}}
@@ -584,7 +584,7 @@ class Encoders:
         """Text encoder `name` ('clip' or 'roberta'); CLIP's text tower is paired with `image_encoder` at paper."""
         cfg = self.cfg
         if name == "clip":
-            model, tokenizer, description = self._clip(image_encoder if cfg.profile == "paper" else None)
+            model, tokenizer, description = self.clip(image_encoder if cfg.profile == "paper" else None)
             tag = f"clip:{description}"
             if tag not in self._texts:
                 fp = model_fingerprint(model.text_model) + model_fingerprint(model.text_projection)

@@ -15,7 +15,8 @@ from tests.fixtures import paper_run_failure, write_cifar, write_image_folder
 
 STEM = "01_clip_head_self_distillation"
 FIGURES = {"1_grid_bars.png", "2_grid_gain_heatmap.png", "3_generations.png", "4_few_shot.png",
-           "5_attention_maps.png", "6_training_curves.png", "7_data_prompts_captions.png", "8_retrieval.png"}
+           "5_attention_maps.png", "6_training_curves.png", "7_data_prompts_captions.png", "8_retrieval.png",
+           "9_mean_teacher.png"}
 
 
 def check_results(results: dict, datasets: list[str], image_encoders: list[str], text_encoders: list[str]):
@@ -49,10 +50,14 @@ def check_results(results: dict, datasets: list[str], image_encoders: list[str],
                     "student with text"):
             assert 0 <= row[col] <= 100
     # per student family: with vs without text and vs alone; head, Born-Again, captions, generations, few-shot,
-    # retrieval
+    # retrieval, draft 002's mean teacher
     n_families = len(results["config"]["s1_student_encoders"])
     assert {c["verdict"] for c in results["claims"]} <= set(VERDICTS)
-    assert len(results["claims"]) == 2 * n_families + 6
+    assert len(results["claims"]) == 2 * n_families + 7
+    rows = ab["mean_teacher"]["rows"]
+    assert {r["model"] for r in rows} == {"zero-shot CLIP", "fine-tuned on the pairs alone",
+                                          "mean teacher (+ unpaired images)"}
+    assert all(0 <= r[k] <= 100 for r in rows for k in ("i2t_r1", "i2t_r10", "t2i_r5"))
     for c in results["claims"]:
         if c["basis"] == "seeds":
             assert c["ours"]["n"] == len(results["seeds"])

@@ -15,7 +15,7 @@ vision towers) and `resnet50` (torchvision, ImageNet weights) at `paper`.
 Text encoders: `clip` (the text tower of the CLIP in use) and `roberta`.
 """
 
-from .rules import FLAG, NAME, NON_NEGATIVE, POSITIVE, one_of
+from .rules import FLAG, FRACTION, NAME, NON_NEGATIVE, POSITIVE, one_of
 
 IMAGE_ENCODERS = one_of("resnet", "vit", "vit_b_32", "vit_b_16", "resnet50")
 TEXT_ENCODERS = one_of("clip", "roberta")
@@ -43,6 +43,9 @@ FIELDS = {
     "s1_captions": (bool, True, FLAG),
     "s1_retrieval_gallery": (int, {"tiny": 100, "small": 1000, "paper": 5000}, POSITIVE),
     "s1_retrieval_epochs": (int, {"tiny": 2, "small": 20, "paper": 20}, POSITIVE),
+    # seed draft 002: semi-supervised retrieval, a mean teacher over CLIP adapters (few pairs, many unpaired images)
+    "s1_mt_paired": (float, 0.1, FRACTION),  # share of the training images that keep their caption
+    "s1_mt_epochs": (int, {"tiny": 2, "small": 40, "paper": 20}, POSITIVE),
     # the image-text head (trained on frozen encoder outputs)
     "s1_head_dim": (int, {"tiny": 32, "small": 64, "paper": 512}, POSITIVE),
     "s1_head_heads": (int, {"tiny": 2, "small": 4, "paper": 8}, POSITIVE),

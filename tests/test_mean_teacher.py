@@ -1,0 +1,55 @@
+"""Draft 002's mean teacher for semi-supervised retrieval: the EMA, the consistency term, the training."""
+
+import pytest
+import torch
+
+from kdutils.mean_teacher import Adapter, MeanTeacherRetrieval, recalls, train_retrieval
+
+
+def test_adapter_starts_as_the_identity_on_the_sphere():
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(Adapter(8)(x), torch.nn.functional.normalize(x, dim=-1))
+
+
+def test_teacher_is_the_moving_average_of_the_student_and_gets_no_gradient():
+    model = MeanTeacherRetrieval(dim=4, bank=torch.randn(3, 4), decay=0.75)
+    with torch.no_grad():
+        for p in [*model.image.parameters(), *model.text.parameters()]:
+            p.fill_(1.0)
+    before = [t.clone() for t in model.teacher.parameters()]
+    model.update_teacher()
+    for t, old in zip(model.teacher.parameters(), before):
+        torch.testing.assert_close(t, 0.75 * old + 0.25)
+        assert not t.requires_grad
+
+
+def test_consistency_is_zero_when_teacher_equals_student_without_noise():
+    torch.manual_seed(0)
+    model = MeanTeacherRetrieval(dim=6, bank=torch.randn(10, 6), noise=0.0)
+    batch = {"image": torch.randn(4, 6), "text": torch.randn(4, 6), "unpaired": torch.randn(7, 6)}
+    out = model(batch)
+    assert out["consistency"].item() == pytest.approx(0.0, abs=1e-7)
+    assert out["loss"].item() == pytest.approx(out["contrastive"].item())
+    noisy = MeanTeacherRetrieval(dim=6, bank=torch.randn(10, 6), noise=0.5)(batch)
+    assert noisy["consistency"].item() > 1e-4
+
+
+def test_zero_shot_recall_on_aligned_embeddings():
+    torch.manual_seed(0)
+    image = torch.randn(50, 16)
+    r = recalls(image, image + 0.01 * torch.randn(50, 16))
+    assert r["i2t_r1"] == 100.0 and r["t2i_r1"] == 100.0
+    assert recalls(image, torch.randn(50, 16))["i2t_r1"] < 20
+
+
+def test_training_is_seeded_and_the_mean_teacher_changes_the_result():
+    torch.manual_seed(0)
+    image, text, unpaired = torch.randn(64, 8), torch.randn(64, 8), torch.randn(200, 8)
+    kw = dict(epochs=2, seed=3, batch_size=16)
+    a = train_retrieval(image, text, unpaired, mean_teacher=True, **kw)
+    b = train_retrieval(image, text, unpaired, mean_teacher=True, **kw)
+    c = train_retrieval(image, text, unpaired, mean_teacher=False, **kw)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q)  # same seed, same numbers
+    assert any(not torch.equal(p, q) for p, q in zip(a.image.parameters(), c.image.parameters()))
+    assert recalls(image, text, a)["i2t_r10"] > recalls(image, text)["i2t_r10"]  # learned the pairs

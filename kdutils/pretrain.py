@@ -18,7 +18,7 @@ from torch import nn
 
 from . import metrics
 from .augment import flip_shift
-from .cache import cache_root, code_fingerprint, key_digest
+from .cache import cache_root, code_fingerprint, entry_lock, key_digest
 from .models import small_resnet
 from .probe import extract_features
 from .results import write_json
@@ -65,6 +65,11 @@ def pretrain_source(arch: str, cfg, seed: int = 0, epochs: int | None = None, lr
            "code": code_fingerprint(__name__)}
     digest = key_digest(key)
     ckpt = cache_root() / "pretrain" / f"{arch}-{digest}.pt"
+    with entry_lock(ckpt):  # notebooks or sweep jobs running at once pretrain a backbone once, the others wait
+        return _pretrain_source(arch, cfg, seed, epochs, lr, progress, ckpt, digest)
+
+
+def _pretrain_source(arch: str, cfg, seed: int, epochs: int, lr: float, progress: bool, ckpt, digest: str):
     summary_file = ckpt.with_suffix(".summary.json")
     gen = seed_everything(seed)  # before the model: its initialisation is part of the seeded run
     model = small_resnet(arch, num_classes=len(class_names("source")))

@@ -105,3 +105,41 @@ def test_two_processes_filling_one_entry_compute_it_once(tmp_path):
         assert proc.wait(timeout=120) == 0, proc.stderr.read()
     assert len(log.read_text().split()) == 1  # one computed, the other waited for the lock and read it
     assert torch.equal(torch.load(next(root.glob("shared/*.pt"))), torch.arange(100_000))
+
+
+PRETRAINER = """
+import os, sys, time
+from pathlib import Path
+from kdutils import pretrain
+from kdutils.profiles import load_profile
+
+log, go = Path(sys.argv[1]), Path(sys.argv[2])
+real_fit = pretrain.fit
+
+def logged_fit(*args, **kwargs):
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    time.sleep(1.0)
+    return real_fit(*args, **kwargs)
+
+pretrain.fit = logged_fit
+cfg = load_profile("tiny", n_source_train=64, n_source_test=32, batch_size=32, progress=False, dry_run=True)
+(log.parent / f"ready-{os.getpid()}").touch()
+while not go.exists():
+    time.sleep(0.01)
+pretrain.pretrain_source("resnet_xs", cfg, seed=0)
+"""
+
+
+def test_two_processes_pretraining_one_backbone_train_it_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path / "cache"))
+    log, go = tmp_path / "log.txt", tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(PRETRAINER), str(log), str(go)],
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    for proc in procs:
+        assert proc.wait(timeout=180) == 0, proc.stderr.read()
+    assert len(log.read_text().split()) == 1  # the second waited for the lock, then loaded the weights

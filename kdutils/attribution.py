@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import itertools
 import json
 import math
@@ -47,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .cache import cached, model_fingerprint
 from .errors import ConfigError, MissingDataError
 from .train import single_cpu_thread
 
@@ -55,7 +57,7 @@ __all__ = [
     "region_contributions", "region_table", "foreground_share",
     "polygon_mask", "coco_polygon_masks", "index_from_file_name",
     "shap_safe_resnet", "check_shap_safe", "accumulating_maxpool",
-    "DeepExplanation", "explain_deep", "explain_expected_gradients", "rank_agreement",
+    "DeepExplanation", "explain_deep", "explain_deep_cached", "explain_expected_gradients", "rank_agreement",
     "plot_attribution",
 ]
 
@@ -458,6 +460,21 @@ def explain_deep(model: nn.Module, background: torch.Tensor, images: torch.Tenso
     method = "DeepExplainer (DeepLIFT rescale, accumulating max-pool)" if accumulate_maxpool else \
         "DeepExplainer (shap 0.51 max-pool rule)"
     return DeepExplanation(values, classes, outputs, expected, error, method)
+
+
+def explain_deep_cached(model: nn.Module, background: torch.Tensor, images: torch.Tensor,
+                        **kwargs) -> DeepExplanation:
+    """`explain_deep`, stored on disk by the model's weights, the background, the images and this code.
+
+    DeepExplainer is study 4's costliest step and every seed's heads are explained: a rerun of the same
+    heads (a warm run, a sweep's merge) loads the attributions instead of recomputing them.
+    """
+    def digest(t: torch.Tensor) -> str:
+        return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+    key = {"model": model_fingerprint(model), "background": digest(background), "images": digest(images),
+           "accumulate_maxpool": kwargs.get("accumulate_maxpool", True)}
+    return cached("shap", key, lambda: explain_deep(model, background, images, **kwargs), verbose=False)
 
 
 def explain_expected_gradients(model: nn.Module, background: torch.Tensor, images: torch.Tensor,

@@ -197,6 +197,24 @@ def test_deep_explanations_add_up_with_the_accumulating_rule_only(small_cnn):
     assert not [n for n, _ in net.named_parameters() if n.endswith((".x", ".y"))]
 
 
+def test_cached_explanations_equal_live_ones_and_are_reused(small_cnn, monkeypatch, tmp_path):
+    monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path))
+    net, background, images = small_cnn
+    live = attribution.explain_deep(net, background, images)
+    first = attribution.explain_deep_cached(net, background, images)
+    np.testing.assert_array_equal(first.values, live.values)
+    np.testing.assert_array_equal(first.classes, live.classes)
+
+    def recompute(*args, **kwargs):
+        raise AssertionError("a stored explanation was computed again")
+
+    monkeypatch.setattr(attribution, "explain_deep", recompute)
+    again = attribution.explain_deep_cached(net, background, images)  # the stored entry, not a recomputation
+    np.testing.assert_array_equal(again.values, live.values)
+    with pytest.raises(AssertionError, match="computed again"):  # other images are another entry
+        attribution.explain_deep_cached(net, background, images[:2])
+
+
 def test_deep_explainer_on_a_normalised_torchvision_resnet18():
     import torchvision
 

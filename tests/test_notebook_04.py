@@ -6,6 +6,7 @@ import time
 import pytest
 
 from kdutils import runner
+from kdutils.stats import VERDICTS, paired_verdict
 from tests.fixtures import paper_run_failure
 
 NOTEBOOK = "04_tl_kd_shap"
@@ -27,9 +28,11 @@ def check_results(results: dict, n_explained: int, seeds: list, h4_seeds: list) 
     assert sorted(m["alpha_sweep"]["alphas"]) == [0.0, 0.1, 0.5, 1.0]
     shap = m["shap"]
     assert len(shap["explained_test_indices"]) == n_explained
+    assert shap["seeds"] == seeds
     for name in ("TL", "TL+KD"):
-        errors = shap["additivity_error"][name]
-        assert len(errors) == n_explained and max(errors) < 1e-4
+        for seed in seeds:  # every seed's heads are explained: the seed is H2's replicate
+            errors = shap["additivity_error"][f"{name}/{seed}"]
+            assert len(errors) == n_explained and max(errors) < 1e-4
         assert all(-1.0 <= r <= 1.0 for r in shap["crosscheck"]["spearman_rho"][name])
     assert shap["additivity_error_max"] < 1e-4 < max(shap["shap_rule_demo_error"])  # the fix, measured
     h2 = m["h2"]
@@ -38,14 +41,23 @@ def check_results(results: dict, n_explained: int, seeds: list, h4_seeds: list) 
     assert len(h2["tests"]) == 6
     for test in h2["tests"].values():
         assert 0.0 <= test["pvalue"] <= 1.0 and test["method"]
+    assert [r["seed"] for r in h2["per_seed"]] == seeds
+    for r in h2["per_seed"]:
+        assert 0 <= r["TL share"] <= 1 and 0 <= r["TL+KD share"] <= 1
+        assert r["gain (TL+KD - TL)"] == pytest.approx(r["TL+KD share"] - r["TL share"], abs=0.5)
     for sweep in ("fraction", "label_noise", "center_black", "quarter_black"):
         rows = m["h4"]["summary"][sweep]
         assert rows and all(0 <= r["TL accuracy"] <= 100 and 0 <= r["TL+KD f1"] <= 100 for r in rows)
         for per_seed in m["h4"]["per_seed"][sweep].values():
             assert set(per_seed) == {str(s) for s in h4_seeds}
     claims = results["claims"]
-    assert len(claims) == 10
-    assert {c["verdict"] for c in claims} <= {"reproduced", "not reproduced", "not measured at this profile"}
+    assert len(claims) == 13 and sum(c["kind"] == "precondition" for c in claims) == 2
+    assert {c["verdict"] for c in claims} <= set(VERDICTS)
+    for c in claims:
+        if c["basis"] == "seeds":  # every verdict on the thesis's claims comes from per-seed values
+            n = len(h4_seeds) if c["claim"].startswith("H4") else len(seeds)
+            assert c["ours"]["n"] == n and len(c["ours"]["per_seed"]) == n
+            assert c["verdict"] == paired_verdict(c["ours"]["per_seed"]).name
     return m
 
 
@@ -110,6 +122,7 @@ def test_notebook_04_paper_dry_run_on_fixtures(paper_fixture):
     assert 1 in explained and 4 in explained  # every annotated image is explained
     assert m["h2"]["images"] == 2  # H2 runs on the annotated images only
     assert max(max(v) for v in m["shap"]["additivity_error"].values()) < 1e-4
+    assert len(results["claims"]) == 13
 
 
 @pytest.mark.notebook

@@ -26,12 +26,11 @@ from typing import Callable
 import torch
 from filelock import FileLock
 from torch import nn
-from tqdm.auto import tqdm
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 __all__ = ["cache_root", "results_root", "key_digest", "code_fingerprint", "notebook_fingerprint",
-           "model_fingerprint", "cached", "cached_outputs", "entry_lock"]
+           "model_fingerprint", "cached", "entry_lock"]
 
 
 def cache_root() -> Path:
@@ -198,30 +197,3 @@ def cached(kind: str, key: dict, compute: Callable[[], object], root: Path | Non
     if verbose:
         print(f"[cache] hit  {kind}/{path.name}")
     return value
-
-
-@torch.no_grad()
-def cached_outputs(model: nn.Module, loader, *, data_key: dict, view: str = "plain",
-                   inputs: Callable = lambda b: b[0], device: torch.device | str = "cpu",
-                   root: Path | None = None, desc: str = "cache") -> torch.Tensor:
-    """Outputs of frozen `model` over `loader` (in loader order), cached on disk.
-
-    `data_key` identifies the data (generator, seed, split, size...), `view`
-    the deterministic transform applied (e.g. "plain", "hflip"). The loader
-    must not shuffle: row i of the result belongs to item i of the data set.
-    """
-    sampler = getattr(loader, "sampler", None)
-    if sampler is not None and isinstance(sampler, torch.utils.data.RandomSampler):
-        raise ValueError("cached_outputs needs a loader with shuffle=False (row order = data order).")
-    key = {"model": model_fingerprint(model), "data": data_key, "view": view}
-
-    def compute():
-        device_ = torch.device(device)
-        was_training = model.training
-        model.eval().to(device_)
-        outs = [model(inputs(b).to(device_)).float().cpu()
-                for b in tqdm(loader, desc=f"{desc} [{view}]", leave=False)]
-        model.train(was_training)
-        return torch.cat(outs)
-
-    return cached("outputs", key, compute, root=root)

@@ -50,7 +50,7 @@ __all__ = [
     "ViewBank", "frozen_features", "CachedSource", "PlainSource", "view_logits", "head_logits",
     "HeadParams", "HeadRun", "train_head", "h1_seed", "tl_vs_kd",
     "subset_indices", "noisy_labels", "per_class_gain", "first_epoch_reaching",
-    "foreground_analysis", "verdict", "study_seeds", "benchmark",
+    "foreground_analysis", "study_seeds", "benchmark",
 ]
 
 VIEWS_FLIP = 2  # a training image and its mirror
@@ -732,13 +732,6 @@ def foreground_analysis(tl: dict, kd: dict) -> tuple[dict, dict]:
         "foreground |neg|: TL vs TL+KD": paired_wilcoxon(np.abs(tl["fg_neg"]), np.abs(kd["fg_neg"])),
     }
     return columns, tests
-
-
-def verdict(claim_holds: bool | None) -> str:
-    """'reproduced' / 'not reproduced' / 'not measured at this profile' (None)."""
-    if claim_holds is None:
-        return "not measured at this profile"
-    return "reproduced" if claim_holds else "not reproduced"
 
 
 def study_seeds(profile: str, seeds, overrides: dict | None) -> list[int]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdutils.cache import cached, cached_outputs, model_fingerprint
+from kdutils.cache import cached
 from kdutils.errors import ConfigError
 from kdutils.profiles import PROFILE_NAMES, load_profile
 from kdutils.results import read_results, write_json, write_results
@@ -54,24 +54,6 @@ def test_cache_computes_once_and_reuses(tmp_path):
     cached("logits", {"model": "m", "seed": 2}, compute, root=tmp_path, verbose=False)
     assert calls["n"] == 2
     assert not list(tmp_path.rglob("*.tmp*"))
-
-
-def test_cached_outputs_equal_plain_outputs_and_track_weights(tmp_path):
-    torch.manual_seed(0)
-    model = nn.Linear(4, 3)
-    x = torch.randn(20, 4)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=6)
-    out = cached_outputs(model, loader, data_key={"d": 1}, root=tmp_path)
-    assert torch.allclose(out, model(x).detach())
-    fp = model_fingerprint(model)
-    with torch.no_grad():
-        model.weight.add_(1.0)
-    assert model_fingerprint(model) != fp
-    out2 = cached_outputs(model, loader, data_key={"d": 1}, root=tmp_path)
-    assert torch.allclose(out2, model(x).detach())  # changed weights: a new entry, not the stale one
-    shuffled = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=6, shuffle=True)
-    with pytest.raises(ValueError, match="shuffle"):
-        cached_outputs(model, shuffled, data_key={"d": 1}, root=tmp_path)
 
 
 @pytest.mark.parametrize("profile", PROFILE_NAMES)

@@ -227,9 +227,7 @@ def test_foreground_analysis_columns_and_tests():
     assert len(tests) == 6
 
 
-def test_verdicts_and_seeds():
-    assert tlkd.verdict(True) == "reproduced" and tlkd.verdict(False) == "not reproduced"
-    assert tlkd.verdict(None) == "not measured at this profile"
+def test_study_seeds():
     assert tlkd.study_seeds("small", None, {}) == [0, 7, 42]
     assert tlkd.study_seeds("small", [3], {}) == [3]
     assert tlkd.study_seeds("tiny", None, {"s4_h1_seeds": [5, 6]}) == [5, 6]

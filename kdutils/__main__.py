@@ -1,4 +1,4 @@
-"""Command line: `python -m kdutils run|sweep|list|bench|report`."""
+"""Command line: `python -m kdutils run|sweep|list|findings|report|bench`."""
 
 from __future__ import annotations
 
@@ -7,16 +7,8 @@ import importlib
 import sys
 from pathlib import Path
 
+from .benchmarks import BENCHMARKS
 from .errors import KDError
-
-BENCHMARKS = {
-    "synthworld": ("kdutils.synthworld", "benchmark", "SynthWorld images/s at 32x32 on one core"),
-    "tlkd": ("kdutils.tlkd", "benchmark", "study 4: cached-feature head training vs the plain loop"),
-    "matching": ("kdutils.matching", "benchmark", "study 2: cached teacher logits vs the live teacher"),
-    "selfdistill": ("kdutils.selfdistill", "benchmark", "study 1: head training on cached frozen features vs live"),
-    "kassl": ("kdutils.kassl", "benchmark", "study 3: cached teacher view bank vs the live teacher"),
-    "sweep": ("kdutils.sweep", "benchmark", "a 4-job Ray sweep on 2 workers vs the same jobs one after another"),
-}
 
 
 def _list() -> None:
@@ -69,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep_p.add_argument("--cpus-per-job", type=float, default=1.0)
     sweep_p.add_argument("--gpus-per-job", type=float, default=0.0)
     sweep_p.add_argument("--output-root", type=Path, default=None,
-                         help="jobs in OUTPUT_ROOT/<notebook>/jobs/seedS, merged results in OUTPUT_ROOT/<notebook> "
+                         help="jobs in OUTPUT_ROOT/jobs/<notebook>/seedS, merged results in OUTPUT_ROOT/<notebook> "
                               "(default: runs/<profile>/sweeps; on a cluster a folder every node sees)")
     sweep_p.add_argument("--kernel", default="kd-studies")
     sub.add_parser("list", help="show the notebooks and their parameters")

@@ -57,7 +57,7 @@ __all__ = [
     "check_config", "grid", "phase_epochs", "view_bank", "teacher_architecture", "imitation", "encode", "center_crop",
     "KASSLData", "load_data", "load_teacher", "required_files", "student_backbone", "train_baseline",
     "random_init_probe", "probe", "train_student", "aggregate", "table", "ratios", "paper_ratios", "summarise",
-    "verdicts", "benchmark",
+    "verdicts",
 ]
 
 # ------------------------------------------------------------ the paper
@@ -600,9 +600,9 @@ def load_teacher(name: str, cfg, device) -> tuple[FrozenTeacher, dict]:
         raise ConfigError(f"unknown teacher '{name}'; choose from {sorted(TEACHER_LABELS)}.")
     if cfg.profile != "paper":
         return _synthworld_teacher(name, cfg, device)
-    from .ssl_checkpoints import CHECKPOINT_SOURCES, load_ssl_resnet
-
     import torchvision
+
+    from .ssl_checkpoints import CHECKPOINT_SOURCES, load_ssl_resnet
 
     arch = cfg.s3_checkpoint_arch
     if name == "supervised":
@@ -939,62 +939,3 @@ def verdicts(per_seed: list[dict]) -> list[dict]:
                      note="a baseline below random weights is a weak reference: read 'beats the baseline' with it"
                      if baseline.mean() <= 0 else ""))
     return out
-
-
-def benchmark(n_images: int = 1024, views: int = 4, epochs: int = 4, students: int = 2) -> dict:
-    """Print and return the speed-up of cached teacher views over a live teacher, and check they agree.
-
-    The notebook's use at `small`: several students (variants) of one teacher
-    train for a few epochs on the same view bank. Small-profile models
-    (`teacher_arch` teacher, `student_arch` student) on SynthWorld target
-    images train `students` times from the same seed, once with the teacher's
-    features of the bank computed in advance (on a cold cache, the
-    pre-computation is timed) and once with the teacher run at every step.
-    """
-    import os
-    import tempfile
-    import time
-
-    from .models import small_resnet
-    from .profiles import load_profile
-
-    cfg = load_profile("small", n_target_train=n_images, progress=False)
-    data = load_data(cfg)
-    torch.manual_seed(0)
-    teacher = FrozenTeacher(small_resnet(cfg.teacher_arch), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    bank = ViewBank.draw(data.images, view_pair(cfg.s3_view_preset), views, 0, data.keys["train"])
-    teacher_dim = _feature_dim(teacher, data.size)
-
-    def train_once(source):
-        seed_everything(0)
-        backbone = small_resnet(cfg.student_arch)
-        student = KASSLStudent(backbone, backbone.feature_dim, teacher_dim, cfg.s3_extension_hidden)
-        gen = torch.Generator().manual_seed(0)
-        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(len(bank))),
-                                             batch_size=cfg.s3_kassl_batch, shuffle=True, drop_last=True,
-                                             generator=gen)
-        return train_kassl(student, loader, source, epochs=epochs, lr=cfg.s3_kassl_lr, progress=False)
-
-    def timed(make_source):
-        t0 = time.perf_counter()
-        source = make_source()
-        losses = [train_once(source).series("train_loss") for _ in range(students)]
-        return time.perf_counter() - t0, losses
-
-    old = os.environ.get("KD_CACHE_DIR")
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["KD_CACHE_DIR"] = tmp
-        try:
-            cached_s, cached_loss = timed(lambda: BankViews(bank, features=bank.features(teacher, "cpu")))
-        finally:
-            if old is None:
-                del os.environ["KD_CACHE_DIR"]
-            else:
-                os.environ["KD_CACHE_DIR"] = old
-    live_s, live_loss = timed(lambda: BankViews(bank, teacher=teacher))
-    same = all(abs(a - b) < 1e-5 for la, lb in zip(cached_loss, live_loss) for a, b in zip(la, lb))
-    result = {"live_s": live_s, "cached_s": cached_s, "speedup": live_s / cached_s, "same_losses": same}
-    print(f"KASSL: {students} students x {epochs} epochs on {n_images} images with {views} pre-drawn views each: "
-          f"live teacher {live_s:.1f} s, cached teacher features {cached_s:.1f} s (including computing them) "
-          f"-> {live_s / cached_s:.2f}x faster; per-epoch losses equal: {same}")
-    return result

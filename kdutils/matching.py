@@ -41,8 +41,7 @@ from .train import History, fit, make_optimizer, seed_everything, to_device
 
 __all__ = ["ClipMatcher", "TwoTowerMatcher", "LossSpec", "matching_loss", "pairs_fingerprint", "predict_logits",
            "teacher_logits", "train_matcher", "calibrate_bias", "matching_report", "additive_score_analysis",
-           "predict_additive_parts", "equivalent_sigmoid_alpha", "paper_inputs", "build_teacher", "student_factory",
-           "benchmark"]
+           "predict_additive_parts", "equivalent_sigmoid_alpha", "paper_inputs", "build_teacher", "student_factory"]
 
 
 class ClipMatcher(nn.Module):
@@ -398,64 +397,3 @@ def equivalent_sigmoid_alpha(T: float, alpha: float) -> tuple[float, float]:
     """
     c = alpha * T * T + 1.0 - alpha
     return alpha * T * T / c, c
-
-
-def benchmark(n_pairs: int = 1024, epochs: int = 2, batch_size: int = 128) -> dict:
-    """KD with the teacher run at every step vs with its cached logits: same losses, time ratio.
-
-    `python -m kdutils bench matching`. Uses the tiny-profile models (random
-    weights: speed and equality do not depend on training) on SynthWorld pairs.
-    """
-    import time
-
-    from .clip import SMALL_CLIP_ARCHS, small_clip_config
-    from .models import small_resnet
-    from .pairs import PairDataset, random_negative_pairs
-    from .synthworld import generate, vocabulary
-    from .text import TextEncoder, build_tokenizer, quiet_transformers, small_text_model
-    from transformers import CLIPModel
-
-    tok = build_tokenizer(vocabulary(), max_length=32)
-    batch = generate("target", n_pairs, seed=5)
-    images = torch.from_numpy(batch.images).permute(0, 3, 1, 2).contiguous()
-    data = PairDataset(random_negative_pairs(batch.captions, 0), images, {"teacher": tok, "student": tok})
-    arch = dict(SMALL_CLIP_ARCHS["clip_s"])
-    torch.manual_seed(0)
-    with quiet_transformers():
-        teacher = ClipMatcher(CLIPModel(small_clip_config(len(tok), **arch))).eval()
-    spec = LossSpec("sigmoid_kd", 3.0, 0.5)
-
-    def student():
-        torch.manual_seed(1)
-        return TwoTowerMatcher(small_resnet("resnet_xs"), 64, TextEncoder(tok, small_text_model(
-            "bert", len(tok), hidden=64, layers=2, heads=2, max_positions=32)), head="interaction")
-
-    def run(live: bool):
-        t0 = time.perf_counter()
-        cached_logits = None if live else predict_logits(teacher, data, 256)
-        model, gen = student(), seed_everything(0)  # after predicting: its loader draws from the global RNG
-        opt = make_optimizer(model.parameters(), "adam", lr=1e-3)
-        losses = []
-        for _ in range(epochs):
-            for b in _loader(data, batch_size, shuffle=True, generator=gen):
-                if live:
-                    with torch.no_grad():
-                        zt = teacher(b)
-                else:
-                    zt = cached_logits[b["index"]]
-                loss = matching_loss(model(b), b["label"], zt, spec)["loss"]
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                losses.append(loss.detach().item())
-        return losses, time.perf_counter() - t0
-
-    live_losses, live_s = run(True)
-    cached_losses, cached_s = run(False)
-    diff = max(abs(a - b) for a, b in zip(live_losses, cached_losses))
-    out = {"pairs": n_pairs, "epochs": epochs, "live_teacher_s": live_s, "cached_teacher_s": cached_s,
-           "speedup": live_s / cached_s, "max_loss_difference": diff}
-    print(f"KD with the teacher at every step: {live_s:.2f} s; with cached teacher logits (computing them "
-          f"included): {cached_s:.2f} s; ratio {live_s / cached_s:.2f}x; largest loss difference {diff:.2e} "
-          f"over {len(live_losses)} steps")
-    return out

@@ -228,3 +228,10 @@ def test_standardised_targets_and_the_mean_direction_reference():
     assert kassl.mean_direction_cosine(torch.ones(4, 3)) == pytest.approx(1.0)
     assert kassl.mean_direction_cosine(torch.cat([torch.eye(3), -torch.eye(3)])) == pytest.approx(0.0, abs=1e-6)
     assert kassl.mean_direction_cosine(t.view(4, 8, 5)) == pytest.approx(kassl.mean_direction_cosine(t))
+
+
+def test_benchmark_cached_bank_trains_like_the_live_teacher():
+    from kdutils.benchmarks import kassl as bench_kassl
+
+    out = bench_kassl.run(n_images=64, views=2, epochs=1, students=1)
+    assert out["same_losses"] and out["live_s"] > 0 and out["cached_s"] > 0

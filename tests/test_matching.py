@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdutils import clip, matching, pairs, synthworld, text
+from kdutils.benchmarks import matching as bench_matching
 from kdutils.errors import ConfigError
 from kdutils.losses import binary_softmax_kd, sigmoid_kd
 
@@ -188,5 +189,5 @@ def test_softmax_kd_is_a_rescaled_sigmoid_kd(T, alpha):
 
 
 def test_cached_teacher_logits_train_exactly_like_the_live_teacher():
-    out = matching.benchmark(n_pairs=128, epochs=1, batch_size=64)
+    out = bench_matching.run(n_pairs=128, epochs=1, batch_size=64)
     assert out["max_loss_difference"] < 1e-4

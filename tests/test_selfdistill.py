@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from kdutils import selfdistill as sd
+from kdutils.benchmarks import selfdistill as bench_selfdistill
 from kdutils.errors import ConfigError
 from kdutils.models import small_resnet
 from kdutils.profiles import load_profile
@@ -341,7 +342,7 @@ def test_small_roberta_is_pretrained_once_and_reads_prompts(cache, monkeypatch):
 
 
 def test_benchmark_compares_cached_and_streamed_features_on_the_same_run(capsys):
-    out = sd.benchmark(n_train=64, epochs=1)
+    out = bench_selfdistill.run(n_train=64, epochs=1)
     assert out["cached_s"] > 0 and out["streamed_s"] > 0 and out["speedup"] == pytest.approx(
         out["streamed_s"] / out["cached_s"])
     assert out["agreement_pct"] >= 90  # float16 storage changes almost no prediction

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from kdutils import models, tlkd
+from kdutils.benchmarks import tlkd as bench_tlkd
 from kdutils.errors import ConfigError
 from kdutils.models import small_resnet
 from kdutils.profiles import load_profile
@@ -287,7 +288,7 @@ def test_dry_run_torchvision_encoders_are_the_real_architectures():
 
 
 def test_benchmark_runs_both_paths_at_tiny(capsys):
-    result = tlkd.benchmark("tiny", epochs=1)
+    result = bench_tlkd.run("tiny", epochs=1)
     out = capsys.readouterr().out
     assert "speed-up" in out and "plain" in out
     assert result["max_abs_logit_difference"] < 1e-4 and result["same_predictions"] == 1.0

@@ -1,0 +1,18 @@
+"""Speed claims, measured: `python -m kdutils bench NAME` prints ratios measured in one run.
+
+Each module's `run()` times the fast path (cached frozen outputs, a sweep on
+Ray) against the plain one on the same data and seed, and checks that both
+give the same numbers. Kept apart from the study modules, which stay about
+their studies.
+"""
+
+#: name -> (module, function, what it measures)
+BENCHMARKS = {
+    "synthworld": ("kdutils.benchmarks.synthworld", "run", "SynthWorld images/s at 32x32 on one core"),
+    "tlkd": ("kdutils.benchmarks.tlkd", "run", "study 4: cached-feature head training vs the plain loop"),
+    "matching": ("kdutils.benchmarks.matching", "run", "study 2: cached teacher logits vs the live teacher"),
+    "selfdistill": ("kdutils.benchmarks.selfdistill", "run",
+                    "study 1: head training on cached frozen features vs live"),
+    "kassl": ("kdutils.benchmarks.kassl", "run", "study 3: cached teacher view bank vs the live teacher"),
+    "sweep": ("kdutils.sweep", "benchmark", "a 4-job Ray sweep on 2 workers vs the same jobs one after another"),
+}

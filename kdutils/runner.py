@@ -145,18 +145,27 @@ def run(names: list[str], profile: str, params: dict, output_root: Path | None =
     executed = []
     for path, full in plans:
         out = runs_dir() / profile / path.name
-        out.parent.mkdir(parents=True, exist_ok=True)
         print(f"== {path.stem} [{profile}] -> {out}")
         t0 = time.perf_counter()
-        limit = cell_timeout or _config(profile, full).cell_timeout
-        with _as_one_unit(path, out, full.get("output_dir")) as (private_out, private_params):
-            shown = (section_progress.engine_options(path.stem, Path(output_root) / path.stem / "results.json",
-                                                     profile) if progress else {"progress_bar": False})
-            papermill.execute_notebook(str(path), str(private_out), parameters={**full, **private_params},
-                                       kernel_name=kernel, cwd=str(path.parent), execution_timeout=limit, **shown)
+        execute(path, full, profile, out, kernel, cell_timeout,
+                progress_of=Path(output_root) / path.stem / "results.json" if progress else None)
         print(f"== {path.stem} done in {time.perf_counter() - t0:.1f} s")
         executed.append(out)
     return executed
+
+
+def execute(path: Path, full: dict, profile: str, executed: Path, kernel: str = KERNEL_NAME,
+            cell_timeout: int | None = None, progress_of: Path | None = None) -> None:
+    """Run one validated notebook into `executed` (papermill); its results and figures replace `output_dir`
+    only when it finishes. `progress_of`: the results.json whose wall times the progress display expects
+    (None: no progress display). Raises NotebookFailed / NotebookStopped."""
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    limit = cell_timeout or _config(profile, full).cell_timeout
+    with _as_one_unit(path, executed, full.get("output_dir")) as (private_out, private_params):
+        shown = (section_progress.engine_options(path.stem, progress_of, profile) if progress_of is not None
+                 else {"progress_bar": False})
+        papermill.execute_notebook(str(path), str(private_out), parameters={**full, **private_params},
+                                   kernel_name=kernel, cwd=str(path.parent), execution_timeout=limit, **shown)
 
 
 @contextlib.contextmanager

@@ -49,7 +49,12 @@ class Job:
 
     @property
     def executed(self) -> Path:
-        return self.folder / f"{self.notebook.stem}.ipynb"
+        """Beside the output folder, which runner.execute replaces as a whole when the notebook finishes."""
+        return self.folder.parent / f"{self.folder.name}.ipynb"
+
+    @property
+    def record(self) -> Path:
+        return self.folder.parent / f"{self.folder.name}.json"
 
     @property
     def finished(self) -> bool:
@@ -57,9 +62,8 @@ class Job:
 
     def check_folder(self) -> None:
         """A folder holding another job's results (other parameters) is an error, not a job to skip."""
-        record = self.folder / "sweep-job.json"
-        if record.exists() and json.loads(record.read_text()) != json.loads(json.dumps(self.params)):
-            raise ConfigError(f"{self.folder} holds a job run with other parameters ({record}); use another "
+        if self.record.exists() and json.loads(self.record.read_text()) != json.loads(json.dumps(self.params)):
+            raise ConfigError(f"{self.folder} holds a job run with other parameters ({self.record}); use another "
                               "--output-root, or delete the folder to run it again.")
 
 
@@ -100,10 +104,11 @@ def plan(notebook: str, profile: str, seeds: list[int], params: dict, grid: dict
     for values in itertools.product(*grid.values()):
         cell = dict(zip(grid, values))
         cell_name = ",".join(f"{k}={v}" for k, v in cell.items())
-        cell_folder = Path(output_root) / path.stem / cell_name if cell else Path(output_root) / path.stem
+        cell_folder = Path(output_root) / path.stem / cell_name  # no grid: "" adds nothing
+        jobs_folder = Path(output_root) / "jobs" / path.stem / cell_name
         base = {**params, **cell}
         for seed in seeds:
-            folder = cell_folder / "jobs" / f"seed{seed}"
+            folder = jobs_folder / f"seed{seed}"
             full = validate(path, profile, {**base, "seeds": [seed], "output_dir": str(folder)})
             jobs.append(Job(f"{cell_name} seed {seed}".strip(), path, folder, full))
         full = validate(path, profile, {**base, "seeds": list(seeds), "output_dir": str(cell_folder)})
@@ -111,28 +116,26 @@ def plan(notebook: str, profile: str, seeds: list[int], params: dict, grid: dict
     return jobs, merges
 
 
-def _execute(notebook: str, executed: str, params: dict, kernel: str, env: dict) -> str:
-    """The Ray task: run one notebook with papermill; return '' or the failure (never raises)."""
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
-    from .runner import NotebookFailed
+def _execute(notebook: str, params: dict, profile: str, executed: str, kernel: str, env: dict) -> str:
+    """The Ray task: `runner.execute` one notebook; return '' or the failure (never raises)."""
+    from .runner import NotebookFailed, execute
 
     os.environ.update(env)  # the kernel inherits it: thread limits, the shared results store
     try:
-        papermill.execute_notebook(notebook, executed, parameters=params, kernel_name=kernel, progress_bar=False,
-                                   cwd=str(Path(notebook).parent))
-    except PapermillExecutionError as err:
-        return str(NotebookFailed(Path(notebook), Path(executed), err))
-    except Exception as err:  # a killed kernel, a lost worker: the job failed, the sweep goes on
+        execute(Path(notebook), params, profile, Path(executed), kernel)
+    except NotebookFailed as err:  # a cell raised, ran past its limit, or the kernel died (killed)
+        return str(err)
+    except Exception as err:  # anything else (a lost worker...): the job failed, the sweep goes on
         return f"{type(err).__name__}: {err}\nExecuted notebook: {executed}"
     return ""
 
 
 def _cells_done(executed: Path) -> str:
-    """'12/37 cells' from papermill's per-cell status in the executed notebook it keeps saving."""
+    """'12/37 cells' from papermill's per-cell status in the notebook it keeps saving (a private copy
+    beside `executed` while it runs, see runner._as_one_unit)."""
+    running = sorted(executed.parent.glob(f".{executed.stem}.*.running.ipynb"))
     try:
-        cells = json.loads(executed.read_text())["cells"]
+        cells = json.loads((running[-1] if running else executed).read_text())["cells"]
     except (OSError, ValueError, KeyError):
         return ""
     status = [c.get("metadata", {}).get("papermill", {}).get("status") for c in cells if c["cell_type"] == "code"]
@@ -165,18 +168,20 @@ class Table:
         self.stream.flush()
 
 
-def _run_jobs(ray, task, jobs: list[Job], table: Table, kernel: str, env: dict, poll_s: float) -> None:
+def _run_jobs(ray, task, jobs: list[Job], table: Table, profile: str, kernel: str, env: dict,
+              poll_s: float) -> None:
     """Submit the unfinished jobs, follow them until each is done or failed."""
     pending = {}
     for job in jobs:
         if job.finished:
             job.state, job.progress = "skipped", "results exist"
             continue
-        job.folder.mkdir(parents=True, exist_ok=True)
-        job.folder.joinpath("sweep-job.json").write_text(json.dumps(job.params, indent=1))
+        job.record.parent.mkdir(parents=True, exist_ok=True)
+        job.record.write_text(json.dumps(job.params, indent=1))
         job.executed.unlink(missing_ok=True)  # a crashed attempt's notebook would read as progress
         job.started = time.time()
-        ref = task.remote(str(job.notebook), str(job.executed), job.params, kernel, {**env, "KD_SWEEP_JOB": job.name})
+        ref = task.remote(str(job.notebook), job.params, profile, str(job.executed), kernel,
+                          {**env, "KD_SWEEP_JOB": job.name})
         pending[ref] = job
     table.draw()
     while pending:
@@ -220,7 +225,7 @@ def sweep(notebook: str, profile: str, seeds: list[int], params: dict | None = N
     env = {**{k: v for k, v in os.environ.items() if k.startswith("KD_")},  # the driver's cache and runs folders
            "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "KD_RESULTS_STORE": str(output_root / "store")}
     if address == "local":
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  object_store_memory=80 * 2**20, configure_logging=False)
     else:
         try:
@@ -233,14 +238,14 @@ def sweep(notebook: str, profile: str, seeds: list[int], params: dict | None = N
         task = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job, max_retries=0)(_execute)
         t0 = time.perf_counter()
         table = Table(jobs, stream)
-        _run_jobs(ray, task, jobs, table, kernel, env, poll_s)
+        _run_jobs(ray, task, jobs, table, profile, kernel, env, poll_s)
         seconds = time.perf_counter() - t0
         failed = [j for j in jobs if j.state == "failed"]
         if not failed:
             table = Table(jobs + merges, stream)
-            for merge in merges:
-                merge.folder.joinpath("results.json").unlink(missing_ok=True)  # always re-merged
-            _run_jobs(ray, task, merges, table, kernel, env, poll_s)
+            for merge in merges:  # always merged again (cheap: the seeds come from the store)
+                merge.folder.joinpath("results.json").unlink(missing_ok=True)
+            _run_jobs(ray, task, merges, table, profile, kernel, env, poll_s)
             failed = [j for j in merges if j.state == "failed"]
     finally:
         ray.shutdown()

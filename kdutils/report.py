@@ -17,7 +17,7 @@ from pathlib import Path
 import nbformat
 
 from .errors import ConfigError
-from .paths import REPO_ROOT, RUNS_DIR
+from .paths import REPO_ROOT, runs_dir
 
 # The lab template with code folded away and its CDN scripts (RequireJS, MathJax, Mermaid, widgets) left out.
 PAGE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
@@ -48,11 +48,12 @@ th, td { border-bottom: 1px solid #ddd; padding: 4px 6px; text-align: left; vert
 """
 
 
-def last_run_folder(runs_dir: Path = RUNS_DIR) -> Path:
-    """The `runs/<profile>/` folder whose executed notebooks are the newest."""
-    folders = [p.parent for p in Path(runs_dir).glob("*/[0-9][0-9]_*.ipynb")]
+def last_run_folder(root: Path | None = None) -> Path:
+    """The `runs/<profile>/` folder (or under `root`) whose executed notebooks are the newest."""
+    root = Path(root) if root else runs_dir()
+    folders = [p.parent for p in root.glob("*/[0-9][0-9]_*.ipynb")]
     if not folders:
-        raise ConfigError(f"no executed notebooks under {runs_dir}: run `make run` "
+        raise ConfigError(f"no executed notebooks under {root}: run `make run` "
                           f"(or `python -m kdutils run --profile tiny`) first.")
     return max(folders, key=lambda f: max(p.stat().st_mtime for p in f.glob("[0-9][0-9]_*.ipynb")))
 
@@ -72,9 +73,14 @@ def title(nb) -> str:
 
 
 def results_of(nb, executed: Path) -> dict | None:
-    """The results.json the executed notebook wrote (its `output_dir` parameter, else `<folder>/<name>/`)."""
+    """The results.json the executed notebook wrote: in its `output_dir` parameter, or beside it under the
+    notebook's name (the runner passes a private staging folder and renames it when the run finishes),
+    else in `<folder>/<name>/`."""
     output_dir = nb.metadata.get("papermill", {}).get("parameters", {}).get("output_dir")
-    candidates = [Path(output_dir) if Path(output_dir).is_absolute() else REPO_ROOT / output_dir] if output_dir else []
+    candidates = []
+    if output_dir:
+        output_dir = Path(output_dir) if Path(output_dir).is_absolute() else REPO_ROOT / output_dir
+        candidates += [output_dir, output_dir.parent / executed.stem]
     candidates.append(executed.parent / executed.stem)
     for folder in candidates:
         if (folder / "results.json").is_file():

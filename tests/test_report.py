@@ -43,7 +43,8 @@ def test_report_pages_and_index(tmp_path):
               {"claim": "teacher <stronger>", "paper": "yes", "measured": "89%", "verdict": "reproduced"}]
     (results / "results.json").write_text(json.dumps({"profile": "tiny", "seeds": [0], "wall_time_s": 12.0,
                                                       "git_commit": "abc", "claims": claims}))
-    executed_notebook(runs, "04_study", "Study 4: a study", results)
+    # the runner runs a notebook into a private staging folder and renames it to results/ when it finishes
+    executed_notebook(runs, "04_study", "Study 4: a study", results.with_name(".04_study.1234.staging"))
     executed_notebook(runs, "00_overview", "Overview", tmp_path / "nowhere")
     index = report.build(runs, tmp_path / "site")
     text = index.read_text()

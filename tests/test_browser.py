@@ -154,8 +154,19 @@ def evidence(page, work: Path, what: str) -> str:
     return f"dialogs {dialogs}; screenshot {shot}; end of JupyterLab's log:\n{log}"
 
 
+# Counts every progress-bar widget the page draws, however briefly (most close when their loop ends).
+COUNT_PROGRESS_BARS = """() => {
+    window.kdProgressBars = 0;
+    new MutationObserver(changes => { for (const change of changes) for (const node of change.addedNodes)
+        if (node.nodeType === 1) window.kdProgressBars += (node.matches('.widget-hprogress') ? 1 : 0)
+                                                       + node.querySelectorAll('.widget-hprogress').length;
+    }).observe(document.body, {childList: true, subtree: true});
+}"""
+
+
 def run_all(page, work: Path, name: str) -> None:
     """Run > Run All Cells, clicked again if no cell has started 20 s later (a click while the kernel connects)."""
+    page.evaluate(COUNT_PROGRESS_BARS)
     for _ in range(3):
         assert page.locator(".jp-Dialog").count() == 0, evidence(page, work, name)
         page.locator(".lm-MenuBar-item", has_text="Run").first.click()
@@ -168,21 +179,17 @@ def run_all(page, work: Path, name: str) -> None:
     raise AssertionError(f"Run All did not start {name}; " + evidence(page, work, name))
 
 
-def wait_until_run(page, timeout_s: float) -> int:
-    """Wait until every code cell has run (or one failed and the rest were skipped) and the kernel is idle.
-
-    Returns the most progress-bar widgets seen at once meanwhile: most bars close when their loop ends.
-    """
-    deadline, bars = time.time() + timeout_s, 0
+def wait_until_run(page, timeout_s: float) -> None:
+    """Wait until every code cell has run (or one failed and the rest were skipped) and the kernel is idle."""
+    deadline = time.time() + timeout_s
     while time.time() < deadline:
         shown = prompts(page)
-        bars = max(bars, page.locator(".jp-OutputArea-output .widget-hprogress").count())
         idle = page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() == 1
         failed = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").filter(
             has_text="Traceback").count()
         if idle and "*" not in "".join(shown) and (all(p[1:-2].isdigit() for p in shown) or failed):
-            return bars
-        time.sleep(0.25)
+            return
+        time.sleep(0.5)
     raise AssertionError(f"cells still running after {timeout_s} s: {prompts(page)}")
 
 
@@ -205,7 +212,7 @@ def test_notebook_runs_in_jupyterlab(tabs, lab, name):
     t0 = time.perf_counter()
     page = tabs(name)
     run_all(page, work, name)
-    bars = wait_until_run(page, RUN_TIMEOUT_S)
+    wait_until_run(page, RUN_TIMEOUT_S)
     nb = save(page, work / "notebooks" / f"{name}.ipynb")
     seconds = time.perf_counter() - t0
 
@@ -220,11 +227,13 @@ def test_notebook_runs_in_jupyterlab(tabs, lab, name):
     outputs = [o for c in nb.cells for o in c.get("outputs", [])]
     widgets = sum("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
     assert not [o.text for o in outputs if o.output_type == "stream" and "%|" in o.text], "a progress bar as text"
-    assert (bars > 0) == (widgets > 0), f"{widgets} widget outputs, {bars} progress bars seen rendered as widgets"
+    bars = page.evaluate("() => window.kdProgressBars")
+    assert (bars > 0) == (widgets > 0), f"{widgets} widget outputs, {bars} progress bars drawn as widgets"
     assert page.locator(".jp-OutputArea-output").filter(has_text="Error displaying widget").count() == 0
+    assert page.locator(".jp-RenderedText").filter(has_text="FloatProgress(").count() == 0  # a widget as text
     page.locator(".jp-OutputArea-output img").first.scroll_into_view_if_needed()
     page.screenshot(path=str(work / f"{name}.png"))
-    print(f"{name}: run in JupyterLab in {seconds:.1f} s, {figures} figures, {widgets} widget outputs; "
+    print(f"{name}: run in JupyterLab in {seconds:.1f} s, {figures} figures, {bars} progress bars drawn; "
           f"screenshot {work / f'{name}.png'}")
 
 

@@ -235,6 +235,10 @@ def sweep(notebook: str, profile: str, seeds: list[int], params: dict | None = N
                               "--head` (and `ray start --address HEAD:6379` on the other nodes), or use --address "
                               "local.") from None
     try:
+        have = ray.cluster_resources()
+        if address == "local" and (cpus_per_job > have.get("CPU", 0) or gpus_per_job > have.get("GPU", 0)):
+            raise ConfigError(f"a job asks for {cpus_per_job:g} CPUs and {gpus_per_job:g} GPUs, but this machine's "
+                              f"Ray has {have.get('CPU', 0):g} and {have.get('GPU', 0):g}: no job could ever start.")
         task = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job, max_retries=0)(_execute)
         t0 = time.perf_counter()
         table = Table(jobs, stream)

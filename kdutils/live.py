@@ -1,7 +1,7 @@
 """Live distillation for a class: move T, alpha or the seed, see study 4's TL+KD head retrain.
 
-The heads of study 4 train on cached frozen features (`kdutils.tlkd`), a fraction
-of a second each, so a slider can retrain one at every change. `LiveDistillation`
+The heads of study 4 train on cached frozen features (`kdutils.tlkd`), about a
+second each at `small` on two CPU cores, so a slider can retrain one at every change. `LiveDistillation`
 is the plain, tested computation; `panel` wraps it in ipywidgets (debounced, the
 work done off the kernel's message loop). Without a front end (papermill) the
 panel is displayed once, with the state it starts in printed beside it.

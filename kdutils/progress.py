@@ -43,7 +43,7 @@ def expected_seconds(results_json: Path, profile: str) -> float | None:
 
 def clock(seconds: float) -> str:
     """125.3 -> '2:05'."""
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     return f"{minutes}:{secs:02d}"
 
 

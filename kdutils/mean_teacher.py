@@ -21,6 +21,7 @@ the pairs alone, and with zero-shot CLIP.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ from torch import nn
 from .clip import encode_images, encode_texts, retrieval_recalls
 from .train import fit, make_optimizer, seed_everything
 
-__all__ = ["Adapter", "MeanTeacherRetrieval", "clip_embeddings", "train_retrieval", "recalls"]
+__all__ = ["Adapter", "MeanTeacherRetrieval", "clip_embeddings", "train_retrieval", "compare", "recalls"]
 
 
 class Adapter(nn.Module):
@@ -49,24 +50,35 @@ class MeanTeacherRetrieval(nn.Module):
     """Student adapters trained on pairs, plus (when `consistency` > 0) a mean teacher on unpaired images.
 
     forward(batch) -> {"loss", "contrastive", "consistency"}: the contrastive loss of the paired batch
-    (learnable temperature, as CLIP) plus `consistency` x KL(teacher || student) of the unpaired images'
-    softmax over the caption `bank` at `temperature`. The teacher follows the student by EMA (`decay`),
-    updated before each step, and never gets a gradient.
+    (learnable temperature, as CLIP) plus w(step) x KL(teacher || student) of the unpaired images' softmax
+    over the caption `bank` at `temperature`. The teacher follows the student by EMA, updated before each
+    step, and never gets a gradient. As in Tarvainen and Valpola's code, the EMA decay warms up as
+    min(`decay`, 1 - 1 / (step + 1)) and the weight ramps up as `consistency` x exp(-5 (1 - t)^2) over the
+    first `rampup_steps` steps: a teacher that is still the untrained starting point must not pull the
+    student back to it.
     """
 
     def __init__(self, dim: int, bank: torch.Tensor, *, consistency: float = 1.0, decay: float = 0.99,
-                 noise: float = 0.05, temperature: float = 0.05):
+                 noise: float = 0.05, temperature: float = 0.05, rampup_steps: int = 1):
         super().__init__()
         self.image, self.text = Adapter(dim), Adapter(dim)
         self.teacher = copy.deepcopy(nn.ModuleDict({"image": self.image, "text": self.text})).requires_grad_(False)
         self.log_scale = nn.Parameter(torch.tensor(2.3))  # exp(2.3) ~ 10, as the retrieval projections elsewhere
         self.register_buffer("bank", bank)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.consistency, self.decay, self.noise, self.temperature = consistency, decay, noise, temperature
+        self.rampup_steps = max(1, rampup_steps)
+
+    def consistency_weight(self) -> float:
+        t = min(1.0, float(self.step) / self.rampup_steps)
+        return self.consistency * math.exp(-5.0 * (1.0 - t) ** 2)
 
     @torch.no_grad()
     def update_teacher(self) -> None:
+        decay = min(self.decay, 1.0 - 1.0 / (float(self.step) + 1.0))
         for t, s in zip(self.teacher.parameters(), [*self.image.parameters(), *self.text.parameters()]):
-            t.lerp_(s, 1 - self.decay)
+            t.lerp_(s, 1 - decay)
+        self.step += 1
 
     def forward(self, batch: dict) -> dict:
         logits = self.log_scale.exp() * self.image(batch["image"]) @ self.text(batch["text"]).T
@@ -83,7 +95,8 @@ class MeanTeacherRetrieval(nn.Module):
             student_log_p = (self.image(x + self.noise * torch.randn_like(x)) @ self.text(self.bank).T
                              / self.temperature).log_softmax(-1)
             consistency = F.kl_div(student_log_p, teacher_p, reduction="batchmean")
-        return {"loss": contrastive + self.consistency * consistency, "contrastive": contrastive,
+        weight = self.consistency_weight() if self.training else self.consistency
+        return {"loss": contrastive + weight * consistency, "contrastive": contrastive,
                 "consistency": consistency}
 
 
@@ -104,11 +117,15 @@ class _PairsWithUnpaired(torch.utils.data.Dataset):
 
 def train_retrieval(image: torch.Tensor, text: torch.Tensor, unpaired: torch.Tensor, *, mean_teacher: bool,
                     epochs: int, seed: int, batch_size: int = 128, lr: float = 1e-3, unpaired_per_pair: int = 4,
+                    consistency: float = 1.0, rampup: float = 0.3,
                     device="cpu", max_steps: int | None = None, progress: bool = False) -> MeanTeacherRetrieval:
-    """Adapters on frozen CLIP embeddings of the pairs (`image`, `text`); with `mean_teacher`, `unpaired` too."""
+    """Adapters on frozen CLIP embeddings of the pairs (`image`, `text`); with `mean_teacher`, `unpaired` too
+    (consistency weight `consistency`, ramped up over the first `rampup` share of the steps)."""
     gen = seed_everything(seed)
-    model = MeanTeacherRetrieval(image.shape[1], text, consistency=1.0 if mean_teacher else 0.0)
     data = _PairsWithUnpaired(image, text, unpaired if mean_teacher else unpaired[:0], unpaired_per_pair)
+    steps = epochs * max(1, len(data) // batch_size)
+    model = MeanTeacherRetrieval(image.shape[1], text, consistency=consistency if mean_teacher else 0.0,
+                                 rampup_steps=int(rampup * steps))
     loader = torch.utils.data.DataLoader(
         data, batch_size=batch_size, shuffle=True, generator=gen, drop_last=len(data) > batch_size,
         collate_fn=lambda items: {"image": torch.stack([a for a, _, _ in items]),
@@ -119,6 +136,30 @@ def train_retrieval(image: torch.Tensor, text: torch.Tensor, unpaired: torch.Ten
     fit(model, loader, model, optimizer, epochs, device=device, max_steps_per_epoch=max_steps,
         desc="mean teacher" if mean_teacher else "pairs only", progress=progress)
     return model.eval()
+
+
+def compare(image: torch.Tensor, text: torch.Tensor, unpaired: torch.Tensor, *, weights=(0.1, 0.3, 1.0),
+            val_fraction: float = 0.2, **train_kwargs) -> dict:
+    """The pairs-alone adapters and the mean teacher, its consistency weight chosen on held-out pairs.
+
+    The first `val_fraction` of the pairs (draw them in random order) is held out; both methods train on
+    the rest, and the mean teacher's weight is the one of `weights` with the best mean R@10 (both
+    directions) on the held-out pairs, never on the test set. Returns {"pairs alone": model,
+    "mean teacher": model, "weight": chosen, "validation": {weight: score}}.
+    """
+    n_val = max(2, int(val_fraction * len(image)))
+    val, train = slice(0, n_val), slice(n_val, None)
+
+    def score(model) -> float:
+        r = recalls(image[val], text[val], model)
+        return (r["i2t_r10"] + r["t2i_r10"]) / 2
+
+    students = {w: train_retrieval(image[train], text[train], unpaired, mean_teacher=True, consistency=w,
+                                   **train_kwargs) for w in weights}
+    validation = {w: score(m) for w, m in students.items()}
+    best = max(weights, key=validation.get)
+    return {"pairs alone": train_retrieval(image[train], text[train], unpaired, mean_teacher=False, **train_kwargs),
+            "mean teacher": students[best], "weight": best, "validation": validation}
 
 
 def clip_embeddings(model, tokenizer, dataset, captions: list[str], batch_size: int = 512):

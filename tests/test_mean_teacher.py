@@ -1,9 +1,11 @@
 """Draft 002's mean teacher for semi-supervised retrieval: the EMA, the consistency term, the training."""
 
+import math
+
 import pytest
 import torch
 
-from kdutils.mean_teacher import Adapter, MeanTeacherRetrieval, recalls, train_retrieval
+from kdutils.mean_teacher import Adapter, MeanTeacherRetrieval, compare, recalls, train_retrieval
 
 
 def test_adapter_starts_as_the_identity_on_the_sphere():
@@ -13,6 +15,7 @@ def test_adapter_starts_as_the_identity_on_the_sphere():
 
 def test_teacher_is_the_moving_average_of_the_student_and_gets_no_gradient():
     model = MeanTeacherRetrieval(dim=4, bank=torch.randn(3, 4), decay=0.75)
+    model.step.fill_(100)  # past the EMA warm-up: the decay is 0.75
     with torch.no_grad():
         for p in [*model.image.parameters(), *model.text.parameters()]:
             p.fill_(1.0)
@@ -53,3 +56,30 @@ def test_training_is_seeded_and_the_mean_teacher_changes_the_result():
         torch.testing.assert_close(p, q)  # same seed, same numbers
     assert any(not torch.equal(p, q) for p, q in zip(a.image.parameters(), c.image.parameters()))
     assert recalls(image, text, a)["i2t_r10"] > recalls(image, text)["i2t_r10"]  # learned the pairs
+
+
+def test_ramp_ups_follow_the_mean_teacher_paper():
+    model = MeanTeacherRetrieval(dim=4, bank=torch.randn(3, 4), consistency=2.0, decay=0.99, rampup_steps=10)
+    assert model.consistency_weight() == pytest.approx(2.0 * math.exp(-5.0))  # step 0: almost nothing
+    before = [t.clone() for t in model.teacher.parameters()]
+    with torch.no_grad():
+        for p in [*model.image.parameters(), *model.text.parameters()]:
+            p.add_(1.0)
+    model.update_teacher()  # step 0: decay min(0.99, 1 - 1/1) = 0, so the teacher copies the student
+    for t, s in zip(model.teacher.parameters(), [*model.image.parameters(), *model.text.parameters()]):
+        torch.testing.assert_close(t, s)
+    assert not all(torch.equal(t, b) for t, b in zip(model.teacher.parameters(), before))
+    model.step.fill_(10)
+    assert model.consistency_weight() == pytest.approx(2.0)  # ramped up
+
+
+def test_compare_chooses_the_weight_on_held_out_pairs_only():
+    torch.manual_seed(0)
+    image, unpaired = torch.randn(50, 8), torch.randn(100, 8)
+    text = image + 0.3 * torch.randn(50, 8)
+    out = compare(image, text, unpaired, weights=(0.1, 1.0), epochs=2, seed=0, batch_size=16)
+    assert out["weight"] in (0.1, 1.0) and set(out["validation"]) == {0.1, 1.0}
+    assert out["weight"] == max(out["validation"], key=out["validation"].get)
+    held_out = slice(0, 10)  # a fifth of 50 pairs
+    r = recalls(image[held_out], text[held_out], out["mean teacher"])
+    assert (r["i2t_r10"] + r["t2i_r10"]) / 2 == pytest.approx(out["validation"][out["weight"]])

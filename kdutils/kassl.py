@@ -48,7 +48,7 @@ from .probe import linear_probe
 from .ssl import LossTrace, ViewAugment, as_float_images, make_learner, train_ssl, view_pair
 from .stats import summarize
 from .teacher import IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher, Normalize
-from .train import fit, make_optimizer, make_scheduler, seed_everything
+from .train import fit, launch, make_optimizer, make_scheduler, per_example, seed_everything
 
 __all__ = [
     "PAPER", "PAPER_CLAIMS", "VARIANTS", "VARIANT_LABELS", "TEACHER_LABELS", "TARGET_NORMS", "mean_direction_cosine",
@@ -268,8 +268,8 @@ class BankViews:
     def __call__(self, batch, device):
         idx = batch[0].cpu()
         half = self.bank.k // 2
-        i = torch.randint(0, half, (len(idx),))
-        j = torch.randint(half, self.bank.k, (len(idx),))
+        i = per_example(lambda n: torch.randint(0, half, (n,)), len(idx))
+        j = per_example(lambda n: torch.randint(half, self.bank.k, (n,)), len(idx))
         v1 = as_float_images(self.bank.views[idx, i].to(device))
         v2 = as_float_images(self.bank.views[idx, j].to(device))
         if self.features is not None:
@@ -333,13 +333,11 @@ def train_kassl(student: KASSLStudent, loader, views, *, epochs: int, lr: float,
                            warmup_epochs=min(warmup_epochs, epochs))
 
     def compute_loss(batch):
-        losses = kassl_loss(student, *views(batch, device))
-        student.trace.record(losses["loss"])
-        return losses
+        return kassl_loss(student, *views(batch, device))
 
     return fit(student, loader, compute_loss, opt, epochs, scheduler=sched, checkpoint=checkpoint,
                checkpoint_key=checkpoint_key, device=device, max_steps_per_epoch=max_steps, desc=desc,
-               progress=progress)
+               progress=progress, on_step=lambda losses: student.trace.record(losses["loss"]))
 
 
 # ------------------------------------------------------------ the grid
@@ -665,16 +663,22 @@ def train_baseline(cfg, data: KASSLData, seed: int, device) -> tuple[nn.Module, 
     """The paper's baseline: the student architecture trained with BYOL on the training images.
 
     Returns the backbone and its training history {"epochs": [...], "steps": [per-step losses]}.
+    With `cfg.num_processes` > 1 it trains data-parallel (`train.launch`).
     """
-    seed_everything(seed)
-    backbone, dim = student_backbone(cfg)
-    loader = _loader(data.train, cfg, cfg.s3_ssl_batch, shuffle=True, seed=seed)
     n_epochs = phase_epochs(cfg, cfg.s3_baseline_epochs)
     key = {"what": "kassl-baseline", "arch": cfg.student_arch, "data": data.keys["train"], "epochs": n_epochs,
            "lr": cfg.s3_ssl_lr, "batch": cfg.s3_ssl_batch, "views": cfg.s3_view_preset,
            "hyper": _ssl_hyper(cfg, "byol"), "seed": seed, "dry_run": cfg.dry_run, "code": code_fingerprint(__name__)}
+    return launch(_fit_baseline, (cfg, data.train, data.size, n_epochs, seed, key, device), cfg.num_processes)
+
+
+def _fit_baseline(cfg, dataset, size: int, n_epochs: int, seed: int, key: dict, device):
+    """`train_baseline`'s training, run by `launch`."""
+    seed_everything(seed)
+    backbone, dim = student_backbone(cfg)
+    loader = _loader(dataset, cfg, cfg.s3_ssl_batch, shuffle=True, seed=seed)
     return _train_ssl_encoder("byol", backbone, dim, loader, cfg, epochs=n_epochs, seed=seed,
-                              key=key, size=data.size, device=device, desc=f"BYOL baseline seed {seed}")
+                              key=key, size=size, device=device, desc=f"BYOL baseline seed {seed}")
 
 
 def train_student(teacher: FrozenTeacher, teacher_info: dict, variant: str, cfg, data: KASSLData, seed: int,
@@ -685,6 +689,7 @@ def train_student(teacher: FrozenTeacher, teacher_info: dict, variant: str, cfg,
     With a `bank` the views and the teacher's features come from it (cached);
     without one, fresh views and a live teacher. Checkpointed in the cache,
     keyed by the teacher's weights, the variant, the hyperparameters and seed.
+    With `cfg.num_processes` > 1 it trains data-parallel (`train.launch`).
     """
     if variant not in VARIANTS:
         raise ConfigError(f"unknown KASSL variant '{variant}'; choose from {list(VARIANTS)}.")
@@ -693,10 +698,6 @@ def train_student(teacher: FrozenTeacher, teacher_info: dict, variant: str, cfg,
     target_norm = cfg.s3_target_norm if target_norm is None else target_norm
     if target_norm not in TARGET_NORMS:
         raise ConfigError(f"target_norm must be one of {TARGET_NORMS}, got '{target_norm}'.")
-    seed_everything(seed)
-    backbone, dim = student_backbone(cfg)
-    student = KASSLStudent(backbone, dim, teacher_info["feature_dim"], cfg.s3_extension_hidden,
-                           cfg.s3_reduced_dim if reduced else None, trainable, target_norm == "standardize")
     if augmented:
         if bank is not None:
             views = BankViews(bank, features=bank.features(teacher, device))
@@ -712,7 +713,6 @@ def train_student(teacher: FrozenTeacher, teacher_info: dict, variant: str, cfg,
         else:
             views = SameImage(data.size, teacher=teacher)
         dataset = _Indexed(data.train)
-    loader = _loader(dataset, cfg, cfg.s3_kassl_batch, shuffle=True, seed=seed)
     key = {"what": "kassl-student", "teacher": model_fingerprint(teacher), "variant": variant,
            "trainable_reduction": trainable if reduced else None, "arch": cfg.student_arch,
            "data": data.keys["train"], "bank": bank.key if (bank is not None and augmented) else None,
@@ -725,11 +725,23 @@ def train_student(teacher: FrozenTeacher, teacher_info: dict, variant: str, cfg,
     digest = key_digest(key)
     name = (f"{teacher_info['name']}-{variant}{'' if trainable or not reduced else '-fixed'}-{target_norm}"
             f"-s{seed}")
+    return launch(_fit_student, (cfg, teacher_info["feature_dim"], reduced, trainable, target_norm, dataset, views,
+                                 seed, device, cache_root() / "kassl" / f"student-{name}-{digest}.pt", digest,
+                                 f"KASSL {name}"), cfg.num_processes)
+
+
+def _fit_student(cfg, teacher_dim: int, reduced: bool, trainable: bool, target_norm: str, dataset, views, seed: int,
+                 device, checkpoint, digest: str, desc: str):
+    """`train_student`'s training (views and teacher features already cached), run by `launch`."""
+    seed_everything(seed)
+    backbone, dim = student_backbone(cfg)
+    student = KASSLStudent(backbone, dim, teacher_dim, cfg.s3_extension_hidden,
+                           cfg.s3_reduced_dim if reduced else None, trainable, target_norm == "standardize")
+    loader = _loader(dataset, cfg, cfg.s3_kassl_batch, shuffle=True, seed=seed)
     history = train_kassl(student, loader, views, epochs=phase_epochs(cfg, cfg.s3_kassl_epochs), lr=cfg.s3_kassl_lr,
                           weight_decay=cfg.s3_kassl_weight_decay, warmup_epochs=cfg.s3_kassl_warmup_epochs,
-                          device=device, checkpoint=cache_root() / "kassl" / f"student-{name}-{digest}.pt",
-                          checkpoint_key=digest, max_steps=cfg.max_steps, progress=cfg.progress,
-                          desc=f"KASSL {name}")
+                          device=device, checkpoint=checkpoint, checkpoint_key=digest, max_steps=cfg.max_steps,
+                          progress=cfg.progress, desc=desc)
     return student.cpu().eval(), {"epochs": history.epochs, "steps": student.trace.series()}
 
 

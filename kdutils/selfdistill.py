@@ -59,7 +59,7 @@ from .models import small_resnet, torchvision_model, weights_requirement
 from .paths import under
 from .pretrain import DATA_SEEDS, pretrain_source, synth_split, world_config
 from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize
-from .train import fit, make_optimizer, seed_everything, warmup_cosine
+from .train import fit, launch, make_optimizer, per_example, seed_everything, warmup_cosine
 
 __all__ = [
     "VIEWS", "ImageData", "IndexedImages", "load_data", "synthworld_data", "cifar_data", "imagenet_data",
@@ -863,7 +863,15 @@ def fit_student(spec: dict, train_set, cfg, *, data_key: dict, seed: int, num_cl
     the soft cross-entropy against their softmax, in the view the student
     sees; without, plain cross-entropy on the labels (the student alone).
     `student_optimizer` with warm-up and cosine decay; random horizontal flips.
+    With `cfg.num_processes` > 1 it trains data-parallel (`train.launch`).
     """
+    return launch(_fit_student, (spec, train_set, cfg, data_key, seed, num_classes, device, targets, val_set, epochs,
+                                 steps, batch_size, desc), cfg.num_processes)
+
+
+def _fit_student(spec: dict, train_set, cfg, data_key: dict, seed: int, num_classes: int, device, targets, val_set,
+                 epochs, steps, batch_size, desc: str):
+    """`fit_student`'s training, run by `launch`."""
     device = torch.device(device)
     gen = seed_everything(seed)
     student = Student(spec, num_classes)
@@ -876,7 +884,7 @@ def fit_student(spec: dict, train_set, cfg, *, data_key: dict, seed: int, num_cl
 
     def compute_loss(batch):
         images, labels, index = batch
-        view = torch.randint(0, len(VIEWS), (len(labels),), device=labels.device)
+        view = per_example(lambda n: torch.randint(0, len(VIEWS), (n,), device=labels.device), len(labels))
         logits = student(_flip(_to_unit(images), view))
         if probs is None:
             return {"loss": F.cross_entropy(logits, labels)}

@@ -27,7 +27,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .losses import MoCoQueue, byol_loss, info_nce
-from .train import History, fit, make_optimizer, warmup_cosine
+from .train import History, fit, make_optimizer, per_example, warmup_cosine
 
 __all__ = ["ViewAugment", "VIEW_PRESETS", "view_pair", "as_float_images", "MLPHead", "BYOL", "MoCoV2",
            "cosine_momentum", "LossTrace", "make_learner", "train_ssl"]
@@ -41,11 +41,11 @@ def as_float_images(x: torch.Tensor) -> torch.Tensor:
 
 
 def _uniform(n: int, lo: float, hi: float, device) -> torch.Tensor:
-    return torch.empty(n, device=device).uniform_(lo, hi)
+    return per_example(lambda rows: torch.empty(rows, device=device).uniform_(lo, hi), n)
 
 
 def _chance(n: int, p: float, device) -> torch.Tensor:
-    return torch.rand(n, device=device) < p
+    return _uniform(n, 0.0, 1.0, device) < p
 
 
 def _grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -133,8 +133,8 @@ class ViewAugment:
         ratio = log_ratio.exp()
         w = (area * ratio).sqrt().clamp(max=1.0)  # crop side as a fraction of the image side
         h = (area / ratio).sqrt().clamp(max=1.0)
-        cx = (torch.rand(n, device=dev) * 2 - 1) * (1 - w)  # crop centre in [-1, 1] coordinates
-        cy = (torch.rand(n, device=dev) * 2 - 1) * (1 - h)
+        cx = (_uniform(n, 0.0, 1.0, dev) * 2 - 1) * (1 - w)  # crop centre in [-1, 1] coordinates
+        cy = (_uniform(n, 0.0, 1.0, dev) * 2 - 1) * (1 - h)
         angle = _uniform(n, -self.rotation, self.rotation, dev) * (math.pi / 180)
         flip = torch.where(_chance(n, self.flip_p, dev), -1.0, 1.0)
         cos, sin = angle.cos(), angle.sin()
@@ -394,10 +394,8 @@ def train_ssl(learner: nn.Module, loader, views: tuple[ViewAugment, ViewAugment]
 
     def compute_loss(batch):
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        losses = learner(view1(x), view2(x))
-        learner.trace.record(losses["loss"])
-        return losses
+        return learner(view1(x), view2(x))
 
     return fit(learner, loader, compute_loss, opt, epochs, scheduler=sched, checkpoint=checkpoint,
                checkpoint_key=checkpoint_key, device=device, max_steps_per_epoch=max_steps, desc=desc,
-               progress=progress)
+               progress=progress, on_step=lambda losses: learner.trace.record(losses["loss"]))

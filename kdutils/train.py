@@ -20,10 +20,12 @@ named losses, the loop only sums what it is told). What the loop adds:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -49,6 +51,7 @@ __all__ = [
     "predict",
     "single_cpu_thread",
     "launch",
+    "per_example",
 ]
 
 
@@ -199,14 +202,82 @@ def launch(function: Callable, args: tuple = (), num_processes: int = 1):
     then `function` is called once more here, where `fit` finds the finished
     checkpoint the main process wrote and returns at once: so `function`
     should give its `fit` a checkpoint. One process: a plain call, and
-    accelerate is never imported. From a shell, `accelerate launch
+    accelerate is never imported. Each process runs on one CPU thread (a
+    fork of a process that already used torch's thread pool hangs otherwise). From a shell, `accelerate launch
     --num_processes N script.py` runs a script's `fit` the same way.
     """
     if num_processes > 1:
         from accelerate import notebook_launcher
 
-        notebook_launcher(function, args, num_processes=num_processes)
+        forked = functools.update_wrapper(functools.partial(_forked, function), function)  # the launcher wants a name
+        notebook_launcher(forked, args, num_processes=num_processes)
     return function(*args)
+
+
+def _forked(function: Callable, *args):
+    """`function(*args)` on one CPU thread: a forked child hangs in the OpenMP pool of a parent that computed."""
+    torch.set_num_threads(1)
+    return function(*args)
+
+
+_SHARE: tuple[int, int, int] | None = None  # (first row, end row, global batch size) while fit shares a batch
+
+
+def per_example(draw: Callable[[int], torch.Tensor], n: int) -> torch.Tensor:
+    """`draw(n)`: per-example random choices (views, flips) for a batch of `n` rows, drawn by `compute_loss`.
+
+    Under data parallelism the choices are drawn for the whole global batch and
+    cut to this process's rows, so they are the ones a single process draws.
+    """
+    if _SHARE is None:
+        return draw(n)
+    start, stop, total = _SHARE
+    if stop - start != n:
+        raise ConfigError(f"per_example got {n} rows but this process trains on {stop - start}.")
+    return draw(total)[start:stop]
+
+
+def _synced_batch_norm(norm: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """Batch norm over the global batch: mean and variance summed over processes (autograd flows through).
+
+    torch's SyncBatchNorm runs on GPUs only; this one runs wherever the process group does (gloo on a CPU).
+    """
+    if not norm.training and norm.running_mean is not None:  # eval mode with running statistics: nothing to share
+        return type(norm).forward(norm, x)
+    from torch.distributed.nn.functional import all_reduce as deprecated_all_reduce
+
+    def all_reduce(t):  # torch 2.x deprecates it, but it is still the collective autograd flows through
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return deprecated_all_reduce(t)
+
+    dims = [0, *range(2, x.ndim)]
+    shape = [1, -1] + [1] * (x.ndim - 2)
+    count = all_reduce(torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device))
+    mean = all_reduce(x.sum(dims)) / count
+    centred = x - mean.view(shape)
+    var = all_reduce(centred.pow(2).sum(dims)) / count
+    if norm.training and norm.running_mean is not None:
+        with torch.no_grad():
+            norm.num_batches_tracked += 1
+            factor = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+            norm.running_mean.mul_(1 - factor).add_(factor * mean)
+            norm.running_var.mul_(1 - factor).add_(factor * var * count / (count - 1).clamp(min=1))
+    out = centred / torch.sqrt(var.view(shape) + norm.eps)
+    return out * norm.weight.view(shape) + norm.bias.view(shape) if norm.affine else out
+
+
+@contextlib.contextmanager
+def _global_batch_norms(model: nn.Module, accelerator):
+    """Every batch-norm layer of `model` normalises over the global batch while the block runs."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if accelerator else []
+    for norm in norms:
+        norm.forward = lambda x, norm=norm: _synced_batch_norm(norm, x)
+    try:
+        yield
+    finally:
+        for norm in norms:
+            del norm.forward
 
 
 def _data_parallel():
@@ -245,10 +316,9 @@ def _batch_size(batch) -> int:
     return next(_batch_size(b) for b in items if isinstance(b, (torch.Tensor, list, tuple, Mapping)))
 
 
-def _all_reduce_mean(tensors: list[torch.Tensor], weight: int, total: int, accelerator) -> None:
-    """In place: the size-weighted mean over processes (equal to one process's mean over the whole batch)."""
-    flat = torch.cat([t.reshape(-1) for t in tensors]) * (weight / total)
-    flat = accelerator.reduce(flat, reduction="sum")
+def _all_reduce_sum(tensors: list[torch.Tensor], accelerator, scale: float = 1.0) -> None:
+    """In place: `scale` times each tensor, summed over processes (one flat all-reduce)."""
+    flat = accelerator.reduce(torch.cat([t.reshape(-1) for t in tensors]) * scale, reduction="sum")
     offset = 0
     for t in tensors:
         t.copy_(flat[offset:offset + t.numel()].view_as(t))
@@ -300,6 +370,7 @@ def fit(
     max_steps_per_epoch: int | None = None,
     desc: str = "train",
     progress: bool = True,
+    on_step: Callable[[dict], None] | None = None,
 ) -> History:
     """Train `model` for `epochs`; return its History.
 
@@ -316,9 +387,14 @@ def fit(
     `loader`, trains on its share of each batch and averages the gradients
     (weighted by share size; `compute_loss` must return a batch mean): the
     steps of one process with the same global batch, up to float rounding
-    (dropout masks and batch-norm statistics are per process, as in DDP).
+    (dropout masks and random draws not made through `per_example` are per process).
+    Batch-norm layers normalise over the global batch (synced across processes),
+    and `per_example` gives `compute_loss` the random choices of one process.
     Only the main process writes the checkpoint and shows progress.
+    `on_step(losses)` sees each step's losses (under data parallelism, the
+    global batch's): per-step traces record there.
     """
+    global _SHARE
     accelerator = _data_parallel()
     main = accelerator is None or accelerator.is_main_process
     progress = progress and main
@@ -372,24 +448,32 @@ def fit(
             if max_steps_per_epoch is not None and step >= max_steps_per_epoch:
                 break
             if accelerator is not None:
-                total = _batch_size(batch)
-                batch = _share(batch, accelerator.process_index, accelerator.num_processes)
+                rank, world, total = accelerator.process_index, accelerator.num_processes, _batch_size(batch)
+                batch = _share(batch, rank, world)
+                _SHARE = (rank * total // world, (rank + 1) * total // world, total)
             batch = to_device(batch, device, channels_last)
-            with torch.autocast(device.type, enabled=amp and on_cuda):
-                losses = compute_loss(batch)
+            try:
+                with torch.autocast(device.type, enabled=amp and on_cuda), _global_batch_norms(model, accelerator):
+                    losses = compute_loss(batch)
+            finally:
+                _SHARE = None
             loss = losses["loss"]
             if not torch.isfinite(loss).all():
                 raise NonFiniteLossError(
                     f"[{desc}] loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
                     "lower the learning rate, check the inputs for NaN, or disable AMP.")
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if accelerator is not None:
-                grads = [p.grad for p in model.parameters() if p.grad is not None]
-                _all_reduce_mean(grads, _batch_size(batch), total, accelerator)
+            if accelerator is None:
+                scaler.scale(loss).backward()
+            else:  # this share's weight in the global batch mean, applied before the (synced) backward
+                weight = _batch_size(batch) / total
+                scaler.scale(loss * weight).backward()
+                _all_reduce_sum([p.grad for p in model.parameters() if p.grad is not None], accelerator)
                 parts = [v.detach().float().reshape(1) for v in losses.values()]
-                _all_reduce_mean(parts, _batch_size(batch), total, accelerator)
+                _all_reduce_sum(parts, accelerator, scale=weight)
                 losses = dict(zip(losses, parts))
+            if on_step is not None:
+                on_step(losses)
             scaler.step(optimizer)
             scaler.update()
             if scheduler is not None and not plateau:

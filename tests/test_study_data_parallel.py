@@ -1,0 +1,37 @@
+"""Study 3's KASSL student and BYOL baseline trained with the profile's `num_processes=2` (CPU, gloo, through
+`train.launch`) equal the `num_processes=1` run: per-step losses and final weights within float tolerance
+(batch-norm over the global batch, the views and crops of one process), and the main process alone wrote the
+checkpoints. The trainings are short because float rounding grows step by step in them (the same run on one
+and on two CPU threads drifts apart as fast)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+SCRIPT = Path(__file__).parent / "study_data_parallel_script.py"
+
+
+def _run(out: Path, processes: int) -> dict:
+    out.mkdir()
+    done = subprocess.run([sys.executable, str(SCRIPT), str(out), str(processes)], capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return torch.load(out / "result.pt", weights_only=False)
+
+
+def test_kassl_student_and_baseline_with_two_processes_equal_one(tmp_path):
+    single = _run(tmp_path / "single", 1)
+    parallel = _run(tmp_path / "parallel", 2)
+    assert not single["accelerate_imported"] and parallel["accelerate_imported"]
+    assert sorted(p.name for p in (tmp_path / "parallel").glob("saved-by-*")) == ["saved-by-rank-0-of-2"]
+    for name in ("student", "baseline"):
+        one, two = single[f"{name}_history"], parallel[f"{name}_history"]
+        assert len(two["steps"]) == len(one["steps"]) == 3 * len(one["epochs"])
+        torch.testing.assert_close(torch.tensor(two["steps"]), torch.tensor(one["steps"]), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(torch.tensor([e["train_loss"] for e in two["epochs"]]),
+                                   torch.tensor([e["train_loss"] for e in one["epochs"]]), rtol=1e-4, atol=1e-5)
+        for key, weight in single[name].items():
+            torch.testing.assert_close(parallel[name][key].float(), weight.float(), rtol=1e-3, atol=1e-4,
+                                       msg=lambda m, key=key: f"{name} {key}: {m}")

@@ -14,12 +14,12 @@ from pathlib import Path
 out, processes = Path(sys.argv[1]), int(sys.argv[2])
 os.environ["KD_CACHE_DIR"] = str(out / "cache")
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from kdutils import kassl, train  # noqa: E402
-from kdutils.profiles import load_profile  # noqa: E402
-from kdutils.ssl import view_pair  # noqa: E402
+from kdutils import kassl, train
+from kdutils.profiles import load_profile
+from kdutils.ssl import view_pair
 
 save = train.save_checkpoint
 

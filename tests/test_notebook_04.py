@@ -43,7 +43,7 @@ def check_results(results: dict, n_explained: int, seeds: list, h4_seeds: list) 
         assert 0.0 <= test["pvalue"] <= 1.0 and test["method"]
     assert [r["seed"] for r in h2["per_seed"]] == seeds
     for r in h2["per_seed"]:
-        assert 0 <= r["TL share"] <= 1 and 0 <= r["TL+KD share"] <= 1
+        assert 0 <= r["TL share"] <= 100 and 0 <= r["TL+KD share"] <= 100  # percent
         assert r["gain (TL+KD - TL)"] == pytest.approx(r["TL+KD share"] - r["TL share"], abs=0.5)
     for sweep in ("fraction", "label_noise", "center_black", "quarter_black"):
         rows = m["h4"]["summary"][sweep]

@@ -1,7 +1,7 @@
 """Progress a person can follow while `python -m kdutils run` executes a notebook.
 
 papermill's own bar counts cells, but a study spends minutes in a single cell, so
-a count says little. This papermill engine prints each section as it starts (the
+a count says little. `kdutils.engine` prints each section as it starts (the
 notebook's markdown heading) with the time since the notebook started beside the
 time its last run took (`wall_time_s` of the `results.json` it wrote), and keeps
 a cell bar whose postfix shows the same two times.
@@ -13,11 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from papermill.engines import NBClientEngine, papermill_engines
 from tqdm.auto import tqdm
-
-ENGINE_NAME = "kd-sections"
-
 
 def section_titles(cells) -> list[str]:
     """For each cell, the last markdown heading at or above it ('' before the first heading)."""
@@ -75,36 +71,3 @@ class SectionProgress:
 
     def close(self) -> None:
         self.bar.close()
-
-
-class SectionEngine(NBClientEngine):
-    """papermill's nbclient engine, reporting through a `SectionProgress`."""
-
-    @classmethod
-    def execute_managed_notebook(cls, nb_man, kernel_name, progress_name: str = "notebook",
-                                 expected_s: float | None = None, **kwargs):
-        progress = SectionProgress(progress_name, nb_man.nb.cells, expected_s)
-        start, complete = nb_man.cell_start, nb_man.cell_complete
-
-        def cell_start(cell, cell_index=None, **kw):
-            progress.cell_start(cell_index)
-            return start(cell, cell_index, **kw)
-
-        def cell_complete(cell, cell_index=None, **kw):
-            progress.cell_complete(cell_index)
-            return complete(cell, cell_index=cell_index, **kw)
-
-        nb_man.cell_start, nb_man.cell_complete = cell_start, cell_complete
-        try:
-            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
-        finally:
-            progress.close()
-
-
-papermill_engines.register(ENGINE_NAME, SectionEngine)
-
-
-def engine_options(name: str, results_json: Path, profile: str) -> dict:
-    """Keyword arguments for `papermill.execute_notebook` that switch this progress on."""
-    return {"engine_name": ENGINE_NAME, "progress_bar": False, "progress_name": name,
-            "expected_s": expected_seconds(results_json, profile)}

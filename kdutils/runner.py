@@ -22,7 +22,7 @@ import papermill
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from papermill.exceptions import PapermillExecutionError
 
-from . import progress as section_progress
+from . import engine as run_engine
 from .errors import ConfigError
 from .paths import FIGURES_DIR, NOTEBOOKS_DIR, runs_dir
 from .profiles import Config, load_profile
@@ -162,8 +162,7 @@ def execute(path: Path, full: dict, profile: str, executed: Path, kernel: str = 
     executed.parent.mkdir(parents=True, exist_ok=True)
     limit = cell_timeout or _config(profile, full).cell_timeout
     with _as_one_unit(path, executed, full.get("output_dir")) as (private_out, private_params):
-        shown = (section_progress.engine_options(path.stem, progress_of, profile) if progress_of is not None
-                 else {"progress_bar": False})
+        shown = run_engine.engine_options(path.stem if progress_of is not None else None, progress_of, profile)
         papermill.execute_notebook(str(path), str(private_out), parameters={**full, **private_params},
                                    kernel_name=kernel, cwd=str(path.parent), execution_timeout=limit, **shown)
 

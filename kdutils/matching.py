@@ -37,7 +37,7 @@ from .errors import ConfigError
 from .losses import binary_softmax_kd, sigmoid_kd
 from .models import weights_requirement
 from .paths import under
-from .train import History, fit, make_optimizer, seed_everything, to_device
+from .train import History, fit, launch, make_optimizer, seed_everything, to_device
 
 __all__ = ["ClipMatcher", "TwoTowerMatcher", "LossSpec", "matching_loss", "pairs_fingerprint", "predict_logits",
            "teacher_logits", "train_matcher", "calibrate_bias", "matching_report", "additive_score_analysis",
@@ -202,16 +202,28 @@ class _CosineOnly(nn.Module):
 def train_matcher(model: nn.Module, train, val, *, loss: LossSpec = LossSpec(), teacher: torch.Tensor | None = None,
                   epochs: int, lr: float, batch_size: int, seed: int, device="cpu", num_workers: int = 0,
                   max_steps: int | None = None, cache_tag: str | None = None, progress: bool = True,
-                  desc: str = "train") -> History:
+                  desc: str = "train", num_processes: int = 1) -> History:
     """Fine-tune `model` (every parameter) with Adam on `train`; validation BCE/accuracy after each epoch.
 
     `teacher` holds the frozen teacher's logit for each training pair (KD
     losses). With `cache_tag`, the run is checkpointed under the cache, keyed
     by the initial weights, the data, the loss, the teacher logits and the
-    schedule: a rerun resumes or returns the finished model at once.
+    schedule: a rerun resumes or returns the finished model at once. With
+    `num_processes` > 1 it trains data-parallel (`train.launch`); the main
+    process's checkpoint brings the result back here, so that needs `cache_tag`.
     """
     if loss.kind != "bce" and (teacher is None or len(teacher) != len(train)):
         raise ConfigError(f"{loss.kind} needs one teacher logit per training pair ({len(train)}).")
+    if num_processes > 1 and cache_tag is None:
+        raise ConfigError("train_matcher with num_processes > 1 needs a cache_tag: the main process's checkpoint is "
+                          "how the trained weights reach this process.")
+    return launch(_train_matcher, (model, train, val, loss, teacher, epochs, lr, batch_size, seed, device, num_workers,
+                                   max_steps, cache_tag, progress, desc), num_processes)
+
+
+def _train_matcher(model, train, val, loss, teacher, epochs, lr, batch_size, seed, device, num_workers, max_steps,
+                   cache_tag, progress, desc) -> History:
+    """`train_matcher`'s training, run by `launch`."""
     gen = seed_everything(seed)
     checkpoint, key = None, ""
     if cache_tag is not None:

@@ -61,3 +61,14 @@ def test_cli_rejects_a_bad_study_field_before_any_kernel_starts(arg, name, tmp_p
     assert proc.returncode == 2, proc.stderr
     assert f"parameter '{name}' must be" in proc.stderr
     assert not list(tmp_path.iterdir())  # no kernel ran, nothing written
+
+
+def test_small_runs_three_replicates_sharing_one_backbone_unless_asked():
+    cfg = load_profile("small")
+    assert len(cfg.seeds) >= 3 and [cfg.backbone_seed(s) for s in cfg.seeds] == [0] * len(cfg.seeds)
+    cfg = load_profile("small", seeds=[3, 4, 5], backbone_seeds=[10, 11, 12])
+    assert [cfg.backbone_seed(s) for s in (3, 4, 5)] == [10, 11, 12]
+    with pytest.raises(ConfigError, match="backbone_seeds"):
+        load_profile("small", seeds=[3, 4, 5], backbone_seeds=[10, 11])
+    with pytest.raises(ConfigError, match="must not repeat"):
+        load_profile("small", seeds=[3, 3])

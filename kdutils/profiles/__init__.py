@@ -45,7 +45,12 @@ def per_profile(tiny, small, paper) -> PerProfile:
 # name -> (type, value or per_profile(...), allowed values). Shared by every notebook.
 COMMON_FIELDS: dict[str, tuple] = {
     "profile": (str, per_profile("tiny", "small", "paper"), one_of(*PROFILE_NAMES)),
-    "seeds": (list[int], [0], NON_NEGATIVE),
+    # replicates: each seed retrains what a paper's seeds vary (students, trained heads); 3 at small
+    "seeds": (list[int], per_profile([0], [0, 1, 2], [0]), NON_NEGATIVE),
+    # seeds of the pretrained networks that stand for published weights (backbones, SSL teachers,
+    # the small CLIP): one for every replicate (as published weights are), or one per seed to
+    # replicate over backbones too; `cfg.backbone_seed(seed)` says which a replicate uses
+    "backbone_seeds": (list[int], [0], NON_NEGATIVE),
     "dry_run": (bool, False, FLAG),        # two optimisation steps per phase; random weights allowed
     "device": (str, "auto", DEVICE),       # "auto" = CUDA when present, else CPU
     # data-parallel processes of the long trainings (`train.launch`; one GPU each on a multi-GPU node)
@@ -99,6 +104,13 @@ def _replace(self, **changes):
     return _build(self.to_dict(), changes)
 
 
+def _backbone_seed(self, seed: int) -> int:
+    """The backbone seed of replicate `seed` (see the field `backbone_seeds`)."""
+    if len(self.backbone_seeds) == 1:
+        return self.backbone_seeds[0]
+    return self.backbone_seeds[self.seeds.index(seed)]
+
+
 def _max_steps(self) -> int | None:
     """Steps per epoch for the training loop: 2 in dry-run mode, else no cap."""
     return 2 if self.dry_run else None
@@ -107,6 +119,7 @@ def _max_steps(self) -> int | None:
 Config = dataclasses.make_dataclass(
     "Config", [(name, spec[0]) for name, spec in ALL_FIELDS.items()], frozen=True,
     namespace={"to_dict": _to_dict, "replace": _replace, "max_steps": property(_max_steps),
+               "backbone_seed": _backbone_seed,
                "__doc__": "Every size and path a notebook may need; build it with load_profile()."},
 )
 _HINTS = {name: spec[0] for name, spec in ALL_FIELDS.items()}
@@ -153,6 +166,12 @@ def _build(base: dict, overrides: dict):
             continue
         values[key] = _check_type(key, value, _HINTS[key])
     _validate(values)
+    if len(set(values["seeds"])) != len(values["seeds"]):
+        raise ConfigError(f"parameter 'seeds' must not repeat a seed (each is a replicate), got {values['seeds']!r}.")
+    if len(values["backbone_seeds"]) not in (1, len(values["seeds"])):
+        raise ConfigError(f"parameter 'backbone_seeds' must hold one seed (shared by every replicate) or one "
+                          f"per seed ({len(values['seeds'])} for seeds {values['seeds']}), "
+                          f"got {values['backbone_seeds']!r}.")
     return Config(**values)
 
 

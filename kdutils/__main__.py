@@ -1,4 +1,4 @@
-"""Command line: `python -m kdutils run|sweep|list|findings|report|bench`."""
+"""Command line: `python -m kdutils run|sweep|list|findings|report|bench|publish`."""
 
 from __future__ import annotations
 
@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     bench_p = sub.add_parser("bench", help="speed benchmarks that print measured ratios")
     bench_p.add_argument("name", choices=sorted(BENCHMARKS),
                          help="; ".join(f"{k}: {v[2]}" for k, v in BENCHMARKS.items()))
+    publish_p = sub.add_parser("publish", help="train the profile's stand-ins for published weights and ship "
+                                              "them in published/ (kdutils.published)")
+    publish_p.add_argument("names", nargs="*", help="names in published/MANIFEST.json (default: all)")
+    publish_p.add_argument("--profile", default="small", choices=("tiny", "small"))
     args = parser.parse_args(argv)
 
     try:
@@ -96,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
                             parse_grid(args.grid), address=args.address, cpus_per_job=args.cpus_per_job,
                             gpus_per_job=args.gpus_per_job, output_root=args.output_root, kernel=args.kernel)
             return 1 if outcome["failed"] else 0
+        elif args.command == "publish":
+            from .profiles import load_profile
+            from .published import REGISTRY, publish
+
+            cfg = load_profile(args.profile)
+            for name in args.names or list(REGISTRY):
+                publish(name, cfg)
         elif args.command == "bench":
             module, func, _ = BENCHMARKS[args.name]
             getattr(importlib.import_module(module), func)()

@@ -48,7 +48,7 @@ from .probe import linear_probe
 from .ssl import LossTrace, ViewAugment, as_float_images, make_learner, train_ssl, view_pair
 from .stats import summarize
 from .teacher import IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher, Normalize
-from .train import fit, launch, make_optimizer, make_scheduler, per_example, seed_everything
+from .train import fit, launch, make_optimizer, make_scheduler, per_example, resolve_device, seed_everything
 
 __all__ = [
     "PAPER", "PAPER_CLAIMS", "VARIANTS", "VARIANT_LABELS", "TEACHER_LABELS", "TARGET_NORMS", "mean_direction_cosine",
@@ -627,36 +627,64 @@ def load_teacher(name: str, cfg, device) -> tuple[FrozenTeacher, dict]:
 
 
 def _synthworld_teacher(name: str, cfg, device):
-    from .models import small_resnet
-    from .pretrain import pretrain_source, synth_split, to_tensors
+    from .pretrain import pretrain_source
 
     arch = cfg.teacher_arch
     if name == "supervised":
         model, summary = pretrain_source(arch, cfg)
         model = copy.deepcopy(model)
         model.fc, model.dropout = nn.Identity(), nn.Identity()
-        info = {"source": f"supervised on the SynthWorld source task ({cfg.pretrain_epochs} epochs)",
-                "source_top1": summary["source_top1"]}
+        info = {"source": f"supervised on the SynthWorld source task ({cfg.pretrain_epochs} epochs, "
+                          f"{_where(summary)})", "source_top1": summary["source_top1"]}
     else:
-        x, _ = to_tensors(synth_split(cfg, "source_train"))
-        images = _quantise(x)
-        gen = seed_everything(0)
-        encoder = small_resnet(arch)
-        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images), batch_size=cfg.s3_ssl_batch,
-                                             shuffle=True, drop_last=True, generator=gen)
-        n_epochs = phase_epochs(cfg, _ssl_epochs(cfg, name))
-        key = {"what": "kassl-ssl-teacher", "method": name, "arch": arch, "data": _synth_key(cfg, "source_train"),
-               "epochs": n_epochs, "lr": cfg.s3_ssl_lr, "batch": cfg.s3_ssl_batch,
-               "views": cfg.s3_view_preset, "hyper": _ssl_hyper(cfg, name), "dry_run": cfg.dry_run,
-               "code": code_fingerprint(__name__)}
-        model, history = _train_ssl_encoder(name, encoder, encoder.feature_dim, loader, cfg, epochs=n_epochs,
-                                            seed=0, key=key, size=x.shape[-1], device=device,
-                                            desc=f"{name} teacher")
-        info = {"source": f"{TEACHER_LABELS[name]} on {len(x)} SynthWorld source images, {n_epochs} epochs",
-                "history": history}
+        model, summary = ssl_teacher(name, cfg)
+        info = {"source": f"{TEACHER_LABELS[name]} on {cfg.n_source_train} SynthWorld source images, "
+                          f"{summary['epochs']} epochs ({_where(summary)})", "history": summary["history"]}
     teacher = FrozenTeacher(model, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)).to(device)
     info.update({"name": name, "arch": arch, "feature_dim": _feature_dim(teacher, cfg.image_size)})
     return teacher, info
+
+
+def _where(summary: dict) -> str:
+    return f"published/{summary['published']['file']}" if "published" in summary else "trained in-run"
+
+
+def ssl_teacher(method: str, cfg, probe_it: bool = False) -> tuple[nn.Module, dict]:
+    """Study 3's `method` ('byol', 'moco_v2') teacher at tiny/small: the `teacher_arch` encoder and a summary.
+
+    Self-supervised on the SynthWorld source images (seed 0): loaded from
+    `published/` when its recipe is shipped there (`kdutils.published`), else
+    trained in-run and cached. `probe_it` adds the linear probes of the encoder
+    and of its random initialisation on the target task (what `publish` records).
+    """
+    from .models import small_resnet
+    from .pretrain import synth_split, to_tensors
+    from .published import lookup, recipe
+
+    arch, n_epochs = cfg.teacher_arch, phase_epochs(cfg, _ssl_epochs(cfg, method))
+    key = {"what": "kassl-ssl-teacher", "method": method, "arch": arch, "data": _synth_key(cfg, "source_train"),
+           "epochs": n_epochs, "lr": cfg.s3_ssl_lr, "batch": cfg.s3_ssl_batch,
+           "views": cfg.s3_view_preset, "hyper": _ssl_hyper(cfg, method), "dry_run": cfg.dry_run,
+           "code": code_fingerprint(__name__)}
+    gen = seed_everything(0)
+    encoder = small_resnet(arch)
+    shipped = lookup(f"ssl-{method}-{arch}", key)
+    if shipped is not None:
+        encoder.load_state_dict(shipped[0])
+        return encoder.eval(), shipped[1]
+    x, _ = to_tensors(synth_split(cfg, "source_train"))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(_quantise(x)), batch_size=cfg.s3_ssl_batch,
+                                         shuffle=True, drop_last=True, generator=gen)
+    device = resolve_device(cfg.device)
+    encoder, history = _train_ssl_encoder(method, encoder, encoder.feature_dim, loader, cfg, epochs=n_epochs,
+                                          seed=0, key=key, size=x.shape[-1], device=device, desc=f"{method} teacher")
+    summary = {"method": method, "arch": arch, "epochs": n_epochs, "recipe": recipe(key),
+               "history": {"epochs": history["epochs"], "steps": [round(v, 4) for v in history["steps"]]}}
+    if probe_it:
+        data = load_data(cfg)
+        summary["probe"] = probe(encoder, data, cfg, 0, device)
+        summary["random_init_probe"] = random_init_probe(lambda: small_resnet(arch), data, cfg, 0, device)
+    return encoder, summary
 
 
 def train_baseline(cfg, data: KASSLData, seed: int, device) -> tuple[nn.Module, dict]:

@@ -21,6 +21,7 @@ from .augment import flip_shift
 from .cache import cache_root, code_fingerprint, entry_lock, key_digest
 from .models import small_resnet
 from .probe import extract_features
+from .published import lookup, recipe
 from .results import write_json
 from .synthworld import SynthBatch, WorldConfig, class_names, generate
 from .train import fit, load_checkpoint, make_optimizer, resolve_device, seed_everything, warmup_cosine
@@ -63,16 +64,19 @@ def pretrain_source(arch: str, cfg, seed: int = 0, epochs: int | None = None, lr
     key = {"what": "source-pretrain", "arch": arch, "world": world, "n_train": cfg.n_source_train,
            "epochs": epochs, "lr": lr, "batch": cfg.batch_size, "seed": seed, "dry_run": cfg.dry_run,
            "code": code_fingerprint(__name__)}
-    digest = key_digest(key)
-    ckpt = cache_root() / "pretrain" / f"{arch}-{digest}.pt"
+    ckpt = cache_root() / "pretrain" / f"{arch}-{key_digest(key)}.pt"
     with entry_lock(ckpt):  # notebooks or sweep jobs running at once pretrain a backbone once, the others wait
-        return _pretrain_source(arch, cfg, seed, epochs, lr, progress, ckpt, digest)
+        return _pretrain_source(arch, cfg, seed, epochs, lr, progress, ckpt, key)
 
 
-def _pretrain_source(arch: str, cfg, seed: int, epochs: int, lr: float, progress: bool, ckpt, digest: str):
-    summary_file = ckpt.with_suffix(".summary.json")
+def _pretrain_source(arch: str, cfg, seed: int, epochs: int, lr: float, progress: bool, ckpt, key: dict):
+    summary_file, digest = ckpt.with_suffix(".summary.json"), key_digest(key)
     gen = seed_everything(seed)  # before the model: its initialisation is part of the seeded run
     model = small_resnet(arch, num_classes=len(class_names("source")))
+    shipped = lookup(f"source-{arch}", key)
+    if shipped is not None:
+        model.load_state_dict(shipped[0])
+        return model.eval(), shipped[1]
     if summary_file.exists() and ckpt.exists():  # finished before: no data to generate, nothing to score
         model.load_state_dict(load_checkpoint(ckpt)["model"])
         return model.eval(), json.loads(summary_file.read_text())
@@ -96,7 +100,7 @@ def _pretrain_source(arch: str, cfg, seed: int, epochs: int, lr: float, progress
     model.eval()
     xt, yt = to_tensors(synth_split(cfg, "source_test"))
     logits = extract_features(model, xt, device=device)
-    summary = {"arch": arch, "epochs": epochs, "seed": seed, "history": history.to_dict(),
+    summary = {"arch": arch, "epochs": epochs, "seed": seed, "recipe": recipe(key), "history": history.to_dict(),
                "source_top1": metrics.accuracy(yt, logits), "source_top5": metrics.topk_accuracy(logits, yt, 5),
                "parameters": sum(p.numel() for p in model.parameters())}
     write_json(summary_file, summary)  # fit returned: the run is complete

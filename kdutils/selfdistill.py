@@ -58,6 +58,7 @@ from .losses import ClipLoss, soft_cross_entropy
 from .models import small_resnet, torchvision_model, weights_requirement
 from .paths import under
 from .pretrain import DATA_SEEDS, pretrain_source, synth_split, world_config
+from .published import lookup, recipe
 from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize
 from .train import fit, launch, make_optimizer, per_example, seed_everything, warmup_cosine
 
@@ -474,6 +475,9 @@ def pretrain_small_roberta(cfg, seed: int = 0, progress: bool | None = None):
                                        max_positions=_SYNTH_TEXT_MAX, pad_token_id=tokenizer.pad_token_id)
     lm_head = nn.Linear(hidden, len(tokenizer))
     mlm = nn.ModuleDict({"encoder": model, "lm_head": lm_head})
+    if (shipped := lookup("roberta-small", key)) is not None:  # published weights (kdutils.published)
+        model.load_state_dict(shipped[0])
+        return ktext.TextEncoder(tokenizer, model.eval(), max_length=_SYNTH_TEXT_MAX), shipped[1]
     mask_id, first_word = tokenizer.mask_token_id, len(ktext.SPECIAL_TOKENS)
 
     def mask(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -507,7 +511,7 @@ def pretrain_small_roberta(cfg, seed: int = 0, progress: bool | None = None):
         _, logits, targets = loss_of(tid, tmask)
         chosen = targets != -100
         masked_acc = 100.0 * float((logits.argmax(-1)[chosen] == targets[chosen]).float().mean())
-    summary = {"hidden": hidden, "layers": layers, "epochs": epochs, "history": history.to_dict(),
+    summary = {"hidden": hidden, "layers": layers, "epochs": epochs, "recipe": recipe(key), "history": history.to_dict(),
                "masked_word_top1_source_test": masked_acc,
                "parameters": sum(p.numel() for p in model.parameters())}
     return ktext.TextEncoder(tokenizer, model.eval(), max_length=_SYNTH_TEXT_MAX), summary

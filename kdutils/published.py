@@ -1,0 +1,143 @@
+"""Weights this lab publishes for the `small` profile, shipped in the repository's `published/`.
+
+At `small` the papers' published networks are replaced by networks pretrained
+here on SynthWorld (source backbones, a small CLIP, a small RoBERTa, study
+3's self-supervised teachers). Training them in every cold run cost about
+7-8 minutes, and a run's budget left study 3's SSL teachers barely above
+random weights. So they are trained once, with a documented command
+(`python -m kdutils publish NAME`), and shipped with their recipe, training
+summary, sha256 and commit in `published/MANIFEST.json`, as `paper` loads
+published checkpoints. A pretraining function asks `lookup(name, recipe)`
+first: only the exact recipe (profile knobs, data, seed, dry run; not the code
+fingerprint) is served, anything else trains in-run and is cached as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import time
+
+import torch
+
+from .cache import cache_root, entry_lock
+from .errors import ConfigError, CorruptFileError
+from .paths import REPO_ROOT
+from .results import write_json
+
+FOLDER = REPO_ROOT / "published"  # tests point this elsewhere
+_disabled = False  # True while `publish` trains: it must not serve the weights it is replacing
+
+
+def recipe(key: dict) -> dict:
+    """A pretraining cache key without its code fingerprint, as plain JSON values."""
+    return json.loads(json.dumps({k: v for k, v in key.items() if k != "code"}, sort_keys=True))
+
+
+def manifest() -> dict:
+    path = FOLDER / "MANIFEST.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def lookup(name: str, key: dict) -> tuple[dict, dict] | None:
+    """(state_dict, summary) of the published `name` if it was trained with `key`'s recipe, else None.
+
+    A listed file that is missing or altered raises `CorruptFileError`.
+    """
+    entry = None if _disabled else manifest().get(name)
+    if entry is None or entry["recipe"] != recipe(key):
+        return None
+    path = FOLDER / entry["file"]
+    remedy = f"Restore it with `git checkout -- published/` or retrain it with `python -m kdutils publish {name}`."
+    if not path.exists():
+        raise CorruptFileError(f"published weights '{path}' are listed in MANIFEST.json but missing. {remedy}")
+    digest = sha256(path)
+    if digest != entry["sha256"]:
+        raise CorruptFileError(f"published weights '{path}' have sha256 {digest[:12]}..., MANIFEST.json records "
+                               f"{entry['sha256'][:12]}...: the file was altered. {remedy}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    print(f"[published] {name}: weights from published/{entry['file']} (trained at commit {entry['commit'][:10]})")
+    return state, {**entry["summary"], "recipe": entry["recipe"], "published": {"file": entry["file"], "sha256": digest,
+                                                     "commit": entry["commit"]}}
+
+
+@contextlib.contextmanager
+def training_in_run():
+    """Lookups return None inside: the pretraining functions train (or load their cache)."""
+    global _disabled
+    before, _disabled = _disabled, True
+    try:
+        yield
+    finally:
+        _disabled = before
+
+
+def _source(arch):
+    def train(cfg):
+        from .pretrain import pretrain_source
+
+        return pretrain_source(arch, cfg, seed=0)
+    return train
+
+
+def _clip(cfg):
+    from .clip import pretrain_small_clip
+
+    model, _, summary = pretrain_small_clip(cfg, seed=0)
+    return model, summary
+
+
+def _roberta(cfg):
+    from .selfdistill import pretrain_small_roberta
+
+    encoder, summary = pretrain_small_roberta(cfg, seed=0)
+    return encoder.model, summary
+
+
+def _ssl(method):
+    def train(cfg):
+        from .kassl import ssl_teacher
+
+        return ssl_teacher(method, cfg, probe_it=True)
+    return train
+
+
+#: name -> a call returning (the module whose state_dict is shipped, its summary with a "recipe")
+REGISTRY = {"source-resnet_s": _source("resnet_s"), "source-resnet_m": _source("resnet_m"),
+            "clip-clip_s": _clip, "roberta-small": _roberta,
+            "ssl-byol-resnet_m": _ssl("byol"), "ssl-moco_v2-resnet_m": _ssl("moco_v2")}
+
+
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def publish(name: str, cfg) -> dict:
+    """Train `name` in-run with `cfg`'s recipe and write its file and manifest entry (atomically); returns the entry."""
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown published network '{name}'; choose from {sorted(REGISTRY)}.")
+    started = time.perf_counter()
+    with training_in_run():
+        module, summary = REGISTRY[name](cfg)
+    state = {k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
+             for k, v in module.state_dict().items()}
+    FOLDER.mkdir(parents=True, exist_ok=True)
+    path = FOLDER / f"{name}.pt"
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    entry = {"file": path.name, "sha256": sha256(path), "bytes": path.stat().st_size,
+             "recipe": summary.pop("recipe"), "summary": summary, "commit": _commit(),
+             "publish_seconds": round(time.perf_counter() - started, 1)}
+    with entry_lock(cache_root() / "published-manifest"):  # two publish commands at once keep both entries
+        write_json(FOLDER / "MANIFEST.json", {**manifest(), name: entry})
+    print(f"published {name}: {path} ({entry['bytes'] / 1e6:.1f} MB, sha256 {entry['sha256'][:12]})")
+    return entry

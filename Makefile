@@ -22,7 +22,7 @@ install: $(STAMP)
 
 run: install
 	@start=$$(date +%s); \
-	$(PY) -m kdutils run --profile small && \
+	$(PY) -m kdutils run --profile small --jobs 2 && \
 	echo "make run: all notebooks at small in $$(( $$(date +%s) - start )) s"
 
 test: install

@@ -45,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
                        help="figures/results go to OUTPUT_ROOT/<notebook> "
                             "(default: figures/ for small, runs/<profile>/ otherwise)")
     run_p.add_argument("--kernel", default="kd-studies")
-    run_p.add_argument("--no-progress", action="store_true")
+    run_p.add_argument("--progress", choices=("bars", "sections", "none"), default="bars",
+                       help="a cell bar and a line per section, the lines only, or nothing")
+    run_p.add_argument("--no-progress", action="store_true", help="the same as --progress none")
+    run_p.add_argument("--jobs", type=int, default=1,
+                       help="study notebooks run side by side, each in its own process (the overview last)")
     run_p.add_argument("--cell-timeout", type=int, default=None, metavar="SECONDS",
                        help="time limit of any one cell (default: the profile's cell_timeout)")
     sweep_p = sub.add_parser("sweep", help="one job per (seed, grid cell) on Ray, then merge the seeds")
@@ -111,12 +115,13 @@ def main(argv: list[str] | None = None) -> int:
             module, func, _ = BENCHMARKS[args.name]
             getattr(importlib.import_module(module), func)()
         else:
-            from .runner import NotebookFailed, parse_assignments, run
+            from .runner import NotebookFailed, NotebooksFailed, parse_assignments, run
 
             try:
                 run(args.notebooks, args.profile, parse_assignments(args.param), args.output_root,
-                    args.kernel, progress=not args.no_progress, cell_timeout=args.cell_timeout)
-            except NotebookFailed as err:
+                    args.kernel, progress="none" if args.no_progress else args.progress,
+                    cell_timeout=args.cell_timeout, jobs=args.jobs)
+            except (NotebookFailed, NotebooksFailed) as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 1
     except KDError as err:

@@ -53,7 +53,7 @@ class SectionEngine(NBClientEngine):
 
     @classmethod
     def execute_managed_notebook(cls, nb_man, kernel_name, progress_name: str | None = None,
-                                 expected_s: float | None = None, log_output=False, stdout_file=None,
+                                 expected_s: float | None = None, progress_bars: bool = True, log_output=False, stdout_file=None,
                                  stderr_file=None, start_timeout=60, execution_timeout=None, **kwargs):
         kwargs.pop("input_path", None)
         client = InterruptibleClient(nb_man, kernel_name=kernel_name, timeout=execution_timeout,
@@ -61,7 +61,7 @@ class SectionEngine(NBClientEngine):
                                      stdout_file=stdout_file, stderr_file=stderr_file, **kwargs)
         if progress_name is None:
             return client.execute()
-        progress = SectionProgress(progress_name, nb_man.nb.cells, expected_s)
+        progress = SectionProgress(progress_name, nb_man.nb.cells, expected_s, bar=progress_bars)
         start, complete = nb_man.cell_start, nb_man.cell_complete
 
         def cell_start(cell, cell_index=None, **kw):
@@ -82,7 +82,9 @@ class SectionEngine(NBClientEngine):
 papermill_engines.register(ENGINE_NAME, SectionEngine)
 
 
-def engine_options(name: str | None, results_json: Path | None, profile: str) -> dict:
-    """Keyword arguments for `papermill.execute_notebook`: this engine, with section progress when `name` is given."""
+def engine_options(name: str | None, results_json: Path | None, profile: str, bars: bool = True) -> dict:
+    """Keyword arguments for `papermill.execute_notebook`: this engine, with section progress when `name` is given
+    (a line per section, and a cell bar when `bars`)."""
     expected = expected_seconds(results_json, profile) if name is not None else None
-    return {"engine_name": ENGINE_NAME, "progress_bar": False, "progress_name": name, "expected_s": expected}
+    return {"engine_name": ENGINE_NAME, "progress_bar": False, "progress_name": name, "expected_s": expected,
+            "progress_bars": bars}

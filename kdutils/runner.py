@@ -15,6 +15,8 @@ import ast
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,11 +25,13 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from papermill.exceptions import PapermillExecutionError
 
 from . import engine as run_engine
+from .progress import expected_seconds
 from .errors import ConfigError
 from .paths import FIGURES_DIR, NOTEBOOKS_DIR, runs_dir
 from .profiles import Config, load_profile
 
 KERNEL_NAME = "kd-studies"
+PROGRESS = ("bars", "sections", "none")
 
 
 def notebooks() -> list[Path]:
@@ -118,11 +122,20 @@ def _config(profile: str, full: dict):
 
 
 def run(names: list[str], profile: str, params: dict, output_root: Path | None = None,
-        kernel: str = KERNEL_NAME, progress: bool = True, cell_timeout: int | None = None) -> list[Path]:
+        kernel: str = KERNEL_NAME, progress: bool | str = True, cell_timeout: int | None = None,
+        jobs: int = 1) -> list[Path]:
     """Validate every notebook first, then execute them in order; return the executed copies.
 
     `cell_timeout` (seconds) replaces the profile's `cell_timeout` as the limit for any one cell.
+    `progress`: "bars" (or True: a cell bar and a line per section), "sections" (the lines only) or "none"
+    (or False). `jobs` > 1 runs that many study notebooks side by side, each in its own `kdutils run` process
+    (longest expected first), and the overview after them all.
     """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs must be a positive number of notebooks at once, got {jobs!r}.")
+    progress = {True: "bars", False: "none"}.get(progress, progress)
+    if progress not in PROGRESS:
+        raise ConfigError(f"progress must be one of {PROGRESS}, got {progress!r}.")
     if cell_timeout is not None and (isinstance(cell_timeout, bool) or not isinstance(cell_timeout, int)
                                      or cell_timeout <= 0):
         raise ConfigError(f"cell_timeout must be a positive number of seconds, got {cell_timeout!r}.")
@@ -143,26 +156,70 @@ def run(names: list[str], profile: str, params: dict, output_root: Path | None =
         plans.append((path, full))
     _check_kernel(kernel)
     executed = []
+    studies = [plan for plan in plans if not plan[0].stem.startswith("00")]
+    if jobs > 1 and len(studies) > 1:
+        executed += _side_by_side(studies, profile, Path(output_root), kernel, progress, cell_timeout, jobs)
+        plans = [plan for plan in plans if plan not in studies]
     for path, full in plans:
         out = runs_dir() / profile / path.name
         print(f"== {path.stem} [{profile}] -> {out}")
         t0 = time.perf_counter()
         execute(path, full, profile, out, kernel, cell_timeout,
-                progress_of=Path(output_root) / path.stem / "results.json" if progress else None)
+                progress_of=Path(output_root) / path.stem / "results.json" if progress != "none" else None,
+                bars=progress == "bars")
         print(f"== {path.stem} done in {time.perf_counter() - t0:.1f} s")
         executed.append(out)
     return executed
 
 
+def _side_by_side(plans, profile: str, output_root: Path, kernel: str, progress: str, cell_timeout: int | None,
+                  jobs: int) -> list[Path]:
+    """Run validated notebooks `jobs` at a time, each as `python -m kdutils run` in its own process.
+
+    Each child prints its sections (no bars: they would fight over one terminal) and its own error; a
+    failure starts no new notebook, lets the running ones finish, then raises `NotebooksFailed`.
+    """
+    def expected(plan):
+        return expected_seconds(output_root / plan[0].stem / "results.json", profile) or 0.0
+
+    queue = sorted(plans, key=expected, reverse=True)
+    running, failed = {}, []
+    try:
+        while (queue and not failed) or running:
+            while queue and len(running) < jobs and not failed:
+                path, full = queue.pop(0)
+                given = {k: v for k, v in full.items() if k not in ("profile", "output_dir")}
+                shown = "none" if progress == "none" else "sections"
+                command = [sys.executable, "-m", "kdutils", "run", str(path), "--profile", profile, "--output-root",
+                           str(output_root), "--kernel", kernel, "--progress", shown,
+                           *(["--cell-timeout", str(cell_timeout)] if cell_timeout else []),
+                           *[arg for k, v in given.items() for arg in ("-p", f"{k}={v!r}")]]
+                running[path] = subprocess.Popen(command)
+            for path, proc in list(running.items()):
+                if proc.poll() is not None:
+                    del running[path]
+                    if proc.returncode:
+                        failed.append(path)
+            time.sleep(0.2)
+    except KeyboardInterrupt:  # the children got the Ctrl-C too: each stops its kernel and says so
+        for path, proc in running.items():
+            proc.wait()
+            failed.append(path)
+    if failed:
+        raise NotebooksFailed([(p, runs_dir() / profile / p.name) for p in failed])
+    return [runs_dir() / profile / path.name for path, _ in plans]
+
+
 def execute(path: Path, full: dict, profile: str, executed: Path, kernel: str = KERNEL_NAME,
-            cell_timeout: int | None = None, progress_of: Path | None = None) -> None:
+            cell_timeout: int | None = None, progress_of: Path | None = None, bars: bool = True) -> None:
     """Run one validated notebook into `executed` (papermill); its results and figures replace `output_dir`
     only when it finishes. `progress_of`: the results.json whose wall times the progress display expects
-    (None: no progress display). Raises NotebookFailed / NotebookStopped."""
+    (None: no progress display); `bars`: a cell bar besides the section lines. Raises NotebookFailed / NotebookStopped."""
     executed.parent.mkdir(parents=True, exist_ok=True)
     limit = cell_timeout or _config(profile, full).cell_timeout
     with _as_one_unit(path, executed, full.get("output_dir")) as (private_out, private_params):
-        shown = run_engine.engine_options(path.stem if progress_of is not None else None, progress_of, profile)
+        shown = run_engine.engine_options(path.stem if progress_of is not None else None, progress_of, profile,
+                                          bars=bars)
         papermill.execute_notebook(str(path), str(private_out), parameters={**full, **private_params},
                                    kernel_name=kernel, cwd=str(path.parent), execution_timeout=limit, **shown)
 
@@ -222,6 +279,14 @@ class NotebookFailed(RuntimeError):
             f"{path.name} failed in cell {err.cell_index} (execution count {err.exec_count}):\n"
             f"{source}\n{err.ename}: {err.evalue}\n"
             f"Open the executed notebook to see the full traceback: {executed}")
+
+
+class NotebooksFailed(RuntimeError):
+    """Notebooks run side by side failed: each printed its own error; this names their executed copies."""
+
+    def __init__(self, failures: list[tuple[Path, Path]]):
+        self.failures = failures
+        super().__init__("failed: " + "; ".join(f"{p.stem} (executed notebook: {e})" for p, e in failures))
 
 
 class NotebookStopped(NotebookFailed):

@@ -60,10 +60,13 @@ def start(name: str, profile: str, *, seeds=None, dry_run: bool = False, output_
     if overrides is not None and not isinstance(overrides, dict):
         raise ConfigError(f"parameter 'overrides' must be a dict of profile fields, got {overrides!r}.")
     cfg = load_profile(profile, seeds=seeds, dry_run=dry_run, **(overrides or {}))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     out = output_dir_for(name, cfg.profile, output_dir)
     plots.style()
-    print(f"[{name}] profile={cfg.profile} seeds={cfg.seeds} dry_run={cfg.dry_run} device={device} -> {out}")
+    print(f"[{name}] profile={cfg.profile} seeds={cfg.seeds} dry_run={cfg.dry_run} device={device} "
+          f"threads={torch.get_num_threads()} -> {out}")
     return NotebookRun(name=name, cfg=cfg, out=out, device=device)
 
 

@@ -72,3 +72,18 @@ def test_small_runs_three_replicates_sharing_one_backbone_unless_asked():
         load_profile("small", seeds=[3, 4, 5], backbone_seeds=[10, 11])
     with pytest.raises(ConfigError, match="must not repeat"):
         load_profile("small", seeds=[3, 3])
+
+
+def test_a_notebook_runs_torch_on_the_profiles_threads(tmp_path):
+    import torch
+
+    from kdutils import session
+
+    before = torch.get_num_threads()
+    try:
+        session.start("99_threads", "tiny", output_dir=str(tmp_path), overrides={"threads": 1})
+        assert torch.get_num_threads() == 1
+        session.start("99_threads", "tiny", output_dir=str(tmp_path), overrides={"threads": 2})
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

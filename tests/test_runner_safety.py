@@ -127,3 +127,30 @@ def test_concurrent_runs_write_private_files_and_each_lands_whole(tmp_path):
     assert 'tag = "a"' in injected.source or 'tag = "b"' in injected.source
     assert sorted(p.name for p in out.iterdir()) == ["93_twice"]
     assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == ["93_twice.ipynb"]
+
+
+def test_jobs_run_studies_side_by_side_and_the_overview_after_them(tmp_path):
+    def stamped(name):
+        span = tmp_path / f"{name}.span"
+        return _notebook(tmp_path, name, f"import time, pathlib\nstart = time.time()\ntime.sleep(3)\n"
+                                         f"pathlib.Path({str(span)!r}).write_text(f'{{start}} {{time.time()}}')", WRITE)
+
+    paths = [stamped(name) for name in ("91_first", "92_second", "00_last")]
+    out = tmp_path / "out"
+    runner.run([str(p) for p in paths], "tiny", {"tag": "x"}, output_root=out, progress=False, jobs=2)
+    (a0, a1), (b0, b1), (c0, _) = (map(float, (tmp_path / f"{p.stem}.span").read_text().split()) for p in paths)
+    assert a0 < b1 and b0 < a1, "the two studies did not overlap"
+    assert c0 >= max(a1, b1), "the overview started before the studies finished"
+    for path in paths:
+        assert json.loads((out / path.stem / "results.json").read_text()) == {"tag": "x"}
+
+
+def test_a_failed_study_run_side_by_side_stops_before_the_overview(tmp_path):
+    bad = _notebook(tmp_path, "91_bad", "raise ValueError('planted')")
+    good = _notebook(tmp_path, "92_good", WRITE)
+    last = _notebook(tmp_path, "00_last", WRITE)
+    with pytest.raises(runner.NotebooksFailed, match="91_bad") as info:
+        runner.run([str(bad), str(good), str(last)], "tiny", {"tag": "x"}, output_root=tmp_path / "out",
+                   progress=False, jobs=2)
+    assert info.value.failures == [(bad, tmp_path / "runs" / "tiny" / "91_bad.ipynb")]
+    assert not (tmp_path / "out" / "00_last").exists()

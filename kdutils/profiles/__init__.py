@@ -56,6 +56,10 @@ COMMON_FIELDS: dict[str, tuple] = {
     # data-parallel processes of the long trainings (`train.launch`; one GPU each on a multi-GPU node)
     "num_processes": (int, 1, POSITIVE),
     "num_workers": (int, per_profile(0, 0, 8), NON_NEGATIVE),
+    # torch threads of the notebook's kernel (0: torch's default, every core). One at tiny/small: the
+    # numbers do not depend on a machine's core count, a busy shared machine cannot stall OpenMP's
+    # threads, and `make run` runs two notebooks side by side instead (`kdutils run --jobs 2`)
+    "threads": (int, per_profile(1, 1, 0), NON_NEGATIVE),
     "progress": (bool, per_profile(False, True, True), FLAG),
     # papermill's time limit per cell, in seconds (a hung cell fails instead of hanging a run)
     "cell_timeout": (int, per_profile(300, 3600, 86400), POSITIVE),

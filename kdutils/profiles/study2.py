@@ -43,6 +43,9 @@ FIELDS = {
     "s2_best_alpha": (float, 0.5, UNIT),
     # every grid holds the paper's best cell (T = 3, alpha = 0.5) and a lower and a higher T beside it
     "s2_sweep_T": (list[float], [1.5, 3.0, 5.0], POSITIVE),
+    # softmax KD's temperatures: the paper's T = 3 alone at tiny/small (its claims need only that cell:
+    # softmax against sigmoid KD; the T claim is sigmoid KD's), the full sweep at paper
+    "s2_softmax_sweep_T": (list[float], {"tiny": [3.0], "small": [3.0], "paper": [1.5, 3.0, 5.0]}, POSITIVE),
     "s2_sweep_alpha": (list[float], {"tiny": [0.5], "small": [0.5], "paper": [0.4, 0.5, 0.6]}, UNIT),
     "s2_sweep_heads": (list[str], {"tiny": ["interaction"], "small": ["interaction"],
                                    "paper": ["additive", "interaction"]}, one_of("additive", "interaction")),

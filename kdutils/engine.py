@@ -53,8 +53,9 @@ class SectionEngine(NBClientEngine):
 
     @classmethod
     def execute_managed_notebook(cls, nb_man, kernel_name, progress_name: str | None = None,
-                                 expected_s: float | None = None, progress_bars: bool = True, log_output=False, stdout_file=None,
-                                 stderr_file=None, start_timeout=60, execution_timeout=None, **kwargs):
+                                 expected_s: float | None = None, progress_bars: bool = True, log_output=False,
+                                 stdout_file=None, stderr_file=None, start_timeout=60, execution_timeout=None,
+                                 **kwargs):
         kwargs.pop("input_path", None)
         client = InterruptibleClient(nb_man, kernel_name=kernel_name, timeout=execution_timeout,
                                      startup_timeout=start_timeout, log=logger, log_output=log_output,

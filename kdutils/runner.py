@@ -214,7 +214,8 @@ def execute(path: Path, full: dict, profile: str, executed: Path, kernel: str = 
             cell_timeout: int | None = None, progress_of: Path | None = None, bars: bool = True) -> None:
     """Run one validated notebook into `executed` (papermill); its results and figures replace `output_dir`
     only when it finishes. `progress_of`: the results.json whose wall times the progress display expects
-    (None: no progress display); `bars`: a cell bar besides the section lines. Raises NotebookFailed / NotebookStopped."""
+    (None: no progress display); `bars`: a cell bar besides the section lines.
+    Raises NotebookFailed / NotebookStopped."""
     executed.parent.mkdir(parents=True, exist_ok=True)
     limit = cell_timeout or _config(profile, full).cell_timeout
     with _as_one_unit(path, executed, full.get("output_dir")) as (private_out, private_params):

@@ -8,6 +8,9 @@
 * Sockets may reach loopback only (Jupyter kernels, Ray, local servers), and
   Hugging Face runs in offline mode; the environment variables reach every
   subprocess, papermill's kernels included.
+* torch, and every kernel and subprocess, run one OpenMP thread: on a busy
+  shared machine two threads per process stall each other (measured 5x
+  slower than one), and the notebooks use one at tiny/small anyway.
 
 This is done when pytest configures itself, before any test module is
 imported: some libraries read their settings at import (huggingface_hub reads
@@ -23,7 +26,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GUARDED = (REPO_ROOT / ".cache", REPO_ROOT / "runs")
-OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+SEALED_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 class NetworkBlocked(OSError):
@@ -57,10 +61,12 @@ def _guard_getaddrinfo(real):
 
 def pytest_configure(config):
     session_dir = Path(tempfile.mkdtemp(prefix="kd-tests-"))
-    config._kd = {"dir": session_dir, "env": {k: os.environ.get(k) for k in (*OFFLINE, "KD_CACHE_DIR", "KD_RUNS_DIR")},
+    saved = (*SEALED_ENV, "KD_CACHE_DIR", "KD_RUNS_DIR")
+    config._kd = {"dir": session_dir, "env": {k: os.environ.get(k) for k in saved},
                   "socket": (socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo),
                   "absent": [folder for folder in GUARDED if not folder.exists()]}
-    os.environ.update({**OFFLINE, "KD_CACHE_DIR": str(session_dir / "cache"), "KD_RUNS_DIR": str(session_dir / "runs")})
+    os.environ.update({**SEALED_ENV, "KD_CACHE_DIR": str(session_dir / "cache"),
+                       "KD_RUNS_DIR": str(session_dir / "runs")})
     connect, connect_ex, getaddrinfo = config._kd["socket"]
     socket.socket.connect = _guard_connect(connect)
     socket.socket.connect_ex = _guard_connect(connect_ex)

@@ -547,7 +547,11 @@ def teacher_architecture(cfg) -> nn.Module:
 
 
 def view_bank(cfg, data: "KASSLData", seed: int) -> ViewBank | None:
-    """This seed's bank of `s3_view_bank` pre-drawn views per training image (None: fresh views)."""
+    """A bank of `s3_view_bank` views per training image drawn with `seed` (None: fresh views at every step).
+
+    The notebook draws one per backbone seed: like the frozen teacher, the bank is shared by the
+    replicates, each of which draws its own view pairs from it, its initialisation and its order.
+    """
     if not cfg.s3_view_bank or data.images is None:
         return None
     pair = view_pair(cfg.s3_view_preset, out_size=data.size)

@@ -21,7 +21,8 @@ FIELDS = {
                                 "small": ["supervised", "byol", "moco_v2"],
                                 "paper": ["byol", "moco_v2"]}, one_of("supervised", "byol", "moco_v2")),
     "s3_variants": (list[str], _ALL_VARIANTS, one_of(*_ALL_VARIANTS)),
-    "s3_variants_other_teachers": (list[str], {"tiny": ["original"], "small": ["original"],
+    # (at small the other teachers also run the cheap no-augmentation variant: one student pass per image)
+    "s3_variants_other_teachers": (list[str], {"tiny": ["original"], "small": ["original", "no_aug"],
                                       "paper": _ALL_VARIANTS}, one_of(*_ALL_VARIANTS)),
     # views: "synthworld" matches the world's invariances, "imagenet" is BYOL's recipe
     "s3_view_preset": (str, {"tiny": "synthworld", "small": "synthworld", "paper": "imagenet"},
@@ -32,8 +33,8 @@ FIELDS = {
     # loaded from published/ (trained once with `python -m kdutils publish ssl-byol-resnet_m
     # ssl-moco_v2-resnet_m`, see kdutils.published), as `paper` loads published checkpoints;
     # other values train in-run
-    "s3_byol_epochs": (int, {"tiny": 1, "small": 5, "paper": 0}, NON_NEGATIVE),
-    "s3_moco_epochs": (int, {"tiny": 1, "small": 5, "paper": 0}, NON_NEGATIVE),
+    "s3_byol_epochs": (int, {"tiny": 1, "small": 2, "paper": 0}, NON_NEGATIVE),
+    "s3_moco_epochs": (int, {"tiny": 1, "small": 3, "paper": 0}, NON_NEGATIVE),
     # (at paper only the BYOL baseline trains with these: the presentation's SGD settings)
     "s3_ssl_lr": (float, {"tiny": 0.1, "small": 0.1, "paper": 0.03}, POSITIVE),
     "s3_ssl_batch": (int, 64, POSITIVE),
@@ -46,8 +47,8 @@ FIELDS = {
     "s3_moco_bn_splits": (int, {"tiny": 2, "small": 2, "paper": 1}, POSITIVE),
     # the baseline: the student architecture trained with BYOL on the target data
     "s3_baseline_epochs": (int, {"tiny": 1, "small": 3, "paper": 200}, POSITIVE),
-    # KASSL student
-    "s3_kassl_epochs": (int, {"tiny": 1, "small": 4, "paper": 200}, POSITIVE),
+    # KASSL student (the same epochs as the baseline at every scale, as in the presentation)
+    "s3_kassl_epochs": (int, {"tiny": 1, "small": 3, "paper": 200}, POSITIVE),
     "s3_kassl_warmup_epochs": (int, {"tiny": 0, "small": 1, "paper": 5}, NON_NEGATIVE),
     "s3_kassl_lr": (float, 0.03, POSITIVE),
     "s3_kassl_batch": (int, 64, POSITIVE),

@@ -318,11 +318,12 @@ def paper_inputs(cfg) -> dict:
     return need
 
 
-def build_teacher(cfg, progress: bool | None = None):
-    """(CLIPModel, tokenizer, info): the small CLIP pretrained here (tiny/small) or the published one (paper)."""
+def build_teacher(cfg, progress: bool | None = None, seed: int = 0):
+    """(CLIPModel, tokenizer, info): the small CLIP pretrained here with `seed` (tiny/small) or the published one
+    (paper, which has no seeds)."""
     from .clip import load_clip, pretrain_small_clip
     if cfg.profile != "paper":
-        model, tokenizer, summary = pretrain_small_clip(cfg, seed=0, progress=progress)
+        model, tokenizer, summary = pretrain_small_clip(cfg, seed=seed, progress=progress)
         return model, tokenizer, {"source": f"small CLIP ({summary['arch']['name']}) pretrained on SynthWorld source",
                                   **{k: summary[k] for k in ("source_test_recalls", "target_zero_shot_top1", "parameters")},
                                   "pretrain_loss": [e["train_loss"] for e in summary["history"]["epochs"]]}
@@ -331,8 +332,10 @@ def build_teacher(cfg, progress: bool | None = None):
     return model, tokenizer, {"source": str(path), "parameters": sum(p.numel() for p in model.parameters())}
 
 
-def student_factory(cfg):
+def student_factory(cfg, seed: int = 0):
     """(make(head, seed) -> TwoTowerMatcher, tokenizer, info): fresh students from the same starting encoders.
+
+    `seed`: the backbone seed of the pretrained image tower (tiny/small; `paper`'s weights have none).
 
     tiny/small: the image tower is a SmallResNet (`student_arch`) pretrained on
     the SynthWorld source task (`pretrain.pretrain_source`, classifier
@@ -351,7 +354,7 @@ def student_factory(cfg):
         from .pretrain import pretrain_source
         from .synthworld import vocabulary
 
-        backbone, summary = pretrain_source(cfg.student_arch, cfg, seed=0)
+        backbone, summary = pretrain_source(cfg.student_arch, cfg, seed=seed)
         backbone.fc = nn.Identity()
         image_dim = backbone.feature_dim
         tokenizer = build_tokenizer(vocabulary(), max_length=32)

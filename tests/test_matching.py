@@ -12,6 +12,7 @@ from kdutils import clip, matching, pairs, synthworld, text
 from kdutils.benchmarks import matching as bench_matching
 from kdutils.errors import ConfigError
 from kdutils.losses import binary_softmax_kd, sigmoid_kd
+from kdutils.profiles import load_profile
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +192,12 @@ def test_softmax_kd_is_a_rescaled_sigmoid_kd(T, alpha):
 def test_cached_teacher_logits_train_exactly_like_the_live_teacher():
     out = bench_matching.run(n_pairs=128, epochs=1, batch_size=64)
     assert out["max_loss_difference"] < 1e-4
+
+
+def test_each_backbone_seed_pretrains_its_own_encoders():
+    cfg = load_profile("tiny", seeds=[0, 1], backbone_seeds=[0, 1])
+    (clip0, _, _), (clip1, _, _) = (matching.build_teacher(cfg, seed=cfg.backbone_seed(s)) for s in cfg.seeds)
+    make0, make1 = (matching.student_factory(cfg, seed=cfg.backbone_seed(s))[0] for s in cfg.seeds)
+    assert any(not torch.equal(a, b) for a, b in zip(clip0.parameters(), clip1.parameters()))
+    image0, image1 = make0("additive", 0).image_encoder, make1("additive", 0).image_encoder
+    assert any(not torch.equal(a, b) for a, b in zip(image0.parameters(), image1.parameters()))

@@ -87,3 +87,8 @@ def test_a_notebook_runs_torch_on_the_profiles_threads(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_published_weights_at_paper_have_no_backbone_seeds():
+    with pytest.raises(ConfigError, match="published weights"):
+        load_profile("paper", backbone_seeds=[1])

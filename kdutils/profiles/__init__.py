@@ -176,6 +176,9 @@ def _build(base: dict, overrides: dict):
         raise ConfigError(f"parameter 'backbone_seeds' must hold one seed (shared by every replicate) or one "
                           f"per seed ({len(values['seeds'])} for seeds {values['seeds']}), "
                           f"got {values['backbone_seeds']!r}.")
+    if values["profile"] == "paper" and values["backbone_seeds"] != [0]:
+        raise ConfigError(f"parameter 'backbone_seeds' must be [0] at the paper profile, got "
+                          f"{values['backbone_seeds']!r}: its backbones are the published weights, which have no seeds.")
     return Config(**values)
 
 

@@ -229,7 +229,7 @@ def load_encoder(arch: str, cfg, *, weights: str = "", input_size: int = 0, teac
     """A frozen backbone mapping [0, 1] images to features, and a description of it.
 
     SynthWorld architectures (`resnet_s`...) are pretrained on the source task
-    by `kdutils.pretrain.pretrain_source` (cached) and used at 32x32.
+    by `kdutils.pretrain.pretrain_source` (cached; seed: the one `backbone_seeds`) and used at 32x32.
     torchvision names are loaded with `weights` (random in dry runs), resized
     to `input_size` (0: the images' own size) and normalised with the CIFAR-10
     statistics, as in the thesis; students are made SHAP-safe
@@ -238,7 +238,11 @@ def load_encoder(arch: str, cfg, *, weights: str = "", input_size: int = 0, teac
     if arch in SMALL_ARCHS:
         from .pretrain import pretrain_source
 
-        net, summary = pretrain_source(arch, cfg)
+        if len(set(cfg.backbone_seeds)) > 1:
+            raise ConfigError(f"study 4 replicates over its trained heads with one pair of frozen backbones; got "
+                              f"backbone_seeds={cfg.backbone_seeds}. Run it once per backbone seed instead "
+                              f"(-p backbone_seeds=[1], ...).")
+        net, summary = pretrain_source(arch, cfg, seed=cfg.backbone_seeds[0])
         net.fc, net.dropout = nn.Identity(), nn.Identity()
         info = {"arch": arch, "weights": "pretrained here on the SynthWorld source task (60 classes)",
                 "source_top1": summary["source_top1"], "input_size": cfg.image_size,

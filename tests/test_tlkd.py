@@ -294,3 +294,12 @@ def test_benchmark_runs_both_paths_at_tiny(capsys):
     assert result["max_abs_logit_difference"] < 1e-4 and result["same_predictions"] == 1.0
     assert result["test_acc_cached"] == result["test_acc_plain"]
     assert result["plain_s"] > 0 and result["cached_s"] > 0
+
+
+def test_study4_takes_one_backbone_seed_and_says_so_for_several():
+    cfg = load_profile("tiny", seeds=[0, 1], backbone_seeds=[0, 1])
+    with pytest.raises(ConfigError, match="once per backbone seed"):
+        tlkd.load_encoder(cfg.student_arch, cfg)
+    one, _ = tlkd.load_encoder(cfg.student_arch, load_profile("tiny", backbone_seeds=[1]))
+    zero, _ = tlkd.load_encoder(cfg.student_arch, load_profile("tiny"))
+    assert any(not torch.equal(a, b) for a, b in zip(one.parameters(), zero.parameters()))

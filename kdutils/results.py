@@ -30,14 +30,18 @@ _LIBRARIES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "transfo
               "matplotlib", "papermill")
 
 
-def git_commit() -> str | None:
-    """The repository's HEAD commit (with '+dirty' when there are uncommitted changes)."""
-    root = Path(__file__).resolve().parent.parent
+def git_commit(root: Path | None = None) -> str | None:
+    """The repository's HEAD commit, with '+dirty' when code has uncommitted changes.
+
+    `figures/` is left out: it holds the runs' own outputs, so studies run one after another (or side by
+    side) would otherwise call each other's fresh figures a dirty tree.
+    """
+    root = root or Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)figures"], cwd=root, capture_output=True, text=True).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return None

@@ -144,3 +144,24 @@ def test_profile_paths_resolve_from_the_repository_not_the_working_directory(tmp
     assert under(tmp_path, "w.pt") == tmp_path / "w.pt"
     assert under("data", tmp_path / "abs.pt") == tmp_path / "abs.pt"
     assert under("data") == REPO_ROOT / "data"
+
+
+def test_the_commit_is_dirty_for_changed_code_not_for_fresh_figures(tmp_path):
+    import subprocess
+
+    from kdutils.results import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "results.json").write_text("old")
+    (tmp_path / "code.py").write_text("x = 1")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "start")
+    (tmp_path / "figures" / "results.json").write_text("new")
+    assert not git_commit(tmp_path).endswith("+dirty")
+    (tmp_path / "code.py").write_text("x = 2")
+    assert git_commit(tmp_path).endswith("+dirty")

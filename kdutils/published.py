@@ -127,6 +127,12 @@ def publish(name: str, cfg) -> dict:
     started = time.perf_counter()
     with training_in_run():
         module, summary = REGISTRY[name](cfg)
+    return ship(name, module, summary, {"trained_by": f"python -m kdutils publish {name} --profile {cfg.profile}",
+                                        "commit": _commit(), "publish_seconds": round(time.perf_counter() - started, 1)})
+
+
+def ship(name: str, module, summary: dict, provenance: dict) -> dict:
+    """Write `module`'s weights (fp32) as published/NAME.pt and its manifest entry; `summary` holds its "recipe"."""
     state = {k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
              for k, v in module.state_dict().items()}
     FOLDER.mkdir(parents=True, exist_ok=True)
@@ -134,9 +140,9 @@ def publish(name: str, cfg) -> dict:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(state, tmp)
     os.replace(tmp, path)
-    entry = {"file": path.name, "sha256": sha256(path), "bytes": path.stat().st_size,
-             "recipe": summary.pop("recipe"), "summary": summary, "commit": _commit(),
-             "publish_seconds": round(time.perf_counter() - started, 1)}
+    summary = dict(summary)
+    entry = {"file": path.name, "sha256": sha256(path), "bytes": path.stat().st_size, "recipe": summary.pop("recipe"),
+             "summary": summary, **provenance}
     with entry_lock(cache_root() / "published-manifest"):  # two publish commands at once keep both entries
         write_json(FOLDER / "MANIFEST.json", {**manifest(), name: entry})
     print(f"published {name}: {path} ({entry['bytes'] / 1e6:.1f} MB, sha256 {entry['sha256'][:12]})")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import os
 import random
@@ -394,7 +395,6 @@ def fit(
     `on_step(losses)` sees each step's losses (under data parallelism, the
     global batch's): per-step traces record there.
     """
-    global _SHARE
     accelerator = _data_parallel()
     main = accelerator is None or accelerator.is_main_process
     progress = progress and main
@@ -413,26 +413,12 @@ def fit(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     scaler = torch.amp.GradScaler("cuda", enabled=amp and on_cuda)
-
-    history, start_epoch, best_state, since_best = History(), 0, None, 0
     ckpt_path = Path(checkpoint) if checkpoint else None
-    if ckpt_path is not None and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, map_location=device)
-        if state["key"] != checkpoint_key:
-            raise ConfigError(
-                f"checkpoint {ckpt_path} was written for a different configuration "
-                f"(key {state['key']!r}, expected {checkpoint_key!r}); delete it to retrain.")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state["scheduler"] is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        history = History.from_dict(state["history"])
-        best_state, since_best = state["best_state"], state["since_best"]
-        start_epoch = len(history.epochs)
-        _set_rng_state(state["rng"], loader)
-        if progress and start_epoch < epochs and not history.stopped_early:
-            print(f"[{desc}] resuming from {ckpt_path} at epoch {start_epoch + 1}/{epochs}")
+    state = _resume(ckpt_path, checkpoint_key, model, optimizer, scheduler, scaler, loader, device)
+    history, best_state, since_best = state["history"], state["best_state"], state["since_best"]
+    start_epoch = len(history.epochs)
+    if state["resumed"] and progress and start_epoch < epochs and not history.stopped_early:
+        print(f"[{desc}] resuming from {ckpt_path} at epoch {start_epoch + 1}/{epochs}")
 
     better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
     epoch_bar = tqdm(range(start_epoch, epochs), desc=desc, disable=not progress, leave=False)
@@ -441,37 +427,11 @@ def fit(
             break
         t0 = time.perf_counter()
         model.train()
-        sums: dict[str, float] = {}
-        n_steps = 0
         steps = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
-        for step, batch in enumerate(steps):
-            if max_steps_per_epoch is not None and step >= max_steps_per_epoch:
-                break
-            if accelerator is not None:
-                rank, world, total = accelerator.process_index, accelerator.num_processes, _batch_size(batch)
-                batch = _share(batch, rank, world)
-                _SHARE = (rank * total // world, (rank + 1) * total // world, total)
-            batch = to_device(batch, device, channels_last)
-            try:
-                with torch.autocast(device.type, enabled=amp and on_cuda), _global_batch_norms(model, accelerator):
-                    losses = compute_loss(batch)
-            finally:
-                _SHARE = None
-            loss = losses["loss"]
-            if not torch.isfinite(loss).all():
-                raise NonFiniteLossError(
-                    f"[{desc}] loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                    "lower the learning rate, check the inputs for NaN, or disable AMP.")
-            optimizer.zero_grad(set_to_none=True)
-            if accelerator is None:
-                scaler.scale(loss).backward()
-            else:  # this share's weight in the global batch mean, applied before the (synced) backward
-                weight = _batch_size(batch) / total
-                scaler.scale(loss * weight).backward()
-                _all_reduce_sum([p.grad for p in model.parameters() if p.grad is not None], accelerator)
-                parts = [v.detach().float().reshape(1) for v in losses.values()]
-                _all_reduce_sum(parts, accelerator, scale=weight)
-                losses = dict(zip(losses, parts))
+        sums, n_steps = {}, 0
+        for step, batch in enumerate(_steps(steps, max_steps_per_epoch)):
+            losses = _step(model, batch, compute_loss, optimizer, scaler, accelerator, device, channels_last,
+                           amp and on_cuda, where=f"[{desc}] epoch {epoch + 1}, step {step + 1}")
             if on_step is not None:
                 on_step(losses)
             scaler.step(optimizer)
@@ -480,8 +440,8 @@ def fit(
                 scheduler.step()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
-            n_steps += 1
-            steps.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            n_steps = step + 1
+            steps.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         record.update({f"train_{k}": v / max(n_steps, 1) for k, v in sums.items()})
         if evaluate is not None:
@@ -491,7 +451,7 @@ def fit(
         record["seconds"] = time.perf_counter() - t0
         history.epochs.append(record)
 
-        if monitor is not None:
+        if monitor is not None:  # early stopping, the plateau schedule and the best weights follow `monitor`
             value = record[monitor]
             if history.best_value is None or better(value, history.best_value):
                 history.best_value, history.best_epoch, since_best = value, epoch + 1, 0
@@ -517,6 +477,64 @@ def fit(
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
     return history
+
+
+def _steps(loader, max_steps: int | None):
+    """The batches of one epoch, at most `max_steps` of them."""
+    return loader if max_steps is None else itertools.islice(loader, max_steps)
+
+
+def _resume(ckpt_path: Path | None, key: str, model, optimizer, scheduler, scaler, loader, device) -> dict:
+    """Load a checkpoint written by `fit` into the training state; a fresh state when there is none."""
+    if ckpt_path is None or not ckpt_path.exists():
+        return {"history": History(), "best_state": None, "since_best": 0, "resumed": False}
+    state = load_checkpoint(ckpt_path, map_location=device)
+    if state["key"] != key:
+        raise ConfigError(
+            f"checkpoint {ckpt_path} was written for a different configuration "
+            f"(key {state['key']!r}, expected {key!r}); delete it to retrain.")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state["rng"], loader)
+    return {"history": History.from_dict(state["history"]), "best_state": state["best_state"],
+            "since_best": state["since_best"], "resumed": True}
+
+
+def _step(model, batch, compute_loss, optimizer, scaler, accelerator, device, channels_last: bool, autocast: bool,
+          where: str) -> dict:
+    """Forward and backward of one batch (this process's share of it under `launch`); returns the losses.
+
+    Under data parallelism each process weights its share's mean loss by the share's size before the
+    backward, and the gradients and logged losses are summed across processes: the global batch's mean.
+    """
+    global _SHARE
+    if accelerator is not None:
+        rank, world, total = accelerator.process_index, accelerator.num_processes, _batch_size(batch)
+        batch = _share(batch, rank, world)
+        _SHARE = (rank * total // world, (rank + 1) * total // world, total)
+    batch = to_device(batch, device, channels_last)
+    try:
+        with torch.autocast(device.type, enabled=autocast), _global_batch_norms(model, accelerator):
+            losses = compute_loss(batch)
+    finally:
+        _SHARE = None
+    loss = losses["loss"]
+    if not torch.isfinite(loss).all():
+        raise NonFiniteLossError(f"{where}: the loss is {loss.item()}; lower the learning rate, check the inputs "
+                                 "for NaN, or disable AMP.")
+    optimizer.zero_grad(set_to_none=True)
+    if accelerator is None:
+        scaler.scale(loss).backward()
+        return losses
+    weight = _batch_size(batch) / total
+    scaler.scale(loss * weight).backward()
+    _all_reduce_sum([p.grad for p in model.parameters() if p.grad is not None], accelerator)
+    parts = [v.detach().float().reshape(1) for v in losses.values()]
+    _all_reduce_sum(parts, accelerator, scale=weight)
+    return dict(zip(losses, parts))
 
 
 @torch.no_grad()

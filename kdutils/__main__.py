@@ -33,7 +33,7 @@ def _findings(profile: str, root: Path | None, write_readme: bool) -> None:
         print("README.md findings", "updated" if ledger.write_readme(rows) else "unchanged")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kdutils", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="execute notebooks with papermill")
@@ -85,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
                                               "them in published/ (kdutils.published)")
     publish_p.add_argument("names", nargs="*", help="names in published/MANIFEST.json (default: all)")
     publish_p.add_argument("--profile", default="small", choices=("tiny", "small"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     try:
         if args.command == "list":

@@ -528,11 +528,16 @@ class Encoders:
     torchvision's ImageNet ResNet-50 (open_clip's CLIP RN50 is not a
     dependency of the lab); text `clip` is the CLIP text tower of the image
     encoder's checkpoint (ViT-B/32's for ResNet-50), `roberta` is roberta-base.
-    Pretrained weights are the same for every seed, as downloaded weights are.
+    `seed` is the backbone seed (`cfg.backbone_seed(seed)` of a replicate): the
+    pretraining seed of every tiny/small encoder, one set of encoders per
+    distinct backbone seed; at `paper` the weights are the downloaded ones.
     """
 
-    def __init__(self, cfg, device):
-        self.cfg, self.device = cfg, torch.device(device)
+    def __init__(self, cfg, device, seed: int = 0):
+        if cfg.profile == "paper" and len(set(cfg.backbone_seeds)) > 1:
+            raise ConfigError(f"backbone_seeds {cfg.backbone_seeds} at paper: the encoders are downloaded weights, "
+                              "the same for every seed; use one backbone seed.")
+        self.cfg, self.device, self.seed = cfg, torch.device(device), seed
         self._images, self._texts, self._clips = {}, {}, {}
         self.summaries: dict = {}
 
@@ -541,7 +546,7 @@ class Encoders:
         cfg = self.cfg
         if cfg.profile != "paper":
             if "small" not in self._clips:
-                model, tokenizer, summary = kclip.pretrain_small_clip(cfg, seed=0)
+                model, tokenizer, summary = kclip.pretrain_small_clip(cfg, seed=self.seed)
                 self.summaries["small_clip"] = summary
                 self._clips["small"] = (model.to(self.device).eval(), tokenizer, "small CLIP pretrained on "
                                         f"SynthWorld source captions ({summary['arch']['name']})")
@@ -558,7 +563,7 @@ class Encoders:
         cfg = self.cfg
         small = cfg.profile != "paper"
         if small and name == "resnet":
-            net, summary = pretrain_source(cfg.s1_resnet_arch, cfg, seed=0)
+            net, summary = pretrain_source(cfg.s1_resnet_arch, cfg, seed=self.seed)
             self.summaries["resnet"] = summary
             enc = ImageEncoder(name, "small_resnet", net, nn.Identity(),
                                {"kind": "small_resnet", "arch": cfg.s1_resnet_arch},
@@ -603,7 +608,7 @@ class Encoders:
                     encoder = ktext.load_text_encoder(path, allow_random=cfg.dry_run, repo_id=cfg.s1_roberta)
                     description = f"{cfg.s1_roberta} (mean-pooled)"
                 else:
-                    encoder, summary = pretrain_small_roberta(cfg, seed=0)
+                    encoder, summary = pretrain_small_roberta(cfg, seed=self.seed)
                     self.summaries["roberta"] = summary
                     description = (f"small RoBERTa ({summary['hidden']}-d, {summary['layers']} layers), MLM on "
                                    f"source captions (masked-word top-1 {summary['masked_word_top1_source_test']:.1f}%),"

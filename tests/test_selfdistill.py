@@ -341,9 +341,93 @@ def test_small_roberta_is_pretrained_once_and_reads_prompts(cache, monkeypatch):
     assert torch.equal(enc2.encode(["a star"]), enc.encode(["a star"]))
 
 
+def test_encoders_are_pretrained_with_their_backbone_seed(monkeypatch):
+    seen = []
+
+    def fake_source(arch, cfg, seed=0, **kw):
+        seen.append(("resnet", seed))
+        return small_resnet(arch), {"source_top1": 50.0}
+
+    def fake_roberta(cfg, seed=0, **kw):
+        seen.append(("roberta", seed))
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(sd, "pretrain_source", fake_source)
+    monkeypatch.setattr(sd, "pretrain_small_roberta", fake_roberta)
+    cfg = _cfg(seeds=[0, 1], backbone_seeds=[3, 4])
+    zoo = sd.Encoders(cfg, "cpu", seed=cfg.backbone_seed(1))
+    zoo.image("resnet")
+    with pytest.raises(RuntimeError, match="stop"):
+        zoo.text("roberta")
+    assert seen == [("resnet", 4), ("roberta", 4)]
+    with pytest.raises(ConfigError, match="backbone_seeds"):
+        sd.Encoders(load_profile("paper", seeds=[0, 1], backbone_seeds=[0, 1]), "cpu")
+
 def test_benchmark_compares_cached_and_streamed_features_on_the_same_run(capsys):
     out = bench_selfdistill.run(n_train=64, epochs=1)
     assert out["cached_s"] > 0 and out["streamed_s"] > 0 and out["speedup"] == pytest.approx(
         out["streamed_s"] / out["cached_s"])
     assert out["agreement_pct"] >= 90  # float16 storage changes almost no prediction
     assert "speed-up" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- claims
+
+def _planted_rows(seeds=(0, 1, 2)):
+    """Measured rows with planted per-seed gains (see the expectations in the test below)."""
+    records, gens, few, retrieval, mt_rows = [], [], [], [], []
+    for i, seed in enumerate(seeds):
+        wobble = (-0.2, 0.0, 0.2)[i]
+
+        def add(enc, text, model, top1):
+            records.append({"seed": seed, "dataset": "synthworld", "image_encoder": enc, "text_encoder": text,
+                            "model": model, "top1": top1})
+
+        for enc, text_gain in (("resnet", {"clip": 1.0, "roberta": 3.0}), ("vit", {"clip": -3.0, "roberta": -1.0})):
+            add(enc, "-", "student alone", 50.0 + 5 * i)             # a seed effect shared by the pairs
+            add(enc, "-", "student without text", 51.0 + 5 * i + wobble)
+            add(enc, "-", "teacher without text", 60.0)
+            for text, gain in text_gain.items():
+                add(enc, text, "student with text", 51.0 + 5 * i + wobble + gain + wobble)
+                add(enc, text, "thesis head, test, label-free", 60.0 + (1.0, -1.0, 0.5)[i])
+        add("resnet", "clip", "student of the label-free head", 51.0 + 5 * i + wobble + 4.0 + wobble)
+        add("resnet", "clip", "student of the caption head", 51.0 + 5 * i + 2 * wobble + 1.0 - 3.0)
+        for chain in ("with text", "without text"):
+            gens += [{"seed": seed, "chain": chain, "generation": g, "top1": 50.0 + g * (1 + wobble)} for g in (0, 1, 2)]
+        for k in (1, 5):
+            few.append({"seed": seed, "k": k, "student without text": 30.0, "student with text": 30.0 + k + wobble})
+        retrieval += [{"seed": seed, "model": "student without text", "i2t_r10": 20.0},
+                      {"seed": seed, "model": "student with text", "i2t_r10": 20.0 - 2 + wobble}]
+        mt_rows += [{"seed": seed, "model": "fine-tuned on the pairs alone", "i2t_r10": 40.0},
+                    {"seed": seed, "model": "mean teacher (+ unpaired images)", "i2t_r10": 40.0 + (0.3, -0.4, 0.2)[i]}]
+    return records, gens, few, retrieval, mt_rows
+
+
+def test_study_claims_judge_planted_per_seed_gains_without_pooling_cells():
+    from kdutils.selfdistill_claims import study_claims
+
+    cfg = _cfg(seeds=[0, 1, 2], s1_student_encoders=["resnet", "vit"], s1_few_shot_k=[1, 5], s1_generations=2)
+    rows = {c["claim"]: c for c in study_claims(*_planted_rows(), cfg, measured=True)}
+    expected = {  # claim start -> (verdict, per-seed gains): cells of a seed averaged, never replicates
+        "Self-distillation with text beats self-distillation without text (resnet": ("reproduced", [1.8, 2.0, 2.2]),
+        "Self-distillation with text beats the same student trained alone (resnet": ("reproduced", [2.6, 3.0, 3.4]),
+        "Self-distillation with text beats self-distillation without text (vit": ("not reproduced", [-2.2, -2.0, -1.8]),
+        "Self-distillation with text beats the same student trained alone (vit": ("not reproduced", [-1.4, -1.0, -0.6]),
+        "The text-queried head": ("within noise", [1.0, -1.0, 0.5]),
+        "Self-distillation without text beats": ("reproduced", [0.8, 1.0, 1.2]),
+        "Text without the label in the query": ("reproduced", [3.8, 4.0, 4.2]),
+        "Detailed captions": ("not reproduced", [-3.0, -3.0, -3.0]),
+        "A second generation": ("reproduced", [0.8, 1.0, 1.2]),
+        "With few labels (1 per class)": ("reproduced", [0.8, 1.0, 1.2]),
+        "Self-distillation through text makes": ("not reproduced", [-2.2, -2.0, -1.8]),
+        "Draft 002": ("within noise", [0.3, -0.4, 0.2]),
+    }
+    assert len(rows) == len(expected)
+    for start, (verdict, per_seed) in expected.items():
+        (row,) = [r for name, r in rows.items() if name.startswith(start)]
+        assert row["ours"]["n"] == 3 and row["ours"]["per_seed"] == pytest.approx(per_seed), start
+        assert row["verdict"] == verdict, (start, row["measured"])
+    assert rows["Detailed captions as queries add about +3 points over class prompts (resnet + clip students)"][
+        "paper_inside"] is False
+    unmeasured = study_claims(*_planted_rows(), cfg, measured=False)
+    assert {c["verdict"] for c in unmeasured} == {"not measured at this profile"}

@@ -6,32 +6,19 @@ and 8), the cache in OUT_DIR/cache. Writes OUT_DIR/result.pt; a process that wri
 OUT_DIR/saved-by-rank-R-of-N.
 """
 
-import os
-import sys
-from pathlib import Path
+from launched import start
 
-out, processes = Path(sys.argv[1]), int(sys.argv[2])
-os.environ["KD_CACHE_DIR"] = str(out / "cache")
+out, processes = start()
 
 import torch
 from transformers import CLIPModel
 
-from kdutils import matching, train
+from kdutils import matching
 from kdutils.clip import SMALL_CLIP_ARCHS, small_clip_config
 from kdutils.pairs import PairDataset, random_negative_pairs
 from kdutils.synthworld import generate, vocabulary
 from kdutils.text import build_tokenizer, quiet_transformers
 
-save = train.save_checkpoint
-
-
-def save_and_sign(obj, path):  # records which process writes a checkpoint
-    (out / f"saved-by-rank-{os.environ.get('RANK', '0')}-of-{os.environ.get('WORLD_SIZE', '1')}").touch()
-    save(obj, path)
-
-
-train.save_checkpoint = save_and_sign
-torch.set_num_threads(1)  # as each launched process runs
 tok = build_tokenizer(vocabulary(), max_length=32)
 batch = generate("target", 30, seed=5)
 images = torch.from_numpy(batch.images).permute(0, 3, 1, 2).contiguous()

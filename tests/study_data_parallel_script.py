@@ -7,30 +7,19 @@ two processes get shares of 7 and 8), a toy frozen teacher, the cache in OUT_DIR
 OUT_DIR/saved-by-rank-R-of-N.
 """
 
-import os
 import sys
-from pathlib import Path
 
-out, processes = Path(sys.argv[1]), int(sys.argv[2])
-os.environ["KD_CACHE_DIR"] = str(out / "cache")
+from launched import start
+
+out, processes = start()
 
 import torch
 from torch import nn
 
-from kdutils import kassl, train
+from kdutils import kassl
 from kdutils.profiles import load_profile
 from kdutils.ssl import view_pair
 
-save = train.save_checkpoint
-
-
-def save_and_sign(obj, path):  # records which process writes a checkpoint
-    (out / f"saved-by-rank-{os.environ.get('RANK', '0')}-of-{os.environ.get('WORLD_SIZE', '1')}").touch()
-    save(obj, path)
-
-
-train.save_checkpoint = save_and_sign
-torch.set_num_threads(1)  # as each launched process runs
 cfg = load_profile("tiny", num_processes=processes, s3_kassl_batch=15, s3_kassl_epochs=2, s3_kassl_lr=0.02,
                    s3_kassl_warmup_epochs=0, s3_extension_hidden=16, s3_reduced_dim=4, s3_ssl_batch=15,
                    s3_baseline_epochs=1, s3_ssl_hidden=16, s3_ssl_proj_dim=8)

@@ -124,6 +124,8 @@ def publish(name: str, cfg) -> dict:
     """Train `name` in-run with `cfg`'s recipe and write its file and manifest entry (atomically); returns the entry."""
     if name not in REGISTRY:
         raise ConfigError(f"unknown published network '{name}'; choose from {sorted(REGISTRY)}.")
+    if cfg.threads:  # as a notebook of this profile trains (one thread: no OpenMP stalls on a busy machine)
+        torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
     with training_in_run():
         module, summary = REGISTRY[name](cfg)

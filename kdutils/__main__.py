@@ -83,7 +83,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="; ".join(f"{k}: {v[2]}" for k, v in BENCHMARKS.items()))
     publish_p = sub.add_parser("publish", help="train the profile's stand-ins for published weights and ship "
                                               "them in published/ (kdutils.published)")
-    publish_p.add_argument("names", nargs="*", help="names in published/MANIFEST.json (default: all)")
+    publish_p.add_argument("names", nargs="*", help="networks to train and ship (default: all): "
+                                                     "source-resnet_s, source-resnet_m, clip-clip_s, roberta-small, "
+                                                     "ssl-byol-resnet_m, ssl-moco_v2-resnet_m")
     publish_p.add_argument("--profile", default="small", choices=("tiny", "small"))
     return parser
 

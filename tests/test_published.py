@@ -16,7 +16,7 @@ def test_every_shipped_file_has_its_recorded_hash_and_size():
     for name, entry in SHIPPED.items():
         path = published.FOLDER / entry["file"]
         assert published.sha256(path) == entry["sha256"], name
-        assert path.stat().st_size == entry["bytes"], name
+        assert path.stat().st_size == entry["bytes"] < 5_000_000, name  # small files: no weights over 5 MB in git
         assert "code" not in entry["recipe"] and not entry["recipe"]["dry_run"], name
         assert entry["recipe"].get("seed", 0) == 0, name  # only backbone seed 0 is published
 
@@ -55,7 +55,7 @@ def test_round_trip_serves_the_published_weights_without_training(tiny_published
     monkeypatch.setattr(pretrain, "fit", no_training)
     monkeypatch.setattr(pretrain, "cache_root", lambda: empty_cache)
     model, summary = pretrain.pretrain_source("resnet_s", cfg)
-    assert not model.training and summary["published"]["file"] == "source-resnet_s.pt"
+    assert not model.training and summary["published"]["file"] == "source-resnet_s.pt.gz"
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k
 
@@ -72,7 +72,7 @@ def test_a_tampered_or_missing_file_raises_naming_it_and_the_remedy(tiny_publish
     data = bytearray(path.read_bytes())
     data[-1] ^= 1
     path.write_bytes(bytes(data))
-    with pytest.raises(CorruptFileError, match=r"source-resnet_s\.pt.*altered.*git checkout -- published/"):
+    with pytest.raises(CorruptFileError, match=r"source-resnet_s\.pt\.gz.*altered.*git checkout -- published/"):
         published.lookup("source-resnet_s", _recipe_key(entry))
     path.unlink()
     with pytest.raises(CorruptFileError, match=r"missing.*python -m kdutils publish source-resnet_s"):

@@ -593,15 +593,19 @@ def load_teacher(name: str, cfg, device) -> tuple[FrozenTeacher, dict]:
 
     tiny/small: 'supervised' is the shared source-task pretraining
     (`pretrain_source(cfg.teacher_arch)`); 'byol' and 'moco_v2' train the
-    same architecture self-supervised on the SynthWorld source images (seed 0,
-    cached). paper: the published ResNet-50 checkpoints (`paper_paths`), or
+    same architecture self-supervised on the SynthWorld source images (`ssl_teacher`);
+    both with the one backbone seed of `cfg.backbone_seeds`. paper: the published ResNet-50 checkpoints (`paper_paths`), or
     torchvision's supervised ImageNet weights; in a dry run a missing file
     gives random weights, said in the summary.
     """
     if name not in TEACHER_LABELS:
         raise ConfigError(f"unknown teacher '{name}'; choose from {sorted(TEACHER_LABELS)}.")
+    if len(set(cfg.backbone_seeds)) > 1:
+        raise ConfigError(f"study 3 replicates over its students and baselines with one set of frozen teachers; got "
+                          f"backbone_seeds={cfg.backbone_seeds}. Run it once per backbone seed instead "
+                          f"(-p backbone_seeds=[1], ...).")
     if cfg.profile != "paper":
-        return _synthworld_teacher(name, cfg, device)
+        return _synthworld_teacher(name, cfg, device, seed=cfg.backbone_seeds[0])
     import torchvision
 
     from .ssl_checkpoints import CHECKPOINT_SOURCES, load_ssl_resnet
@@ -630,18 +634,18 @@ def load_teacher(name: str, cfg, device) -> tuple[FrozenTeacher, dict]:
     return teacher, info
 
 
-def _synthworld_teacher(name: str, cfg, device):
+def _synthworld_teacher(name: str, cfg, device, seed: int):
     from .pretrain import pretrain_source
 
     arch = cfg.teacher_arch
     if name == "supervised":
-        model, summary = pretrain_source(arch, cfg)
+        model, summary = pretrain_source(arch, cfg, seed=seed)
         model = copy.deepcopy(model)
         model.fc, model.dropout = nn.Identity(), nn.Identity()
         info = {"source": f"supervised on the SynthWorld source task ({cfg.pretrain_epochs} epochs, "
                           f"{_where(summary)})", "source_top1": summary["source_top1"]}
     else:
-        model, summary = ssl_teacher(name, cfg)
+        model, summary = ssl_teacher(name, cfg, seed=seed)
         info = {"source": f"{TEACHER_LABELS[name]} on {cfg.n_source_train} SynthWorld source images, "
                           f"{summary['epochs']} epochs ({_where(summary)})", "history": summary["history"]}
     teacher = FrozenTeacher(model, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)).to(device)
@@ -653,10 +657,10 @@ def _where(summary: dict) -> str:
     return f"published/{summary['published']['file']}" if "published" in summary else "trained in-run"
 
 
-def ssl_teacher(method: str, cfg, probe_it: bool = False) -> tuple[nn.Module, dict]:
+def ssl_teacher(method: str, cfg, probe_it: bool = False, seed: int = 0) -> tuple[nn.Module, dict]:
     """Study 3's `method` ('byol', 'moco_v2') teacher at tiny/small: the `teacher_arch` encoder and a summary.
 
-    Self-supervised on the SynthWorld source images (seed 0): loaded from
+    Self-supervised on the SynthWorld source images with `seed`: loaded from
     `published/` when its recipe is shipped there (`kdutils.published`), else
     trained in-run and cached. `probe_it` adds the linear probes of the encoder
     and of its random initialisation on the target task (what `publish` records).
@@ -668,9 +672,9 @@ def ssl_teacher(method: str, cfg, probe_it: bool = False) -> tuple[nn.Module, di
     arch, n_epochs = cfg.teacher_arch, phase_epochs(cfg, _ssl_epochs(cfg, method))
     key = {"what": "kassl-ssl-teacher", "method": method, "arch": arch, "data": _synth_key(cfg, "source_train"),
            "epochs": n_epochs, "lr": cfg.s3_ssl_lr, "batch": cfg.s3_ssl_batch,
-           "views": cfg.s3_view_preset, "hyper": _ssl_hyper(cfg, method), "dry_run": cfg.dry_run,
+           "views": cfg.s3_view_preset, "hyper": _ssl_hyper(cfg, method), "seed": seed, "dry_run": cfg.dry_run,
            "code": code_fingerprint(__name__)}
-    gen = seed_everything(0)
+    gen = seed_everything(seed)
     encoder = small_resnet(arch)
     shipped = lookup(f"ssl-{method}-{arch}", key)
     if shipped is not None:
@@ -681,7 +685,7 @@ def ssl_teacher(method: str, cfg, probe_it: bool = False) -> tuple[nn.Module, di
                                          shuffle=True, drop_last=True, generator=gen)
     device = resolve_device(cfg.device)
     encoder, history = _train_ssl_encoder(method, encoder, encoder.feature_dim, loader, cfg, epochs=n_epochs,
-                                          seed=0, key=key, size=x.shape[-1], device=device, desc=f"{method} teacher")
+                                          seed=seed, key=key, size=x.shape[-1], device=device, desc=f"{method} teacher")
     summary = {"method": method, "arch": arch, "epochs": n_epochs, "recipe": recipe(key),
                "history": {"epochs": history["epochs"], "steps": [round(v, 4) for v in history["steps"]]}}
     if probe_it:

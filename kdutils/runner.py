@@ -179,8 +179,10 @@ def _side_by_side(plans, profile: str, output_root: Path, kernel: str, progress:
     Each child prints its sections (no bars: they would fight over one terminal) and its own error; a
     failure starts no new notebook, lets the running ones finish, then raises `NotebooksFailed`.
     """
-    def expected(plan):
-        return expected_seconds(output_root / plan[0].stem / "results.json", profile) or 0.0
+    def expected(plan):  # this output folder's last run, else the canonical run's
+        stem = plan[0].stem
+        return (expected_seconds(output_root / stem / "results.json", profile)
+                or expected_seconds(FIGURES_DIR / stem / "results.json", profile) or 0.0)
 
     queue = sorted(plans, key=expected, reverse=True)
     running, failed = {}, []

@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     run_p.add_argument("--progress", choices=("bars", "sections", "none"), default="bars",
                        help="a cell bar and a line per section, the lines only, or nothing")
     run_p.add_argument("--no-progress", action="store_true", help="the same as --progress none")
+    run_p.add_argument("--force", action="store_true",
+                       help="run studies whose results are already current (same code, profile and parameters)")
     run_p.add_argument("--jobs", type=int, default=1,
                        help="study notebooks run side by side, each in its own process (the overview last)")
     run_p.add_argument("--cell-timeout", type=int, default=None, metavar="SECONDS",
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 run(args.notebooks, args.profile, parse_assignments(args.param), args.output_root,
                     args.kernel, progress="none" if args.no_progress else args.progress,
-                    cell_timeout=args.cell_timeout, jobs=args.jobs)
+                    cell_timeout=args.cell_timeout, jobs=args.jobs, force=args.force)
             except (NotebookFailed, NotebooksFailed) as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ from .progress import expected_seconds
 from .errors import ConfigError
 from .paths import FIGURES_DIR, NOTEBOOKS_DIR, runs_dir
 from .profiles import Config, load_profile
+from .results import staleness
 
 KERNEL_NAME = "kd-studies"
 PROGRESS = ("bars", "sections", "none")
@@ -123,13 +125,14 @@ def _config(profile: str, full: dict):
 
 def run(names: list[str], profile: str, params: dict, output_root: Path | None = None,
         kernel: str = KERNEL_NAME, progress: bool | str = True, cell_timeout: int | None = None,
-        jobs: int = 1) -> list[Path]:
+        jobs: int = 1, force: bool = False) -> list[Path]:
     """Validate every notebook first, then execute them in order; return the executed copies.
 
     `cell_timeout` (seconds) replaces the profile's `cell_timeout` as the limit for any one cell.
     `progress`: "bars" (or True: a cell bar and a line per section), "sections" (the lines only) or "none"
     (or False). `jobs` > 1 runs that many study notebooks side by side, each in its own `kdutils run` process
-    (longest expected first), and the overview after them all.
+    (longest expected first), and the overview after them all. A study whose results in the output folder
+    are current (`up_to_date`) is not run again unless `force`; the overview always runs.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs must be a positive number of notebooks at once, got {jobs!r}.")
@@ -156,6 +159,13 @@ def run(names: list[str], profile: str, params: dict, output_root: Path | None =
         plans.append((path, full))
     _check_kernel(kernel)
     executed = []
+    for path, full in list(plans):
+        overview = path.stem.startswith("00")
+        commit = None if force or overview else up_to_date(path, full, profile, Path(output_root))
+        if commit:
+            print(f"== {path.stem} [{profile}] up to date: its results are of this code and these parameters "
+                  f"(commit {commit[:10]}); not run again (--force reruns it)")
+            plans.remove((path, full))
     studies = [plan for plan in plans if not plan[0].stem.startswith("00")]
     if jobs > 1 and len(studies) > 1:
         executed += _side_by_side(studies, profile, Path(output_root), kernel, progress, cell_timeout, jobs)
@@ -170,6 +180,22 @@ def run(names: list[str], profile: str, params: dict, output_root: Path | None =
         print(f"== {path.stem} done in {time.perf_counter() - t0:.1f} s")
         executed.append(out)
     return executed
+
+
+def up_to_date(path: Path, full: dict, profile: str, output_root: Path) -> str | None:
+    """The commit of the results `path` left in `output_root` when running it again would change nothing: the same
+    code (`results.staleness`), profile and configuration, written from a clean tree; else None."""
+    try:
+        results = json.loads((output_root / path.stem / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    commit = str(results.get("git_commit") or "")
+    if not commit or commit.endswith("+dirty") or staleness(results, path.stem, profile):
+        return None
+    wanted = json.loads(json.dumps(_config(profile, full).to_dict()))
+    if full.get("seeds") is None:  # the notebook derives its seeds from the profile's fields, compared below
+        wanted.pop("seeds")
+    return commit if all(results.get("config", {}).get(k) == v for k, v in wanted.items()) else None
 
 
 def _side_by_side(plans, profile: str, output_root: Path, kernel: str, progress: str, cell_timeout: int | None,
@@ -193,7 +219,7 @@ def _side_by_side(plans, profile: str, output_root: Path, kernel: str, progress:
                 given = {k: v for k, v in full.items() if k not in ("profile", "output_dir")}
                 shown = "none" if progress == "none" else "sections"
                 command = [sys.executable, "-m", "kdutils", "run", str(path), "--profile", profile, "--output-root",
-                           str(output_root), "--kernel", kernel, "--progress", shown,
+                           str(output_root), "--kernel", kernel, "--progress", shown, "--force",  # decided here
                            *(["--cell-timeout", str(cell_timeout)] if cell_timeout else []),
                            *[arg for k, v in given.items() for arg in ("-p", f"{k}={v!r}")]]
                 running[path] = subprocess.Popen(command)

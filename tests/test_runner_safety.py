@@ -154,3 +154,30 @@ def test_a_failed_study_run_side_by_side_stops_before_the_overview(tmp_path):
                    progress=False, jobs=2)
     assert info.value.failures == [(bad, tmp_path / "runs" / "tiny" / "91_bad.ipynb")]
     assert not (tmp_path / "out" / "00_last").exists()
+
+
+def test_a_study_whose_results_are_current_is_not_run_again(tmp_path):
+    counter = tmp_path / "runs.txt"
+    path = _notebook(tmp_path, "91_current", f"""
+import json, pathlib
+from kdutils.profiles import load_profile
+with open({str(counter)!r}, "a") as f:
+    f.write("run\\n")
+out = pathlib.Path(output_dir)
+out.mkdir(parents=True, exist_ok=True)
+commit = "abc+dirty" if tag == "dirty" else "abc"
+(out / "results.json").write_text(json.dumps({{"profile": profile, "git_commit": commit,
+                                              "config": load_profile(profile, **overrides).to_dict()}}))
+""")
+    out = tmp_path / "out"
+
+    def runs(params, **kwargs):
+        runner.run([str(path)], "tiny", params, output_root=out, progress=False, **kwargs)
+        return len(counter.read_text().splitlines())
+
+    assert runs({}) == 1
+    assert runs({}) == 1  # current: the same code, profile and configuration
+    assert runs({"epochs": 3}) == 2  # another configuration
+    assert runs({"epochs": 3}, force=True) == 3
+    assert runs({"epochs": 3, "tag": "dirty"}, force=True) == 4  # writes results of uncommitted code ...
+    assert runs({"epochs": 3, "tag": "dirty"}) == 5  # ... which are never current

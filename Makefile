@@ -8,6 +8,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 KERNEL := kd-studies
+TEST_WORKERS ?= auto
 
 .PHONY: install run test bench lab report clean-cache
 
@@ -27,7 +28,7 @@ run: install
 
 test: install
 	@start=$$(date +%s); \
-	$(PY) -m pytest; rc=$$?; \
+	$(PY) -m pytest -n $(TEST_WORKERS); rc=$$?; \
 	echo "make test: tests in $$(( $$(date +%s) - start )) s"; exit $$rc
 
 lab: install

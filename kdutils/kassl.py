@@ -16,7 +16,7 @@ This module holds the pieces the notebook tells the story with:
 * the student (`EncoderExtension`, `KASSLStudent`, `kassl_loss`), optionally
   with standardised teacher targets (not in the presentation: raw pooled
   features share a mean direction a student can match without learning,
-  `mean_direction_cosine`), and a collapse check (`spread`);
+  `mean_direction_cosine`); the loss is `distillers.FeatureRegression`;
 * where the two views and the teacher's features come from: a `ViewBank` of
   pre-drawn views whose teacher features are computed once and cached
   (`BankViews`), fresh views with a live teacher (`FreshViews`), or the same
@@ -31,7 +31,6 @@ This module holds the pieces the notebook tells the story with:
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -40,8 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cache import cache_root, cached, code_fingerprint, key_digest, model_fingerprint
+from .distillers import FeatureRegression
 from .errors import ConfigError
-from .losses import negative_cosine, symmetric_negative_cosine
 from .models import weights_file
 from .paths import under
 from .probe import linear_probe
@@ -52,7 +51,7 @@ from .train import fit, launch, make_optimizer, make_scheduler, per_example, res
 
 __all__ = [
     "PAPER", "PAPER_CLAIMS", "VARIANTS", "VARIANT_LABELS", "TEACHER_LABELS", "TARGET_NORMS", "mean_direction_cosine",
-    "EncoderExtension", "KASSLStudent", "kassl_loss", "spread",
+    "EncoderExtension", "KASSLStudent", "kassl_loss",
     "ViewBank", "BankViews", "FreshViews", "SameImage", "train_kassl",
     "check_config", "grid", "phase_epochs", "view_bank", "teacher_architecture", "imitation", "encode", "center_crop",
     "KASSLData", "load_data", "load_teacher", "required_files", "student_backbone", "train_baseline",
@@ -161,16 +160,6 @@ class KASSLStudent(nn.Module):
         return t if self.reduction is None else self.reduction(t)
 
 
-def spread(z: torch.Tensor) -> torch.Tensor:
-    """Collapse check: mean per-dimension std of the L2-normalised rows, times sqrt(dim).
-
-    About 1 for features spread evenly over the sphere, 0 when every row is
-    the same vector (a collapsed projection); SimSiam's diagnostic, rescaled.
-    """
-    z = F.normalize(z.detach().float(), dim=1)
-    return z.std(0).mean() * math.sqrt(z.shape[1])
-
-
 def mean_direction_cosine(features: torch.Tensor) -> float:
     """Mean cosine of each feature with the features' mean: the cosine a student reaches by predicting a constant.
 
@@ -184,19 +173,17 @@ def mean_direction_cosine(features: torch.Tensor) -> float:
 
 def kassl_loss(student: KASSLStudent, v1: torch.Tensor, v2: torch.Tensor | None, t1: torch.Tensor,
                t2: torch.Tensor | None) -> dict:
-    """Symmetric negative cosine: student(t) vs teacher(t') plus student(t') vs teacher(t).
+    """`FeatureRegression` of the student's extension output on its teacher targets, both view orders.
 
-    `v2 is None` means the same image went to both networks: both directions
-    are then the same term, so it is computed once (same value, same gradient).
+    `v2 is None` means the same image went to both networks: one direction is the whole loss.
     """
     if v2 is None:
-        s1, target = student.embed(v1), student.target(t1)
-        loss = negative_cosine(s1, target)
-    else:
-        s1, s2 = student.embed(v1), student.embed(v2)
-        target, target2 = student.target(t1), student.target(t2)
-        loss = symmetric_negative_cosine(s1, target2, s2, target)
-    return {"loss": loss, "target_spread": spread(target), "student_spread": spread(s1)}
+        return _REGRESSION(student.embed(v1), student.target(t1))
+    s1, s2 = student.embed(v1), student.embed(v2)
+    return _REGRESSION(s1, student.target(t1), s2, student.target(t2))
+
+
+_REGRESSION = FeatureRegression()
 
 
 # ------------------------------------------------------------ where views come from

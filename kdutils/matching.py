@@ -15,14 +15,13 @@ and the caption tokenized for each reader) and returns one logit per pair:
   - `interaction`: `[u', v', u'*v', |u'-v'|]` of projected features into a
     small MLP, which can compare the two (the usual sentence-pair head).
 
-Training uses `train.fit` with a loss chosen by `LossSpec`: BCE on the
+Training uses `train.fit` with a distiller (`kdutils.distillers`): BCE on the
 labels, or the paper's two KD losses against cached teacher logits.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -34,12 +33,12 @@ from . import metrics
 from .cache import cache_root, cached, code_fingerprint, key_digest, model_fingerprint
 from .clip import image_embeds, text_embeds
 from .errors import ConfigError
-from .losses import binary_softmax_kd, sigmoid_kd
+from .distillers import BinaryCrossEntropy, Distiller
 from .models import weights_requirement
 from .paths import under
 from .train import History, fit, launch, make_optimizer, seed_everything, to_device
 
-__all__ = ["ClipMatcher", "TwoTowerMatcher", "LossSpec", "matching_loss", "pairs_fingerprint", "predict_logits",
+__all__ = ["ClipMatcher", "TwoTowerMatcher", "pairs_fingerprint", "predict_logits",
            "teacher_logits", "train_matcher", "calibrate_bias", "matching_report", "additive_score_analysis",
            "predict_additive_parts", "equivalent_sigmoid_alpha", "paper_inputs", "build_teacher", "student_factory"]
 
@@ -107,35 +106,6 @@ class TwoTowerMatcher(nn.Module):
         return u @ w[:self.image_dim] + self.head.bias[0], v @ w[self.image_dim:]
 
 
-@dataclass(frozen=True)
-class LossSpec:
-    """`bce` (labels only), or `softmax_kd` / `sigmoid_kd` against the teacher's logits with T and alpha."""
-
-    kind: str = "bce"
-    T: float = 1.0
-    alpha: float = 0.0
-
-    def __post_init__(self):
-        if self.kind not in ("bce", "softmax_kd", "sigmoid_kd"):
-            raise ConfigError(f"loss kind must be bce, softmax_kd or sigmoid_kd, got {self.kind!r}.")
-
-    @property
-    def label(self) -> str:
-        return "BCE" if self.kind == "bce" else f"{self.kind} T={self.T:g} alpha={self.alpha:g}"
-
-
-def matching_loss(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None, spec: LossSpec) -> dict:
-    """{"loss", "hard", "kd"}: the hard BCE and (for KD) the distillation term before weighting."""
-    if spec.kind == "bce":
-        hard = F.binary_cross_entropy_with_logits(logits, labels)
-        return {"loss": hard, "hard": hard.detach()}
-    if teacher is None:
-        raise ConfigError(f"{spec.kind} needs the teacher's logits.")
-    fn = binary_softmax_kd if spec.kind == "softmax_kd" else sigmoid_kd
-    parts = fn(logits, teacher, labels, spec.T, spec.alpha, return_parts=True)
-    return {"loss": parts["total"], "hard": parts["ce"].detach(), "kd": parts["kd"].detach()}
-
-
 def pairs_fingerprint(dataset) -> str:
     """Hash of a PairDataset's pairs and images (in-memory bytes, or the image loader's description)."""
     h = hashlib.sha256()
@@ -199,7 +169,7 @@ class _CosineOnly(nn.Module):
         return self.matcher.cosine(batch)
 
 
-def train_matcher(model: nn.Module, train, val, *, loss: LossSpec = LossSpec(), teacher: torch.Tensor | None = None,
+def train_matcher(model: nn.Module, train, val, *, loss: Distiller = BinaryCrossEntropy(), teacher: torch.Tensor | None = None,
                   epochs: int, lr: float, batch_size: int, seed: int, device="cpu", num_workers: int = 0,
                   max_steps: int | None = None, cache_tag: str | None = None, progress: bool = True,
                   desc: str = "train", num_processes: int = 1) -> History:
@@ -212,8 +182,8 @@ def train_matcher(model: nn.Module, train, val, *, loss: LossSpec = LossSpec(), 
     `num_processes` > 1 it trains data-parallel (`train.launch`); the main
     process's checkpoint brings the result back here, so that needs `cache_tag`.
     """
-    if loss.kind != "bce" and (teacher is None or len(teacher) != len(train)):
-        raise ConfigError(f"{loss.kind} needs one teacher logit per training pair ({len(train)}).")
+    if not isinstance(loss, BinaryCrossEntropy) and (teacher is None or len(teacher) != len(train)):
+        raise ConfigError(f"{loss.name} needs one teacher logit per training pair ({len(train)}).")
     if num_processes > 1 and cache_tag is None:
         raise ConfigError("train_matcher with num_processes > 1 needs a cache_tag: the main process's checkpoint is "
                           "how the trained weights reach this process.")
@@ -228,7 +198,7 @@ def _train_matcher(model, train, val, loss, teacher, epochs, lr, batch_size, see
     checkpoint, key = None, ""
     if cache_tag is not None:
         spec = {"tag": cache_tag, "init": model_fingerprint(model), "train": pairs_fingerprint(train),
-                "val": pairs_fingerprint(val), "loss": asdict(loss), "epochs": epochs, "lr": lr, "batch": batch_size,
+                "val": pairs_fingerprint(val), "loss": loss.config(), "epochs": epochs, "lr": lr, "batch": batch_size,
                 "seed": seed, "max_steps": max_steps, "code": code_fingerprint(__name__),
                 "teacher": None if teacher is None else hashlib.sha256(teacher.numpy().tobytes()).hexdigest()[:16]}
         key = key_digest(spec)
@@ -239,7 +209,7 @@ def _train_matcher(model, train, val, loss, teacher, epochs, lr, batch_size, see
 
     def compute_loss(batch):
         logits = model(batch)
-        parts = matching_loss(logits, batch["label"], None if soft is None else soft[batch["index"]], loss)
+        parts = loss(logits, None if soft is None else soft[batch["index"]], batch["label"])
         parts["acc"] = ((logits.detach() > 0).float() == batch["label"]).float().mean()
         return parts
 

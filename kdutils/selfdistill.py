@@ -54,7 +54,8 @@ from . import text as ktext
 from .cache import cache_root, cached, code_fingerprint, key_digest, model_fingerprint
 from .errors import ConfigError, MissingDataError
 from .itc_head import ImageTextHead
-from .losses import ClipLoss, soft_cross_entropy
+from .distillers import CrossEntropy, SoftTargetKD
+from .losses import ClipLoss
 from .models import small_resnet, torchvision_model, weights_requirement
 from .paths import under
 from .pretrain import DATA_SEEDS, pretrain_source, synth_split, world_config
@@ -766,13 +767,14 @@ def fit_teacher(mode: str, feats: FrozenFeatures, train_set, cfg, *, seed: int, 
     opt = make_optimizer(teacher.parameters(), "adamw", lr=cfg.s1_head_lr, weight_decay=1e-4)
     sched = warmup_cosine(opt, warmup_steps=min(total // 10, 200), total_steps=total)
     table = caption_table.to(device) if caption_table is not None else None
+    distiller = CrossEntropy()
 
     def compute_loss(batch):
         images, labels, index = batch
         view = torch.randint(0, feats.views, (len(labels),), device=labels.device)
         tokens, pooled = feats(images, index, view)
         queries = table[view, index] if table is not None else None
-        return {"loss": F.cross_entropy(teacher(tokens, pooled, labels, queries), labels)}
+        return distiller(teacher(tokens, pooled, labels, queries), None, labels)
 
     def evaluate():
         vfeats, vset, vtable = val
@@ -889,16 +891,14 @@ def _fit_student(spec: dict, train_set, cfg, data_key: dict, seed: int, num_clas
     opt_name, lr, wd = student_optimizer(student, cfg)
     opt = make_optimizer(student.parameters(), opt_name, lr=lr, momentum=0.9, weight_decay=wd)
     sched = warmup_cosine(opt, warmup_steps=min(total // 10, 500), total_steps=total)
-    probs = None if targets is None else targets
+    distiller = CrossEntropy() if targets is None else SoftTargetKD()
 
     def compute_loss(batch):
         images, labels, index = batch
         view = per_example(lambda n: torch.randint(0, len(VIEWS), (n,), device=labels.device), len(labels))
         logits = student(_flip(_to_unit(images), view))
-        if probs is None:
-            return {"loss": F.cross_entropy(logits, labels)}
-        target = F.softmax(probs[view.cpu(), index.cpu()].to(logits.device).float(), dim=1)
-        return {"loss": soft_cross_entropy(logits.float(), target)}  # float32 even under AMP: rows sum to 1
+        teacher = None if targets is None else targets[view.cpu(), index.cpu()].to(logits.device)
+        return distiller(logits, teacher, labels)
 
     def evaluate():
         logits, labels = student_logits(student, val_set, device)

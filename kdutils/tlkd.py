@@ -38,8 +38,8 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .cache import cached, model_fingerprint, results_root
+from .distillers import CrossEntropy, HintonKD
 from .errors import ConfigError
-from .losses import hinton_kd
 from .models import SMALL_ARCHS, weights_requirement
 from .paths import under
 from .teacher import CIFAR10_MEAN, CIFAR10_STD, FrozenTeacher, Normalize
@@ -538,7 +538,7 @@ def train_head(train, labels: torch.Tensor, val, val_labels: torch.Tensor, hp: H
     `train` / `val` are `CachedSource` or `PlainSource`. Each step draws one
     view per image (mirror, corruption) from a generator seeded by `seed`,
     so the cached and the plain path see the same views. The loss is
-    cross-entropy (alpha = 0) or `hinton_kd` with `hp.temperature` and
+    cross-entropy (alpha = 0) or `HintonKD` with `hp.temperature` and
     `hp.alpha` against the teacher logits of the same views. Validation
     accuracy drives ReduceLROnPlateau, early stopping and `restore_best`.
     """
@@ -552,16 +552,13 @@ def train_head(train, labels: torch.Tensor, val, val_labels: torch.Tensor, hp: H
     head = nn.Sequential(nn.Dropout(hp.dropout), nn.Linear(train.dim, num_classes))
     labels, val_labels = labels.long(), val_labels.long()
     loader = _IndexBatches(labels, hp.batch_size, gen)
+    distiller = HintonKD(hp.temperature, hp.alpha) if hp.alpha > 0 else CrossEntropy()
 
     def compute_loss(batch):
         idx, y = batch
         views = torch.randint(train.n_views, (len(idx),), generator=view_gen)
         feats, zt = train.batch(idx, views, need_teacher=hp.alpha > 0)
-        zs = head(feats)
-        if hp.alpha == 0:
-            return {"loss": F.cross_entropy(zs, y)}
-        parts = hinton_kd(zs, zt, y, hp.temperature, hp.alpha, return_parts=True)
-        return {"loss": parts["total"], "kd": parts["kd"], "ce": parts["ce"]}
+        return distiller(head(feats), zt, y)
 
     def evaluate() -> dict:
         logits = head_logits(head, val)

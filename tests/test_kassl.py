@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdutils import kassl
+from kdutils.distillers import spread
 from kdutils.errors import ConfigError
 from kdutils.kassl import (PAPER, PAPER_CLAIMS, BankViews, EncoderExtension, KASSLStudent, SameImage, ViewBank, kassl_loss,
-                           ratios, spread, summarise, table, train_kassl, verdicts)
+                           ratios, summarise, table, train_kassl, verdicts)
 from kdutils.ssl import ViewAugment
 
 

@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdutils import clip, matching, pairs, synthworld, text
+from kdutils import clip, distillers, matching, pairs, synthworld, text
 from kdutils.benchmarks import matching as bench_matching
 from kdutils.errors import ConfigError
-from kdutils.losses import binary_softmax_kd, sigmoid_kd
 from kdutils.profiles import load_profile
 
 
@@ -98,22 +97,11 @@ def test_additive_head_is_a_sum_of_parts(data):
         matching.TwoTowerMatcher(MeanImage(), 3, FixedText(), head="bilinear")
 
 
-def test_matching_loss_matches_the_shared_losses():
-    z, t, y = torch.tensor([0.5, -1.0, 2.0]), torch.tensor([1.5, -2.0, 0.1]), torch.tensor([1.0, 0.0, 1.0])
-    bce = matching.matching_loss(z, y, None, matching.LossSpec())
-    assert float(bce["loss"]) == pytest.approx(float(F.binary_cross_entropy_with_logits(z, y)))
-    soft = matching.matching_loss(z, y, t, matching.LossSpec("softmax_kd", 2.0, 0.5))
-    torch.testing.assert_close(soft["loss"], binary_softmax_kd(z, t, y, 2.0, 0.5))
-    sig = matching.matching_loss(z, y, t, matching.LossSpec("sigmoid_kd", 3.0, 0.4))
-    torch.testing.assert_close(sig["loss"], sigmoid_kd(z, t, y, 3.0, 0.4))
-    # by hand: alpha * BCE(sigmoid(z/T) vs sigmoid(t/T)) + (1 - alpha) * BCE(z, y)
-    pt, ps = torch.sigmoid(t / 3), torch.sigmoid(z / 3)
-    kd = -(pt * ps.log() + (1 - pt) * (1 - ps).log()).mean()
-    torch.testing.assert_close(sig["kd"], kd)
-    with pytest.raises(ConfigError, match="teacher"):
-        matching.matching_loss(z, y, None, matching.LossSpec("sigmoid_kd", 2.0, 0.5))
-    with pytest.raises(ConfigError, match="loss kind"):
-        matching.LossSpec("mse")
+def test_kd_without_teacher_logits_fails_before_training(data):
+    model = matching.TwoTowerMatcher(MeanImage(), 3, FixedText(), head="interaction", width=8)
+    with pytest.raises(ConfigError, match="one teacher logit per training pair"):
+        matching.train_matcher(model, data, data, loss=distillers.SigmoidKD(2.0, 0.5), epochs=1, lr=1e-2,
+                               batch_size=8, seed=0, progress=False)
 
 
 def test_train_matcher_learns_and_resumes(tmp_path, monkeypatch, data):
@@ -124,7 +112,7 @@ def test_train_matcher_learns_and_resumes(tmp_path, monkeypatch, data):
         return matching.TwoTowerMatcher(MeanImage(), 3, FixedText(), head="interaction", width=8)
 
     teacher = torch.linspace(-2, 2, len(data))
-    spec = matching.LossSpec("sigmoid_kd", 2.0, 0.5)
+    spec = distillers.SigmoidKD(2.0, 0.5)
     m1 = make()
     h1 = matching.train_matcher(m1, data, data, loss=spec, teacher=teacher, epochs=3, lr=1e-2, batch_size=8, seed=0,
                                 cache_tag="unit", progress=False)
@@ -182,9 +170,9 @@ def test_softmax_kd_is_a_rescaled_sigmoid_kd(T, alpha):
     torch.manual_seed(0)
     zt, y = torch.randn(32) * 3, (torch.rand(32) > 0.5).float()
     zs = (torch.randn(32) * 2).requires_grad_(True)
-    (g_soft,) = torch.autograd.grad(binary_softmax_kd(zs, zt, y, T, alpha), zs)
+    (g_soft,) = torch.autograd.grad(distillers.BinarySoftmaxKD(T, alpha)(zs, zt, y)["loss"], zs)
     a2, c = matching.equivalent_sigmoid_alpha(T, alpha)
-    (g_sig,) = torch.autograd.grad(sigmoid_kd(zs, zt, y, T, a2), zs)
+    (g_sig,) = torch.autograd.grad(distillers.SigmoidKD(T, a2)(zs, zt, y)["loss"], zs)
     torch.testing.assert_close(g_soft, c * g_sig, rtol=1e-5, atol=1e-7)
     assert matching.equivalent_sigmoid_alpha(3.0, 0.5) == pytest.approx((4.5 / 5.0, 5.0))
 

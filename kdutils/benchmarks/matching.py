@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from ..distillers import SigmoidKD
 from ..matching import (
     ClipMatcher,
-    LossSpec,
     TwoTowerMatcher,
     _loader,
-    matching_loss,
     predict_logits,
 )
 from ..train import make_optimizer, seed_everything
@@ -44,7 +43,7 @@ def run(n_pairs: int = 1024, epochs: int = 2, batch_size: int = 128) -> dict:
     torch.manual_seed(0)
     with quiet_transformers():
         teacher = ClipMatcher(CLIPModel(small_clip_config(len(tok), **arch))).eval()
-    spec = LossSpec("sigmoid_kd", 3.0, 0.5)
+    kd = SigmoidKD(3.0, 0.5)
 
     def student():
         torch.manual_seed(1)
@@ -64,7 +63,7 @@ def run(n_pairs: int = 1024, epochs: int = 2, batch_size: int = 128) -> dict:
                         zt = teacher(b)
                 else:
                     zt = cached_logits[b["index"]]
-                loss = matching_loss(model(b), b["label"], zt, spec)["loss"]
+                loss = kd(model(b), zt, b["label"])["loss"]
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

@@ -18,9 +18,11 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pandas as pd
 from scipy import stats as sps
 
-__all__ = ["VERDICTS", "PairedVerdict", "paired_verdict", "WilcoxonResult", "paired_wilcoxon", "summarize"]
+__all__ = ["VERDICTS", "PairedVerdict", "paired_verdict", "WilcoxonResult", "paired_wilcoxon", "summarize",
+           "seed_table"]
 
 #: Largest sample (non-zero differences) for which the exact null distribution is used.
 EXACT_MAX_N = 50
@@ -148,3 +150,20 @@ def summarize(values) -> dict:
         raise ValueError("summarize needs at least one value.")
     std = float(a.std(ddof=1)) if a.size > 1 else 0.0
     return {"mean": float(a.mean()), "std": std, "n": int(a.size)}
+
+
+def seed_table(frame: pd.DataFrame, by, column: str) -> pd.DataFrame:
+    """`summarize` of `column` per group of `by` (rows in order of first appearance): a table over seeds.
+
+    Columns mean, std (ddof=1; 0 for one value) and n; missing values are skipped, and a group with
+    none gets NaN and n = 0.
+    """
+    rows, keys = [], []
+    for key, values in frame.groupby(by, sort=False)[column]:
+        present = values.dropna()
+        rows.append(summarize(present) if len(present) else {"mean": np.nan, "std": np.nan, "n": 0})
+        keys.append(key)
+    names = [by] if isinstance(by, str) else list(by)
+    index = (pd.MultiIndex.from_tuples(keys, names=names) if len(names) > 1
+             else pd.Index([k[0] if isinstance(k, tuple) else k for k in keys], name=names[0]))
+    return pd.DataFrame(rows, index=index, columns=["mean", "std", "n"])

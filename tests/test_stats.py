@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from kdutils.stats import paired_wilcoxon, summarize
+from kdutils.stats import paired_wilcoxon, seed_table, summarize
 
 
 def exact_two_sided_p(differences) -> float:
@@ -81,3 +81,18 @@ def test_summarize_uses_the_sample_standard_deviation():
     assert summarize([5.0]) == {"mean": 5.0, "std": 0.0, "n": 1}
     with pytest.raises(ValueError):
         summarize([])
+
+
+def test_seed_table_summarizes_each_group_in_order_of_appearance():
+    import pandas as pd
+
+    runs = pd.DataFrame({"model": ["b", "a", "b", "b", "a", "c"], "k": [1, 1, 1, 1, 2, 1],
+                         "top1": [1.0, 4.0, 2.0, 3.0, 6.0, np.nan]})
+    by_model = seed_table(runs, "model", "top1")
+    assert list(by_model.index) == ["b", "a", "c"] and by_model.index.name == "model"
+    assert by_model.loc["b"].to_dict() == {"mean": 2.0, "std": 1.0, "n": 3}  # sample std, as `summarize`
+    assert by_model.loc["a", "std"] == pytest.approx(np.std([4.0, 6.0], ddof=1))
+    assert np.isnan(by_model.loc["c", "mean"]) and by_model.loc["c", "n"] == 0  # nothing measured
+    by_both = seed_table(runs, ["model", "k"], "top1")
+    assert list(by_both.index) == [("b", 1), ("a", 1), ("a", 2), ("c", 1)]
+    assert by_both.loc[("a", 2)].to_dict() == {"mean": 6.0, "std": 0.0, "n": 1}

@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from .cache import cached, model_fingerprint
 from .errors import ConfigError, MissingDataError
+from .frozen import batches, outputs
 from .train import single_cpu_thread
 
 __all__ = [
@@ -452,14 +453,13 @@ def explain_deep(model: nn.Module, background: torch.Tensor, images: torch.Tenso
         _strip_shap_attributes(model, before)
     values = np.concatenate([p[0] for p in parts]).astype(np.float32)
     classes = np.concatenate([p[1] for p in parts]).astype(np.int64)
-    with torch.no_grad():
-        logits = torch.cat([model(images[i:i + 64]) for i in range(0, len(images), 64)]).double().cpu().numpy()
-    outputs = logits[np.arange(len(classes)), classes]
+    logits = outputs(model, batches(images, 64)).double().numpy()
+    explained = logits[np.arange(len(classes)), classes]
     expected = expected_all[classes]
-    error = np.abs(values.astype(np.float64).reshape(len(values), -1).sum(1) - (outputs - expected))
+    error = np.abs(values.astype(np.float64).reshape(len(values), -1).sum(1) - (explained - expected))
     method = "DeepExplainer (DeepLIFT rescale, accumulating max-pool)" if accumulate_maxpool else \
         "DeepExplainer (shap 0.51 max-pool rule)"
-    return DeepExplanation(values, classes, outputs, expected, error, method)
+    return DeepExplanation(values, classes, explained, expected, error, method)
 
 
 def explain_deep_cached(model: nn.Module, background: torch.Tensor, images: torch.Tensor,

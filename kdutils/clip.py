@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from . import metrics
 from .cache import cache_root, cached, code_fingerprint, key_digest
 from .errors import ConfigError, MissingDataError
+from .frozen import batches, outputs
 from .losses import clip_contrastive_loss
 from .pretrain import synth_split, to_tensors, world_config
 from .published import lookup, recipe
@@ -127,31 +128,23 @@ def _tokenize(tokenizer, texts, max_length: int | None = None) -> dict[str, torc
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
-@torch.no_grad()
 def encode_texts(model, tokenizer, texts, batch_size: int = 512) -> torch.Tensor:
     """L2-normalised text embeddings of a list of strings, on the CPU (model in eval mode)."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    for i in range(0, len(texts), batch_size):
-        enc = _tokenize(tokenizer, texts[i:i + batch_size])
-        out.append(F.normalize(text_embeds(model, enc["input_ids"].to(device),
-                                           enc["attention_mask"].to(device)).float(), dim=-1).cpu())
-    model.train(was_training)
-    return torch.cat(out)
+
+    def embed(chunk):
+        enc = _tokenize(tokenizer, chunk)
+        return F.normalize(text_embeds(model, enc["input_ids"].to(device), enc["attention_mask"].to(device)).float(),
+                           dim=-1)
+
+    return outputs(model, batches(list(texts), batch_size), embed)
 
 
-@torch.no_grad()
 def encode_images(model, images01: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """L2-normalised image embeddings of a [0, 1] image tensor, on the CPU (model in eval mode)."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = [F.normalize(image_embeds(model, images01[i:i + batch_size].to(device)).float(), dim=-1).cpu()
-           for i in range(0, len(images01), batch_size)]
-    model.train(was_training)
-    return torch.cat(out)
+    return outputs(model, batches(images01, batch_size),
+                   lambda x: F.normalize(image_embeds(model, x.to(device)).float(), dim=-1))
 
 
 def retrieval_recalls(image_emb: torch.Tensor, text_emb: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
@@ -258,18 +251,8 @@ def pretrain_small_clip(cfg, seed: int = 0, progress: bool | None = None):
         summary = load_checkpoint(summary_path)
         return model.eval(), tokenizer, summary
 
-    train = synth_split(cfg, "source_train")
-    x, _ = to_tensors(train)
-    enc = _tokenize(tokenizer, train.captions, SYNTH_MAX_TOKENS)
-    attrs = sorted(train.hard_negatives[0])
-    neg = _tokenize(tokenizer, [h[a] for h in train.hard_negatives for a in attrs], SYNTH_MAX_TOKENS)
-    neg = {k: v.view(len(train), len(attrs), -1) for k, v in neg.items()}
-    prompts = _tokenize(tokenizer, [class_prompts("source")[k] for k in train.labels], SYNTH_MAX_TOKENS)
-    width = enc["input_ids"].shape[1]
-    prompts = {k: F.pad(v, (0, width - v.shape[1])) for k, v in prompts.items()}  # [PAD] = 0, mask 0
-    data = torch.utils.data.TensorDataset(x, enc["input_ids"], enc["attention_mask"], neg["input_ids"],
-                                          neg["attention_mask"], prompts["input_ids"], prompts["attention_mask"])
-    loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=True)
+    loader = torch.utils.data.DataLoader(_source_pairs(cfg, tokenizer), batch_size=cfg.batch_size, shuffle=True,
+                                         generator=gen, drop_last=True)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
@@ -298,19 +281,36 @@ def pretrain_small_clip(cfg, seed: int = 0, progress: bool | None = None):
                   progress=progress)
     model.eval()
 
-    def evaluate():
-        test = synth_split(cfg, "source_test")
-        xt, _ = to_tensors(test)
-        recalls = retrieval_recalls(encode_images(model, xt), encode_texts(model, tokenizer, test.captions), ks=(1, 5))
-        target = synth_split(cfg, "target_test")
-        xz, yz = to_tensors(target)
-        zero_shot = zero_shot_accuracy(model, tokenizer, xz, yz, class_prompts("target"))
-        return {"arch": arch, "epochs": epochs, "lr": lr, "seed": seed, "recipe": recipe(key), "history": history.to_dict(),
-                "source_test_recalls": recalls, "target_zero_shot_top1": zero_shot,
-                "n_source_test": len(test), "parameters": sum(p.numel() for p in model.parameters())}
-
-    summary = cached("clip-summary", key, evaluate, verbose=False)
+    summary = cached("clip-summary", key, lambda: {
+        "arch": arch, "epochs": epochs, "lr": lr, "seed": seed, "recipe": recipe(key), "history": history.to_dict(),
+        **_clip_evaluation(model, tokenizer, cfg), "parameters": sum(p.numel() for p in model.parameters())},
+        verbose=False)
     return model.cpu().eval(), tokenizer, summary
+
+
+def _source_pairs(cfg, tokenizer) -> torch.utils.data.TensorDataset:
+    """SynthWorld source images with their caption, one-attribute hard negatives and class prompt, tokenised."""
+    train = synth_split(cfg, "source_train")
+    x, _ = to_tensors(train)
+    enc = _tokenize(tokenizer, train.captions, SYNTH_MAX_TOKENS)
+    attrs = sorted(train.hard_negatives[0])
+    neg = _tokenize(tokenizer, [h[a] for h in train.hard_negatives for a in attrs], SYNTH_MAX_TOKENS)
+    neg = {k: v.view(len(train), len(attrs), -1) for k, v in neg.items()}
+    prompts = _tokenize(tokenizer, [class_prompts("source")[k] for k in train.labels], SYNTH_MAX_TOKENS)
+    width = enc["input_ids"].shape[1]
+    prompts = {k: F.pad(v, (0, width - v.shape[1])) for k, v in prompts.items()}  # [PAD] = 0, mask 0
+    return torch.utils.data.TensorDataset(x, enc["input_ids"], enc["attention_mask"], neg["input_ids"],
+                                          neg["attention_mask"], prompts["input_ids"], prompts["attention_mask"])
+
+
+def _clip_evaluation(model, tokenizer, cfg) -> dict:
+    """Retrieval recalls on the source test split and zero-shot top-1 on the target test split."""
+    test = synth_split(cfg, "source_test")
+    xt, _ = to_tensors(test)
+    recalls = retrieval_recalls(encode_images(model, xt), encode_texts(model, tokenizer, test.captions), ks=(1, 5))
+    xz, yz = to_tensors(synth_split(cfg, "target_test"))
+    return {"source_test_recalls": recalls, "target_zero_shot_top1": zero_shot_accuracy(
+        model, tokenizer, xz, yz, class_prompts("target")), "n_source_test": len(test)}
 
 
 def load_clip(name_or_path=PAPER_CLIP, allow_random: bool = False, repo_id: str = PAPER_CLIP):

@@ -27,16 +27,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import metrics
 from .cache import cache_root, cached, code_fingerprint, key_digest, model_fingerprint
 from .clip import image_embeds, text_embeds
-from .errors import ConfigError
 from .distillers import BinaryCrossEntropy, Distiller
+from .errors import ConfigError
+from .frozen import outputs
 from .models import weights_requirement
 from .paths import under
-from .train import History, fit, launch, make_optimizer, seed_everything, to_device
+from .train import History, fit, launch, make_optimizer, seed_everything
 
 __all__ = ["ClipMatcher", "TwoTowerMatcher", "pairs_fingerprint", "predict_logits",
            "teacher_logits", "train_matcher", "calibrate_bias", "matching_report", "additive_score_analysis",
@@ -125,17 +125,11 @@ def _loader(dataset, batch_size: int, shuffle: bool = False, generator=None, num
                                        num_workers=num_workers, drop_last=False)
 
 
-@torch.no_grad()
 def predict_logits(model: nn.Module, dataset, batch_size: int = 256, device="cpu", num_workers: int = 0,
                    progress: bool = False, desc: str = "predict") -> torch.Tensor:
-    """One logit per pair of `dataset`, in order, on the CPU (model in eval mode, restored after)."""
-    was_training = model.training
-    model.eval().to(device)
-    out = [model(to_device(b, torch.device(device))).float().cpu()
-           for b in tqdm(_loader(dataset, batch_size, num_workers=num_workers), desc=desc, leave=False,
-                         disable=not progress)]
-    model.train(was_training)
-    return torch.cat(out)
+    """One logit per pair of `dataset`, in order, on the CPU (`frozen.outputs`)."""
+    return outputs(model, _loader(dataset, batch_size, num_workers=num_workers), device=device, progress=progress,
+                   desc=desc)
 
 
 def teacher_logits(teacher: nn.Module, dataset, batch_size: int = 256, device="cpu", num_workers: int = 0,
@@ -359,16 +353,12 @@ def student_factory(cfg, seed: int = 0):
     return make, tokenizer, info
 
 
-@torch.no_grad()
 def predict_additive_parts(model: TwoTowerMatcher, dataset, batch_size: int = 256, device="cpu",
                            num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(a(image), b(caption)) of an additive student for every pair of `dataset`, on the CPU."""
-    was_training = model.training
-    model.eval().to(device)
-    parts = [model.additive_parts(to_device(b, torch.device(device))) for b in _loader(dataset, batch_size,
-                                                                                        num_workers=num_workers)]
-    model.train(was_training)
-    return torch.cat([a.float().cpu() for a, _ in parts]), torch.cat([b.float().cpu() for _, b in parts])
+    both = outputs(model, _loader(dataset, batch_size, num_workers=num_workers),
+                   lambda b: torch.stack(model.additive_parts(b), 1), device=device)
+    return both[:, 0], both[:, 1]
 
 
 def equivalent_sigmoid_alpha(T: float, alpha: float) -> tuple[float, float]:

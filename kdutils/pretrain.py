@@ -20,7 +20,7 @@ from . import metrics
 from .augment import flip_shift
 from .cache import cache_root, code_fingerprint, entry_lock, key_digest
 from .models import small_resnet
-from .probe import extract_features
+from .frozen import batches, outputs
 from .published import lookup, recipe
 from .results import write_json
 from .synthworld import SynthBatch, WorldConfig, class_names, generate
@@ -99,7 +99,7 @@ def _pretrain_source(arch: str, cfg, seed: int, epochs: int, lr: float, progress
                   desc=f"pretrain {arch} on source", progress=progress)
     model.eval()
     xt, yt = to_tensors(synth_split(cfg, "source_test"))
-    logits = extract_features(model, xt, device=device)
+    logits = outputs(model, batches(xt, 512), device=device)
     summary = {"arch": arch, "epochs": epochs, "seed": seed, "recipe": recipe(key), "history": history.to_dict(),
                "source_top1": metrics.accuracy(yt, logits), "source_top5": metrics.topk_accuracy(logits, yt, 5),
                "parameters": sum(p.numel() for p in model.parameters())}

@@ -16,18 +16,6 @@ from . import metrics
 from .train import fit, make_optimizer, seed_everything
 
 
-@torch.no_grad()
-def extract_features(encoder, images: torch.Tensor, batch_size: int = 512,
-                     device: torch.device | str = "cpu") -> torch.Tensor:
-    """`encoder(x)` over an image tensor in batches, in eval mode, returned on the CPU."""
-    was_training = getattr(encoder, "training", False)
-    encoder.eval().to(device)
-    out = torch.cat([encoder(images[i:i + batch_size].to(device)).float().cpu()
-                     for i in range(0, len(images), batch_size)])
-    encoder.train(was_training)
-    return out
-
-
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
                  test_y: torch.Tensor, *, epochs: int = 30, lr: float = 0.1,
                  weight_decay: float = 1e-4, batch_size: int = 256, seed: int = 0,

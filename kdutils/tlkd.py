@@ -34,12 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import metrics
 from .cache import cached, model_fingerprint, results_root
 from .distillers import CrossEntropy, HintonKD
 from .errors import ConfigError
+from .frozen import batches, outputs
 from .models import SMALL_ARCHS, weights_requirement
 from .paths import under
 from .teacher import CIFAR10_MEAN, CIFAR10_STD, FrozenTeacher, Normalize
@@ -374,20 +374,11 @@ def frozen_features(encoder: nn.Module, split: Split, bank: ViewBank, *, device=
     device = torch.device(device)
 
     def compute() -> torch.Tensor:
-        encoder.eval().to(device)
-        n = len(split)
-        out = []
-        bar = tqdm(total=bank.n_views * math.ceil(n / batch_size), desc=desc, leave=False, disable=not progress)
-        for v in range(bank.n_views):
-            rows = []
-            for start in range(0, n, batch_size):
-                idx = torch.arange(start, min(start + batch_size, n))
-                x = bank.render(split.images[idx], idx, torch.full_like(idx, v))
-                rows.append(encoder(x.to(device)).float().cpu())
-                bar.update()
-            out.append(torch.cat(rows))
-        bar.close()
-        return torch.stack(out)
+        encoder.to(device)
+        order = batches(torch.arange(len(split)), batch_size)
+        return torch.stack([outputs(encoder, order, lambda idx: encoder(bank.render(
+            split.images[idx], idx, torch.full_like(idx, v)).to(device)), progress=progress, desc=f"{desc} view {v}")
+            for v in range(bank.n_views)])
 
     return cached("tlkd-features", key, compute, verbose=False) if use_cache else compute()
 
@@ -450,24 +441,16 @@ class PlainSource:
         return self.encoder(x).float(), (self.teacher(x).float() if need_teacher else None)
 
 
-@torch.no_grad()
 def head_logits(head: nn.Module, source, batch_size: int = 4096) -> torch.Tensor:
     """Logits of `head` on view 0 of every image of `source` (an evaluation source), on the CPU."""
-    head.eval()
-    out = []
-    for start in range(0, len(source), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(source)))
-        feats, _ = source.batch(idx, torch.zeros_like(idx))
-        out.append(head(feats).float().cpu())
-    return torch.cat(out)
+    return outputs(head, batches(torch.arange(len(source)), batch_size),
+                   lambda idx: head(source.batch(idx, torch.zeros_like(idx))[0]))
 
 
-@torch.no_grad()
 def view_logits(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
     """A trained (teacher) head's logits for cached features of every view, (V, N, C)."""
-    head.eval()
     device = next(head.parameters()).device
-    return torch.stack([head(f.to(device)).float().cpu() for f in features])
+    return torch.stack([outputs(head, [f], device=device) for f in features])
 
 
 # ------------------------------------------------------------------ head training

@@ -49,7 +49,6 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "to_device",
-    "predict",
     "single_cpu_thread",
     "launch",
     "per_example",
@@ -535,16 +534,3 @@ def _step(model, batch, compute_loss, optimizer, scaler, accelerator, device, ch
     parts = [v.detach().float().reshape(1) for v in losses.values()]
     _all_reduce_sum(parts, accelerator, scale=weight)
     return dict(zip(losses, parts))
-
-
-@torch.no_grad()
-def predict(model: nn.Module, loader, device: torch.device | str = "cpu",
-            inputs: Callable = lambda b: b[0], progress: bool = False) -> torch.Tensor:
-    """Model outputs over a loader, concatenated on the CPU (model in eval mode)."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    outs = [model(to_device(inputs(b), device)).float().cpu()
-            for b in tqdm(loader, desc="predict", leave=False, disable=not progress)]
-    model.train(was_training)
-    return torch.cat(outs)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from kdutils.errors import ConfigError, NonFiniteLossError
-from kdutils.train import fit, make_optimizer, make_scheduler, predict, seed_everything, warmup_cosine
+from kdutils.train import fit, make_optimizer, make_scheduler, seed_everything, warmup_cosine
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -143,7 +143,7 @@ def test_warmup_cosine_schedule_values():
     assert lrs == pytest.approx(expected)
 
 
-def test_dry_run_step_cap_and_predict():
+def test_dry_run_step_cap():
     model, loader, opt, _, _ = make_run()
     seen = {"n": 0}
 
@@ -153,8 +153,6 @@ def test_dry_run_step_cap_and_predict():
 
     fit(model, loader, compute_loss, opt, epochs=2, max_steps_per_epoch=2, progress=False)
     assert seen["n"] == 4
-    out = predict(model, loader)
-    assert out.shape == (96, 2)
 
 
 def test_bad_arguments_fail_early():

@@ -1,0 +1,41 @@
+"""`frozen.outputs`, the one batched inference loop: eval mode, no gradients, order kept, mode restored."""
+
+import pytest
+import torch
+from torch import nn
+
+from kdutils.frozen import batches, outputs
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 3))
+
+
+def test_outputs_equal_one_eval_forward_and_restore_the_mode():
+    net, x = _net(), torch.randn(23, 5)
+    net.train()
+    got = outputs(net, batches(x, 4))
+    assert net.training and not got.requires_grad and got.dtype == torch.float32
+    with torch.no_grad():
+        expected = net.eval()(x)
+    torch.testing.assert_close(got, expected)  # eval mode: no dropout, running BN statistics untouched
+    assert [len(b) for b in batches(x, 10)] == [10, 10, 3] and batches(list("abcde"), 2)[-1] == ["e"]
+
+
+def test_outputs_with_a_forward_of_choice_and_dict_batches():
+    net = _net().eval()
+    rows = [{"x": torch.randn(4, 5)} for _ in range(3)]
+    got = outputs(net, rows, lambda b: net[0](b["x"]), device="cpu")
+    torch.testing.assert_close(got, torch.cat([net[0](b["x"]) for b in rows]).detach())
+
+
+def test_outputs_restore_the_mode_after_an_error():
+    net = _net().train()
+
+    def broken(batch):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        outputs(net, [torch.randn(2, 5)], broken)
+    assert net.training

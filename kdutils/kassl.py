@@ -12,7 +12,7 @@ feature to a smaller size, which the extension then targets) and both.
 
 This module holds the pieces the notebook tells the story with:
 
-* the paper's numbers and the variants (`PAPER`, `VARIANTS`);
+* the variants (`VARIANTS`) and the teachers (`TEACHER_LABELS`);
 * the student (`EncoderExtension`, `KASSLStudent`, `kassl_loss`), optionally
   with standardised teacher targets (not in the presentation: raw pooled
   features share a mean direction a student can match without learning,
@@ -23,9 +23,8 @@ This module holds the pieces the notebook tells the story with:
   image to both (`SameImage`); `train_kassl` trains with any of them;
 * the teachers at each scale (`load_teacher`: supervised, BYOL and MoCo-v2
   pretrained in-run on SynthWorld, or the published ResNet-50 checkpoints),
-  the data (`load_data`), the BYOL baseline (`train_baseline`), probes
-  (`probe`), and the presentation's tables with their derived ratios and
-  verdicts (`table`, `ratios`, `verdicts`).
+  the data (`load_data`), the BYOL baseline (`train_baseline`) and probes
+  (`probe`). The presentation's numbers, tables and verdicts are the notebook's.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,52 +43,23 @@ from .models import weights_file
 from .paths import under
 from .probe import linear_probe
 from .ssl import LossTrace, ViewAugment, as_float_images, make_learner, train_ssl, view_pair
-from .stats import summarize
 from .teacher import IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher, Normalize
 from .train import fit, launch, make_optimizer, make_scheduler, per_example, resolve_device, seed_everything
 
 __all__ = [
-    "PAPER", "PAPER_CLAIMS", "VARIANTS", "VARIANT_LABELS", "TEACHER_LABELS", "TARGET_NORMS", "mean_direction_cosine",
+    "VARIANTS", "TEACHER_LABELS", "TARGET_NORMS", "mean_direction_cosine",
     "EncoderExtension", "KASSLStudent", "kassl_loss",
     "ViewBank", "BankViews", "FreshViews", "SameImage", "train_kassl",
     "check_config", "grid", "phase_epochs", "view_bank", "teacher_architecture", "imitation", "encode", "center_crop",
     "KASSLData", "load_data", "load_teacher", "required_files", "student_backbone", "train_baseline",
-    "random_init_probe", "probe", "train_student", "aggregate", "table", "ratios", "paper_ratios", "summarise",
-    "verdicts",
+    "random_init_probe", "probe", "train_student",
 ]
 
-# ------------------------------------------------------------ the paper
-
-#: The presentation's linear-probe results on ImageNet-100 (None: not reported).
-PAPER = {
-    "byol": {"top1": {"teacher": 81.46, "baseline": 63.52, "original": 81.82, "no_aug": 81.04,
-                      "feature_reduction": 76.18, "no_aug_fr": 75.50},
-             "top5": {"teacher": 96.24, "baseline": 87.32, "original": 95.58, "no_aug": 95.84,
-                      "feature_reduction": 93.10, "no_aug_fr": 92.18}},
-    "moco_v2": {"top1": {"teacher": 80.28, "baseline": None, "original": 77.02, "no_aug": 77.52,
-                         "feature_reduction": 71.56, "no_aug_fr": 71.34},
-                "top5": {"teacher": 95.40, "baseline": None, "original": 94.88, "no_aug": 94.66,
-                         "feature_reduction": 92.42, "no_aug_fr": 92.58}},
-}
-#: What the presentation derives from its table, as it states them (over its four BYOL top-1 cells),
-#: and the published context beside it.
-PAPER_CLAIMS = {
-    "mean_student_over_teacher_pct": 96.53,
-    "best_student_over_teacher_pct": 100.44,
-    "mean_gain_over_baseline_pts": 15.12,
-    "best_gain_over_baseline_pts": 18.3,
-    "loss_plateau_without_fr": -0.9,
-    "loss_plateau_with_fr": -0.6,
-    "solo_learn_byol_resnet18_imagenet100_top1": 80.0,  # solo-learn, 400 epochs: the paper's baseline is weak
-    "simreg": "SimReg (Navaneet et al., BMVC 2021): 4-layer MLP on the student, cosine regression to a "
-              "frozen SSL teacher: the closest published method",
-}
+# ------------------------------------------------------------ the variants and teachers
 
 #: variant -> (augmented views?, teacher feature reduced?)
 VARIANTS = {"original": (True, False), "no_aug": (False, False), "feature_reduction": (True, True),
             "no_aug_fr": (False, True)}
-VARIANT_LABELS = {"original": "Original", "no_aug": "No Aug", "feature_reduction": "Feature Red",
-                  "no_aug_fr": "No Aug + FR"}
 TEACHER_LABELS = {"byol": "BYOL", "moco_v2": "MoCo-v2", "supervised": "Supervised"}
 #: What is done to the teacher's feature before the cosine: nothing (the presentation) or standardisation.
 TARGET_NORMS = ("none", "standardize")
@@ -822,155 +791,3 @@ def random_init_probe(arch_builder, data: KASSLData, cfg, seed: int, device) -> 
     seed_everything(seed)
     return probe(arch_builder(), data, cfg, seed, device)
 
-
-def _mean(values):
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
-def aggregate(per_seed: list[dict]) -> tuple[dict, dict]:
-    """Mean and sample standard deviation (ddof=1, 0 for one seed) over seeds of same-shaped nested dicts."""
-    first = per_seed[0]
-    if isinstance(first, dict):
-        pairs = {k: aggregate([d[k] for d in per_seed]) for k in first}
-        return {k: m for k, (m, _) in pairs.items()}, {k: s for k, (_, s) in pairs.items()}
-    summary = summarize(per_seed)
-    return summary["mean"], summary["std"]
-
-
-def table(results: dict, teacher: str, metric: str) -> dict:
-    """One row of the presentation's table: teacher, baseline and each variant (None: not run)."""
-    row = {"teacher": results["teachers"][teacher][metric], "baseline": results["baseline"][metric]}
-    for v in VARIANTS:
-        cell = results["students"].get(teacher, {}).get(v)
-        row[v] = cell[metric] if cell else None
-    return row
-
-
-def ratios(row: dict) -> dict:
-    """Derived numbers of a table row: student / teacher (%) and gain over the baseline (points)."""
-    out = {}
-    for v in VARIANTS:
-        s = row.get(v)
-        out[v] = None if s is None or row["teacher"] in (None, 0) else {
-            "student_over_teacher_pct": 100 * s / row["teacher"],
-            "gain_over_baseline_pts": None if row.get("baseline") is None else s - row["baseline"]}
-    return out
-
-
-def paper_ratios() -> dict:
-    """The same derived numbers computed from the paper's own table (for the comparison)."""
-    return {t: {m: ratios(PAPER[t][m]) for m in ("top1", "top5")} for t in PAPER}
-
-
-def summarise(rows: dict) -> dict:
-    """Mean and best student/teacher ratio and mean gain over the baseline, over all cells of `rows`.
-
-    `rows` is {teacher: row} for one metric; cells that were not run are skipped.
-    """
-    cells = [r for row in rows.values() for r in ratios(row).values() if r is not None]
-    gains = [c["gain_over_baseline_pts"] for c in cells if c["gain_over_baseline_pts"] is not None]
-    pct = [c["student_over_teacher_pct"] for c in cells]
-    return {"mean_student_over_teacher_pct": _mean(pct), "best_student_over_teacher_pct": max(pct) if pct else None,
-            "mean_gain_over_baseline_pts": _mean(gains), "cells": len(cells)}
-
-
-def verdicts(per_seed: list[dict]) -> list[dict]:
-    """The presentation's claims, judged over seeds through the claim ledger (`session.claim`), top-1.
-
-    `per_seed`: one probes dict per seed (teachers, baseline, random_init, students), as the notebook
-    builds it. Each claim gets its per-seed paired differences (positive when the claim holds), so a
-    gain smaller than its seed spread is "within noise". Sizes are the presentation's as stated
-    (+18.30 best cell, +15.12 mean, +18.3 best gain); ratios are also given above the random-weights
-    floor, (student - random) / (teacher - random). Preconditions (the student and the SSL teachers beat
-    random weights, the baseline is above random weights) are kept apart.
-    """
-    from .session import claim
-
-    def over_seeds(f):
-        values = [f(r) for r in per_seed]
-        return None if any(v is None for v in values) else np.array(values, dtype=float)
-
-    def top1(r, t, v):
-        cell = r["students"].get(t, {}).get(v)
-        return None if cell is None else cell["top1"]
-
-    def effect(r, t, pairs):
-        diffs = [top1(r, t, a) - top1(r, t, b) for a, b in pairs
-                 if top1(r, t, a) is not None and top1(r, t, b) is not None]
-        return sum(diffs) / len(diffs) if diffs else None
-
-    def floor_ratio(r, t, v):
-        s, rand_s, rand_t = top1(r, t, v), r["random_init"]["student_arch"]["top1"], r["random_init"]["teacher_arch"]["top1"]
-        return None if s is None else 100 * (s - rand_s) / max(r["teachers"][t]["top1"] - rand_t, 1e-9)
-
-    fr_pairs = [("feature_reduction", "original"), ("no_aug_fr", "no_aug")]
-    aug_pairs = [("no_aug", "original"), ("no_aug_fr", "feature_reduction")]
-    out = []
-    for t in per_seed[0]["teachers"]:
-        label, paper = TEACHER_LABELS[t], PAPER.get(t, {}).get("top1")
-        ratio = over_seeds(lambda r: None if top1(r, t, "original") is None
-                           else 100 * top1(r, t, "original") / r["teachers"][t]["top1"])
-        floor = over_seeds(lambda r: floor_ratio(r, t, "original"))
-        out.append(claim(f"{label} teacher: the student comes within 10% of its teacher (original, top-1)",
-                         f"{100 * paper['original'] / paper['teacher']:.1f}%" if paper else "-",
-                         None if ratio is None else f"student / teacher {ratio.mean():.1f}%, above the random "
-                                                    f"floor {floor.mean():.1f}%",
-                         gains=None if ratio is None else ratio - 90, unit=" pts",
-                         note="gain = student / teacher (%) - 90, per seed"))
-        paper_gain = paper and paper["baseline"] and paper["original"] - paper["baseline"]
-        gain = over_seeds(lambda r: None if top1(r, t, "original") is None
-                          else top1(r, t, "original") - r["baseline"]["top1"])
-        out.append(claim(f"{label} teacher: the student beats the BYOL baseline (original, top-1)",
-                         f"{paper_gain:+.2f} pts" if paper_gain else "-", gains=gain, paper_size=paper_gain or None,
-                         unit=" pts"))
-        fr = over_seeds(lambda r: effect(r, t, fr_pairs))
-        out.append(claim(f"{label} teacher: feature reduction costs accuracy (top-1)",
-                         f"{effect({'students': {t: {v: {'top1': x} for v, x in paper.items()}}}, t, fr_pairs):+.2f} pts"
-                         if paper else "-", gains=None if fr is None else -fr, unit=" pts",
-                         note="gain = -(FR - without FR), mean over the pairs run"))
-        na = over_seeds(lambda r: effect(r, t, aug_pairs))
-        out.append(claim(f"{label} teacher: dropping augmentation changes little (top-1)",
-                         f"{effect({'students': {t: {v: {'top1': x} for v, x in paper.items()}}}, t, aug_pairs):+.2f} pts"
-                         if paper else "-", None if na is None else f"no aug - aug {na.mean():+.2f} pts",
-                         gains=None if na is None else 2 - np.abs(na), unit=" pts",
-                         note="gain = 2 - |no aug - aug| (points), per seed"))
-    # the summary claims, over the cells the presentation computed them on: its four BYOL top-1 cells
-    byol = [summarise({"byol": table(r, "byol", "top1")}) for r in per_seed] if "byol" in per_seed[0]["teachers"] else []
-    cells_run = byol[0]["cells"] if byol else 0
-
-    def byol_gains(r):
-        row = table(r, "byol", "top1")
-        return [row[v] - row["baseline"] for v in VARIANTS if row[v] is not None]
-
-    stated = PAPER_CLAIMS
-    scope = f"top-1, the BYOL teacher's cells ({cells_run} of 4 run)"
-    out.append(claim(f"the student reaches on average 96.5% of its teacher ({scope})",
-                     f"{stated['mean_student_over_teacher_pct']:.2f}%",
-                     gains=[b["mean_student_over_teacher_pct"] - 90 for b in byol] or None, unit=" pts",
-                     note="gain = mean student / teacher (%) - 90, per seed"))
-    out.append(claim(f"the student beats the baseline by +15.12 points on average ({scope})",
-                     f"{stated['mean_gain_over_baseline_pts']:+.2f} pts",
-                     gains=[b["mean_gain_over_baseline_pts"] for b in byol] or None,
-                     paper_size=stated["mean_gain_over_baseline_pts"], unit=" pts"))
-    out.append(claim(f"the student's best gain over the baseline is +18.3 points ({scope})",
-                     f"{stated['best_gain_over_baseline_pts']:+.1f} pts",
-                     gains=[max(byol_gains(r)) for r in per_seed] if byol else None,
-                     paper_size=stated["best_gain_over_baseline_pts"], unit=" pts"))
-    # preconditions: what the claims above need to mean anything
-    for t in per_seed[0]["teachers"]:
-        learned = over_seeds(lambda r: None if top1(r, t, "original") is None
-                             else top1(r, t, "original") - r["random_init"]["student_arch"]["top1"])
-        if learned is not None:
-            out.append(claim(f"{TEACHER_LABELS[t]} teacher: the KASSL student beats random weights (original, top-1)",
-                             "-", gains=learned, precondition=True, unit=" pts"))
-        if t != "supervised":
-            out.append(claim(f"{TEACHER_LABELS[t]} teacher beats random weights (top-1)", "-",
-                             gains=over_seeds(lambda r: r["teachers"][t]["top1"] - r["random_init"]["teacher_arch"]["top1"]),
-                             precondition=True, unit=" pts"))
-    baseline = over_seeds(lambda r: r["baseline"]["top1"] - r["random_init"]["student_arch"]["top1"])
-    out.append(claim("the BYOL baseline beats random weights of its architecture (top-1)", "-", gains=baseline,
-                     precondition=True, unit=" pts",
-                     note="a baseline below random weights is a weak reference: read 'beats the baseline' with it"
-                     if baseline.mean() <= 0 else ""))
-    return out

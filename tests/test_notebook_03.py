@@ -1,4 +1,5 @@
-"""Notebook 03 (KASSL) at tiny, at paper as a dry run on fixtures, and at paper without its inputs."""
+"""Notebook 03 (KASSL) at tiny, at paper as a dry run on fixtures, at paper without its inputs, and its table and
+claims cells on planted per-seed probes."""
 
 import json
 import math
@@ -28,7 +29,8 @@ def _check_results(results: dict, profile: str, teachers: list[str], grid: list[
         assert 0 <= cell["top1"] <= cell["top5"] <= 100
     assert [tuple(g) for g in m["grid"]] == grid
     assert len(m["tables"]["this_run"]) == 2 * len(teachers)
-    assert m["tables"]["paper"]["BYOL top-1"] == kassl.PAPER["byol"]["top1"]
+    assert m["tables"]["paper"]["BYOL top-1"] == {"teacher": 81.46, "baseline": 63.52, "original": 81.82, "no_aug": 81.04,
+                                                  "feature_reduction": 76.18, "no_aug_fr": 75.50}
     for (t, v) in grid:
         steps = m["loss_histories"]["kassl"][f"{t}/{v}/0"]["steps"]
         assert steps and all(-1.0 <= x <= 1.0 for x in steps)
@@ -118,3 +120,129 @@ def test_kassl_notebook_paper_without_inputs_fails_fast(tmp_path):
     assert str(tmp_path / "nodata" / "imagenet100" / "train") in message and "image-net.org" in message
     assert "moco_v2_800ep_pretrain.pth.tar" in message and "dl.fbaipublicfiles.com" in message
     assert "download.openmmlab.com" in message
+
+
+# ------------------------------------------------------------ the notebook's own table and claims cells
+
+STARTS = ("PAPER = {", "def table_row(", "mean, std = mean_std_over_seeds(", "def seed_values(", "def byol_summary_claims(")
+
+
+def _presentation(per_seed: dict, teachers: list[str]) -> dict:
+    """The notebook's paper, table and claims cells, executed as written on planted per-seed probes."""
+    import types
+
+    import nbformat
+    import numpy as np
+    import pandas as pd
+
+    from kdutils import session, stats
+    from kdutils.paths import NOTEBOOKS_DIR
+
+    cells = [c.source for c in nbformat.read(NOTEBOOKS_DIR / "03_kassl.ipynb", 4).cells if c.cell_type == "code"]
+    namespace = {"np": np, "pd": pd, "session": session, "stats": stats, "display": lambda *args, **kwargs: None,
+                 "TEACHER_LABELS": kassl.TEACHER_LABELS, "VARIANTS": kassl.VARIANTS, "per_seed": per_seed,
+                 "SEEDS": list(per_seed),
+                 "cfg": types.SimpleNamespace(profile="small", s3_teachers=teachers, s3_target_norm="standardize")}
+    for start in STARTS:
+        (source,) = [c for c in cells if c.startswith(start)]
+        exec(source, namespace)
+    return namespace
+
+
+def _probes(students: dict, teachers: dict, baseline: float, jitter: float = 0.0) -> dict:
+    """One seed's probes as the notebook builds them (top-5 = top-1 + 10); `jitter` moves the students only."""
+    cell = lambda top1: {"top1": top1, "top5": top1 + 10}  # noqa: E731
+    return {"teachers": {t: cell(v) for t, v in teachers.items()}, "baseline": cell(baseline),
+            "random_init": {"student_arch": cell(20.0), "teacher_arch": cell(25.0)},
+            "students": {t: {v: cell(x + jitter) for v, x in row.items()} for t, row in students.items()}}
+
+
+def _verdicts(namespace: dict) -> dict:
+    return {c["claim"]: c for c in namespace["claims"]}
+
+
+def test_the_presentation_table_planted_reproduces_every_claim():
+    """Every seed scores the presentation's own top-1 table (students jittered): each of its claims is reproduced,
+    its stated sizes lie inside our intervals, and its derived numbers come out of the notebook's ratio code."""
+    from kdutils.stats import paired_verdict
+
+    jitter = {0: -0.3, 1: 0.1, 2: 0.2}
+    paper = {"byol": {"teacher": 81.46, "baseline": 63.52, "original": 81.82, "no_aug": 81.04,
+                      "feature_reduction": 76.18, "no_aug_fr": 75.50},
+             "moco_v2": {"teacher": 80.28, "original": 77.02, "no_aug": 77.52, "feature_reduction": 71.56,
+                         "no_aug_fr": 71.34}}
+    students = {t: {v: x for v, x in row.items() if v not in ("teacher", "baseline")} for t, row in paper.items()}
+    per_seed = {s: _probes(students, {t: row["teacher"] for t, row in paper.items()}, 63.52, j)
+                for s, j in jitter.items()}
+    ns = _presentation(per_seed, ["byol", "moco_v2"])
+    assert ns["PAPER"]["byol"]["top1"] == paper["byol"]
+    # the presentation's derived numbers, recomputed from its table by the notebook's code
+    byol = ns["ratio_summary"]({"byol": ns["PAPER"]["byol"]["top1"]})
+    stated = ns["PAPER_CLAIMS"]
+    assert byol["mean_student_over_teacher_pct"] == pytest.approx(stated["mean_student_over_teacher_pct"], abs=0.01)
+    assert byol["best_student_over_teacher_pct"] == pytest.approx(stated["best_student_over_teacher_pct"], abs=0.01)
+    assert byol["mean_gain_over_baseline_pts"] == pytest.approx(stated["mean_gain_over_baseline_pts"], abs=0.01)
+    both = ns["ratio_summary"]({t: ns["PAPER"][t]["top1"] for t in ("byol", "moco_v2")})
+    assert both["cells"] == 8 and both["mean_gain_over_baseline_pts"] == pytest.approx(15.115, abs=1e-3)  # no MoCo baseline
+    assert ns["ratios"](ns["PAPER"]["moco_v2"]["top1"])["original"]["gain_over_baseline_pts"] is None
+    # the mean table over seeds is the planted one (the jitter averages out), std is the sample std
+    assert ns["mean"]["students"]["byol"]["original"]["top1"] == pytest.approx(81.82)
+    assert ns["std"]["students"]["byol"]["original"]["top1"] == pytest.approx(0.2646, abs=1e-4)  # ddof=1
+    rows = _verdicts(ns)
+    assert len(rows) == 4 * 2 + 3 + 2 + 2 + 1
+    for text, row in rows.items():
+        assert row["verdict"] == "reproduced", (text, row["measured"])
+        assert row["verdict"] == paired_verdict(row["ours"]["per_seed"]).name
+    scope = "top-1, the BYOL teacher's cells (4 of 4 run)"
+    for text in (f"the student beats the baseline by +15.12 points on average ({scope})",
+                 f"the student's best gain over the baseline is +18.3 points ({scope})",
+                 "BYOL teacher: the student beats the BYOL baseline (original, top-1)"):
+        assert rows[text]["paper_inside"] is True, text
+    assert rows[f"the student reaches on average 96.5% of its teacher ({scope})"]["paper"] == "96.53%"
+    assert rows["BYOL teacher: feature reduction costs accuracy (top-1)"]["paper"] == "-5.59 pts"
+    assert rows["MoCo-v2 teacher: the student beats the BYOL baseline (original, top-1)"]["paper"] == "-"
+
+
+def test_the_claims_cells_judge_planted_failures_noise_and_cells_not_run():
+    """A supervised teacher with two variants run, a BYOL teacher with three and a baseline below random weights,
+    a noisy feature-reduction effect, and one seed: each claim gets the verdict its planted numbers call for."""
+    supervised = {s: _probes({"supervised": {"original": 60.0 + d, "feature_reduction": 50.0 - d}}, {"supervised": 70.0},
+                             30.0) for s, d in enumerate((0.0, 0.5, -0.4))}
+    rows = _verdicts(_presentation(supervised, ["supervised"]))
+    close = rows["Supervised teacher: the student comes within 10% of its teacher (original, top-1)"]
+    assert close["verdict"] == "not reproduced" and close["ours"]["n"] == 3  # 85.7% < 90% in every seed
+    assert "above the random floor 89.0%" in close["measured"]  # mean of (60 + d - 20) / (70 - 25)
+    beat = rows["Supervised teacher: the student beats the BYOL baseline (original, top-1)"]
+    assert beat["verdict"] == "reproduced" and beat["ours"]["mean"] == pytest.approx(30.0 + 0.1 / 3)
+    expected = {"Supervised teacher: feature reduction costs accuracy (top-1)": "reproduced",
+                "Supervised teacher: dropping augmentation changes little (top-1)": "not measured at this profile",
+                "Supervised teacher: the KASSL student beats random weights (original, top-1)": "reproduced",
+                "the BYOL baseline beats random weights of its architecture (top-1)": "reproduced"}
+    scope = "top-1, the BYOL teacher's cells (0 of 4 run)"
+    expected |= {f"the student reaches on average 96.5% of its teacher ({scope})": "not measured at this profile",
+                 f"the student beats the baseline by +15.12 points on average ({scope})": "not measured at this profile",
+                 f"the student's best gain over the baseline is +18.3 points ({scope})": "not measured at this profile"}
+    assert len(rows) == len(expected) + 2 and all(rows[k]["verdict"] == v for k, v in expected.items())
+
+    byol = {d: _probes({"byol": {"original": 40.0 + d, "feature_reduction": 35.0, "no_aug": 41.0}}, {"byol": 70.0},
+                       18.0 + 0.1 * d) for d in (0, 1, 2)}
+    rows = _verdicts(_presentation(byol, ["byol"]))
+    scope = "top-1, the BYOL teacher's cells (3 of 4 run)"
+    assert rows["BYOL teacher: the student beats the BYOL baseline (original, top-1)"]["paper"] == "+18.30 pts"
+    mean_gain = rows[f"the student beats the baseline by +15.12 points on average ({scope})"]
+    assert mean_gain["verdict"] == "reproduced" and mean_gain["paper_inside"] is False
+    assert mean_gain["ours"]["per_seed"] == pytest.approx([(62 + 0.7 * d) / 3 for d in (0, 1, 2)])
+    best = rows[f"the student's best gain over the baseline is +18.3 points ({scope})"]
+    assert best["paper"] == "+18.3 pts" and best["ours"]["per_seed"] == pytest.approx([23.0, 22.9, 23.8])
+    assert rows[f"the student reaches on average 96.5% of its teacher ({scope})"]["verdict"] == "not reproduced"
+    assert rows["BYOL teacher: dropping augmentation changes little (top-1)"]["verdict"] == "within noise"  # 2 - |1 - d|
+    weak = rows["the BYOL baseline beats random weights of its architecture (top-1)"]
+    assert weak["kind"] == "precondition" and weak["verdict"] == "not reproduced" and "weak reference" in weak["note"]
+    assert rows["BYOL teacher beats random weights (top-1)"]["verdict"] == "reproduced"
+
+    noisy = {s: _probes({"supervised": {"original": 60.0, "feature_reduction": 60.0 + d}}, {"supervised": 70.0}, 30.0)
+             for s, d in enumerate((1.0, -1.5, 0.2))}
+    rows = _verdicts(_presentation(noisy, ["supervised"]))
+    assert rows["Supervised teacher: feature reduction costs accuracy (top-1)"]["verdict"] == "within noise"
+    one = _verdicts(_presentation({0: supervised[0]}, ["supervised"]))  # one seed is never a finding
+    assert {c["verdict"] for c in one.values()} <= {"within noise", "not measured at this profile"}

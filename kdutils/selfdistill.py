@@ -631,11 +631,13 @@ class FrozenFeatures:
     """A frozen encoder's (tokens, pooled) for every item and view of one split.
 
     Cached in memory and on disk (tokens in float16) when they fit in
-    `cfg.s1_feature_cache_mb`; otherwise (ViT-B/16 on ImageNet) computed per
-    batch by the encoder, which is the same computation without the storage.
+    `cache_mb` (the profile's `s1_feature_cache_mb`); otherwise (ViT-B/16 on
+    ImageNet) computed per batch by the encoder, which is the same computation
+    without the storage. The one-off pass reads batches of at least 256 images.
     """
 
-    def __init__(self, encoder: ImageEncoder, dataset, data_key: dict, split: str, views: int, cfg, device):
+    def __init__(self, encoder: ImageEncoder, dataset, data_key: dict, split: str, views: int, device, *,
+                 cache_mb: float, batch_size: int = 256, num_workers: int = 0, progress: bool = False):
         self.encoder, self.views, self.device = encoder, views, torch.device(device)
         self.key = {"encoder": encoder.fingerprint, "data": data_key, "split": split, "views": views,
                     "in_memory": None}
@@ -643,18 +645,18 @@ class FrozenFeatures:
         tokens, pooled = encoder(first)
         self.num_tokens, self.token_dim, self.pooled_dim = tokens.shape[1], tokens.shape[2], pooled.shape[1]
         mb = len(dataset) * views * (self.num_tokens * self.token_dim * 2 + self.pooled_dim * 4) / 2**20
-        self.in_memory = mb <= cfg.s1_feature_cache_mb
+        self.in_memory = mb <= cache_mb
         self.key["in_memory"] = self.in_memory  # stored tokens are float16: teachers trained on them differ slightly
         self.tokens = self.pooled = None
         if self.in_memory:
             def compute():
-                loader = torch.utils.data.DataLoader(dataset, batch_size=max(cfg.batch_size, 256),
-                                                     num_workers=cfg.num_workers)
+                loader = torch.utils.data.DataLoader(dataset, batch_size=max(batch_size, 256),
+                                                     num_workers=num_workers)
                 toks = torch.empty(views, len(dataset), self.num_tokens, self.token_dim, dtype=torch.float16)
                 pools = torch.empty(views, len(dataset), self.pooled_dim)
                 for v in range(views):
                     for images, _, index in tqdm(loader, desc=f"{encoder.name} {split} [{VIEWS[v]}]", leave=False,
-                                                 disable=not cfg.progress):
+                                                 disable=not progress):
                         x = _to_unit(images.to(self.device))
                         t, p = encoder(x.flip(-1) if v else x)
                         toks[v, index], pools[v, index] = t.half().cpu(), p.float().cpu()
@@ -969,14 +971,16 @@ def few_shot_indices(labels: torch.Tensor, k: int, seed: int = 0) -> torch.Tenso
 
 
 def retrieval_recalls(train_image: torch.Tensor, train_text: torch.Tensor, test_image: torch.Tensor,
-                      test_text: torch.Tensor, cfg, *, seed: int, gallery: int, device) -> dict:
+                      test_text: torch.Tensor, *, epochs: int, seed: int, gallery: int, device,
+                      max_steps: int | None = None) -> dict:
     """Recall@1/5/10 (%) of test images and captions through a linear projection learned into the text space.
 
     Image features are standardised with the training set's statistics and
     mapped by one linear layer; the frozen text encodings stay fixed. The
     projection is trained with CLIP's symmetric contrastive loss (learnable
-    temperature) on the training pairs; the first `gallery` test pairs are
-    ranked (`kdutils.clip.retrieval_recalls`, both directions).
+    temperature) on the training pairs for `epochs` (of at most `max_steps`
+    batches); the first `gallery` test pairs are ranked
+    (`kdutils.clip.retrieval_recalls`, both directions).
     """
     device = torch.device(device)
     gen = seed_everything(seed)
@@ -986,12 +990,11 @@ def retrieval_recalls(train_image: torch.Tensor, train_text: torch.Tensor, test_
     model = nn.ModuleDict({"proj": proj, "loss": loss_fn})
     data = torch.utils.data.TensorDataset((train_image - mean) / std, train_text)
     loader = torch.utils.data.DataLoader(data, batch_size=256, shuffle=True, generator=gen, drop_last=len(data) >= 512)
-    epochs = _epochs(cfg, cfg.s1_retrieval_epochs)
-    total = max(1, epochs * min(len(loader), cfg.max_steps or len(loader)))
+    total = max(1, epochs * min(len(loader), max_steps or len(loader)))
     opt = make_optimizer(model.parameters(), "adamw", lr=1e-2, weight_decay=1e-4)
     fit(model, loader, lambda b: {"loss": loss_fn(proj(b[0]), b[1])}, opt, epochs,
         scheduler=warmup_cosine(opt, min(total // 10, 100), total), device=device,
-        max_steps_per_epoch=cfg.max_steps, desc="retrieval projection", progress=False)
+        max_steps_per_epoch=max_steps, desc="retrieval projection", progress=False)
     n = min(gallery, len(test_image))
     with torch.no_grad():
         image_emb = proj(((test_image[:n] - mean) / std).to(device)).cpu()

@@ -35,6 +35,7 @@ def _encoder(seed=0):
 
 
 KEY = {"data": "unit-test"}
+CACHE_MB = 64  # every test split fits: its features are cached in memory and on disk
 
 
 # ----------------------------------------------------------------------------- data and text
@@ -91,8 +92,8 @@ def test_synthworld_data_matches_the_shared_splits():
 
 def test_cached_features_equal_the_encoder_computed_per_batch(cache):
     data, enc = _data(), _encoder()
-    cached = sd.FrozenFeatures(enc, data, KEY, "train", 2, _cfg(), "cpu")
-    streamed = sd.FrozenFeatures(enc, data, KEY, "train", 2, _cfg(s1_feature_cache_mb=0), "cpu")
+    cached = sd.FrozenFeatures(enc, data, KEY, "train", 2, "cpu", cache_mb=CACHE_MB)
+    streamed = sd.FrozenFeatures(enc, data, KEY, "train", 2, "cpu", cache_mb=0)
     assert cached.in_memory and not streamed.in_memory
     images, _, index = next(iter(torch.utils.data.DataLoader(data, batch_size=16)))
     view = torch.tensor([0, 1] * 8)
@@ -110,11 +111,11 @@ def test_cached_features_equal_the_encoder_computed_per_batch(cache):
 
 def test_features_are_cached_on_disk_by_encoder_and_data(cache):
     data, enc = _data(), _encoder()
-    a = sd.FrozenFeatures(enc, data, KEY, "train", 1, _cfg(), "cpu")
+    a = sd.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     assert len(list((cache / "s1-features").glob("*.pt"))) == 1
-    b = sd.FrozenFeatures(enc, data, KEY, "train", 1, _cfg(), "cpu")
+    b = sd.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     assert torch.equal(a.tokens, b.tokens)
-    sd.FrozenFeatures(_encoder(seed=1), data, KEY, "train", 1, _cfg(), "cpu")
+    sd.FrozenFeatures(_encoder(seed=1), data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     assert len(list((cache / "s1-features").glob("*.pt"))) == 2
 
 
@@ -126,7 +127,7 @@ def _queries(classes=4, dim=6, seed=0):
 
 def test_teacher_modes_are_the_heads_two_uses(cache):
     data, enc = _data(), _encoder()
-    feats = sd.FrozenFeatures(enc, data, KEY, "train", 1, _cfg(), "cpu")
+    feats = sd.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     q = _queries()
     teacher, _ = sd.fit_teacher("prompt", feats, data, _cfg(), seed=0, num_classes=4, class_queries=q)
     own, labels = sd.teacher_logits(teacher, feats, data, "own")
@@ -147,7 +148,7 @@ def test_teacher_training_learns_separable_features(cache):
     labels = torch.arange(n) % classes
     images = torch.zeros(n, 3, 8, 8, dtype=torch.uint8)
     data = sd.IndexedImages(images, labels)
-    feats = sd.FrozenFeatures(_encoder(), data, KEY, "train", 1, _cfg(), "cpu")
+    feats = sd.FrozenFeatures(_encoder(), data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     torch.manual_seed(0)
     tokens = torch.randn(1, n, feats.num_tokens, feats.token_dim) * 0.1
     tokens[0, torch.arange(n), labels % feats.num_tokens, labels] += 3.0
@@ -164,7 +165,7 @@ def test_teacher_training_learns_separable_features(cache):
 
 def test_soft_targets_hold_the_teachers_logits_per_view_and_only_for_the_subset(cache):
     data, enc = _data(), _encoder()
-    feats = sd.FrozenFeatures(enc, data, KEY, "train", 2, _cfg(), "cpu")
+    feats = sd.FrozenFeatures(enc, data, KEY, "train", 2, "cpu", cache_mb=CACHE_MB)
     q = _queries()
     sub = torch.utils.data.Subset(data, [1, 4, 9, 30])
     teacher, _ = sd.fit_teacher("label_free", feats, sub, _cfg(), seed=0, num_classes=4, class_queries=q)
@@ -180,7 +181,7 @@ def test_soft_targets_hold_the_teachers_logits_per_view_and_only_for_the_subset(
 
 def test_caption_teacher_reads_each_images_own_query(cache):
     data, enc = _data(n=16), _encoder()
-    feats = sd.FrozenFeatures(enc, data, KEY, "train", 1, _cfg(), "cpu")
+    feats = sd.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     q = _queries()
     table = torch.randn(1, 16, 6)
     teacher, _ = sd.fit_teacher("caption", feats, data, _cfg(), seed=0, num_classes=4, class_queries=q,
@@ -283,19 +284,18 @@ def test_retrieval_projection_recovers_a_linear_image_text_map(cache):
     torch.manual_seed(0)
     w = torch.randn(16, 8)
     train_img, test_img = torch.randn(600, 16), torch.randn(50, 16)
-    cfg = _cfg(s1_retrieval_epochs=60)
-    recalls = sd.retrieval_recalls(train_img, train_img @ w, test_img, test_img @ w, cfg, seed=0, gallery=50,
+    recalls = sd.retrieval_recalls(train_img, train_img @ w, test_img, test_img @ w, epochs=60, seed=0, gallery=50,
                                    device="cpu")
     assert set(recalls) == {f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
     assert recalls["i2t_r1"] > 90 and recalls["t2i_r1"] > 90
-    noise = sd.retrieval_recalls(train_img, torch.randn(600, 8), test_img, torch.randn(50, 8), cfg, seed=0,
+    noise = sd.retrieval_recalls(train_img, torch.randn(600, 8), test_img, torch.randn(50, 8), epochs=60, seed=0,
                                  gallery=50, device="cpu")
     assert noise["i2t_r1"] < 20 and noise["i2t_r10"] < 50
 
 
 def test_attention_maps_are_distributions_over_the_image_tokens(cache):
     data, enc = _data(), _encoder()
-    feats = sd.FrozenFeatures(enc, data, KEY, "train", 1, _cfg(), "cpu")
+    feats = sd.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     teacher, _ = sd.fit_teacher("prompt", feats, data, _cfg(), seed=0, num_classes=4, class_queries=_queries())
     for how in ("own", "label_free"):
         weights, labels, predicted = sd.attention_maps(teacher, feats, data, [0, 5, 6], how)

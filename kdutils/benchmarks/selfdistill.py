@@ -43,14 +43,13 @@ def run(n_train: int = 2000, epochs: int = 3) -> dict:
             encoder = ImageEncoder("resnet", "small_resnet", small_resnet(base.s1_resnet_arch), nn.Identity(),
                                    {"kind": "small_resnet", "arch": base.s1_resnet_arch}, "random SmallResNet")
             queries = torch.randn(data.num_classes, 32, generator=torch.Generator().manual_seed(0))
-            out = {}
+            out, passes = {}, {"batch_size": base.batch_size, "num_workers": base.num_workers}
             for name, mb in (("cached", base.s1_feature_cache_mb), ("streamed", 0)):
-                cfg = base.replace(s1_feature_cache_mb=mb)
                 t0 = time.perf_counter()
-                feats = FrozenFeatures(encoder, train, data.key, "train", len(VIEWS), cfg, "cpu")
-                test_feats = FrozenFeatures(encoder, test, data.key, "test", 1, cfg, "cpu")
+                feats = FrozenFeatures(encoder, train, data.key, "train", len(VIEWS), "cpu", cache_mb=mb, **passes)
+                test_feats = FrozenFeatures(encoder, test, data.key, "test", 1, "cpu", cache_mb=mb, **passes)
                 t1 = time.perf_counter()
-                head, _ = fit_teacher("label_free", feats, train, cfg, seed=0, num_classes=data.num_classes,
+                head, _ = fit_teacher("label_free", feats, train, base, seed=0, num_classes=data.num_classes,
                                       class_queries=queries)
                 t2 = time.perf_counter()
                 logits, labels = teacher_logits(head, test_feats, test)

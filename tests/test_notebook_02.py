@@ -123,7 +123,7 @@ def test_the_claims_cell_judges_planted_runs():
     import numpy as np
     import pandas as pd
 
-    from kdutils import session
+    from kdutils import session, stats
     from kdutils.paths import NOTEBOOKS_DIR
     from kdutils.profiles import load_profile
 
@@ -143,7 +143,7 @@ def test_the_claims_cell_judges_planted_runs():
             runs[(name, s)] = {"random": report, "hard": report}
     sweep = pd.DataFrame([{"loss": "sigmoid_kd", "T": T, "alpha": 0.5, "seed": s, "test_acc": acc + jitter[s]}
                           for T, acc in ((1.5, 80.0), (3.0, 84.0), (5.0, 81.0)) for s in cfg.seeds])
-    namespace = {"np": np, "pd": pd, "session": session, "cfg": cfg, "runs": runs, "sweep": sweep,
+    namespace = {"np": np, "pd": pd, "session": session, "stats": stats, "cfg": cfg, "runs": runs, "sweep": sweep,
                  "display": lambda *args, **kwargs: None,
                  "equivalence": pd.DataFrame({"max |g_softmax - c g_sigmoid|": [0.0]}),
                  "analysis": {"additive (paper baseline)": {"auc": 50.0, "welch_p": 0.5}}}

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ConfigError
-from .losses import check_temperature, check_tensor, negative_cosine
+from .losses import check_pair, check_temperature, check_tensor, negative_cosine
 
 __all__ = ["Distiller", "CrossEntropy", "HintonKD", "SoftTargetKD", "BinaryCrossEntropy", "BinarySoftmaxKD",
            "SigmoidKD", "FeatureRegression", "binary", "tempered_kl", "spread"]
@@ -80,7 +80,7 @@ class HintonKD(_Weighted):
     name = "hinton_kd"
 
     def forward(self, student_logits, teacher_logits, labels=None) -> dict:
-        _check_logit_pair(student_logits, teacher_logits, "student_logits", "teacher_logits")
+        check_pair(student_logits, teacher_logits, "student_logits", "teacher_logits", "(batch, num_classes)")
         kd = self.T * self.T * tempered_kl(student_logits, teacher_logits, self.T)
         if labels is None:
             if self.alpha != 1.0:
@@ -102,7 +102,7 @@ class SoftTargetKD(Distiller):
     name = "soft_target_kd"
 
     def forward(self, student_logits, teacher_logits, labels=None) -> dict:
-        _check_logit_pair(student_logits, teacher_logits, "student_logits", "teacher_logits")
+        check_pair(student_logits, teacher_logits, "student_logits", "teacher_logits", "(batch, num_classes)")
         p = F.softmax(teacher_logits.detach().float(), dim=1)
         return {"loss": -(p * F.log_softmax(student_logits.float(), dim=1)).sum(dim=1).mean()}
 
@@ -204,7 +204,7 @@ def tempered_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: f
     From log-probabilities on both sides (`log_target=True`), so a teacher probability that
     underflows to 0 cannot give `0 * log 0 = nan`.
     """
-    _check_logit_pair(student_logits, teacher_logits, "student_logits", "teacher_logits")
+    check_pair(student_logits, teacher_logits, "student_logits", "teacher_logits", "(batch, num_classes)")
     T = check_temperature(T)
     log_p_s = F.log_softmax(student_logits / T, dim=1)
     log_p_t = F.log_softmax(teacher_logits.detach() / T, dim=1)
@@ -224,18 +224,6 @@ def _check_alpha(alpha) -> float:
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha must be in [0, 1] (weight of the distillation term), got {alpha}")
     return alpha
-
-
-def _check_logit_pair(student: torch.Tensor, teacher: torch.Tensor, s_name: str, t_name: str):
-    check_tensor(student, s_name)
-    check_tensor(teacher, t_name)
-    if student.dim() != 2:
-        raise ValueError(f"{s_name} must have shape (batch, num_classes), got {tuple(student.shape)}")
-    if student.shape != teacher.shape:
-        raise ValueError(
-            f"{s_name} and {t_name} must have the same shape, got "
-            f"{tuple(student.shape)} and {tuple(teacher.shape)}"
-        )
 
 
 def _check_class_targets(targets, n: int, num_classes: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .errors import ConfigError
 
 __all__ = ["negative_cosine", "byol_loss", "info_nce", "clip_contrastive_loss", "ClipLoss", "MoCoQueue",
-           "check_temperature", "check_tensor"]
+           "check_temperature", "check_tensor", "check_pair"]
 
 
 # ---------------------------------------------------------------------------
@@ -42,16 +42,15 @@ def check_tensor(x, name: str) -> torch.Tensor:
     return x
 
 
-def _check_feature_pair(a, b, a_name: str, b_name: str):
+def check_pair(a, b, a_name: str, b_name: str, shape: str = "(batch, dim)"):
+    """Two tensors of one 2-d `shape`, or a ValueError naming them (before torch would broadcast)."""
     check_tensor(a, a_name)
     check_tensor(b, b_name)
     if a.dim() != 2:
-        raise ValueError(f"{a_name} must have shape (batch, dim), got {tuple(a.shape)}")
+        raise ValueError(f"{a_name} must have shape {shape}, got {tuple(a.shape)}")
     if a.shape != b.shape:
-        raise ValueError(
-            f"{a_name} and {b_name} must have the same shape (batch, dim), got "
-            f"{tuple(a.shape)} and {tuple(b.shape)}"
-        )
+        raise ValueError(f"{a_name} and {b_name} must have the same shape {shape}, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
 
 
 # ---------------------------------------------------------------------------
@@ -65,7 +64,7 @@ def negative_cosine(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> t
     feature. Not detached: detach the teacher feature at the call site unless
     a teacher-side projection (feature-reduction ablation) should train.
     """
-    _check_feature_pair(student_feat, teacher_feat, "student_feat", "teacher_feat")
+    check_pair(student_feat, teacher_feat, "student_feat", "teacher_feat")
     return -F.cosine_similarity(student_feat, teacher_feat, dim=1, eps=1e-8).mean()
 
 
@@ -77,7 +76,7 @@ def byol_loss(online_pred: torch.Tensor, target_proj: torch.Tensor) -> torch.Ten
     is the *sum* over the two view orders: call this twice with the views
     swapped and add, ``byol_loss(p1, z2) + byol_loss(p2, z1)``.
     """
-    _check_feature_pair(online_pred, target_proj, "online_pred", "target_proj")
+    check_pair(online_pred, target_proj, "online_pred", "target_proj")
     cos = F.cosine_similarity(online_pred, target_proj.detach(), dim=1, eps=1e-8)
     return (2.0 - 2.0 * cos).mean()
 
@@ -102,7 +101,7 @@ def info_nce(
     Nothing is detached: MoCo's keys come from the momentum encoder, run it
     under ``torch.no_grad()`` (or detach) at the call site.
     """
-    _check_feature_pair(query, keys_pos, "query", "keys_pos")
+    check_pair(query, keys_pos, "query", "keys_pos")
     tau = check_temperature(temperature)
     q = F.normalize(query, dim=1)
     k = F.normalize(keys_pos, dim=1)
@@ -131,7 +130,7 @@ def clip_contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit
     itself (CLIP's ``logit_scale.exp()``, i.e. 1 / temperature), a float or a
     scalar tensor; ``ClipLoss`` keeps it as a learnable log-parameter.
     """
-    _check_feature_pair(image_emb, text_emb, "image_emb", "text_emb")
+    check_pair(image_emb, text_emb, "image_emb", "text_emb")
     scale = logit_scale if isinstance(logit_scale, torch.Tensor) else torch.tensor(float(logit_scale))
     if scale.numel() != 1:
         raise ValueError(f"logit_scale must be a scalar, got shape {tuple(scale.shape)}")

@@ -39,6 +39,7 @@ from torch import nn
 from .cache import cache_root, cached, code_fingerprint, key_digest, model_fingerprint
 from .distillers import FeatureRegression
 from .errors import ConfigError
+from .frozen import batches, outputs
 from .models import weights_file
 from .paths import under
 from .probe import linear_probe
@@ -181,10 +182,8 @@ class ViewBank:
             raise ConfigError(f"a view bank needs an even number of views >= 2, got {k}.")
         gen_state = torch.get_rng_state()
         torch.manual_seed(seed)
-        out = []
-        for i in range(0, len(images), batch_size):
-            x = as_float_images(images[i:i + batch_size])
-            out.append(torch.stack([_quantise(pair[j * 2 // k](x)) for j in range(k)], 1))
+        out = [torch.stack([_quantise(pair[j * 2 // k](x)) for j in range(k)], 1)
+               for x in map(as_float_images, batches(images, batch_size))]
         torch.set_rng_state(gen_state)
         key = {"data": data_key, "views": [asdict(t) for t in pair], "k": k, "seed": seed}
         return cls(torch.cat(out), key)
@@ -199,12 +198,8 @@ class ViewBank:
     def features(self, teacher: nn.Module, device, batch_size: int = 512) -> torch.Tensor:
         """The frozen teacher's features of every view, (N, K, D), cached on disk."""
         def compute():
-            flat = self.views.flatten(0, 1)
-            teacher.to(device)
-            with torch.no_grad():
-                out = [teacher(as_float_images(flat[i:i + batch_size]).to(device)).float().cpu()
-                       for i in range(0, len(flat), batch_size)]
-            return torch.cat(out).view(len(self), self.k, -1)
+            views = map(as_float_images, batches(self.views.flatten(0, 1), batch_size))
+            return outputs(teacher, views, device=device).view(len(self), self.k, -1)
 
         return cached("kassl_bank", {"teacher": model_fingerprint(teacher), "bank": self.key}, compute)
 
@@ -459,11 +454,11 @@ class _Indexed(torch.utils.data.Dataset):
         return i, self.base[i][0]
 
 
-def _loader(dataset, cfg, batch_size: int, shuffle: bool, seed: int = 0):
+def _loader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0):
     gen = torch.Generator()
     gen.manual_seed(seed)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
-                                       generator=gen if shuffle else None, num_workers=cfg.num_workers,
+                                       generator=gen if shuffle else None, num_workers=num_workers,
                                        pin_memory=torch.cuda.is_available())
 
 
@@ -515,12 +510,7 @@ def view_bank(cfg, data: "KASSLData", seed: int) -> ViewBank | None:
 
 
 def _feature_dim(model: nn.Module, size: int) -> int:
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        dim = model(torch.zeros(2, 3, size, size, device=next(model.parameters()).device)).shape[1]
-    model.train(was)
-    return int(dim)
+    return outputs(model, [torch.zeros(2, 3, size, size)], device=next(model.parameters()).device).shape[1]
 
 
 def _ssl_hyper(cfg, method: str) -> dict:
@@ -646,8 +636,9 @@ def ssl_teacher(method: str, cfg, probe_it: bool = False, seed: int = 0) -> tupl
                "history": {"epochs": history["epochs"], "steps": [round(v, 4) for v in history["steps"]]}}
     if probe_it:
         data = load_data(cfg)
-        summary["probe"] = probe(encoder, data, cfg, 0, device)
-        summary["random_init_probe"] = random_init_probe(lambda: small_resnet(arch), data, cfg, 0, device)
+        summary["probe"] = probe(encoder, data, seed=0, device=device, **probe_args(cfg))
+        summary["random_init_probe"] = random_init_probe(lambda: small_resnet(arch), data, seed=0, device=device,
+                                                         **probe_args(cfg))
     return encoder, summary
 
 
@@ -668,7 +659,7 @@ def _fit_baseline(cfg, dataset, size: int, n_epochs: int, seed: int, key: dict, 
     """`train_baseline`'s training, run by `launch`."""
     seed_everything(seed)
     backbone, dim = student_backbone(cfg)
-    loader = _loader(dataset, cfg, cfg.s3_ssl_batch, shuffle=True, seed=seed)
+    loader = _loader(dataset, cfg.s3_ssl_batch, shuffle=True, seed=seed, num_workers=cfg.num_workers)
     return _train_ssl_encoder("byol", backbone, dim, loader, cfg, epochs=n_epochs, seed=seed,
                               key=key, size=size, device=device, desc=f"BYOL baseline seed {seed}")
 
@@ -700,7 +691,7 @@ def train_student(teacher: FrozenTeacher, teacher_info: dict, variant: str, cfg,
     else:
         if data.images is not None:
             plain = cached("kassl_plain", {"teacher": model_fingerprint(teacher), "data": data.keys["train"]},
-                           lambda: _features(teacher, data.train, cfg, device, data.size))
+                           lambda: _features(teacher, data.train, data.size, device, cfg.num_workers))
             views = SameImage(data.size, features=plain)
         else:
             views = SameImage(data.size, teacher=teacher)
@@ -729,7 +720,7 @@ def _fit_student(cfg, teacher_dim: int, reduced: bool, trainable: bool, target_n
     backbone, dim = student_backbone(cfg)
     student = KASSLStudent(backbone, dim, teacher_dim, cfg.s3_extension_hidden,
                            cfg.s3_reduced_dim if reduced else None, trainable, target_norm == "standardize")
-    loader = _loader(dataset, cfg, cfg.s3_kassl_batch, shuffle=True, seed=seed)
+    loader = _loader(dataset, cfg.s3_kassl_batch, shuffle=True, seed=seed, num_workers=cfg.num_workers)
     history = train_kassl(student, loader, views, epochs=phase_epochs(cfg, cfg.s3_kassl_epochs), lr=cfg.s3_kassl_lr,
                           weight_decay=cfg.s3_kassl_weight_decay, warmup_epochs=cfg.s3_kassl_warmup_epochs,
                           device=device, checkpoint=checkpoint, checkpoint_key=digest, max_steps=cfg.max_steps,
@@ -739,37 +730,30 @@ def _fit_student(cfg, teacher_dim: int, reduced: bool, trainable: bool, target_n
 
 # ------------------------------------------------------------ evaluation
 
-@torch.no_grad()
-def _features(encoder: nn.Module, dataset, cfg, device, size: int, batch_size: int = 256) -> torch.Tensor:
-    loader = _loader(dataset, cfg, batch_size, shuffle=False)
-    encoder.eval().to(device)
-    out = [encoder(center_crop(as_float_images(b[0].to(device)), size)).float().cpu() for b in loader]
-    return torch.cat(out)
+def _features(encoder: nn.Module, dataset, size: int, device, num_workers: int = 0, forward=None) -> torch.Tensor:
+    """`forward` (default the encoder) of the plain central crops of `dataset`, in order."""
+    forward = forward or encoder
+    return outputs(encoder, _loader(dataset, 256, shuffle=False, num_workers=num_workers),
+                   lambda b: forward(center_crop(as_float_images(b[0]), size)), device=device)
 
 
-def encode(encoder: nn.Module, data: KASSLData, split: str, cfg, device) -> torch.Tensor:
+def encode(encoder: nn.Module, data: KASSLData, split: str, device, num_workers: int = 0) -> torch.Tensor:
     """Features of the probe's `split` ('train' or 'test'), cached by the encoder's weights."""
     dataset = data.probe_train if split == "train" else data.probe_test
     key = {"model": model_fingerprint(encoder), "data": data.keys[split]}
-    return cached("kassl_features", key, lambda: _features(encoder, dataset, cfg, device, data.size),
+    return cached("kassl_features", key, lambda: _features(encoder, dataset, data.size, device, num_workers),
                   verbose=False)
 
 
-@torch.no_grad()
-def imitation(student: KASSLStudent, teacher: nn.Module, data: "KASSLData", cfg, device) -> float:
-    """Mean cosine between the student's extension output and the (reduced) teacher feature on test images.
+def imitation(student: KASSLStudent, teacher: nn.Module, data: KASSLData, device, num_workers: int = 0) -> float:
+    """Mean test cosine between the student's extension output and its teacher target.
 
     How well the student imitates the teacher on images it never trained on
-    (the negative of the KASSL loss without augmentation, on the test split).
+    (minus the un-augmented KASSL loss on the test split).
     """
-    t = encode(teacher, data, "test", cfg, device)
-    student.eval().to(device)
-    loader = _loader(data.probe_test, cfg, 256, shuffle=False)
-    s = torch.cat([student.embed(center_crop(as_float_images(b[0].to(device)), data.size)).float().cpu()
-                   for b in loader])
-    target = student.target(t.to(device)).float().cpu()
-    student.cpu()
-    return float(F.cosine_similarity(s, target, dim=1).mean())
+    s = _features(student, data.probe_test, data.size, device, num_workers, forward=student.embed)
+    t = encode(teacher, data, "test", device, num_workers)
+    return float(F.cosine_similarity(s, outputs(student, [t], student.target, device=device), dim=1).mean())
 
 
 def _labels(dataset) -> torch.Tensor:
@@ -778,16 +762,22 @@ def _labels(dataset) -> torch.Tensor:
     return torch.as_tensor(dataset.targets, dtype=torch.long)
 
 
-def probe(encoder: nn.Module, data: KASSLData, cfg, seed: int, device) -> dict:
+def probe_args(cfg) -> dict:
+    """The profile's linear-probe settings, for `probe(..., **probe_args(cfg))`."""
+    return {"epochs": phase_epochs(cfg, cfg.s3_probe_epochs), "max_steps": cfg.max_steps,
+            "num_workers": cfg.num_workers}
+
+
+def probe(encoder: nn.Module, data: KASSLData, *, seed: int, device, epochs: int, max_steps: int | None = None,
+          num_workers: int = 0) -> dict:
     """Linear probe of a frozen encoder: top-1 / top-5 (%) on the probe's test split."""
-    xtr, xte = encode(encoder, data, "train", cfg, device), encode(encoder, data, "test", cfg, device)
+    xtr, xte = (encode(encoder, data, split, device, num_workers) for split in ("train", "test"))
     result = linear_probe(xtr, _labels(data.probe_train), xte, _labels(data.probe_test),
-                          epochs=phase_epochs(cfg, cfg.s3_probe_epochs), seed=seed, max_steps=cfg.max_steps)
+                          epochs=epochs, seed=seed, max_steps=max_steps)
     return {"top1": result["top1"], "top5": result["top5"]}
 
 
-def random_init_probe(arch_builder, data: KASSLData, cfg, seed: int, device) -> dict:
+def random_init_probe(arch_builder, data: KASSLData, *, seed: int, **probe_kwargs) -> dict:
     """The probe of an untrained network: what SSL has to beat to have learned anything."""
     seed_everything(seed)
-    return probe(arch_builder(), data, cfg, seed, device)
-
+    return probe(arch_builder(), data, seed=seed, **probe_kwargs)

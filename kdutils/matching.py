@@ -15,7 +15,7 @@ and the caption tokenized for each reader) and returns one logit per pair:
   - `interaction`: `[u', v', u'*v', |u'-v'|]` of projected features into a
     small MLP, which can compare the two (the usual sentence-pair head).
 
-Training uses `train.fit` with a distiller (`kdutils.distillers`): BCE on the
+Training is `train.train` with a distiller (`kdutils.distillers`): BCE on the
 labels, or the paper's two KD losses against cached teacher logits.
 """
 
@@ -36,7 +36,7 @@ from .errors import ConfigError
 from .frozen import outputs
 from .models import weights_requirement
 from .paths import under
-from .train import History, fit, launch, make_optimizer, seed_everything
+from .train import History, Recipe, launch, seed_everything, train
 
 __all__ = ["ClipMatcher", "TwoTowerMatcher", "pairs_fingerprint", "predict_logits",
            "teacher_logits", "train_matcher", "calibrate_bias", "matching_report", "additive_score_analysis",
@@ -163,11 +163,11 @@ class _CosineOnly(nn.Module):
         return self.matcher.cosine(batch)
 
 
-def train_matcher(model: nn.Module, train, val, *, loss: Distiller = BinaryCrossEntropy(), teacher: torch.Tensor | None = None,
-                  epochs: int, lr: float, batch_size: int, seed: int, device="cpu", num_workers: int = 0,
-                  max_steps: int | None = None, cache_tag: str | None = None, progress: bool = True,
-                  desc: str = "train", num_processes: int = 1) -> History:
-    """Fine-tune `model` (every parameter) with Adam on `train`; validation BCE/accuracy after each epoch.
+def train_matcher(model: nn.Module, train_set, val_set, *, loss: Distiller = BinaryCrossEntropy(),
+                  teacher: torch.Tensor | None = None, epochs: int, lr: float, batch_size: int, seed: int,
+                  device="cpu", num_workers: int = 0, max_steps: int | None = None, cache_tag: str | None = None,
+                  progress: bool = True, desc: str = "train", num_processes: int = 1) -> History:
+    """Fine-tune `model` (every parameter) with Adam on `train_set`; validation BCE/accuracy after each epoch.
 
     `teacher` holds the frozen teacher's logit for each training pair (KD
     losses). With `cache_tag`, the run is checkpointed under the cache, keyed
@@ -176,45 +176,43 @@ def train_matcher(model: nn.Module, train, val, *, loss: Distiller = BinaryCross
     `num_processes` > 1 it trains data-parallel (`train.launch`); the main
     process's checkpoint brings the result back here, so that needs `cache_tag`.
     """
-    if not isinstance(loss, BinaryCrossEntropy) and (teacher is None or len(teacher) != len(train)):
-        raise ConfigError(f"{loss.name} needs one teacher logit per training pair ({len(train)}).")
+    if not isinstance(loss, BinaryCrossEntropy) and (teacher is None or len(teacher) != len(train_set)):
+        raise ConfigError(f"{loss.name} needs one teacher logit per training pair ({len(train_set)}).")
     if num_processes > 1 and cache_tag is None:
         raise ConfigError("train_matcher with num_processes > 1 needs a cache_tag: the main process's checkpoint is "
                           "how the trained weights reach this process.")
-    return launch(_train_matcher, (model, train, val, loss, teacher, epochs, lr, batch_size, seed, device, num_workers,
-                                   max_steps, cache_tag, progress, desc), num_processes)
+    return launch(_train_matcher, (model, train_set, val_set, loss, teacher, epochs, lr, batch_size, seed, device,
+                                   num_workers, max_steps, cache_tag, progress, desc), num_processes)
 
 
-def _train_matcher(model, train, val, loss, teacher, epochs, lr, batch_size, seed, device, num_workers, max_steps,
-                   cache_tag, progress, desc) -> History:
+def _train_matcher(model, train_set, val_set, loss, teacher, epochs, lr, batch_size, seed, device, num_workers,
+                   max_steps, cache_tag, progress, desc) -> History:
     """`train_matcher`'s training, run by `launch`."""
     gen = seed_everything(seed)
     checkpoint, key = None, ""
     if cache_tag is not None:
-        spec = {"tag": cache_tag, "init": model_fingerprint(model), "train": pairs_fingerprint(train),
-                "val": pairs_fingerprint(val), "loss": loss.config(), "epochs": epochs, "lr": lr, "batch": batch_size,
-                "seed": seed, "max_steps": max_steps, "code": code_fingerprint(__name__),
+        spec = {"tag": cache_tag, "init": model_fingerprint(model), "train": pairs_fingerprint(train_set),
+                "val": pairs_fingerprint(val_set), "loss": loss.config(), "epochs": epochs, "lr": lr,
+                "batch": batch_size, "seed": seed, "max_steps": max_steps, "code": code_fingerprint(__name__),
                 "teacher": None if teacher is None else hashlib.sha256(teacher.numpy().tobytes()).hexdigest()[:16]}
         key = key_digest(spec)
         checkpoint = cache_root() / "study2" / "runs" / f"{cache_tag}-{key}.pt"
-    loader = _loader(train, batch_size, shuffle=True, generator=gen, num_workers=num_workers)
-    opt = make_optimizer(model.parameters(), "adam", lr=lr)
+    loader = _loader(train_set, batch_size, shuffle=True, generator=gen, num_workers=num_workers)
     soft = None if teacher is None else teacher.float().to(device)
 
-    def compute_loss(batch):
-        logits = model(batch)
-        parts = loss(logits, None if soft is None else soft[batch["index"]], batch["label"])
-        parts["acc"] = ((logits.detach() > 0).float() == batch["label"]).float().mean()
-        return parts
+    def outputs(batch):
+        return model(batch), None if soft is None else soft[batch["index"]], batch["label"]
 
     def evaluate():
-        z = predict_logits(model, val, batch_size * 2, device, num_workers)
-        y = val.labels
+        z = predict_logits(model, val_set, batch_size * 2, device, num_workers)
+        y = val_set.labels
         return {"val_loss": float(F.binary_cross_entropy_with_logits(z, y)),
                 "val_acc": metrics.accuracy(y.long(), (z > 0).long())}
 
-    return fit(model, loader, compute_loss, opt, epochs, evaluate=evaluate, checkpoint=checkpoint,
-               checkpoint_key=key, device=device, max_steps_per_epoch=max_steps, desc=desc, progress=progress)
+    return train(model, loss, loader, Recipe(optimizer="adam", lr=lr, epochs=epochs, max_steps=max_steps),
+                 outputs=outputs, log=lambda z, _, y: {"acc": ((z.detach() > 0).float() == y).float().mean()},
+                 evaluate=evaluate, checkpoint=checkpoint, checkpoint_key=key, device=device, desc=desc,
+                 progress=progress)
 
 
 def matching_report(logits: torch.Tensor, pairs) -> dict:

@@ -43,7 +43,7 @@ from .frozen import batches, outputs
 from .models import SMALL_ARCHS, weights_requirement
 from .paths import under
 from .teacher import CIFAR10_MEAN, CIFAR10_STD, FrozenTeacher, Normalize
-from .train import History, fit, make_optimizer, make_scheduler, seed_everything, single_cpu_thread
+from .train import History, Recipe, seed_everything, single_cpu_thread, train
 
 __all__ = [
     "Split", "StudyData", "load_data", "paper_requirements", "load_encoder",
@@ -489,6 +489,13 @@ class HeadParams:
     def replace(self, **changes) -> "HeadParams":
         return replace(self, **changes)
 
+    def recipe(self, max_steps: int | None = None) -> Recipe:
+        """SGD with momentum, ReduceLROnPlateau and early stopping on validation accuracy."""
+        return Recipe(optimizer="sgd", lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                      schedule="plateau", plateau_factor=self.plateau_factor, plateau_patience=self.plateau_patience,
+                      epochs=self.epochs, monitor="val_acc", patience=self.patience, restore_best=self.restore_best,
+                      max_steps=max_steps)
+
 
 @dataclass
 class HeadRun:
@@ -513,50 +520,45 @@ class _IndexBatches:
             yield idx, self.labels[idx]
 
 
-def train_head(train, labels: torch.Tensor, val, val_labels: torch.Tensor, hp: HeadParams, *, num_classes: int,
-               seed: int, device="cpu", max_steps: int | None = None, progress: bool = False,
+def train_head(train_source, labels: torch.Tensor, val_source, val_labels: torch.Tensor, hp: HeadParams, *,
+               num_classes: int, seed: int, device="cpu", max_steps: int | None = None, progress: bool = False,
                desc: str = "head") -> HeadRun:
     """Train a new `Dropout -> Linear` head on a frozen backbone; TL when alpha = 0, TL+KD otherwise.
 
-    `train` / `val` are `CachedSource` or `PlainSource`. Each step draws one
+    The sources are `CachedSource` or `PlainSource`. Each step draws one
     view per image (mirror, corruption) from a generator seeded by `seed`,
     so the cached and the plain path see the same views. The loss is
     cross-entropy (alpha = 0) or `HintonKD` with `hp.temperature` and
     `hp.alpha` against the teacher logits of the same views. Validation
     accuracy drives ReduceLROnPlateau, early stopping and `restore_best`.
     """
-    if len(train) != len(labels) or len(val) != len(val_labels):
+    if len(train_source) != len(labels) or len(val_source) != len(val_labels):
         raise ValueError("each source needs one label per image.")
-    if hp.alpha > 0 and not train.has_teacher:
+    if hp.alpha > 0 and not train_source.has_teacher:
         raise ConfigError(f"alpha={hp.alpha} needs teacher logits in the training source.")
     device = torch.device(device)
     gen = seed_everything(seed)
     view_gen = torch.Generator().manual_seed(seed + 1)
-    head = nn.Sequential(nn.Dropout(hp.dropout), nn.Linear(train.dim, num_classes))
+    head = nn.Sequential(nn.Dropout(hp.dropout), nn.Linear(train_source.dim, num_classes))
     labels, val_labels = labels.long(), val_labels.long()
     loader = _IndexBatches(labels, hp.batch_size, gen)
     distiller = HintonKD(hp.temperature, hp.alpha) if hp.alpha > 0 else CrossEntropy()
 
-    def compute_loss(batch):
+    def outputs(batch):
         idx, y = batch
-        views = torch.randint(train.n_views, (len(idx),), generator=view_gen)
-        feats, zt = train.batch(idx, views, need_teacher=hp.alpha > 0)
-        return distiller(head(feats), zt, y)
+        views = torch.randint(train_source.n_views, (len(idx),), generator=view_gen)
+        feats, zt = train_source.batch(idx, views, need_teacher=hp.alpha > 0)
+        return head(feats), zt, y
 
     def evaluate() -> dict:
-        logits = head_logits(head, val)
+        logits = head_logits(head, val_source)
         return {"val_acc": metrics.accuracy(val_labels, logits),
                 "val_loss": float(F.cross_entropy(logits, val_labels))}
 
-    opt = make_optimizer(head.parameters(), "sgd", lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-    sched = make_scheduler(opt, "plateau", plateau_factor=hp.plateau_factor,
-                           plateau_patience=hp.plateau_patience, mode="max")
     t0 = time.perf_counter()
-    with single_cpu_thread(device) if isinstance(train, CachedSource) else contextlib.nullcontext():
-        history = fit(head, loader, compute_loss, opt, hp.epochs, scheduler=sched, evaluate=evaluate,
-                      monitor="val_acc", mode="max", patience=hp.patience, restore_best=hp.restore_best,
-                      device=device, amp=False, channels_last=False, max_steps_per_epoch=max_steps, desc=desc,
-                      progress=progress)
+    with single_cpu_thread(device) if isinstance(train_source, CachedSource) else contextlib.nullcontext():
+        history = train(head, distiller, loader, hp.recipe(max_steps), outputs=outputs, evaluate=evaluate,
+                        device=device, amp=False, channels_last=False, desc=desc, progress=progress)
     return HeadRun(head.eval(), history, time.perf_counter() - t0)
 
 

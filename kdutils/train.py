@@ -1,8 +1,12 @@
 """One training loop for every study, readable top to bottom.
 
-`fit` trains any model whose loss a study expresses as `compute_loss(batch)
--> {"loss": tensor, ...named parts}` (mdistiller style: the method returns its
-named losses, the loop only sums what it is told). What the loop adds:
+`train(model, distiller, loader, recipe, outputs=...)` is how a study trains: a
+`Recipe` says how (optimiser, schedule, epochs, early stopping), a distiller
+(`kdutils.distillers`) what is minimised, and `outputs(batch)` gives the
+distiller its arguments. Underneath, `fit` trains any model whose loss is
+`compute_loss(batch) -> {"loss": tensor, ...named parts}` (mdistiller style:
+the method returns its named losses, the loop only sums what it is told).
+What the loop adds:
 
 * seeded determinism on CPU (same seed, same numbers);
 * a checkpoint after every epoch, written atomically, holding the model,
@@ -45,6 +49,8 @@ __all__ = [
     "make_scheduler",
     "warmup_cosine",
     "History",
+    "Recipe",
+    "train",
     "fit",
     "save_checkpoint",
     "load_checkpoint",
@@ -347,6 +353,54 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
             f"checkpoint {path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0]}): it is "
             "truncated or corrupt (a full disk, an interrupted copy). Delete it to run this training again "
             "from the start.") from None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a model trains: optimiser, learning rate and schedule, epochs, early stopping, a step cap.
+
+    `schedule` is None, "plateau" (ReduceLROnPlateau on `monitor`) or "warmup_cosine" (per step, after
+    `warmup_epochs`); `patience` stops after that many epochs without a better `monitor`.
+    """
+
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str | None = None
+    warmup_epochs: int = 0
+    plateau_factor: float = 0.1
+    plateau_patience: int = 3
+    epochs: int = 1
+    monitor: str | None = None
+    patience: int | None = None
+    restore_best: bool = False
+    max_steps: int | None = None
+
+
+def train(model: nn.Module, distiller: Callable[..., dict], loader, recipe: Recipe, *,
+          outputs: Callable[[object], tuple], log: Callable[..., dict] | None = None,
+          evaluate: Callable[[], dict] | None = None, **fit_options) -> History:
+    """Train `model` by `recipe` until `distiller(*outputs(batch))["loss"]` is low; return the History.
+
+    `log(*outputs(batch))` adds values to record (an accuracy); `fit_options` go to `fit` (checkpoint,
+    device, progress...).
+    """
+    steps = min(len(loader), recipe.max_steps or len(loader))
+    opt = make_optimizer(model.parameters(), recipe.optimizer, lr=recipe.lr, momentum=recipe.momentum,
+                         weight_decay=recipe.weight_decay)
+    sched = make_scheduler(opt, recipe.schedule, epochs=recipe.epochs, steps_per_epoch=steps,
+                           warmup_epochs=min(recipe.warmup_epochs, recipe.epochs),
+                           plateau_factor=recipe.plateau_factor, plateau_patience=recipe.plateau_patience)
+
+    def compute_loss(batch):
+        args = outputs(batch)
+        parts = distiller(*args)
+        return parts if log is None else {**parts, **log(*args)}
+
+    return fit(model, loader, compute_loss, opt, recipe.epochs, scheduler=sched, evaluate=evaluate,
+               monitor=recipe.monitor, patience=recipe.patience, restore_best=recipe.restore_best,
+               max_steps_per_epoch=recipe.max_steps, **fit_options)
 
 
 def fit(

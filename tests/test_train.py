@@ -164,3 +164,19 @@ def test_bad_arguments_fail_early():
     with pytest.raises(ConfigError, match="trainable"):
         make_optimizer([nn.Parameter(torch.zeros(1), requires_grad=False)], "sgd", lr=0.1)
     seed_everything(0)
+
+
+def test_train_with_a_recipe_equals_fit_with_the_same_optimiser_and_schedule():
+    from kdutils.distillers import CrossEntropy
+    from kdutils.train import Recipe, train
+
+    _, h_fit = _train(seed=5)
+    model, loader, _, _, evaluate = make_run(5)  # make_run's optimiser and schedule, as a recipe
+    recipe = Recipe(optimizer="sgd", lr=0.1, momentum=0.9, schedule="plateau", plateau_factor=0.5,
+                    plateau_patience=0, epochs=4, monitor="val_acc")
+    h_train = train(model, CrossEntropy(), loader, recipe, outputs=lambda b: (model(b[0]), None, b[1]),
+                    log=lambda z, _, y: {"acc": (z.argmax(1) == y).float().mean()}, evaluate=evaluate,
+                    progress=False)
+    assert [e["train_loss"] for e in h_train.epochs] == [e["train_loss"] for e in h_fit.epochs]
+    assert [e["val_acc"] for e in h_train.epochs] == [e["val_acc"] for e in h_fit.epochs]
+    assert 0 <= h_train.epochs[-1]["train_acc"] <= 1  # what `log` returns is recorded too

@@ -1,30 +1,13 @@
-"""KASSL: distilling a frozen self-supervised teacher into a small student (study 3).
+"""KASSL (study 3): distil a frozen self-supervised teacher into a small student's backbone.
 
-The method (a course-project presentation, STUDIES.md section 4): a student
-backbone (ResNet-18) feeds an *encoder extension*, a 4-layer MLP from the
-student's feature size to the teacher's; the loss is the negative cosine
-similarity between the extension's output and the frozen teacher's feature,
-the student seeing one SimCLR-style view t and the teacher another view t',
-plus the same term with the views swapped. The student's backbone is then
-judged by a linear probe. Ablations: no augmentation (both networks get the
-same, un-augmented image), feature reduction (a projection of the teacher's
-feature to a smaller size, which the extension then targets) and both.
-
-This module holds the pieces the notebook tells the story with:
-
-* the variants (`VARIANTS`) and the teachers (`TEACHER_LABELS`);
-* the student (`EncoderExtension`, `KASSLStudent`, `kassl_loss`), optionally
-  with standardised teacher targets (not in the presentation: raw pooled
-  features share a mean direction a student can match without learning,
-  `mean_direction_cosine`); the loss is `distillers.FeatureRegression`;
-* where the two views and the teacher's features come from: a `ViewBank` of
-  pre-drawn views whose teacher features are computed once and cached
-  (`BankViews`), fresh views with a live teacher (`FreshViews`), or the same
-  image to both (`SameImage`); `train_kassl` trains with any of them;
-* the teachers at each scale (`load_teacher`: supervised, BYOL and MoCo-v2
-  pretrained in-run on SynthWorld, or the published ResNet-50 checkpoints),
-  the data (`load_data`), the BYOL baseline (`train_baseline`) and probes
-  (`probe`). The presentation's numbers, tables and verdicts are the notebook's.
+The student (ResNet-18) feeds an *encoder extension* (a 4-layer MLP to the teacher's feature size);
+the loss is the negative cosine between the extension's output on one view and the frozen teacher's
+feature of another view, symmetrised (`distillers.FeatureRegression`). A linear probe then judges the
+student's backbone. Ablations: no augmentation (the same plain image to both), feature reduction (a
+projection of the teacher's feature that the extension targets) and both; an option, not in the
+presentation, standardises the teacher's targets. Views come pre-drawn from a `ViewBank` whose
+teacher features are computed once (cached), or fresh with a live teacher; teachers are pretrained
+in-run or published (SynthWorld), or the published ResNet-50 checkpoints (`paper`).
 """
 
 from __future__ import annotations
@@ -40,7 +23,7 @@ from .cache import cache_root, cached, code_fingerprint, key_digest, model_finge
 from .distillers import FeatureRegression
 from .errors import ConfigError
 from .frozen import batches, outputs
-from .models import weights_file
+from .models import torchvision_model, weights_file, weights_requirement
 from .paths import under
 from .probe import linear_probe
 from .ssl import LossTrace, ViewAugment, as_float_images, make_learner, train_ssl, view_pair
@@ -49,7 +32,7 @@ from .train import fit, launch, make_optimizer, make_scheduler, per_example, res
 
 __all__ = [
     "VARIANTS", "TEACHER_LABELS", "TARGET_NORMS", "mean_direction_cosine",
-    "EncoderExtension", "KASSLStudent", "kassl_loss",
+    "EncoderExtension", "KASSLStudent", "kassl_loss", "probe_args",
     "ViewBank", "BankViews", "FreshViews", "SameImage", "train_kassl",
     "check_config", "grid", "phase_epochs", "view_bank", "teacher_architecture", "imitation", "encode", "center_crop",
     "KASSLData", "load_data", "load_teacher", "required_files", "student_backbone", "train_baseline",
@@ -87,20 +70,13 @@ class EncoderExtension(nn.Sequential):
 
 
 class KASSLStudent(nn.Module):
-    """Student backbone + encoder extension (+ what is done to the teacher's feature).
+    """Student backbone + encoder extension; `embed(x)` is compared with `target(teacher_feature)`.
 
-    `forward(x)` is the backbone's feature (what the linear probe sees);
-    `embed(x)` is the extension's output, compared with `target(teacher_feature)`.
-    `standardize_targets` (not in the presentation) passes the teacher's
-    feature through a parameter-free batch norm first: each dimension is
-    centred and scaled by the statistics of the batch at hand (in training
-    and evaluation alike, so a test set is standardised by its own).
-    Pooled ReLU features share a large mean direction, so the raw cosine is
-    high for any prediction near that mean; centring leaves only what tells
-    images apart to be matched (data2vec normalises its targets for the same
-    reason). With `reduced_dim`, `target` then applies a linear projection
-    (no bias) to that size: trained with the student when
-    `reduction_trainable`, else a fixed random orthogonal map.
+    `forward(x)` is the backbone's feature, what the probe sees. `standardize_targets` centres and
+    scales each teacher dimension by the batch's own statistics (train and eval alike): pooled ReLU
+    features share a large mean direction that a constant prediction already matches (data2vec
+    normalises its targets for the same reason). `reduced_dim` adds a bias-free projection of the
+    target, trained with the student or a fixed random orthogonal map.
     """
 
     def __init__(self, backbone: nn.Module, student_dim: int, teacher_dim: int, hidden: int,
@@ -131,12 +107,7 @@ class KASSLStudent(nn.Module):
 
 
 def mean_direction_cosine(features: torch.Tensor) -> float:
-    """Mean cosine of each feature with the features' mean: the cosine a student reaches by predicting a constant.
-
-    The reference for the KASSL loss: a student whose extension outputs the
-    teacher's mean direction for every image scores `-this` without having
-    learned anything about the images.
-    """
+    """Mean cosine of each feature with the features' mean: what a constant prediction scores (minus the loss)."""
     flat = features.reshape(-1, features.shape[-1]).float()
     return float(F.cosine_similarity(flat, flat.mean(0, keepdim=True), dim=1).mean())
 
@@ -388,10 +359,8 @@ def required_files(cfg) -> dict:
                     paths[t], f"Download {CHECKPOINT_SOURCES[t]} to that path (or set weights_root / "
                               f"s3_{'byol' if t == 'byol' else 'moco'}_checkpoint).")
             elif t == "supervised":
-                need["supervised ResNet-50 weights"] = (
-                    weights_file(cfg.s3_checkpoint_arch, cfg.s3_supervised_weights),
-                    f"Run torchvision.models.get_model('{cfg.s3_checkpoint_arch}', "
-                    f"weights='{cfg.s3_supervised_weights}') once on a machine with internet.")
+                need["supervised ResNet-50 weights"] = weights_requirement(cfg.s3_checkpoint_arch,
+                                                                           cfg.s3_supervised_weights)
     return need
 
 
@@ -476,11 +445,7 @@ def student_backbone(cfg) -> tuple[nn.Module, int]:
 
         net = small_resnet(cfg.student_arch)
         return net, net.feature_dim
-    import torchvision
-
-    net = torchvision.models.get_model(cfg.student_arch, weights=None)
-    dim = net.fc.in_features
-    net.fc = nn.Identity()
+    net, dim = _headless(cfg.student_arch)
     return nn.Sequential(Normalize(IMAGENET_MEAN, IMAGENET_STD), net), dim
 
 
@@ -490,11 +455,15 @@ def teacher_architecture(cfg) -> nn.Module:
         from .models import small_resnet
 
         return small_resnet(cfg.teacher_arch)
-    import torchvision
+    return FrozenTeacher(_headless(cfg.s3_checkpoint_arch)[0], IMAGENET_MEAN, IMAGENET_STD)
 
-    net = torchvision.models.get_model(cfg.s3_checkpoint_arch, weights=None)
+
+def _headless(arch: str, weights: str | None = None) -> tuple[nn.Module, int]:
+    """A torchvision classifier with its head removed (features out), and its feature size."""
+    net = torchvision_model(arch, weights)
+    dim = net.fc.in_features
     net.fc = nn.Identity()
-    return FrozenTeacher(net, IMAGENET_MEAN, IMAGENET_STD)
+    return net, dim
 
 
 def view_bank(cfg, data: "KASSLData", seed: int) -> ViewBank | None:
@@ -535,14 +504,11 @@ def _train_ssl_encoder(method: str, encoder: nn.Module, dim: int, loader, cfg, *
 
 
 def load_teacher(name: str, cfg, device) -> tuple[FrozenTeacher, dict]:
-    """A frozen teacher returning pooled features, and a summary of where it came from.
+    """A frozen teacher (pooled features out) and a summary of where it came from.
 
-    tiny/small: 'supervised' is the shared source-task pretraining
-    (`pretrain_source(cfg.teacher_arch)`); 'byol' and 'moco_v2' train the
-    same architecture self-supervised on the SynthWorld source images (`ssl_teacher`);
-    both with the one backbone seed of `cfg.backbone_seeds`. paper: the published ResNet-50 checkpoints (`paper_paths`), or
-    torchvision's supervised ImageNet weights; in a dry run a missing file
-    gives random weights, said in the summary.
+    SynthWorld profiles: the shared source-task pretraining ('supervised') or `ssl_teacher`, with the
+    one backbone seed; paper: the published ResNet-50 checkpoints or torchvision's supervised weights
+    (random weights, said in the summary, for a file a dry run lacks).
     """
     if name not in TEACHER_LABELS:
         raise ConfigError(f"unknown teacher '{name}'; choose from {sorted(TEACHER_LABELS)}.")
@@ -552,32 +518,26 @@ def load_teacher(name: str, cfg, device) -> tuple[FrozenTeacher, dict]:
                           f"(-p backbone_seeds=[1], ...).")
     if cfg.profile != "paper":
         return _synthworld_teacher(name, cfg, device, seed=cfg.backbone_seeds[0])
-    import torchvision
+    model, info = _paper_teacher(name, cfg)
+    teacher = FrozenTeacher(model, IMAGENET_MEAN, IMAGENET_STD).to(device)
+    info.update({"name": name, "arch": cfg.s3_checkpoint_arch, "feature_dim": _feature_dim(teacher, cfg.image_size)})
+    return teacher, info
 
+
+def _paper_teacher(name: str, cfg) -> tuple[nn.Module, dict]:
     from .ssl_checkpoints import CHECKPOINT_SOURCES, load_ssl_resnet
 
     arch = cfg.s3_checkpoint_arch
+    path = weights_file(arch, cfg.s3_supervised_weights) if name == "supervised" else paper_paths(cfg)[name]
+    if cfg.dry_run and not path.exists():
+        return _headless(arch)[0], {"source": f"RANDOM {arch} weights (dry run; {path} is missing)"}
     if name == "supervised":
-        from .models import torchvision_model
-
-        stand_in = cfg.dry_run and not weights_file(cfg.s3_checkpoint_arch, cfg.s3_supervised_weights).exists()
-        model = torchvision_model(arch, cfg.s3_supervised_weights, allow_random=stand_in)
-        model.fc = nn.Identity()
-        info = {"source": f"RANDOM {arch} weights (dry run; {weights_file(cfg.s3_checkpoint_arch, cfg.s3_supervised_weights)} is missing)" if stand_in
-                else f"torchvision {arch} {cfg.s3_supervised_weights} (supervised ImageNet-1k)"}
-    else:
-        path = paper_paths(cfg)[name]
-        if cfg.dry_run and not path.exists():
-            model = torchvision.models.get_model(arch, weights=None)
-            model.fc = nn.Identity()
-            info = {"source": f"RANDOM {arch} weights (dry run; {path} is missing)"}
-        else:
-            model, info = load_ssl_resnet(path, arch, how_to_get=f"Download {CHECKPOINT_SOURCES[name]}.",
-                                          trust_pickle=cfg.s3_trust_pickled_checkpoints)
-            info["source"] = f"{path.name} ({info['format']} format)"
-    teacher = FrozenTeacher(model, IMAGENET_MEAN, IMAGENET_STD).to(device)
-    info.update({"name": name, "arch": arch, "feature_dim": _feature_dim(teacher, cfg.image_size)})
-    return teacher, info
+        return (_headless(arch, cfg.s3_supervised_weights)[0],
+                {"source": f"torchvision {arch} {cfg.s3_supervised_weights} (supervised ImageNet-1k)"})
+    model, info = load_ssl_resnet(path, arch, how_to_get=f"Download {CHECKPOINT_SOURCES[name]}.",
+                                  trust_pickle=cfg.s3_trust_pickled_checkpoints)
+    info["source"] = f"{path.name} ({info['format']} format)"
+    return model, info
 
 
 def _synthworld_teacher(name: str, cfg, device, seed: int):

@@ -7,7 +7,7 @@ The thesis's recipe, in the order this module provides it:
    vector per prompt (`TextQueries`). Their outputs never change, so the image
    side is computed once per data split and view (`FrozenFeatures`, cached on
    disk) and every teacher trains on tensors.
-2. **Teachers** (`fit_teacher`): the image-text head (`kdutils.itc_head`)
+2. **Teachers** (`fit_teacher`): the image-text head (`kdutils.text_queried_head`)
    trained with cross-entropy, either the thesis's way (each image queried by
    its own prompt, mode "prompt", or its own caption, mode "caption") or
    label-free (all class prompts as queries, mode "label_free"); and the
@@ -53,21 +53,22 @@ from . import synthworld as sw
 from . import text as ktext
 from .cache import cache_root, cached, code_fingerprint, key_digest, model_fingerprint
 from .errors import ConfigError, MissingDataError
-from .itc_head import ImageTextHead
+from .text_queried_head import TextQueriedHead
 from .distillers import CrossEntropy, SoftTargetKD
 from .losses import ClipLoss
 from .models import small_resnet, torchvision_model, weights_requirement
 from .paths import under
 from .pretrain import DATA_SEEDS, pretrain_source, synth_split, world_config
 from .published import lookup, recipe
-from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize
+from .frozen import batches, outputs
+from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher, Normalize
 from .train import fit, launch, make_optimizer, per_example, seed_everything, warmup_cosine
 
 __all__ = [
     "VIEWS", "ImageData", "IndexedImages", "load_data", "synthworld_data", "cifar_data", "imagenet_data",
     "imagenet_class_names", "prompt", "paper_requirements", "image_captions", "mirror_text", "labels_of",
     "indices_of", "ImageEncoder", "Student", "TextQueries", "Encoders", "pretrain_small_roberta",
-    "FrozenFeatures", "features_of", "Teacher", "fit_teacher", "teacher_logits", "soft_targets",
+    "FrozenFeatures", "features_of", "HeadClassifier", "fit_teacher", "teacher_logits", "soft_targets",
     "student_optimizer", "fit_student", "student_logits", "student_targets", "topk", "few_shot_indices",
     "retrieval_recalls", "attention_maps", "tensor_digest",
 ]
@@ -149,11 +150,19 @@ def indices_of(dataset) -> torch.Tensor:
     return torch.arange(len(dataset))
 
 
-def _eval_loader(dataset, batch_size: int = 512):
-    """In-order batches; image files (ImageNet) are decoded by worker processes, tensors in memory are not."""
+def _in_order(dataset, batch_size: int = 512, num_workers: int | None = None):
+    """An iterator over in-order batches, for `frozen.outputs`.
+
+    An iterator, not the loader: `outputs`' tqdm.auto bar calls `iter()` on
+    what it wraps, so a loader would be started twice, drawing twice from the
+    global RNG (every later random number would move) and starting its workers
+    twice. By default image files (ImageNet) are decoded by worker processes,
+    tensors in memory are not.
+    """
     base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
-    workers = min(8, os.cpu_count() or 1) if isinstance(base, _IndexedFolder) else 0
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    if num_workers is None:
+        num_workers = min(8, os.cpu_count() or 1) if isinstance(base, _IndexedFolder) else 0
+    return iter(torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers))
 
 
 @dataclass
@@ -355,41 +364,36 @@ def _resnet_feature_map(net, x: torch.Tensor) -> torch.Tensor:
     return net.layer4(net.layer3(net.layer2(net.layer1(x))))
 
 
-class ImageEncoder(nn.Module):
-    """A frozen pretrained image encoder: [0, 1] images -> (tokens (N, T, D), pooled (N, P)).
+class ImageEncoder(FrozenTeacher):
+    """A frozen pretrained image encoder (a `FrozenTeacher`): [0, 1] images -> (tokens (N, T, D), pooled (N, P)).
 
     Tokens are the head's keys and values: ViT patch tokens (class token
     dropped) or the last feature map flattened to H*W tokens. `pooled` is the
     encoder's own summary, the input of the no-text teacher and of the probe:
     CLIP's post-LayerNorm class token, the ResNet's global average pool.
-    `student_spec` describes the architecture a fresh student copies.
+    `student_spec` describes the architecture a fresh student copies. The
+    default normalisation (mean 0, std 1) leaves images as they are (the
+    SmallResNets were trained on [0, 1] images).
     """
 
-    def __init__(self, name: str, kind: str, net: nn.Module, preprocess: nn.Module, student_spec: dict,
-                 description: str):
-        super().__init__()
+    def __init__(self, name: str, kind: str, net: nn.Module, student_spec: dict, description: str, *,
+                 mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), input_size: int | None = None):
         if kind not in ("small_resnet", "torchvision_resnet", "clip_vision"):
             raise ConfigError(f"unknown image encoder kind '{kind}'.")
+        super().__init__(net, mean, std, input_size)
         self.name, self.kind, self.student_spec, self.description = name, kind, student_spec, description
-        self.net, self.preprocess = net, preprocess
-        for p in self.parameters():
-            p.requires_grad_(False)
-        super().train(False)
         self.fingerprint = model_fingerprint(self)
-
-    def train(self, mode: bool = True) -> "ImageEncoder":
-        return super().train(False)
 
     @torch.no_grad()
     def forward(self, images01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.preprocess(images01)
         if self.kind == "small_resnet":
-            tokens = self.net.tokens(x)
+            tokens = self.model.tokens(x)
             return tokens, tokens.mean(1)
         if self.kind == "torchvision_resnet":
-            tokens = _resnet_feature_map(self.net, x).flatten(2).transpose(1, 2)
+            tokens = _resnet_feature_map(self.model, x).flatten(2).transpose(1, 2)
             return tokens, tokens.mean(1)
-        out = self.net(pixel_values=x)
+        out = self.model(pixel_values=x)
         return out.last_hidden_state[:, 1:], out.pooler_output
 
 
@@ -433,19 +437,20 @@ class Student(nn.Module):
 
 
 class TextQueries:
-    """A frozen text encoder: a list of texts -> one vector per text (the head's queries), on the CPU."""
+    """A frozen text encoder: a list of texts -> one vector per text (the head's queries), on the CPU.
 
-    def __init__(self, name: str, encode, dim: int, fingerprint: str, description: str):
-        self.name, self._encode, self.dim = name, encode, dim
+    `encode(texts)` runs `model` (the module put in eval mode while it encodes).
+    """
+
+    def __init__(self, name: str, model: nn.Module, encode, dim: int, fingerprint: str, description: str):
+        self.name, self.model, self._encode, self.dim = name, model, encode, dim
         self.fingerprint, self.description = fingerprint, description
 
-    @torch.no_grad()
     def __call__(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         texts = list(texts)
         if not texts:
             raise ValueError("no texts to encode.")
-        return torch.cat([self._encode(texts[i:i + batch_size]).float().cpu()
-                          for i in range(0, len(texts), batch_size)])
+        return outputs(self.model, batches(texts, batch_size), self._encode)
 
     def cached(self, texts: Sequence[str]) -> torch.Tensor:
         """Encodings of many texts (captions), cached on disk by encoder and text."""
@@ -566,8 +571,7 @@ class Encoders:
         if small and name == "resnet":
             net, summary = pretrain_source(cfg.s1_resnet_arch, cfg, seed=self.seed)
             self.summaries["resnet"] = summary
-            enc = ImageEncoder(name, "small_resnet", net, nn.Identity(),
-                               {"kind": "small_resnet", "arch": cfg.s1_resnet_arch},
+            enc = ImageEncoder(name, "small_resnet", net, {"kind": "small_resnet", "arch": cfg.s1_resnet_arch},
                                f"SmallResNet {cfg.s1_resnet_arch} pretrained on SynthWorld source "
                                f"(source top-1 {summary['source_top1']:.1f}%)")
         elif (small and name == "vit") or (not small and name in ("vit_b_32", "vit_b_16")):
@@ -575,15 +579,16 @@ class Encoders:
             vc = model.config.vision_config
             spec = {"kind": "clip_vision", "config": {k: v for k, v in vc.to_dict().items()
                                                       if k in _VISION_CONFIG_KEYS}}
-            enc = ImageEncoder(name, "clip_vision", model.vision_model, Normalize(CLIP_MEAN, CLIP_STD, vc.image_size),
-                               spec, f"vision tower of {description}")
+            enc = ImageEncoder(name, "clip_vision", model.vision_model, spec, f"vision tower of {description}",
+                               mean=CLIP_MEAN, std=CLIP_STD, input_size=vc.image_size)
         elif not small and name == "resnet50":
             net = torchvision_model("resnet50", cfg.s1_resnet50_weights, allow_random=cfg.dry_run)
-            enc = ImageEncoder(name, "torchvision_resnet", net, Normalize(IMAGENET_MEAN, IMAGENET_STD, cfg.image_size),
+            enc = ImageEncoder(name, "torchvision_resnet", net,
                                {"kind": "torchvision_resnet", "arch": "resnet50", "input_size": cfg.image_size},
                                f"torchvision resnet50 {cfg.s1_resnet50_weights}"
                                f"{' (random weights: dry run)' if cfg.dry_run else ''}; open_clip RN50 not used "
-                               "(not a dependency of the lab)")
+                               "(not a dependency of the lab)",
+                               mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=cfg.image_size)
         else:
             known = "resnet, vit" if small else "vit_b_32, vit_b_16, resnet50"
             raise ConfigError(f"unknown image encoder '{name}' at profile {cfg.profile}; choose {known}.")
@@ -599,8 +604,8 @@ class Encoders:
             if tag not in self._texts:
                 fp = model_fingerprint(model.text_model) + model_fingerprint(model.text_projection)
                 self._texts[tag] = TextQueries(
-                    "clip", lambda texts: kclip.encode_texts(model, tokenizer, texts), model.config.projection_dim,
-                    fp, f"text tower of {description} (projected, L2-normalised)")
+                    "clip", model, lambda texts: kclip.encode_texts(model, tokenizer, texts),
+                    model.config.projection_dim, fp, f"text tower of {description} (projected, L2-normalised)")
             return self._texts[tag]
         if name == "roberta":
             if "roberta" not in self._texts:
@@ -615,7 +620,7 @@ class Encoders:
                                    f"source captions (masked-word top-1 {summary['masked_word_top1_source_test']:.1f}%),"
                                    " mean-pooled")
                 encoder = encoder.to(self.device).eval()
-                self._texts["roberta"] = TextQueries("roberta", encoder.encode, encoder.dim,
+                self._texts["roberta"] = TextQueries("roberta", encoder, encoder.encode, encoder.dim,
                                                      model_fingerprint(encoder.model), description)
             return self._texts["roberta"]
         raise ConfigError(f"unknown text encoder '{name}'; choose clip or roberta.")
@@ -649,21 +654,24 @@ class FrozenFeatures:
         self.key["in_memory"] = self.in_memory  # stored tokens are float16: teachers trained on them differ slightly
         self.tokens = self.pooled = None
         if self.in_memory:
-            def compute():
-                loader = torch.utils.data.DataLoader(dataset, batch_size=max(batch_size, 256),
-                                                     num_workers=num_workers)
-                toks = torch.empty(views, len(dataset), self.num_tokens, self.token_dim, dtype=torch.float16)
-                pools = torch.empty(views, len(dataset), self.pooled_dim)
-                for v in range(views):
-                    for images, _, index in tqdm(loader, desc=f"{encoder.name} {split} [{VIEWS[v]}]", leave=False,
-                                                 disable=not progress):
-                        x = _to_unit(images.to(self.device))
-                        t, p = encoder(x.flip(-1) if v else x)
-                        toks[v, index], pools[v, index] = t.half().cpu(), p.float().cpu()
-                return {"tokens": toks, "pooled": pools}
-
-            stored = cached("s1-features", self.key, compute, verbose=False)
+            stored = cached("s1-features", self.key, lambda: self._extract(
+                dataset, max(batch_size, 256), num_workers, split, progress), verbose=False)
             self.tokens, self.pooled = stored["tokens"], stored["pooled"]
+
+    def _extract(self, dataset, batch_size: int, num_workers: int, split: str, progress: bool) -> dict:
+        """Every item's tokens (float16) and pooled output in every view, one `frozen.outputs` pass per view."""
+        size = self.num_tokens * self.token_dim
+        toks, pools = [], []
+        for v in range(self.views):
+            def flat_outputs(batch):
+                x = _to_unit(batch[0].to(self.device))
+                return torch.cat([t.flatten(1) for t in self.encoder(x.flip(-1) if v else x)], dim=1)
+
+            flat = outputs(self.encoder, _in_order(dataset, batch_size, num_workers), flat_outputs, progress=progress,
+                           desc=f"{self.encoder.name} {split} [{VIEWS[v]}]")
+            toks.append(flat[:, :size].reshape(-1, self.num_tokens, self.token_dim).half())
+            pools.append(flat[:, size:])
+        return {"tokens": torch.stack(toks), "pooled": torch.stack(pools)}
 
     def __call__(self, images: torch.Tensor, index: torch.Tensor, view: torch.Tensor):
         """(tokens, pooled) as float32 on the device for a batch of items in the given views."""
@@ -675,16 +683,15 @@ class FrozenFeatures:
 
 def features_of(feats: FrozenFeatures, dataset, view: int = 0, batch_size: int = 512):
     """Pooled features (N, P) of the items of `dataset` (a split or a subset) in one view, on the CPU."""
-    idx = indices_of(dataset)
     if feats.in_memory:
-        return feats.pooled[view, idx]
-    loader = _eval_loader(dataset, batch_size)
-    return torch.cat([feats(images, index, torch.full_like(index, view))[1].cpu() for images, _, index in loader])
+        return feats.pooled[view, indices_of(dataset)]
+    return outputs(feats.encoder, _in_order(dataset, batch_size),
+                   lambda b: feats(b[0], b[2], torch.full_like(b[2], view))[1])
 
 
 # ----------------------------------------------------------------------------- teachers
 
-class Teacher(nn.Module):
+class HeadClassifier(nn.Module):
     """What trains on frozen features: a linear layer (no text) or the image-text head in one of its modes.
 
     Modes: "linear" (LayerNorm + linear on the pooled output), "prompt" (the
@@ -749,7 +756,7 @@ def _train_loader(dataset, cfg, generator, epochs: int, steps: int | None, batch
 def fit_teacher(mode: str, feats: FrozenFeatures, train_set, cfg, *, seed: int, num_classes: int,
                 class_queries: torch.Tensor | None = None, caption_table: torch.Tensor | None = None,
                 val: tuple | None = None, epochs: int | None = None, steps: int | None = None, desc: str = "teacher"):
-    """Train a teacher on frozen features with cross-entropy; return (Teacher, History).
+    """Train a teacher on frozen features with cross-entropy; return (HeadClassifier, History).
 
     `caption_table` (views, N, text_dim) holds the caption encodings of the
     training split (mode "caption"). `val` = (features, dataset, caption
@@ -762,9 +769,9 @@ def fit_teacher(mode: str, feats: FrozenFeatures, train_set, cfg, *, seed: int, 
     if mode == "linear":
         module = nn.Sequential(nn.LayerNorm(feats.pooled_dim), nn.Linear(feats.pooled_dim, num_classes))
     else:
-        module = ImageTextHead(feats.token_dim, class_queries.shape[1], num_classes, dim=cfg.s1_head_dim,
+        module = TextQueriedHead(feats.token_dim, class_queries.shape[1], num_classes, dim=cfg.s1_head_dim,
                                heads=cfg.s1_head_heads)
-    teacher = Teacher(mode, module, None if class_queries is None else class_queries.float()).to(device)
+    teacher = HeadClassifier(mode, module, None if class_queries is None else class_queries.float()).to(device)
     loader, epochs, total = _train_loader(train_set, cfg, gen, epochs or cfg.s1_head_epochs, steps, cfg.batch_size)
     opt = make_optimizer(teacher.parameters(), "adamw", lr=cfg.s1_head_lr, weight_decay=1e-4)
     sched = warmup_cosine(opt, warmup_steps=min(total // 10, 200), total_steps=total)
@@ -802,8 +809,7 @@ def fit_teacher(mode: str, feats: FrozenFeatures, train_set, cfg, *, seed: int, 
     return teacher.eval(), history
 
 
-@torch.no_grad()
-def teacher_logits(teacher: Teacher, feats: FrozenFeatures, dataset, how: str = "own",
+def teacher_logits(teacher: HeadClassifier, feats: FrozenFeatures, dataset, how: str = "own",
                    caption_table: torch.Tensor | None = None, view: int = 0, batch_size: int = 512):
     """(logits (N, C), labels) of a teacher over a split in one view, on the CPU.
 
@@ -813,24 +819,29 @@ def teacher_logits(teacher: Teacher, feats: FrozenFeatures, dataset, how: str = 
     """
     if how not in ("own", "label_free"):
         raise ValueError(f"how must be 'own' or 'label_free', got '{how}'.")
-    teacher.eval()
-    outs, labels_all = [], []
-    for images, labels, index in _eval_loader(dataset, batch_size):
-        labels = labels.to(feats.device)
-        v = torch.full_like(index, view)
-        tokens, pooled = feats(images, index, v)
+
+    def logits(batch):
+        images, labels, index = batch
+        tokens, pooled = feats(images, index, torch.full_like(index, view))
         if how == "label_free":
-            logits = teacher.label_free_scores(tokens)
-        else:
-            queries = caption_table[view, index].to(feats.device) if caption_table is not None else None
-            logits = teacher(tokens, pooled, labels, queries)
-        outs.append(logits.float().cpu())
-        labels_all.append(labels.cpu())
-    return torch.cat(outs), torch.cat(labels_all)
+            return teacher.label_free_scores(tokens)
+        queries = caption_table[view, index].to(feats.device) if caption_table is not None else None
+        return teacher(tokens, pooled, labels.to(feats.device), queries)
+
+    return outputs(teacher, _in_order(dataset, batch_size), logits), labels_of(dataset)
 
 
-@torch.no_grad()
-def soft_targets(teacher: Teacher, feats: FrozenFeatures, train_set, caption_table=None) -> torch.Tensor:
+def _per_view_table(train_set, views: int, logits_in_view) -> torch.Tensor:
+    """(views, N_split, C) float16 of `logits_in_view(v)` over `train_set`; rows outside a subset stay zero."""
+    n = len(train_set.dataset) if isinstance(train_set, torch.utils.data.Subset) else len(train_set)
+    per_view = [logits_in_view(v) for v in range(views)]
+    out = torch.zeros(views, n, per_view[0].shape[1], dtype=torch.float16)
+    for v, logits in enumerate(per_view):
+        out[v, indices_of(train_set)] = logits.half()
+    return out
+
+
+def soft_targets(teacher: HeadClassifier, feats: FrozenFeatures, train_set, caption_table=None) -> torch.Tensor:
     """The frozen teacher's logits on every training item and view, (views, N_split, C) float16; cached.
 
     Rows of items outside `train_set` (a few-shot subset) stay zero. The
@@ -839,18 +850,8 @@ def soft_targets(teacher: Teacher, feats: FrozenFeatures, train_set, caption_tab
     key = {"what": "s1-soft-targets", "teacher": model_fingerprint(teacher), "mode": teacher.mode,
            "features": feats.key, "subset": tensor_digest(indices_of(train_set)),
            "captions": tensor_digest(caption_table) if caption_table is not None else None}
-
-    def compute():
-        n = len(train_set.dataset) if isinstance(train_set, torch.utils.data.Subset) else len(train_set)
-        idx, out = indices_of(train_set), None
-        for v in range(feats.views):
-            logits, _ = teacher_logits(teacher, feats, train_set, "own", caption_table, view=v)
-            if out is None:
-                out = torch.zeros(feats.views, n, logits.shape[1], dtype=torch.float16)
-            out[v, idx] = logits.half()
-        return out
-
-    return cached("s1-soft-targets", key, compute, verbose=False)
+    return cached("s1-soft-targets", key, lambda: _per_view_table(train_set, feats.views, lambda v: teacher_logits(
+        teacher, feats, train_set, "own", caption_table, view=v)[0]), verbose=False)
 
 
 # ----------------------------------------------------------------------------- students
@@ -919,30 +920,21 @@ def _fit_student(spec: dict, train_set, cfg, data_key: dict, seed: int, num_clas
     return student.eval(), history
 
 
-@torch.no_grad()
 def student_logits(student: Student, dataset, device, view: int = 0, batch_size: int = 512,
                    features: bool = False):
     """(logits or penultimate features, labels) of a student over a split in one view, on the CPU."""
-    was_training = student.training
-    student.eval().to(device)
-    outs, labels_all = [], []
-    for images, labels, _ in _eval_loader(dataset, batch_size):
-        x = _to_unit(images.to(device))
-        x = x.flip(-1) if view else x
-        outs.append((student.features(x) if features else student(x)).float().cpu())
-        labels_all.append(labels)
-    student.train(was_training)
-    return torch.cat(outs), torch.cat(labels_all)
+    forward = student.features if features else student
+
+    def logits(batch):
+        x = _to_unit(batch[0])
+        return forward(x.flip(-1) if view else x)
+
+    return outputs(student, _in_order(dataset, batch_size), logits, device=device), labels_of(dataset)
 
 
 def student_targets(student: Student, train_set, device) -> torch.Tensor:
     """A student's logits on every training item and view (views, N, C) float16: the next generation's targets."""
-    n = len(train_set.dataset) if isinstance(train_set, torch.utils.data.Subset) else len(train_set)
-    out = torch.zeros(len(VIEWS), n, student.fc.out_features, dtype=torch.float16)
-    idx = indices_of(train_set)
-    for v in range(len(VIEWS)):
-        out[v, idx] = student_logits(student, train_set, device, view=v)[0].half()
-    return out
+    return _per_view_table(train_set, len(VIEWS), lambda v: student_logits(student, train_set, device, view=v)[0])
 
 
 def topk(logits: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -1002,7 +994,7 @@ def retrieval_recalls(train_image: torch.Tensor, train_text: torch.Tensor, test_
 
 
 @torch.no_grad()
-def attention_maps(teacher: Teacher, feats: FrozenFeatures, dataset, indices: Sequence[int], how: str = "own"):
+def attention_maps(teacher: HeadClassifier, feats: FrozenFeatures, dataset, indices: Sequence[int], how: str = "own"):
     """Attention of a text head over image tokens for some items: (n, T) weights and the labels.
 
     how="own": the query is the image's true class prompt (the thesis's head);

@@ -37,10 +37,10 @@ from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["ImageTextHead"]
+__all__ = ["TextQueriedHead"]
 
 
-class ImageTextHead(nn.Module):
+class TextQueriedHead(nn.Module):
     """Cross-attention (query: pooled text, keys/values: image tokens) + a linear layer over classes.
 
     Inputs are frozen encoder outputs: image tokens (N, T, image_dim) and
@@ -54,10 +54,10 @@ class ImageTextHead(nn.Module):
                  dropout: float = 0.0):
         super().__init__()
         if min(image_dim, text_dim, num_classes, dim, heads) < 1:
-            raise ConfigError(f"ImageTextHead sizes must be >= 1, got image_dim={image_dim}, text_dim={text_dim}, "
+            raise ConfigError(f"TextQueriedHead sizes must be >= 1, got image_dim={image_dim}, text_dim={text_dim}, "
                               f"num_classes={num_classes}, dim={dim}, heads={heads}.")
         if dim % heads:
-            raise ConfigError(f"ImageTextHead: dim ({dim}) must be divisible by heads ({heads}).")
+            raise ConfigError(f"TextQueriedHead: dim ({dim}) must be divisible by heads ({heads}).")
         self.image_dim, self.text_dim, self.num_classes = image_dim, text_dim, num_classes
         self.image_in = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, dim))
         self.text_in = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, dim))

@@ -30,7 +30,7 @@ def _data(n=48, classes=4, size=16, seed=0):
 
 def _encoder(seed=0):
     torch.manual_seed(seed)
-    return sd.ImageEncoder("resnet", "small_resnet", small_resnet("resnet_xs"), nn.Identity(),
+    return sd.ImageEncoder("resnet", "small_resnet", small_resnet("resnet_xs"),
                            {"kind": "small_resnet", "arch": "resnet_xs"}, "test encoder")
 
 
@@ -269,7 +269,7 @@ def test_torchvision_resnet_encoder_tokens_are_the_last_feature_map():
 
     torch.manual_seed(0)
     net = torchvision.models.resnet18(weights=None).eval()
-    enc = sd.ImageEncoder("r18", "torchvision_resnet", net, nn.Identity(), {}, "test")
+    enc = sd.ImageEncoder("r18", "torchvision_resnet", net, {}, "test")
     x = torch.rand(2, 3, 64, 64)
     tokens, pooled = enc(x)
     assert tokens.shape == (2, 4, 512)

@@ -1,15 +1,15 @@
-"""The image-text head: the two variants' algebra, the attention maps, the shape checks."""
+"""The text-queried head: the two variants' algebra, the attention maps, the shape checks."""
 
 import pytest
 import torch
 
 from kdutils.errors import ConfigError
-from kdutils.itc_head import ImageTextHead
+from kdutils.text_queried_head import TextQueriedHead
 
 
 def _head(seed=0, image_dim=6, text_dim=5, classes=4, dim=8, heads=2):
     torch.manual_seed(seed)
-    return ImageTextHead(image_dim, text_dim, classes, dim=dim, heads=heads).eval()
+    return TextQueriedHead(image_dim, text_dim, classes, dim=dim, heads=heads).eval()
 
 
 def test_class_scores_are_the_diagonal_of_own_prompt_logits():
@@ -88,7 +88,7 @@ def test_head_learns_a_task_only_the_query_can_solve():
     tokens[torch.arange(n), y, 0] += 3.0           # the class's token lights up
     tokens[:, :, 1:5] += torch.eye(classes)          # and says which token it is
     prompts = torch.eye(classes)
-    head = ImageTextHead(dim, classes, classes, dim=16, heads=2)
+    head = TextQueriedHead(dim, classes, classes, dim=16, heads=2)
     opt = torch.optim.Adam(head.parameters(), 1e-2)
     for _ in range(150):
         loss = torch.nn.functional.cross_entropy(head.class_scores(tokens, prompts), y)
@@ -110,4 +110,4 @@ def test_bad_shapes_and_sizes_raise_clear_errors():
     with pytest.raises(ValueError, match="2 query sets for 3 images"):
         head.attend(torch.randn(3, 3, 6), torch.randn(2, 1, 5))
     with pytest.raises(ConfigError, match="divisible"):
-        ImageTextHead(6, 5, 4, dim=10, heads=3)
+        TextQueriedHead(6, 5, 4, dim=10, heads=3)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import torch
-from torch import nn
 
 from .. import metrics
 from ..models import small_resnet
@@ -40,7 +39,7 @@ def run(n_train: int = 2000, epochs: int = 3) -> dict:
             data = synthworld_data(base)
             train, test = data.splits["train"], data.splits["test"]
             torch.manual_seed(0)
-            encoder = ImageEncoder("resnet", "small_resnet", small_resnet(base.s1_resnet_arch), nn.Identity(),
+            encoder = ImageEncoder("resnet", "small_resnet", small_resnet(base.s1_resnet_arch),
                                    {"kind": "small_resnet", "arch": base.s1_resnet_arch}, "random SmallResNet")
             queries = torch.randn(data.num_classes, 32, generator=torch.Generator().manual_seed(0))
             out, passes = {}, {"batch_size": base.batch_size, "num_workers": base.num_workers}

@@ -28,11 +28,11 @@ from .paths import under
 from .probe import linear_probe
 from .ssl import LossTrace, ViewAugment, as_float_images, make_learner, train_ssl, view_pair
 from .teacher import IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher, Normalize
-from .train import fit, launch, make_optimizer, make_scheduler, per_example, resolve_device, seed_everything
+from .train import History, Recipe, launch, per_example, resolve_device, seed_everything, train
 
 __all__ = [
     "VARIANTS", "TEACHER_LABELS", "TARGET_NORMS", "mean_direction_cosine",
-    "EncoderExtension", "KASSLStudent", "kassl_loss", "probe_args",
+    "EncoderExtension", "KASSLStudent", "feature_pairs", "probe_args",
     "ViewBank", "BankViews", "FreshViews", "SameImage", "train_kassl",
     "check_config", "grid", "phase_epochs", "view_bank", "teacher_architecture", "imitation", "encode", "center_crop",
     "KASSLData", "load_data", "load_teacher", "required_files", "student_backbone", "train_baseline",
@@ -112,16 +112,13 @@ def mean_direction_cosine(features: torch.Tensor) -> float:
     return float(F.cosine_similarity(flat, flat.mean(0, keepdim=True), dim=1).mean())
 
 
-def kassl_loss(student: KASSLStudent, v1: torch.Tensor, v2: torch.Tensor | None, t1: torch.Tensor,
-               t2: torch.Tensor | None) -> dict:
-    """`FeatureRegression` of the student's extension output on its teacher targets, both view orders.
-
-    `v2 is None` means the same image went to both networks: one direction is the whole loss.
-    """
+def feature_pairs(student: KASSLStudent, v1: torch.Tensor, v2: torch.Tensor | None, t1: torch.Tensor,
+                  t2: torch.Tensor | None) -> tuple:
+    """What `FeatureRegression` compares: (s1, target1[, s2, target2]); `v2 is None`: the same image to both."""
     if v2 is None:
-        return _REGRESSION(student.embed(v1), student.target(t1))
+        return student.embed(v1), student.target(t1)
     s1, s2 = student.embed(v1), student.embed(v2)
-    return _REGRESSION(s1, student.target(t1), s2, student.target(t2))
+    return s1, student.target(t1), s2, student.target(t2)
 
 
 _REGRESSION = FeatureRegression()
@@ -239,27 +236,15 @@ def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     return x[..., top:top + size, left:left + size]
 
 
-def train_kassl(student: KASSLStudent, loader, views, *, epochs: int, lr: float, momentum: float = 0.9,
-                weight_decay: float = 1e-4, warmup_epochs: int = 0, device="cpu", checkpoint=None,
-                checkpoint_key: str = "", max_steps: int | None = None, progress: bool = True,
-                desc: str = "kassl"):
-    """Train `student` on `kassl_loss` with views from `views`; SGD, warm-up then cosine (per step).
+def train_kassl(student: KASSLStudent, loader, views, recipe: Recipe, *, device="cpu", **fit_options) -> History:
+    """Train `student` by `recipe` on `FeatureRegression` over `views(batch, device)`.
 
-    Per-step losses go to `student.trace` (checkpointed with the student).
+    Per-step losses go to `student.trace` (checkpointed with the student); `fit_options` go to `fit`.
     """
     device = torch.device(device)
-    steps = min(len(loader), max_steps or len(loader))
-    student.trace = LossTrace(epochs * steps)
-    opt = make_optimizer(student.parameters(), "sgd", lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = make_scheduler(opt, "warmup_cosine", epochs=epochs, steps_per_epoch=steps,
-                           warmup_epochs=min(warmup_epochs, epochs))
-
-    def compute_loss(batch):
-        return kassl_loss(student, *views(batch, device))
-
-    return fit(student, loader, compute_loss, opt, epochs, scheduler=sched, checkpoint=checkpoint,
-               checkpoint_key=checkpoint_key, device=device, max_steps_per_epoch=max_steps, desc=desc,
-               progress=progress, on_step=lambda losses: student.trace.record(losses["loss"]))
+    student.trace = LossTrace(recipe.epochs * min(len(loader), recipe.max_steps or len(loader)))
+    return train(student, _REGRESSION, loader, recipe, outputs=lambda b: feature_pairs(student, *views(b, device)),
+                 device=device, on_step=lambda losses: student.trace.record(losses["loss"]), **fit_options)
 
 
 # ------------------------------------------------------------ the grid
@@ -681,9 +666,10 @@ def _fit_student(cfg, teacher_dim: int, reduced: bool, trainable: bool, target_n
     student = KASSLStudent(backbone, dim, teacher_dim, cfg.s3_extension_hidden,
                            cfg.s3_reduced_dim if reduced else None, trainable, target_norm == "standardize")
     loader = _loader(dataset, cfg.s3_kassl_batch, shuffle=True, seed=seed, num_workers=cfg.num_workers)
-    history = train_kassl(student, loader, views, epochs=phase_epochs(cfg, cfg.s3_kassl_epochs), lr=cfg.s3_kassl_lr,
-                          weight_decay=cfg.s3_kassl_weight_decay, warmup_epochs=cfg.s3_kassl_warmup_epochs,
-                          device=device, checkpoint=checkpoint, checkpoint_key=digest, max_steps=cfg.max_steps,
+    recipe = Recipe(lr=cfg.s3_kassl_lr, weight_decay=cfg.s3_kassl_weight_decay, schedule="warmup_cosine",
+                    warmup_epochs=cfg.s3_kassl_warmup_epochs, epochs=phase_epochs(cfg, cfg.s3_kassl_epochs),
+                    max_steps=cfg.max_steps)
+    history = train_kassl(student, loader, views, recipe, device=device, checkpoint=checkpoint, checkpoint_key=digest,
                           progress=cfg.progress, desc=desc)
     return student.cpu().eval(), {"epochs": history.epochs, "steps": student.trace.series()}
 

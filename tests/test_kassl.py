@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdutils import kassl
-from kdutils.distillers import spread
+from kdutils.distillers import FeatureRegression, spread
 from kdutils.errors import ConfigError
-from kdutils.kassl import BankViews, EncoderExtension, KASSLStudent, SameImage, ViewBank, kassl_loss, train_kassl
+from kdutils.kassl import BankViews, EncoderExtension, KASSLStudent, SameImage, ViewBank, feature_pairs, train_kassl
 from kdutils.ssl import ViewAugment
+from kdutils.train import Recipe
 
 
 def _backbone():
@@ -48,11 +49,11 @@ def test_kassl_loss_is_the_symmetric_negative_cosine():
     student = KASSLStudent(_backbone(), 6, 5, 8).eval()
     v1, v2 = torch.rand(4, 3, 8, 8), torch.rand(4, 3, 8, 8)
     t1, t2 = torch.randn(4, 5), torch.randn(4, 5)
-    out = kassl_loss(student, v1, v2, t1, t2)
+    out = FeatureRegression()(*feature_pairs(student, v1, v2, t1, t2))
     s1, s2 = student.embed(v1), student.embed(v2)
     by_hand = 0.5 * (-F.cosine_similarity(s1, t2).mean() - F.cosine_similarity(s2, t1).mean())
     assert out["loss"].item() == pytest.approx(by_hand.item(), abs=1e-6)
-    same = kassl_loss(student, v1, None, t1, None)
+    same = FeatureRegression()(*feature_pairs(student, v1, None, t1, None))
     assert same["loss"].item() == pytest.approx(-F.cosine_similarity(s1, t1).mean().item(), abs=1e-6)
     assert -1 <= out["loss"].item() <= 1
 
@@ -105,7 +106,8 @@ def test_cached_teacher_features_give_the_same_training_as_a_live_teacher(tmp_pa
         gen = torch.Generator().manual_seed(0)
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(16)), batch_size=4,
                                              shuffle=True, drop_last=True, generator=gen)
-        h = train_kassl(student, loader, views, epochs=2, lr=0.05, warmup_epochs=1, progress=False)
+        recipe = Recipe(lr=0.05, weight_decay=1e-4, schedule="warmup_cosine", warmup_epochs=1, epochs=2)
+        h = train_kassl(student, loader, views, recipe, progress=False)
         return student, h.series("train_loss")
 
     cached_student, cached_loss = train(BankViews(bank, features=features))

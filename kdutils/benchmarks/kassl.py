@@ -14,7 +14,7 @@ from ..kassl import (
 )
 from ..ssl import view_pair
 from ..teacher import FrozenTeacher
-from ..train import seed_everything
+from ..train import Recipe, seed_everything
 
 
 def run(n_images: int = 1024, views: int = 4, epochs: int = 4, students: int = 2) -> dict:
@@ -49,7 +49,8 @@ def run(n_images: int = 1024, views: int = 4, epochs: int = 4, students: int = 2
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(len(bank))),
                                              batch_size=cfg.s3_kassl_batch, shuffle=True, drop_last=True,
                                              generator=gen)
-        return train_kassl(student, loader, source, epochs=epochs, lr=cfg.s3_kassl_lr, progress=False)
+        recipe = Recipe(lr=cfg.s3_kassl_lr, weight_decay=1e-4, schedule="warmup_cosine", epochs=epochs)
+        return train_kassl(student, loader, source, recipe, progress=False)
 
     def timed(source):
         t0 = time.perf_counter()

@@ -612,12 +612,11 @@ def _fit_baseline(cfg, dataset, size: int, n_epochs: int, seed: int, key: dict, 
 def train_student(teacher: FrozenTeacher, teacher_info: dict, variant: str, cfg, data: KASSLData, seed: int,
                   device, bank: ViewBank | None = None, reduction_trainable: bool | None = None,
                   target_norm: str | None = None):
-    """One KASSL student: returns (student, {"epochs": per-epoch records, "steps": per-step losses}).
+    """One KASSL student and its history {"epochs": per-epoch records, "steps": per-step losses}.
 
-    With a `bank` the views and the teacher's features come from it (cached);
-    without one, fresh views and a live teacher. Checkpointed in the cache,
-    keyed by the teacher's weights, the variant, the hyperparameters and seed.
-    With `cfg.num_processes` > 1 it trains data-parallel (`train.launch`).
+    Views and teacher features come from `bank` (cached) or are fresh with a live teacher; checkpointed
+    in the cache by teacher weights, variant, hyperparameters and seed; data-parallel with
+    `cfg.num_processes` > 1.
     """
     if variant not in VARIANTS:
         raise ConfigError(f"unknown KASSL variant '{variant}'; choose from {list(VARIANTS)}.")
@@ -626,21 +625,8 @@ def train_student(teacher: FrozenTeacher, teacher_info: dict, variant: str, cfg,
     target_norm = cfg.s3_target_norm if target_norm is None else target_norm
     if target_norm not in TARGET_NORMS:
         raise ConfigError(f"target_norm must be one of {TARGET_NORMS}, got '{target_norm}'.")
-    if augmented:
-        if bank is not None:
-            views = BankViews(bank, features=bank.features(teacher, device))
-            dataset = torch.utils.data.TensorDataset(torch.arange(len(bank)))
-        else:
-            views = FreshViews(view_pair(cfg.s3_view_preset, out_size=data.size), teacher)
-            dataset = data.train
-    else:
-        if data.images is not None:
-            plain = cached("kassl_plain", {"teacher": model_fingerprint(teacher), "data": data.keys["train"]},
-                           lambda: _features(teacher, data.train, data.size, device, cfg.num_workers))
-            views = SameImage(data.size, features=plain)
-        else:
-            views = SameImage(data.size, teacher=teacher)
-        dataset = _Indexed(data.train)
+    views, dataset = _views(teacher, data, augmented=augmented, bank=bank, view_preset=cfg.s3_view_preset,
+                            device=device, num_workers=cfg.num_workers)
     key = {"what": "kassl-student", "teacher": model_fingerprint(teacher), "variant": variant,
            "trainable_reduction": trainable if reduced else None, "arch": cfg.student_arch,
            "data": data.keys["train"], "bank": bank.key if (bank is not None and augmented) else None,
@@ -656,6 +642,21 @@ def train_student(teacher: FrozenTeacher, teacher_info: dict, variant: str, cfg,
     return launch(_fit_student, (cfg, teacher_info["feature_dim"], reduced, trainable, target_norm, dataset, views,
                                  seed, device, cache_root() / "kassl" / f"student-{name}-{digest}.pt", digest,
                                  f"KASSL {name}"), cfg.num_processes)
+
+
+def _views(teacher: FrozenTeacher, data: KASSLData, *, augmented: bool, bank: ViewBank | None, view_preset: str,
+           device, num_workers: int) -> tuple:
+    """(views, dataset) of a student: the bank's cached teacher features, fresh views, or the plain image."""
+    if augmented and bank is not None:
+        return (BankViews(bank, features=bank.features(teacher, device)),
+                torch.utils.data.TensorDataset(torch.arange(len(bank))))
+    if augmented:
+        return FreshViews(view_pair(view_preset, out_size=data.size), teacher), data.train
+    if data.images is None:
+        return SameImage(data.size, teacher=teacher), _Indexed(data.train)
+    plain = cached("kassl_plain", {"teacher": model_fingerprint(teacher), "data": data.keys["train"]},
+                   lambda: _features(teacher, data.train, data.size, device, num_workers))
+    return SameImage(data.size, features=plain), _Indexed(data.train)
 
 
 def _fit_student(cfg, teacher_dim: int, reduced: bool, trainable: bool, target_norm: str, dataset, views, seed: int,

@@ -20,15 +20,10 @@ from ..train import Recipe, seed_everything
 def run(n_images: int = 1024, views: int = 4, epochs: int = 4, students: int = 2) -> dict:
     """Print and return the speed-up of cached teacher views over a live teacher, and check they agree.
 
-    The notebook's use at `small`: several students (variants) of one teacher
-    train for a few epochs on the same view bank. Small-profile models
-    (`teacher_arch` teacher, `student_arch` student) on SynthWorld target
-    images train `students` times from the same seed, once with the teacher's
-    features of the bank computed in advance (on a cold cache, the
-    pre-computation is timed) and once with the teacher run at every step.
+    The notebook's use at `small`: `students` students of one teacher train for a few epochs on the
+    same view bank, once with the bank's teacher features computed in advance (timed on a cold
+    cache) and once with the teacher run at every step.
     """
-    import os
-    import tempfile
     import time
 
     from ..models import small_resnet
@@ -57,18 +52,7 @@ def run(n_images: int = 1024, views: int = 4, epochs: int = 4, students: int = 2
         losses = [train_once(source).series("train_loss") for _ in range(students)]
         return time.perf_counter() - t0, losses
 
-    old = os.environ.get("KD_CACHE_DIR")
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["KD_CACHE_DIR"] = tmp
-        try:
-            t0 = time.perf_counter()
-            features = bank.features(teacher, "cpu")
-            once_s = time.perf_counter() - t0
-        finally:
-            if old is None:
-                del os.environ["KD_CACHE_DIR"]
-            else:
-                os.environ["KD_CACHE_DIR"] = old
+    features, once_s = _cold_features(bank, teacher)
     alone_s, _ = timed(BankViews(bank, features=torch.zeros_like(features)))  # the student's work: fixed targets
     cached_s, cached_loss = timed(BankViews(bank, features=features))
     live_s, live_loss = timed(BankViews(bank, teacher=teacher))
@@ -82,3 +66,22 @@ def run(n_images: int = 1024, views: int = 4, epochs: int = 4, students: int = 2
     print(f"  the cache removes {100 * removed:.0f}% of the teacher's share of a step; speed-up "
           f"{live_s / cached_s:.2f}x; per-epoch losses equal: {same}")
     return result
+
+
+def _cold_features(bank: ViewBank, teacher: FrozenTeacher) -> tuple[torch.Tensor, float]:
+    """The bank's teacher features computed into an empty cache, and the seconds that took."""
+    import os
+    import tempfile
+    import time
+
+    old = os.environ.get("KD_CACHE_DIR")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["KD_CACHE_DIR"] = tmp
+        try:
+            t0 = time.perf_counter()
+            return bank.features(teacher, "cpu"), time.perf_counter() - t0
+        finally:
+            if old is None:
+                del os.environ["KD_CACHE_DIR"]
+            else:
+                os.environ["KD_CACHE_DIR"] = old

@@ -36,7 +36,7 @@ __all__ = [
     "ViewBank", "BankViews", "FreshViews", "SameImage", "train_kassl",
     "check_config", "grid", "phase_epochs", "view_bank", "teacher_architecture", "imitation", "encode", "center_crop",
     "KASSLData", "load_data", "load_teacher", "required_files", "student_backbone", "train_baseline",
-    "random_init_probe", "probe", "train_student",
+    "random_init_probe", "probe", "probe_labels", "feature_dim_of", "train_student",
 ]
 
 # ------------------------------------------------------------ the variants and teachers
@@ -145,7 +145,7 @@ class ViewBank:
 
     @classmethod
     def draw(cls, images: torch.Tensor, pair: tuple[ViewAugment, ViewAugment], k: int, seed: int,
-             data_key: dict, batch_size: int = 512) -> "ViewBank":
+             data_key: dict, batch_size: int = 512) -> ViewBank:
         if k < 2 or k % 2:
             raise ConfigError(f"a view bank needs an even number of views >= 2, got {k}.")
         gen_state = torch.get_rng_state()
@@ -451,7 +451,7 @@ def _headless(arch: str, weights: str | None = None) -> tuple[nn.Module, int]:
     return net, dim
 
 
-def view_bank(cfg, data: "KASSLData", seed: int) -> ViewBank | None:
+def view_bank(cfg, data: KASSLData, seed: int) -> ViewBank | None:
     """A bank of `s3_view_bank` views per training image drawn with `seed` (None: fresh views at every step).
 
     The notebook draws one per backbone seed: like the frozen teacher, the bank is shared by the
@@ -463,7 +463,8 @@ def view_bank(cfg, data: "KASSLData", seed: int) -> ViewBank | None:
     return ViewBank.draw(data.images, pair, cfg.s3_view_bank, seed, data.keys["train"])
 
 
-def _feature_dim(model: nn.Module, size: int) -> int:
+def feature_dim_of(model: nn.Module, size: int) -> int:
+    """The size of `model`'s output on size x size images."""
     return outputs(model, [torch.zeros(2, 3, size, size)], device=next(model.parameters()).device).shape[1]
 
 
@@ -505,7 +506,8 @@ def load_teacher(name: str, cfg, device) -> tuple[FrozenTeacher, dict]:
         return _synthworld_teacher(name, cfg, device, seed=cfg.backbone_seeds[0])
     model, info = _paper_teacher(name, cfg)
     teacher = FrozenTeacher(model, IMAGENET_MEAN, IMAGENET_STD).to(device)
-    info.update({"name": name, "arch": cfg.s3_checkpoint_arch, "feature_dim": _feature_dim(teacher, cfg.image_size)})
+    info.update({"name": name, "arch": cfg.s3_checkpoint_arch,
+                 "feature_dim": feature_dim_of(teacher, cfg.image_size)})
     return teacher, info
 
 
@@ -540,7 +542,7 @@ def _synthworld_teacher(name: str, cfg, device, seed: int):
         info = {"source": f"{TEACHER_LABELS[name]} on {cfg.n_source_train} SynthWorld source images, "
                           f"{summary['epochs']} epochs ({_where(summary)})", "history": summary["history"]}
     teacher = FrozenTeacher(model, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)).to(device)
-    info.update({"name": name, "arch": arch, "feature_dim": _feature_dim(teacher, cfg.image_size)})
+    info.update({"name": name, "arch": arch, "feature_dim": feature_dim_of(teacher, cfg.image_size)})
     return teacher, info
 
 
@@ -703,7 +705,8 @@ def imitation(student: KASSLStudent, teacher: nn.Module, data: KASSLData, device
     return float(F.cosine_similarity(s, outputs(student, [t], student.target, device=device), dim=1).mean())
 
 
-def _labels(dataset) -> torch.Tensor:
+def probe_labels(dataset) -> torch.Tensor:
+    """The labels of a probe split (a TensorDataset's second tensor or an image folder's targets)."""
     if isinstance(dataset, torch.utils.data.TensorDataset):
         return dataset.tensors[1]
     return torch.as_tensor(dataset.targets, dtype=torch.long)
@@ -719,7 +722,7 @@ def probe(encoder: nn.Module, data: KASSLData, *, seed: int, device, epochs: int
           num_workers: int = 0) -> dict:
     """Linear probe of a frozen encoder: top-1 / top-5 (%) on the probe's test split."""
     xtr, xte = (encode(encoder, data, split, device, num_workers) for split in ("train", "test"))
-    result = linear_probe(xtr, _labels(data.probe_train), xte, _labels(data.probe_test),
+    result = linear_probe(xtr, probe_labels(data.probe_train), xte, probe_labels(data.probe_test),
                           epochs=epochs, seed=seed, max_steps=max_steps)
     return {"top1": result["top1"], "top5": result["top5"]}
 

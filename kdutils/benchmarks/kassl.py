@@ -8,7 +8,7 @@ from ..kassl import (
     BankViews,
     KASSLStudent,
     ViewBank,
-    _feature_dim,
+    feature_dim_of,
     load_data,
     train_kassl,
 )
@@ -34,7 +34,7 @@ def run(n_images: int = 1024, views: int = 4, epochs: int = 4, students: int = 2
     torch.manual_seed(0)
     teacher = FrozenTeacher(small_resnet(cfg.teacher_arch), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     bank = ViewBank.draw(data.images, view_pair(cfg.s3_view_preset), views, 0, data.keys["train"])
-    teacher_dim = _feature_dim(teacher, data.size)
+    teacher_dim = feature_dim_of(teacher, data.size)
 
     def train_once(source):
         seed_everything(0)

@@ -101,36 +101,6 @@ def small_resnet(arch: str, num_classes: int = 0, dropout: float = 0.0) -> Small
     return SmallResNet(widths, blocks, num_classes, dropout)
 
 
-def replace_head(model: nn.Module, num_classes: int, dropout: float = 0.0) -> nn.Module:
-    """New `num_classes` head (after `dropout`) on a SmallResNet or torchvision ResNet / ViT."""
-    if isinstance(model, SmallResNet):
-        model.dropout = nn.Dropout(dropout)
-        model.fc = nn.Linear(model.feature_dim, num_classes)
-        return model
-    if hasattr(model, "fc") and isinstance(model.fc, nn.Linear):  # torchvision ResNet / WideResNet
-        model.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(model.fc.in_features, num_classes))
-        return model
-    if hasattr(model, "heads"):  # torchvision ViT
-        in_features = model.heads[-1].in_features
-        model.heads = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes))
-        return model
-    raise ConfigError(f"replace_head does not know where the head of {type(model).__name__} is.")
-
-
-def freeze_backbone(model: nn.Module) -> nn.Module:
-    """Freeze everything but the head (`fc` or `heads`): head-only transfer learning."""
-    head = model.fc if hasattr(model, "fc") else model.heads
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in head.parameters():
-        p.requires_grad_(True)
-    return model
-
-
-def trainable_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def weights_file(name: str, weights: str) -> Path:
     """Where torch's hub cache ($TORCH_HOME) keeps torchvision's `name` weights `weights` (an enum member name)."""
     import torchvision

@@ -8,6 +8,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 KERNEL := kd-studies
+# `make test` runs one pytest worker per core, at most 4 (each runs notebook kernels)
 TEST_WORKERS ?= auto
 
 .PHONY: install run test bench lab report clean-cache
@@ -28,7 +29,7 @@ run: install
 
 test: install
 	@start=$$(date +%s); \
-	$(PY) -m pytest -n $(TEST_WORKERS); rc=$$?; \
+	$(PY) -m pytest -n $(TEST_WORKERS) --maxprocesses 4; rc=$$?; \
 	echo "make test: tests in $$(( $$(date +%s) - start )) s"; exit $$rc
 
 lab: install

@@ -92,7 +92,7 @@ def write_paper_fixtures(root):
     from transformers import (BertTokenizerFast, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
                               BlipProcessor, CLIPModel)
 
-    from kdutils.selfdistill import imagenet_class_names
+    from kdutils.selfdistill_data import imagenet_class_names
 
     data, weights = root / "data", root / "weights"
     write_cifar(data, "cifar10", n_train=60, n_test=20, seed=0)

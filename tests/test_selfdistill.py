@@ -5,6 +5,8 @@ import torch
 from torch import nn
 
 from kdutils import selfdistill as sd
+from kdutils import selfdistill_data as s1data
+from kdutils import selfdistill_encoders as s1enc
 from kdutils.benchmarks import selfdistill as bench_selfdistill
 from kdutils.errors import ConfigError
 from kdutils.models import small_resnet
@@ -25,12 +27,12 @@ def _data(n=48, classes=4, size=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
     labels = torch.arange(n) % classes
-    return sd.IndexedImages(images, labels)
+    return s1data.IndexedImages(images, labels)
 
 
 def _encoder(seed=0):
     torch.manual_seed(seed)
-    return sd.ImageEncoder("resnet", "small_resnet", small_resnet("resnet_xs"),
+    return s1enc.ImageEncoder("resnet", "small_resnet", small_resnet("resnet_xs"),
                            {"kind": "small_resnet", "arch": "resnet_xs"}, "test encoder")
 
 
@@ -41,16 +43,16 @@ CACHE_MB = 64  # every test split fits: its features are cached in memory and on
 # ----------------------------------------------------------------------------- data and text
 
 def test_prompt_follows_the_thesis_template_with_the_right_article():
-    assert sd.prompt("cat") == "This is an image of a cat."
-    assert sd.prompt("aquarium_fish") == "This is an image of an aquarium fish."
-    assert sd.prompt("Egyptian cat") == "This is an image of an Egyptian cat."
+    assert s1data.prompt("cat") == "This is an image of a cat."
+    assert s1data.prompt("aquarium_fish") == "This is an image of an aquarium fish."
+    assert s1data.prompt("Egyptian cat") == "This is an image of an Egyptian cat."
 
 
 def test_mirror_text_swaps_left_and_right_only_as_words():
     cap = "a small red star in the upper left on a striped blue background"
-    assert sd.mirror_text(cap) == "a small red star in the upper right on a striped blue background"
-    assert sd.mirror_text("center right, lower left") == "center left, lower right"
-    assert sd.mirror_text("leftover brightness") == "leftover brightness"
+    assert s1data.mirror_text(cap) == "a small red star in the upper right on a striped blue background"
+    assert s1data.mirror_text("center right, lower left") == "center left, lower right"
+    assert s1data.mirror_text("leftover brightness") == "leftover brightness"
 
 
 def test_indexed_items_and_subsets_keep_the_index_into_the_split():
@@ -58,11 +60,11 @@ def test_indexed_items_and_subsets_keep_the_index_into_the_split():
     image, label, index = data[7]
     assert image.dtype == torch.uint8 and int(label) == 1 and index == 7
     sub = torch.utils.data.Subset(data, [7, 2, 5])
-    assert sd.labels_of(sub).tolist() == [1, 0, 1]
-    assert sd.indices_of(sub).tolist() == [7, 2, 5]
+    assert s1data.labels_of(sub).tolist() == [1, 0, 1]
+    assert s1data.indices_of(sub).tolist() == [7, 2, 5]
     assert sub[1][2] == 2
     with pytest.raises(ValueError, match="uint8"):
-        sd.IndexedImages(torch.zeros(2, 3, 4, 4), torch.zeros(2))
+        s1data.IndexedImages(torch.zeros(2, 3, 4, 4), torch.zeros(2))
 
 
 def test_few_shot_indices_are_k_per_class_nested_and_fixed():
@@ -78,7 +80,7 @@ def test_few_shot_indices_are_k_per_class_nested_and_fixed():
 
 def test_synthworld_data_matches_the_shared_splits():
     cfg = _cfg()
-    data = sd.load_data(cfg, "synthworld")
+    data = s1data.load_data(cfg, "synthworld")
     assert data.num_classes == 10 and len(data.prompts) == 10
     assert data.prompts[3] == "This is an image of a star."
     assert len(data.splits["train"]) == cfg.n_target_train and len(data.captions["test"]) == cfg.n_target_test
@@ -147,7 +149,7 @@ def test_teacher_training_learns_separable_features(cache):
     n, classes = 200, 4
     labels = torch.arange(n) % classes
     images = torch.zeros(n, 3, 8, 8, dtype=torch.uint8)
-    data = sd.IndexedImages(images, labels)
+    data = s1data.IndexedImages(images, labels)
     feats = sd.FrozenFeatures(_encoder(), data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     torch.manual_seed(0)
     tokens = torch.randn(1, n, feats.num_tokens, feats.token_dim) * 0.1
@@ -237,7 +239,7 @@ def test_student_training_is_seeded_and_checkpointed(cache, monkeypatch):
 def test_student_targets_are_its_logits_in_both_views():
     data = _data(n=12)
     torch.manual_seed(0)
-    student = sd.Student(SPEC, 4).eval()
+    student = s1enc.Student(SPEC, 4).eval()
     t = sd.student_targets(student, data, "cpu")
     x = data.images.float() / 255
     with torch.no_grad():
@@ -254,14 +256,14 @@ def test_students_copy_the_encoders_architecture_fresh():
                                                                  "num_hidden_layers", "num_attention_heads",
                                                                  "image_size", "patch_size")}}
     x = torch.rand(2, 3, 32, 32)
-    vit = sd.Student(spec, 7)
+    vit = s1enc.Student(spec, 7)
     assert vit(x).shape == (2, 7) and vit.features(x).shape == (2, 32)
-    res = sd.Student({"kind": "torchvision_resnet", "arch": "resnet18", "input_size": 32}, 5)
+    res = s1enc.Student({"kind": "torchvision_resnet", "arch": "resnet18", "input_size": 32}, 5)
     assert res(x).shape == (2, 5) and res.features(x).shape == (2, 512)
-    small = sd.Student(SPEC, 3)
+    small = s1enc.Student(SPEC, 3)
     assert small(x).shape == (2, 3) and small.feature_dim == 64
     with pytest.raises(ConfigError, match="unknown student kind"):
-        sd.Student({"kind": "mlp"}, 3)
+        s1enc.Student({"kind": "mlp"}, 3)
 
 
 def test_torchvision_resnet_encoder_tokens_are_the_last_feature_map():
@@ -269,7 +271,7 @@ def test_torchvision_resnet_encoder_tokens_are_the_last_feature_map():
 
     torch.manual_seed(0)
     net = torchvision.models.resnet18(weights=None).eval()
-    enc = sd.ImageEncoder("r18", "torchvision_resnet", net, {}, "test")
+    enc = s1enc.ImageEncoder("r18", "torchvision_resnet", net, {}, "test")
     x = torch.rand(2, 3, 64, 64)
     tokens, pooled = enc(x)
     assert tokens.shape == (2, 4, 512)
@@ -306,7 +308,7 @@ def test_attention_maps_are_distributions_over_the_image_tokens(cache):
 
 def test_paper_requirements_list_every_download(tmp_path):
     cfg = load_profile("paper", data_root=str(tmp_path / "data"), weights_root=str(tmp_path / "w"))
-    req = sd.paper_requirements(cfg)
+    req = s1data.paper_requirements(cfg)
     paths = {str(p) for p, _ in req.values()}
     assert str(tmp_path / "data" / "cifar-10-batches-py") in paths
     assert str(tmp_path / "data" / "cifar-100-python") in paths
@@ -316,7 +318,7 @@ def test_paper_requirements_list_every_download(tmp_path):
     assert str(tmp_path / "w" / "Salesforce" / "blip-image-captioning-base") in paths
     assert any("resnet50" in what for what in req)
     assert all(how for _, how in req.values())
-    dry = sd.paper_requirements(cfg.replace(dry_run=True, s1_captions=False))
+    dry = s1data.paper_requirements(cfg.replace(dry_run=True, s1_captions=False))
     assert not any("resnet50" in what or "captioning" in what for what in dry)
 
 
@@ -324,20 +326,20 @@ def test_captioning_hook_fails_clearly_without_the_model(tmp_path):
     from kdutils.errors import MissingDataError
 
     cfg = load_profile("paper", weights_root=str(tmp_path))
-    data = sd.ImageData("cifar10", ["cat"], ["x"], {"train": _data(n=4, classes=1)}, KEY)
+    data = s1data.ImageData("cifar10", ["cat"], ["x"], {"train": _data(n=4, classes=1)}, KEY)
     with pytest.raises(MissingDataError, match="captioning model Salesforce/blip-image-captioning-base"):
-        sd.image_captions(cfg, data, "train", "cpu")
+        s1data.image_captions(cfg, data, "train", "cpu")
 
 
 def test_small_roberta_is_pretrained_once_and_reads_prompts(cache, monkeypatch):
     cfg = _cfg()
-    enc, summary = sd.pretrain_small_roberta(cfg)
+    enc, summary = s1enc.pretrain_small_roberta(cfg)
     assert 0 <= summary["masked_word_top1_source_test"] <= 100
     assert summary["hidden"] == cfg.s1_text_hidden
     v = enc.encode(["This is an image of a star.", "This is an image of a heart."])
     assert v.shape == (2, cfg.s1_text_hidden) and not torch.allclose(v[0], v[1])
     monkeypatch.setattr(torch.amp.GradScaler, "step", _no_training)
-    enc2, _ = sd.pretrain_small_roberta(cfg)
+    enc2, _ = s1enc.pretrain_small_roberta(cfg)
     assert torch.equal(enc2.encode(["a star"]), enc.encode(["a star"]))
 
 
@@ -352,16 +354,16 @@ def test_encoders_are_pretrained_with_their_backbone_seed(monkeypatch):
         seen.append(("roberta", seed))
         raise RuntimeError("stop")
 
-    monkeypatch.setattr(sd, "pretrain_source", fake_source)
-    monkeypatch.setattr(sd, "pretrain_small_roberta", fake_roberta)
+    monkeypatch.setattr(s1enc, "pretrain_source", fake_source)
+    monkeypatch.setattr(s1enc, "pretrain_small_roberta", fake_roberta)
     cfg = _cfg(seeds=[0, 1], backbone_seeds=[3, 4])
-    zoo = sd.Encoders(cfg, "cpu", seed=cfg.backbone_seed(1))
+    zoo = s1enc.Encoders(cfg, "cpu", seed=cfg.backbone_seed(1))
     zoo.image("resnet")
     with pytest.raises(RuntimeError, match="stop"):
         zoo.text("roberta")
     assert seen == [("resnet", 4), ("roberta", 4)]
     with pytest.raises(ConfigError, match="backbone_seeds"):
-        sd.Encoders(load_profile("paper", seeds=[0, 1], backbone_seeds=[0, 1]), "cpu")
+        s1enc.Encoders(load_profile("paper", seeds=[0, 1], backbone_seeds=[0, 1]), "cpu")
 
 def test_benchmark_compares_cached_and_streamed_features_on_the_same_run(capsys):
     out = bench_selfdistill.run(n_train=64, epochs=1)

@@ -8,14 +8,9 @@ import torch
 
 from .. import metrics
 from ..models import small_resnet
-from ..selfdistill import (
-    VIEWS,
-    FrozenFeatures,
-    ImageEncoder,
-    fit_teacher,
-    synthworld_data,
-    teacher_logits,
-)
+from ..selfdistill import VIEWS, FrozenFeatures, fit_teacher, teacher_logits
+from ..selfdistill_data import synthworld_data
+from ..selfdistill_encoders import ImageEncoder
 
 
 def run(n_train: int = 2000, epochs: int = 3) -> dict:

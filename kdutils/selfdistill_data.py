@@ -1,0 +1,285 @@
+"""Study 1's data: the grid's data sets as splits of (uint8 image, label, index) items, and their texts.
+
+SynthWorld's target task at tiny/small (with its true captions); CIFAR-10,
+CIFAR-100 and ImageNet at `paper`, whose captions come from a captioning
+model (`image_captions`). An item carries its index into the split, so the
+frozen features and the teacher's soft targets of every item and view are
+looked up by index (`kdutils.selfdistill`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import datasets
+from . import synthworld as sw
+from . import text as ktext
+from .cache import cached, model_fingerprint
+from .errors import ConfigError, MissingDataError
+from .models import weights_requirement
+from .paths import under
+from .pretrain import DATA_SEEDS, synth_split, world_config
+
+__all__ = [
+    "ImageData", "IndexedImages", "load_data", "synthworld_data", "cifar_data", "imagenet_data",
+    "imagenet_class_names", "prompt", "paper_requirements", "image_captions", "mirror_text", "labels_of",
+    "indices_of", "in_order", "clip_path",
+]
+
+
+class IndexedImages(torch.utils.data.Dataset):
+    """uint8 images (N, 3, H, W) held in memory; an item is (image, label, index)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}.")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels.")
+        self.images, self.labels = images, torch.as_tensor(labels).long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i], i
+
+
+class _IndexedFolder(torch.utils.data.Dataset):
+    """An ImageFolder (transform giving uint8 tensors) whose items are (image, label, index)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.labels = torch.tensor(folder.targets, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        image, label = self.folder[i]
+        return image, label, i
+
+
+def labels_of(dataset) -> torch.Tensor:
+    """Labels of a data set or a `Subset` of one, without loading images."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        return labels_of(dataset.dataset)[torch.as_tensor(dataset.indices)]
+    return dataset.labels
+
+
+def indices_of(dataset) -> torch.Tensor:
+    """The indices (into the full split) of the items of a data set or `Subset`."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        return torch.as_tensor(dataset.indices).long()
+    return torch.arange(len(dataset))
+
+
+def in_order(dataset, batch_size: int = 512, num_workers: int | None = None):
+    """An iterator over in-order batches, for `frozen.outputs`.
+
+    An iterator, not the loader: `outputs`' tqdm.auto bar calls `iter()` on
+    what it wraps, so a loader would be started twice, drawing twice from the
+    global RNG (every later random number would move) and starting its workers
+    twice. By default image files (ImageNet) are decoded by worker processes,
+    tensors in memory are not.
+    """
+    base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
+    if num_workers is None:
+        num_workers = min(8, os.cpu_count() or 1) if isinstance(base, _IndexedFolder) else 0
+    return iter(torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers))
+
+
+@dataclass
+class ImageData:
+    """One data set of the grid: splits of (uint8 image, label, index) items, class names and prompts.
+
+    `val` drives the training curves only (nothing is selected on it); the
+    real data sets have no validation split, so there it is the test split.
+    `captions` holds SynthWorld's true captions; at `paper` they come from a
+    captioning model (`image_captions`).
+    """
+
+    name: str
+    class_names: list[str]
+    prompts: list[str]
+    splits: dict
+    key: dict
+    captions: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def prompt(class_name: str) -> str:
+    """The thesis's prompt: "This is an image of a [class]."."""
+    name = class_name.replace("_", " ")
+    return f"This is an image of {'an' if name[0].lower() in 'aeiou' else 'a'} {name}."
+
+
+def _in_memory(images_nhwc, labels) -> IndexedImages:
+    return IndexedImages(torch.as_tensor(images_nhwc).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(labels))
+
+
+def synthworld_data(cfg) -> ImageData:
+    splits, captions, sizes = {}, {}, {}
+    for split in ("train", "val", "test"):
+        batch = synth_split(cfg, f"target_{split}")
+        splits[split] = _in_memory(batch.images, batch.labels)
+        captions[split] = list(batch.captions)
+        sizes[split] = len(batch)
+    key = {"data": "synthworld-target", "world": asdict(world_config(cfg)), "sizes": sizes,
+           "seeds": {s: DATA_SEEDS[f"target_{s}"] for s in sizes}}
+    return ImageData("synthworld", list(sw.TARGET_CLASSES), sw.class_prompts("target"), splits, key, captions)
+
+
+def _cifar_root(cfg) -> Path:
+    return under(cfg.data_root, ".")
+
+
+def cifar_data(cfg, name: str) -> ImageData:
+    root = _cifar_root(cfg)
+    verify = not cfg.dry_run  # dry runs read fixture batches written in the official format
+    train = datasets.cifar(root, name, train=True, verify=verify)
+    test = datasets.cifar(root, name, train=False, verify=verify)
+    classes = [c.replace("_", " ") for c in train.classes]
+    test_set = _in_memory(test.data, test.targets)
+    splits = {"train": _in_memory(train.data, train.targets), "val": test_set, "test": test_set}
+    key = {"data": name, "root": str(root), "sizes": {"train": len(train), "test": len(test)}}
+    return ImageData(name, classes, [prompt(c) for c in classes], splits, key,
+                     notes=[f"{name}: no validation split; the curves use the test split (nothing is selected on it)."])
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1,000 ImageNet class names in wnid-sorted order (torchvision's metadata, no download)."""
+    import torchvision
+
+    return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
+
+
+def imagenet_data(cfg) -> ImageData:
+    import torchvision.transforms as T
+
+    root = under(cfg.data_root, cfg.s1_imagenet_dir)
+    size = cfg.image_size
+    tf = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.PILToTensor()])
+    how = ("Download ILSVRC2012 from https://image-net.org and arrange train/ and val/ as one folder per "
+           f"wnid (val with the usual valprep.sh) under '{root}'.")
+    train = datasets.image_folder(root / "train", tf, how_to_get=how)
+    val = datasets.image_folder(root / "val", tf, classes=train.classes, how_to_get=how)
+    names = imagenet_class_names()
+    if len(train.classes) != len(names):
+        raise ConfigError(f"ImageNet at '{root / 'train'}' has {len(train.classes)} class folders; the grid needs all "
+                          f"{len(names)} (class names come from torchvision's wnid-sorted list).")
+    test_set = _IndexedFolder(val)
+    splits = {"train": _IndexedFolder(train), "val": test_set, "test": test_set}
+    key = {"data": "imagenet", "root": str(root), "size": size,
+           "sizes": {"train": len(train), "val": len(val)}}
+    return ImageData("imagenet", names, [prompt(c) for c in names], splits, key,
+                     notes=["imagenet: the curves use the validation split, which is also the test split."])
+
+
+def load_data(cfg, name: str) -> ImageData:
+    """One data set of the grid: 'synthworld' (tiny/small) or 'cifar10', 'cifar100', 'imagenet' (paper)."""
+    if name == "synthworld":
+        return synthworld_data(cfg)
+    if name in ("cifar10", "cifar100"):
+        return cifar_data(cfg, name)
+    if name == "imagenet":
+        return imagenet_data(cfg)
+    raise ConfigError(f"unknown data set '{name}' in s1_datasets; choose synthworld, cifar10, cifar100 or imagenet.")
+
+
+def clip_path(cfg, image_encoder: str) -> tuple[Path, str]:
+    repo = cfg.s1_clip_b16 if image_encoder == "vit_b_16" else cfg.s1_clip_b32
+    return under(cfg.weights_root, repo), repo
+
+
+def paper_requirements(cfg) -> dict:
+    """Everything the `paper` grid reads, as {what: (path, how to get it)} for `session.require_files`."""
+    req = {}
+    root = _cifar_root(cfg)
+    for name in cfg.s1_datasets:
+        if name in ("cifar10", "cifar100"):
+            folder = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+            url = f"https://www.cs.toronto.edu/~kriz/{'cifar-10' if name == 'cifar10' else 'cifar-100'}-python.tar.gz"
+            req[f"{name} python batches"] = (folder, f"Download {url} and extract it into '{root}'.")
+        elif name == "imagenet":
+            im = under(cfg.data_root, cfg.s1_imagenet_dir)
+            how = "Download ILSVRC2012 from https://image-net.org; one folder per wnid in train/ and val/."
+            req["ImageNet train folder"] = (im / "train", how)
+            req["ImageNet val folder"] = (im / "val", how)
+        else:
+            raise ConfigError(f"s1_datasets at paper holds '{name}'; choose cifar10, cifar100 or imagenet.")
+    clip_encoders = {e for e in cfg.s1_image_encoders if e in ("vit_b_32", "vit_b_16")}
+    if "clip" in cfg.s1_text_encoders and "resnet50" in cfg.s1_image_encoders:
+        clip_encoders.add("vit_b_32")  # ResNet-50 reads prompts with ViT-B/32's text tower
+    for enc in sorted(clip_encoders):
+        path, repo = clip_path(cfg, enc)
+        req[f"CLIP {repo}"] = (path, ktext.hf_download_hint(repo, path))
+    for enc in cfg.s1_image_encoders:
+        if enc not in ("vit_b_32", "vit_b_16", "resnet50"):
+            raise ConfigError(f"s1_image_encoders at paper holds '{enc}'; choose vit_b_32, vit_b_16 or resnet50.")
+    if "resnet50" in cfg.s1_image_encoders and not cfg.dry_run:
+        req[f"torchvision resnet50 {cfg.s1_resnet50_weights} weights"] = weights_requirement(
+            "resnet50", cfg.s1_resnet50_weights)
+    if "roberta" in cfg.s1_text_encoders:
+        path = under(cfg.weights_root, cfg.s1_roberta)
+        req[f"RoBERTa {cfg.s1_roberta}"] = (path, ktext.hf_download_hint(cfg.s1_roberta, path))
+    if cfg.s1_captions:
+        path = under(cfg.weights_root, cfg.s1_captioner)
+        req[f"captioning model {cfg.s1_captioner}"] = (
+            path, ktext.hf_download_hint(cfg.s1_captioner, path) + " Or set s1_captions=False.")
+    return req
+
+
+_MIRROR = {"left": "right", "right": "left"}
+
+
+def mirror_text(text: str) -> str:
+    """The caption of the horizontally flipped image: 'left' and 'right' swapped."""
+    return re.sub(r"\b(left|right)\b", lambda m: _MIRROR[m.group(1)], text)
+
+
+def image_captions(cfg, data: ImageData, split: str, device) -> list[str]:
+    """One caption per image of `split`: SynthWorld's true captions, else a captioning model's (cached).
+
+    The `paper` hook reads a BLIP checkpoint (`s1_captioner`, a folder written
+    by `save_pretrained`) through transformers; a missing checkpoint raises
+    MissingDataError naming the folder and the download command.
+    """
+    if data.captions is not None:
+        return data.captions[split]
+    from transformers import AutoProcessor, BlipForConditionalGeneration
+
+    path = under(cfg.weights_root, cfg.s1_captioner)
+    hint = ktext.hf_download_hint(cfg.s1_captioner, path) + " Or set s1_captions=False."
+    with ktext.quiet_transformers():
+        try:
+            processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
+            model = BlipForConditionalGeneration.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise MissingDataError(f"captioning model {cfg.s1_captioner}", path,
+                                   f"{hint} [{type(err).__name__}]") from None
+    model.eval().to(device)
+    dataset = data.splits[split]
+    key = {"what": "s1-captions", "model": model_fingerprint(model), "data": data.key, "split": split,
+           "n": len(dataset), "dry_run": cfg.dry_run}
+
+    @torch.no_grad()
+    def compute():
+        out = []
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+        for images, _, _ in tqdm(loader, desc=f"caption {data.name} {split}", leave=False, disable=not cfg.progress):
+            inputs = processor(images=list(images), return_tensors="pt").to(device)
+            ids = model.generate(**inputs, max_new_tokens=30)
+            out += [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
+        return out
+
+    return cached("s1-captions", key, compute)

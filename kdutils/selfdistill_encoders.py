@@ -1,0 +1,315 @@
+"""Study 1's frozen encoders and fresh students, by name and profile.
+
+`Encoders` loads (or pretrains once and caches) the image encoders, which
+give a token sequence and a pooled vector (`ImageEncoder`, a `FrozenTeacher`),
+and the text encoders, which give one vector per prompt or caption
+(`TextQueries`). A `Student` is a freshly initialised copy of an image
+encoder's architecture plus a linear layer over the classes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import clip as kclip
+from . import synthworld as sw
+from . import text as ktext
+from .cache import cache_root, cached, code_fingerprint, key_digest, model_fingerprint
+from .errors import ConfigError
+from .frozen import batches, outputs
+from .models import small_resnet, torchvision_model
+from .paths import under
+from .pretrain import pretrain_source, synth_split, world_config
+from .published import lookup, recipe
+from .selfdistill_data import clip_path
+from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher, Normalize
+from .train import fit, make_optimizer, seed_everything, warmup_cosine
+
+__all__ = ["ImageEncoder", "Student", "TextQueries", "Encoders", "pretrain_small_roberta"]
+
+_SYNTH_TEXT_MAX = 32
+
+
+def _texts_digest(texts: Sequence[str]) -> str:
+    return hashlib.sha256("\x1f".join(texts).encode()).hexdigest()[:16]
+
+
+def _resnet_feature_map(net, x: torch.Tensor) -> torch.Tensor:
+    """torchvision ResNet up to layer4 (the last feature map, before pooling)."""
+    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+
+
+class ImageEncoder(FrozenTeacher):
+    """A frozen pretrained image encoder (a `FrozenTeacher`): [0, 1] images -> (tokens (N, T, D), pooled (N, P)).
+
+    Tokens are the head's keys and values: ViT patch tokens (class token
+    dropped) or the last feature map flattened to H*W tokens. `pooled` is the
+    encoder's own summary, the input of the no-text teacher and of the probe:
+    CLIP's post-LayerNorm class token, the ResNet's global average pool.
+    `student_spec` describes the architecture a fresh student copies. The
+    default normalisation (mean 0, std 1) leaves images as they are (the
+    SmallResNets were trained on [0, 1] images).
+    """
+
+    def __init__(self, name: str, kind: str, net: nn.Module, student_spec: dict, description: str, *,
+                 mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), input_size: int | None = None):
+        if kind not in ("small_resnet", "torchvision_resnet", "clip_vision"):
+            raise ConfigError(f"unknown image encoder kind '{kind}'.")
+        super().__init__(net, mean, std, input_size)
+        self.name, self.kind, self.student_spec, self.description = name, kind, student_spec, description
+        self.fingerprint = model_fingerprint(self)
+
+    @torch.no_grad()
+    def forward(self, images01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.preprocess(images01)
+        if self.kind == "small_resnet":
+            tokens = self.model.tokens(x)
+            return tokens, tokens.mean(1)
+        if self.kind == "torchvision_resnet":
+            tokens = _resnet_feature_map(self.model, x).flatten(2).transpose(1, 2)
+            return tokens, tokens.mean(1)
+        out = self.model(pixel_values=x)
+        return out.last_hidden_state[:, 1:], out.pooler_output
+
+
+class Student(nn.Module):
+    """A freshly initialised copy of an image encoder's architecture plus a linear layer over classes."""
+
+    def __init__(self, spec: dict, num_classes: int):
+        super().__init__()
+        self.kind = spec["kind"]
+        if self.kind == "small_resnet":
+            self.backbone = small_resnet(spec["arch"])
+            dim = self.backbone.feature_dim
+            self.preprocess = nn.Identity()
+        elif self.kind == "torchvision_resnet":
+            self.backbone = torchvision_model(spec["arch"], None)
+            dim = self.backbone.fc.in_features
+            self.backbone.fc = nn.Identity()
+            self.preprocess = Normalize(IMAGENET_MEAN, IMAGENET_STD, spec["input_size"])
+        elif self.kind == "clip_vision":
+            from transformers import CLIPVisionConfig, CLIPVisionModel
+
+            with ktext.quiet_transformers():
+                self.backbone = CLIPVisionModel(CLIPVisionConfig(**spec["config"]))
+            dim = spec["config"]["hidden_size"]
+            self.preprocess = Normalize(CLIP_MEAN, CLIP_STD, spec["config"]["image_size"])
+        else:
+            raise ConfigError(f"unknown student kind '{self.kind}'.")
+        self.feature_dim = dim
+        self.fc = nn.Linear(dim, num_classes)
+
+    def features(self, images01: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(images01)
+        if self.kind == "small_resnet":
+            return self.backbone.features(x)
+        if self.kind == "torchvision_resnet":
+            return self.backbone(x)
+        return self.backbone(pixel_values=x).pooler_output
+
+    def forward(self, images01: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(images01))
+
+
+class TextQueries:
+    """A frozen text encoder: a list of texts -> one vector per text (the head's queries), on the CPU.
+
+    `encode(texts)` runs `model` (the module put in eval mode while it encodes).
+    """
+
+    def __init__(self, name: str, model: nn.Module, encode, dim: int, fingerprint: str, description: str):
+        self.name, self.model, self._encode, self.dim = name, model, encode, dim
+        self.fingerprint, self.description = fingerprint, description
+
+    def __call__(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        texts = list(texts)
+        if not texts:
+            raise ValueError("no texts to encode.")
+        return outputs(self.model, batches(texts, batch_size), self._encode)
+
+    def cached(self, texts: Sequence[str]) -> torch.Tensor:
+        """Encodings of many texts (captions), cached on disk by encoder and text."""
+        key = {"what": "s1-text", "encoder": self.fingerprint, "texts": _texts_digest(texts), "n": len(texts)}
+        return cached("s1-text", key, lambda: self(texts), verbose=False)
+
+
+def _masked_lm(tokenizer, model: nn.Module, lm_head: nn.Module):
+    """(encode(texts) -> (ids, attention mask), loss(ids, attention) -> (loss, logits, targets)) of masked
+    language modelling: 15% of the word tokens (never the special ones) become [MASK] and are predicted."""
+    mask_id, first_word = tokenizer.mask_token_id, len(ktext.SPECIAL_TOKENS)
+
+    def encode(texts):
+        enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=_SYNTH_TEXT_MAX,
+                        return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"]
+
+    def loss_of(ids, attention):
+        chosen = (torch.rand(ids.shape, device=ids.device) < 0.15) & (ids >= first_word)
+        inputs, targets = ids.masked_fill(chosen, mask_id), ids.masked_fill(~chosen, -100)
+        logits = lm_head(model(input_ids=inputs, attention_mask=attention).last_hidden_state)
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-100), logits, targets
+
+    return encode, loss_of
+
+
+def pretrain_small_roberta(cfg, seed: int = 0, progress: bool | None = None):
+    """A small RoBERTa-style encoder trained as a masked language model on SynthWorld source captions; cached.
+
+    Built with `kdutils.text` (word-level tokenizer over SynthWorld's closed
+    vocabulary, `small_text_model("roberta")`) plus a linear MLM head: 15% of
+    the word tokens become [MASK] and are predicted. Returns the
+    `TextEncoder` (mean-pooled) and a summary with the masked-word accuracy on
+    source test captions. Cached via the training loop's checkpoint.
+    """
+    progress = cfg.progress if progress is None else progress
+    tokenizer = ktext.build_tokenizer(sw.vocabulary(), max_length=_SYNTH_TEXT_MAX)
+    hidden, layers, epochs = cfg.s1_text_hidden, cfg.s1_text_layers, cfg.s1_mlm_epochs
+    heads = max(1, hidden // 32)
+    key = {"what": "s1-roberta-mlm", "vocab": len(tokenizer), "hidden": hidden, "layers": layers, "heads": heads,
+           "world": asdict(world_config(cfg)), "n_train": cfg.n_source_train, "epochs": epochs,
+           "batch": cfg.batch_size, "seed": seed, "dry_run": cfg.dry_run, "code": code_fingerprint(__name__)}
+    digest = key_digest(key)
+    gen = seed_everything(seed)
+    with ktext.quiet_transformers():
+        model = ktext.small_text_model("roberta", len(tokenizer), hidden=hidden, layers=layers, heads=heads,
+                                       max_positions=_SYNTH_TEXT_MAX, pad_token_id=tokenizer.pad_token_id)
+    lm_head = nn.Linear(hidden, len(tokenizer))
+    mlm = nn.ModuleDict({"encoder": model, "lm_head": lm_head})
+    if (shipped := lookup("roberta-small", key)) is not None:  # published weights (kdutils.published)
+        model.load_state_dict(shipped[0])
+        return ktext.TextEncoder(tokenizer, model.eval(), max_length=_SYNTH_TEXT_MAX), shipped[1]
+    encode, loss_of = _masked_lm(tokenizer, model, lm_head)
+    ids, attention = encode(synth_split(cfg, "source_train").captions)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids, attention), batch_size=cfg.batch_size,
+                                         shuffle=True, generator=gen, drop_last=True)
+    opt = make_optimizer(mlm.parameters(), "adamw", lr=1e-3, weight_decay=0.01)
+    run_epochs = 1 if cfg.dry_run else epochs  # dry runs: one epoch of two steps per phase
+    steps = max(1, run_epochs * min(len(loader), cfg.max_steps or len(loader)))
+    sched = warmup_cosine(opt, warmup_steps=min(steps // 10, 100), total_steps=steps)
+    history = fit(mlm, loader, lambda b: {"loss": loss_of(*b)[0]}, opt, run_epochs, scheduler=sched,
+                  checkpoint=cache_root() / "s1" / "roberta" / f"{digest}.pt", checkpoint_key=digest,
+                  max_steps_per_epoch=cfg.max_steps, desc="MLM small RoBERTa on source captions", progress=progress)
+    mlm.eval()
+    with torch.no_grad():
+        torch.manual_seed(seed + 1)
+        _, logits, targets = loss_of(*encode(synth_split(cfg, "source_test").captions))
+        chosen = targets != -100
+        masked_acc = 100.0 * float((logits.argmax(-1)[chosen] == targets[chosen]).float().mean())
+    summary = {"hidden": hidden, "layers": layers, "epochs": epochs, "recipe": recipe(key),
+               "history": history.to_dict(), "masked_word_top1_source_test": masked_acc,
+               "parameters": sum(p.numel() for p in model.parameters())}
+    return ktext.TextEncoder(tokenizer, model.eval(), max_length=_SYNTH_TEXT_MAX), summary
+
+
+class Encoders:
+    """The run's pretrained encoders, each loaded (or pretrained and cached) once, frozen, on `device`.
+
+    tiny/small: `resnet` is the SmallResNet pretrained on SynthWorld's source
+    task (`s1_resnet_arch`), `vit` the small CLIP's vision tower (study 2's
+    `pretrain_small_clip`); text `clip` is that CLIP's text tower and
+    `roberta` a small RoBERTa trained by MLM (`pretrain_small_roberta`).
+    paper: `vit_b_32`/`vit_b_16` are CLIP's vision towers, `resnet50` is
+    torchvision's ImageNet ResNet-50 (open_clip's CLIP RN50 is not a
+    dependency of the lab); text `clip` is the CLIP text tower of the image
+    encoder's checkpoint (ViT-B/32's for ResNet-50), `roberta` is roberta-base.
+    `seed` is the backbone seed (`cfg.backbone_seed(seed)` of a replicate): the
+    pretraining seed of every tiny/small encoder, one set of encoders per
+    distinct backbone seed; at `paper` the weights are the downloaded ones.
+    """
+
+    def __init__(self, cfg, device, seed: int = 0):
+        if cfg.profile == "paper" and len(set(cfg.backbone_seeds)) > 1:
+            raise ConfigError(f"backbone_seeds {cfg.backbone_seeds} at paper: the encoders are downloaded weights, "
+                              "the same for every seed; use one backbone seed.")
+        self.cfg, self.device, self.seed = cfg, torch.device(device), seed
+        self._images, self._texts, self._clips = {}, {}, {}
+        self.summaries: dict = {}
+
+    def clip(self, image_encoder: str | None = None):
+        """(CLIPModel, tokenizer) of the small CLIP, or the paper checkpoint paired with `image_encoder`."""
+        cfg = self.cfg
+        if cfg.profile != "paper":
+            if "small" not in self._clips:
+                model, tokenizer, summary = kclip.pretrain_small_clip(cfg, seed=self.seed)
+                self.summaries["small_clip"] = summary
+                self._clips["small"] = (model.to(self.device).eval(), tokenizer, "small CLIP pretrained on "
+                                        f"SynthWorld source captions ({summary['arch']['name']})")
+            return self._clips["small"]
+        path, repo = clip_path(cfg, image_encoder or "vit_b_32")
+        if repo not in self._clips:
+            model, tokenizer = kclip.load_clip(path, allow_random=cfg.dry_run, repo_id=repo)
+            self._clips[repo] = (model.to(self.device).eval(), tokenizer, f"CLIP {repo}")
+        return self._clips[repo]
+
+    def image(self, name: str) -> ImageEncoder:
+        if name in self._images:
+            return self._images[name]
+        cfg = self.cfg
+        small = cfg.profile != "paper"
+        if small and name == "resnet":
+            net, summary = pretrain_source(cfg.s1_resnet_arch, cfg, seed=self.seed)
+            self.summaries["resnet"] = summary
+            enc = ImageEncoder(name, "small_resnet", net, {"kind": "small_resnet", "arch": cfg.s1_resnet_arch},
+                               f"SmallResNet {cfg.s1_resnet_arch} pretrained on SynthWorld source "
+                               f"(source top-1 {summary['source_top1']:.1f}%)")
+        elif (small and name == "vit") or (not small and name in ("vit_b_32", "vit_b_16")):
+            model, _, description = self.clip(name)
+            vc = model.config.vision_config
+            spec = {"kind": "clip_vision", "config": {k: v for k, v in vc.to_dict().items()
+                                                      if k in _VISION_CONFIG_KEYS}}
+            enc = ImageEncoder(name, "clip_vision", model.vision_model, spec, f"vision tower of {description}",
+                               mean=CLIP_MEAN, std=CLIP_STD, input_size=vc.image_size)
+        elif not small and name == "resnet50":
+            net = torchvision_model("resnet50", cfg.s1_resnet50_weights, allow_random=cfg.dry_run)
+            enc = ImageEncoder(name, "torchvision_resnet", net,
+                               {"kind": "torchvision_resnet", "arch": "resnet50", "input_size": cfg.image_size},
+                               f"torchvision resnet50 {cfg.s1_resnet50_weights}"
+                               f"{' (random weights: dry run)' if cfg.dry_run else ''}; open_clip RN50 not used "
+                               "(not a dependency of the lab)",
+                               mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=cfg.image_size)
+        else:
+            known = "resnet, vit" if small else "vit_b_32, vit_b_16, resnet50"
+            raise ConfigError(f"unknown image encoder '{name}' at profile {cfg.profile}; choose {known}.")
+        self._images[name] = enc.to(self.device)
+        return enc
+
+    def text(self, name: str, image_encoder: str | None = None) -> TextQueries:
+        """Text encoder `name` ('clip' or 'roberta'); CLIP's text tower is paired with `image_encoder` at paper."""
+        cfg = self.cfg
+        if name == "clip":
+            model, tokenizer, description = self.clip(image_encoder if cfg.profile == "paper" else None)
+            tag = f"clip:{description}"
+            if tag not in self._texts:
+                fp = model_fingerprint(model.text_model) + model_fingerprint(model.text_projection)
+                self._texts[tag] = TextQueries(
+                    "clip", model, lambda texts: kclip.encode_texts(model, tokenizer, texts),
+                    model.config.projection_dim, fp, f"text tower of {description} (projected, L2-normalised)")
+            return self._texts[tag]
+        if name == "roberta":
+            if "roberta" not in self._texts:
+                if cfg.profile == "paper":
+                    path = under(cfg.weights_root, cfg.s1_roberta)
+                    encoder = ktext.load_text_encoder(path, allow_random=cfg.dry_run, repo_id=cfg.s1_roberta)
+                    description = f"{cfg.s1_roberta} (mean-pooled)"
+                else:
+                    encoder, summary = pretrain_small_roberta(cfg, seed=self.seed)
+                    self.summaries["roberta"] = summary
+                    description = (f"small RoBERTa ({summary['hidden']}-d, {summary['layers']} layers), MLM on "
+                                   "source captions (masked-word top-1 "
+                                   f"{summary['masked_word_top1_source_test']:.1f}%), mean-pooled")
+                encoder = encoder.to(self.device).eval()
+                self._texts["roberta"] = TextQueries("roberta", encoder, encoder.encode, encoder.dim,
+                                                     model_fingerprint(encoder.model), description)
+            return self._texts["roberta"]
+        raise ConfigError(f"unknown text encoder '{name}'; choose clip or roberta.")
+
+
+_VISION_CONFIG_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+                       "patch_size", "num_channels", "hidden_act", "layer_norm_eps", "projection_dim")

@@ -1,41 +1,42 @@
 """Study 1: self-distillation through a text-queried image-text head, and its ablations.
 
-The thesis's recipe, in the order this module provides it:
+The thesis's recipe, in order (data in `kdutils.selfdistill_data`, encoders
+and students in `kdutils.selfdistill_encoders`, the method here):
 
-1. **Frozen encoders** (`Encoders`): a pretrained image encoder that gives a
-   token sequence (`ImageEncoder`) and a pretrained text encoder that gives one
-   vector per prompt (`TextQueries`). Their outputs never change, so the image
-   side is computed once per data split and view (`FrozenFeatures`, cached on
+1. **Frozen encoders** (`selfdistill_encoders.Encoders`): a pretrained image
+   encoder that gives a token sequence and a pretrained text encoder that
+   gives one vector per prompt. Their outputs never change, so the image side
+   is computed once per data split and view (`FrozenFeatures`, cached on
    disk) and every teacher trains on tensors.
-2. **Teachers** (`fit_teacher`): the image-text head (`kdutils.text_queried_head`)
-   trained with cross-entropy, either the thesis's way (each image queried by
-   its own prompt, mode "prompt", or its own caption, mode "caption") or
-   label-free (all class prompts as queries, mode "label_free"); and the
-   no-text teacher, a linear layer on the encoder's pooled output (mode
-   "linear", the Born-Again baseline).
+2. **Teachers** (`fit_teacher`, a `HeadClassifier`): the text-queried head
+   (`kdutils.text_queried_head`) trained with cross-entropy, either the
+   thesis's way (each image queried by its own prompt, mode "prompt", or its
+   own caption, mode "caption") or label-free (all class prompts as queries,
+   mode "label_free"); and the no-text teacher, a linear layer on the
+   encoder's pooled output (mode "linear", the Born-Again baseline).
 3. **Students** (`fit_student`): a freshly initialised copy of the image
    encoder's architecture plus a linear layer, trained on images only with
-   the soft cross-entropy `-sum y_hat log s_hat` against a frozen teacher's
-   softmax (the teacher's outputs on every training image and view are
-   computed once and cached: `soft_targets`), or with plain cross-entropy on
-   the labels (the student trained alone).
+   `distillers.SoftTargetKD` against a frozen teacher's softmax (the
+   teacher's outputs on every training image and view are computed once and
+   cached: `soft_targets`), or with plain cross-entropy on the labels (the
+   student trained alone).
 4. **Ablations**: repeated generations (a student's outputs become the next
-   targets), few-shot subsets (`few_shot_indices`), captions as queries
-   (`image_captions`: SynthWorld's true captions, or a captioning model at
-   `paper`), and image-text retrieval through a learned projection
-   (`retrieval_recalls`).
+   targets: `student_targets`), few-shot subsets (`few_shot_indices`),
+   captions as queries, and image-text retrieval through a learned
+   projection (`retrieval_recalls`).
 
 Augmentation is a horizontal flip only, with the teacher's outputs cached
 for both views (`VIEWS`): a student always imitates the teacher's answer for
 exactly the image it sees. Captions of the flipped view swap "left" and
-"right". Every training run goes through `kdutils.train.fit` with a
-checkpoint keyed by everything that defines it, so a rerun resumes or
-returns at once.
+"right". Every inference pass goes through `kdutils.frozen.outputs`, every
+training run through `kdutils.train.fit` with a checkpoint keyed by
+everything that defines it, so a rerun resumes or returns at once.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -54,7 +55,8 @@ from .text_queried_head import TextQueriedHead
 from .train import fit, launch, make_optimizer, per_example, seed_everything, warmup_cosine
 
 __all__ = [
-    "VIEWS", "FrozenFeatures", "features_of", "HeadClassifier", "fit_teacher", "teacher_logits", "soft_targets",
+    "VIEWS", "FrozenFeatures", "features_of", "HeadClassifier", "HeadRecipe", "StudentRecipe", "fit_teacher",
+    "teacher_logits", "soft_targets",
     "fit_student", "student_logits", "student_targets", "topk", "few_shot_indices",
     "retrieval_recalls", "attention_maps", "tensor_digest",
 ]
@@ -180,23 +182,66 @@ class HeadClassifier(nn.Module):
         return self.module.class_scores(tokens, self.class_queries, return_attention)
 
 
-def _train_loader(dataset, generator, *, epochs: int, steps: int | None, batch_size: int, num_workers: int,
-                  max_steps: int | None, dry_run: bool):
+@dataclass(frozen=True)
+class HeadRecipe:
+    """How a head trains: AdamW at `lr` with warm-up and cosine decay for `epochs` (one in a dry run) of
+    `batch_size`; the head's width `dim` and attention `heads`; at most `max_steps` batches per epoch."""
+
+    epochs: int
+    lr: float
+    dim: int
+    heads: int
+    batch_size: int
+    num_workers: int = 0
+    max_steps: int | None = None
+    dry_run: bool = False
+    progress: bool = False
+
+    @classmethod
+    def of(cls, cfg) -> HeadRecipe:
+        return cls(cfg.s1_head_epochs, cfg.s1_head_lr, cfg.s1_head_dim, cfg.s1_head_heads, cfg.batch_size,
+                   cfg.num_workers, cfg.max_steps, cfg.dry_run, cfg.progress)
+
+
+@dataclass(frozen=True)
+class StudentRecipe:
+    """How a student trains: `_student_optimizer` by architecture (`vit_lr`, `resnet_lr`) with warm-up and
+    cosine decay for `epochs` (one in a dry run) of `batch_size`, on `processes` data-parallel processes."""
+
+    epochs: int
+    batch_size: int
+    vit_lr: float
+    resnet_lr: float
+    num_workers: int = 0
+    max_steps: int | None = None
+    dry_run: bool = False
+    progress: bool = False
+    processes: int = 1
+
+    @classmethod
+    def of(cls, cfg) -> StudentRecipe:
+        return cls(cfg.s1_student_epochs, cfg.s1_student_batch_size, cfg.s1_vit_student_lr, cfg.s1_resnet_student_lr,
+                   cfg.num_workers, cfg.max_steps, cfg.dry_run, cfg.progress, cfg.num_processes)
+
+
+def _train_loader(dataset, generator, recipe: HeadRecipe | StudentRecipe, *, epochs: int, steps: int | None,
+                  batch_size: int):
     """(loader, epochs, total steps): shuffled epochs, or with a step budget (few-shot) one epoch of `steps`
     batches drawn with replacement, so 10 images and 500 images train for the same number of steps."""
     if steps is None:
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
-                                             num_workers=num_workers, drop_last=len(dataset) >= 4 * batch_size)
+                                             num_workers=recipe.num_workers, drop_last=len(dataset) >= 4 * batch_size)
     else:
         sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=steps * batch_size,
                                                  generator=generator)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                                             num_workers=recipe.num_workers)
         epochs = 1
-    epochs = 1 if dry_run else epochs
-    return loader, epochs, max(1, epochs * min(len(loader), max_steps or len(loader)))
+    epochs = 1 if recipe.dry_run else epochs
+    return loader, epochs, max(1, epochs * min(len(loader), recipe.max_steps or len(loader)))
 
 
-def fit_teacher(mode: str, feats: FrozenFeatures, train_set, cfg, *, seed: int, num_classes: int,
+def fit_teacher(mode: str, feats: FrozenFeatures, train_set, recipe: HeadRecipe, *, seed: int, num_classes: int,
                 class_queries: torch.Tensor | None = None, caption_table: torch.Tensor | None = None,
                 val: tuple | None = None, epochs: int | None = None, steps: int | None = None, desc: str = "teacher"):
     """Train a teacher on frozen features with cross-entropy; return (HeadClassifier, History).
@@ -212,13 +257,12 @@ def fit_teacher(mode: str, feats: FrozenFeatures, train_set, cfg, *, seed: int, 
     if mode == "linear":
         module = nn.Sequential(nn.LayerNorm(feats.pooled_dim), nn.Linear(feats.pooled_dim, num_classes))
     else:
-        module = TextQueriedHead(feats.token_dim, class_queries.shape[1], num_classes, dim=cfg.s1_head_dim,
-                               heads=cfg.s1_head_heads)
+        module = TextQueriedHead(feats.token_dim, class_queries.shape[1], num_classes, dim=recipe.dim,
+                               heads=recipe.heads)
     teacher = HeadClassifier(mode, module, None if class_queries is None else class_queries.float()).to(device)
-    loader, epochs, total = _train_loader(train_set, gen, epochs=epochs or cfg.s1_head_epochs, steps=steps,
-                                          batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                          max_steps=cfg.max_steps, dry_run=cfg.dry_run)
-    opt = make_optimizer(teacher.parameters(), "adamw", lr=cfg.s1_head_lr, weight_decay=1e-4)
+    loader, epochs, total = _train_loader(train_set, gen, recipe, epochs=epochs or recipe.epochs, steps=steps,
+                                          batch_size=recipe.batch_size)
+    opt = make_optimizer(teacher.parameters(), "adamw", lr=recipe.lr, weight_decay=1e-4)
     sched = warmup_cosine(opt, warmup_steps=min(total // 10, 200), total_steps=total)
     table = caption_table.to(device) if caption_table is not None else None
     distiller = CrossEntropy()
@@ -243,14 +287,14 @@ def fit_teacher(mode: str, feats: FrozenFeatures, train_set, cfg, *, seed: int, 
     key = {"what": "s1-teacher", "mode": mode, "features": feats.key, "subset": tensor_digest(indices_of(train_set)),
            "queries": tensor_digest(class_queries) if class_queries is not None else None,
            "captions": tensor_digest(caption_table) if caption_table is not None else None,
-           "epochs": epochs, "steps": total, "lr": cfg.s1_head_lr, "dim": cfg.s1_head_dim, "heads": cfg.s1_head_heads,
-           "batch": cfg.batch_size, "seed": seed, "dry_run": cfg.dry_run, "val": val is not None,
+           "epochs": epochs, "steps": total, "lr": recipe.lr, "dim": recipe.dim, "heads": recipe.heads,
+           "batch": recipe.batch_size, "seed": seed, "dry_run": recipe.dry_run, "val": val is not None,
            "code": code_fingerprint(__name__)}
     digest = key_digest(key)
     history = fit(teacher, loader, compute_loss, opt, epochs, scheduler=sched,
                   evaluate=evaluate if val is not None else None, checkpoint=cache_root() / "s1" / "teachers" /
-                  f"{digest}.pt", checkpoint_key=digest, device=device, max_steps_per_epoch=cfg.max_steps,
-                  desc=desc, progress=cfg.progress)
+                  f"{digest}.pt", checkpoint_key=digest, device=device, max_steps_per_epoch=recipe.max_steps,
+                  desc=desc, progress=recipe.progress)
     return teacher.eval(), history
 
 
@@ -313,7 +357,7 @@ def _student_optimizer(kind: str, *, vit_lr: float, resnet_lr: float) -> tuple[s
     return "sgd", resnet_lr, 5e-4
 
 
-def fit_student(spec: dict, train_set, cfg, *, data_key: dict, seed: int, num_classes: int, device,
+def fit_student(spec: dict, train_set, recipe: StudentRecipe, *, data_key: dict, seed: int, num_classes: int, device,
                 targets: torch.Tensor | None = None, val_set=None, epochs: int | None = None,
                 steps: int | None = None, batch_size: int | None = None, desc: str = "student"):
     """Train a fresh student (`Student(spec)`) on images only; return (Student, History).
@@ -322,24 +366,22 @@ def fit_student(spec: dict, train_set, cfg, *, data_key: dict, seed: int, num_cl
     the soft cross-entropy against their softmax, in the view the student
     sees; without, plain cross-entropy on the labels (the student alone).
     `_student_optimizer` with warm-up and cosine decay; random horizontal flips.
-    With `cfg.num_processes` > 1 it trains data-parallel (`train.launch`).
+    With `recipe.processes` > 1 it trains data-parallel (`train.launch`).
     """
-    return launch(_fit_student, (spec, train_set, cfg, data_key, seed, num_classes, device, targets, val_set, epochs,
-                                 steps, batch_size, desc), cfg.num_processes)
+    return launch(_fit_student, (spec, train_set, recipe, data_key, seed, num_classes, device, targets, val_set,
+                                 epochs, steps, batch_size, desc), recipe.processes)
 
 
-def _fit_student(spec: dict, train_set, cfg, data_key: dict, seed: int, num_classes: int, device, targets, val_set,
-                 epochs, steps, batch_size, desc: str):
+def _fit_student(spec: dict, train_set, recipe: StudentRecipe, data_key: dict, seed: int, num_classes: int, device,
+                 targets, val_set, epochs, steps, batch_size, desc: str):
     """`fit_student`'s training, run by `launch`."""
     device = torch.device(device)
     gen = seed_everything(seed)
     student = Student(spec, num_classes)
-    batch_size = batch_size or cfg.s1_student_batch_size
-    loader, epochs, total = _train_loader(train_set, gen, epochs=epochs or cfg.s1_student_epochs, steps=steps,
-                                          batch_size=batch_size, num_workers=cfg.num_workers,
-                                          max_steps=cfg.max_steps, dry_run=cfg.dry_run)
-    opt_name, lr, wd = _student_optimizer(student.kind, vit_lr=cfg.s1_vit_student_lr,
-                                          resnet_lr=cfg.s1_resnet_student_lr)
+    batch_size = batch_size or recipe.batch_size
+    loader, epochs, total = _train_loader(train_set, gen, recipe, epochs=epochs or recipe.epochs, steps=steps,
+                                          batch_size=batch_size)
+    opt_name, lr, wd = _student_optimizer(student.kind, vit_lr=recipe.vit_lr, resnet_lr=recipe.resnet_lr)
     opt = make_optimizer(student.parameters(), opt_name, lr=lr, momentum=0.9, weight_decay=wd)
     sched = warmup_cosine(opt, warmup_steps=min(total // 10, 500), total_steps=total)
     distiller = CrossEntropy() if targets is None else SoftTargetKD()
@@ -359,12 +401,12 @@ def _fit_student(spec: dict, train_set, cfg, data_key: dict, seed: int, num_clas
            "subset": tensor_digest(indices_of(train_set)), "n": len(train_set),
            "targets": tensor_digest(targets) if targets is not None else None, "epochs": epochs, "steps": total,
            "optimizer": [opt_name, lr, wd], "batch": batch_size, "seed": seed,
-           "dry_run": cfg.dry_run, "val": val_set is not None, "code": code_fingerprint(__name__)}
+           "dry_run": recipe.dry_run, "val": val_set is not None, "code": code_fingerprint(__name__)}
     digest = key_digest(key)
     history = fit(student, loader, compute_loss, opt, epochs, scheduler=sched,
                   evaluate=evaluate if val_set is not None else None,
                   checkpoint=cache_root() / "s1" / "students" / f"{digest}.pt", checkpoint_key=digest, device=device,
-                  max_steps_per_epoch=cfg.max_steps, desc=desc, progress=cfg.progress)
+                  max_steps_per_epoch=recipe.max_steps, desc=desc, progress=recipe.progress)
     return student.eval(), history
 
 

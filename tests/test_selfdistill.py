@@ -131,7 +131,7 @@ def test_teacher_modes_are_the_heads_two_uses(cache):
     data, enc = _data(), _encoder()
     feats = sd.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     q = _queries()
-    teacher, _ = sd.fit_teacher("prompt", feats, data, _cfg(), seed=0, num_classes=4, class_queries=q)
+    teacher, _ = sd.fit_teacher("prompt", feats, data, sd.HeadRecipe.of(_cfg()), seed=0, num_classes=4, class_queries=q)
     own, labels = sd.teacher_logits(teacher, feats, data, "own")
     free, _ = sd.teacher_logits(teacher, feats, data, "label_free")
     tokens = feats.tokens[0].float()
@@ -139,7 +139,7 @@ def test_teacher_modes_are_the_heads_two_uses(cache):
     torch.testing.assert_close(free, teacher.module.class_scores(tokens, q))
     # label-free score of class c = the logit c of the head queried with prompt c
     torch.testing.assert_close(free[:, 2], teacher.module.own_prompt_logits(tokens, q[2].expand(len(tokens), -1))[:, 2])
-    linear, _ = sd.fit_teacher("linear", feats, data, _cfg(), seed=0, num_classes=4)
+    linear, _ = sd.fit_teacher("linear", feats, data, sd.HeadRecipe.of(_cfg()), seed=0, num_classes=4)
     with pytest.raises(ValueError, match="no prompts"):
         sd.teacher_logits(linear, feats, data, "label_free")
 
@@ -158,7 +158,7 @@ def test_teacher_training_learns_separable_features(cache):
     feats.key = {"test": "separable"}
     cfg = _cfg(s1_head_epochs=40, s1_head_lr=1e-2, batch_size=50)
     for mode in ("label_free", "linear"):
-        teacher, history = sd.fit_teacher(mode, feats, data, cfg, seed=0, num_classes=classes,
+        teacher, history = sd.fit_teacher(mode, feats, data, sd.HeadRecipe.of(cfg), seed=0, num_classes=classes,
                                           class_queries=_queries(classes, 6) if mode != "linear" else None)
         logits, y = sd.teacher_logits(teacher, feats, data, "own")
         assert sd.topk(logits, y)["top1"] > 95, mode
@@ -170,7 +170,7 @@ def test_soft_targets_hold_the_teachers_logits_per_view_and_only_for_the_subset(
     feats = sd.FrozenFeatures(enc, data, KEY, "train", 2, "cpu", cache_mb=CACHE_MB)
     q = _queries()
     sub = torch.utils.data.Subset(data, [1, 4, 9, 30])
-    teacher, _ = sd.fit_teacher("label_free", feats, sub, _cfg(), seed=0, num_classes=4, class_queries=q)
+    teacher, _ = sd.fit_teacher("label_free", feats, sub, sd.HeadRecipe.of(_cfg()), seed=0, num_classes=4, class_queries=q)
     targets = sd.soft_targets(teacher, feats, sub)
     assert targets.shape == (2, len(data), 4) and targets.dtype == torch.float16
     for v in (0, 1):
@@ -186,7 +186,7 @@ def test_caption_teacher_reads_each_images_own_query(cache):
     feats = sd.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     q = _queries()
     table = torch.randn(1, 16, 6)
-    teacher, _ = sd.fit_teacher("caption", feats, data, _cfg(), seed=0, num_classes=4, class_queries=q,
+    teacher, _ = sd.fit_teacher("caption", feats, data, sd.HeadRecipe.of(_cfg()), seed=0, num_classes=4, class_queries=q,
                                 caption_table=table)
     own, _ = sd.teacher_logits(teacher, feats, data, "own", table)
     torch.testing.assert_close(own, teacher.module.own_prompt_logits(feats.tokens[0].float(), table[0]))
@@ -202,8 +202,8 @@ def test_soft_cross_entropy_on_one_hot_targets_trains_exactly_like_cross_entropy
     cfg = _cfg(s1_student_epochs=2, batch_size=16)
     one_hot = torch.zeros(2, len(data), 4, dtype=torch.float16)
     one_hot[:, torch.arange(len(data)), data.labels] = 100.0  # softmax is exactly one-hot
-    a, ha = sd.fit_student(SPEC, data, cfg, data_key=KEY, seed=3, num_classes=4, device="cpu")
-    b, hb = sd.fit_student(SPEC, data, cfg, data_key=KEY, seed=3, num_classes=4, device="cpu", targets=one_hot)
+    a, ha = sd.fit_student(SPEC, data, sd.StudentRecipe.of(cfg), data_key=KEY, seed=3, num_classes=4, device="cpu")
+    b, hb = sd.fit_student(SPEC, data, sd.StudentRecipe.of(cfg), data_key=KEY, seed=3, num_classes=4, device="cpu", targets=one_hot)
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
     assert ha.series("train_loss") == pytest.approx(hb.series("train_loss"), rel=1e-5)
@@ -217,19 +217,19 @@ def test_student_training_is_seeded_and_checkpointed(cache, monkeypatch):
     data = _data()
     cfg = _cfg(s1_student_epochs=1, batch_size=16)
     targets = torch.randn(2, len(data), 4).half()
-    a, _ = sd.fit_student(SPEC, data, cfg, data_key=KEY, seed=0, num_classes=4, device="cpu", targets=targets,
+    a, _ = sd.fit_student(SPEC, data, sd.StudentRecipe.of(cfg), data_key=KEY, seed=0, num_classes=4, device="cpu", targets=targets,
                           val_set=data)
     files = list((cache / "s1" / "students").glob("*.pt"))
     assert len(files) == 1
     with monkeypatch.context() as m:
         m.setattr(torch.amp.GradScaler, "step", _no_training)  # every optimisation step of fit goes through it
-        b, hist = sd.fit_student(SPEC, data, cfg, data_key=KEY, seed=0, num_classes=4, device="cpu", targets=targets,
+        b, hist = sd.fit_student(SPEC, data, sd.StudentRecipe.of(cfg), data_key=KEY, seed=0, num_classes=4, device="cpu", targets=targets,
                                  val_set=data)
     assert "val_top1" in hist.epochs[0]
     for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(pa, pb)
     files[0].unlink()  # retrain from scratch: same seed, same numbers
-    c, _ = sd.fit_student(SPEC, data, cfg, data_key=KEY, seed=0, num_classes=4, device="cpu", targets=targets,
+    c, _ = sd.fit_student(SPEC, data, sd.StudentRecipe.of(cfg), data_key=KEY, seed=0, num_classes=4, device="cpu", targets=targets,
                           val_set=data)
     la, _ = sd.student_logits(a, data, "cpu")
     lc, _ = sd.student_logits(c, data, "cpu")
@@ -298,7 +298,7 @@ def test_retrieval_projection_recovers_a_linear_image_text_map(cache):
 def test_attention_maps_are_distributions_over_the_image_tokens(cache):
     data, enc = _data(), _encoder()
     feats = sd.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
-    teacher, _ = sd.fit_teacher("prompt", feats, data, _cfg(), seed=0, num_classes=4, class_queries=_queries())
+    teacher, _ = sd.fit_teacher("prompt", feats, data, sd.HeadRecipe.of(_cfg()), seed=0, num_classes=4, class_queries=_queries())
     for how in ("own", "label_free"):
         weights, labels, predicted = sd.attention_maps(teacher, feats, data, [0, 5, 6], how)
         assert weights.shape == (3, feats.num_tokens)

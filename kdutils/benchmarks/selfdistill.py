@@ -8,7 +8,7 @@ import torch
 
 from .. import metrics
 from ..models import small_resnet
-from ..selfdistill import VIEWS, FrozenFeatures, fit_teacher, teacher_logits
+from ..selfdistill import VIEWS, FrozenFeatures, HeadRecipe, fit_teacher, teacher_logits
 from ..selfdistill_data import synthworld_data
 from ..selfdistill_encoders import ImageEncoder
 
@@ -43,7 +43,7 @@ def run(n_train: int = 2000, epochs: int = 3) -> dict:
                 feats = FrozenFeatures(encoder, train, data.key, "train", len(VIEWS), "cpu", cache_mb=mb, **passes)
                 test_feats = FrozenFeatures(encoder, test, data.key, "test", 1, "cpu", cache_mb=mb, **passes)
                 t1 = time.perf_counter()
-                head, _ = fit_teacher("label_free", feats, train, base, seed=0, num_classes=data.num_classes,
+                head, _ = fit_teacher("label_free", feats, train, HeadRecipe.of(base), seed=0, num_classes=data.num_classes,
                                       class_queries=queries)
                 t2 = time.perf_counter()
                 logits, labels = teacher_logits(head, test_feats, test)

@@ -42,9 +42,16 @@ def outputs(model: nn.Module, inputs: Iterable, forward: Callable | None = None,
     if device is not None:
         model.to(device)
     forward = forward or model
+    # The bar is updated by hand: tqdm wrapping `inputs` would iterate them twice (tqdm.auto calls iter() when
+    # it is created), starting a DataLoader twice and drawing its seed from the global RNG twice.
+    bar = tqdm(total=len(inputs) if hasattr(inputs, "__len__") else None, desc=desc, leave=False,
+               disable=not progress)
+    out = []
     try:
-        out = [forward(b if device is None else to_device(b, device)).float().cpu()
-               for b in tqdm(inputs, desc=desc, leave=False, disable=not progress)]
+        for b in inputs:
+            out.append(forward(b if device is None else to_device(b, device)).float().cpu())
+            bar.update()
     finally:
+        bar.close()
         model.train(was_training)
     return torch.cat(out)

@@ -97,7 +97,7 @@ def _clip(cfg):
 
 
 def _roberta(cfg):
-    from .selfdistill import pretrain_small_roberta
+    from .selfdistill_encoders import pretrain_small_roberta
 
     encoder, summary = pretrain_small_roberta(cfg, seed=0)
     return encoder.model, summary

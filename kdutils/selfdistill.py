@@ -50,7 +50,7 @@ from .errors import ConfigError
 from .frozen import outputs
 from .losses import ClipLoss
 from .selfdistill_data import in_order, indices_of, labels_of
-from .selfdistill_encoders import ImageEncoder, Student, pretrain_small_roberta  # noqa: F401 (kdutils.published)
+from .selfdistill_encoders import ImageEncoder, Student
 from .text_queried_head import TextQueriedHead
 from .train import fit, launch, make_optimizer, per_example, seed_everything, warmup_cosine
 

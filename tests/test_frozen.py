@@ -39,3 +39,19 @@ def test_outputs_restore_the_mode_after_an_error():
     with pytest.raises(RuntimeError, match="boom"):
         outputs(net, [torch.randn(2, 5)], broken)
     assert net.training
+
+
+def test_outputs_iterate_a_loader_once():
+    """tqdm.auto calls iter() on what it wraps: a DataLoader started twice draws its seed twice."""
+    starts = []
+
+    class Counted(list):
+        def __iter__(self):
+            starts.append(1)
+            return super().__iter__()
+
+    net = _net()
+    for progress in (False, True):
+        starts.clear()
+        outputs(net, Counted(batches(torch.randn(6, 5), 4)), progress=progress)
+        assert len(starts) == 1

@@ -403,50 +403,23 @@ def train(model: nn.Module, distiller: Callable[..., dict], loader, recipe: Reci
                max_steps_per_epoch=recipe.max_steps, **fit_options)
 
 
-def fit(
-    model: nn.Module,
-    loader,
-    compute_loss: Callable[[object], dict],
-    optimizer: torch.optim.Optimizer,
-    epochs: int,
-    *,
-    scheduler=None,
-    evaluate: Callable[[], dict] | None = None,
-    monitor: str | None = None,
-    mode: str = "max",
-    patience: int | None = None,
-    restore_best: bool = False,
-    checkpoint: str | os.PathLike | None = None,
-    checkpoint_key: str = "",
-    device: torch.device | str = "cpu",
-    amp: bool | None = None,
-    channels_last: bool | None = None,
-    max_steps_per_epoch: int | None = None,
-    desc: str = "train",
-    progress: bool = True,
-    on_step: Callable[[dict], None] | None = None,
-) -> History:
-    """Train `model` for `epochs`; return its History.
+def fit(model: nn.Module, loader, compute_loss: Callable[[object], dict], optimizer: torch.optim.Optimizer,
+        epochs: int, *, scheduler=None, evaluate: Callable[[], dict] | None = None, monitor: str | None = None,
+        mode: str = "max", patience: int | None = None, restore_best: bool = False,
+        checkpoint: str | os.PathLike | None = None, checkpoint_key: str = "", device: torch.device | str = "cpu",
+        amp: bool | None = None, channels_last: bool | None = None, max_steps_per_epoch: int | None = None,
+        desc: str = "train", progress: bool = True, on_step: Callable[[dict], None] | None = None) -> History:
+    """Train `model` for `epochs` on `compute_loss(batch)["loss"]` (other entries: logged epoch means).
 
-    `compute_loss(batch)` gets the batch already on `device` and returns a dict
-    whose "loss" entry is minimised; the other entries are logged as epoch means.
-    `evaluate()` (optional) returns validation metrics after each epoch;
-    `monitor` names the one that drives early stopping (`patience` epochs
-    without improvement), ReduceLROnPlateau and `restore_best`.
-    With `checkpoint`, state is saved after each epoch and an existing file
-    is resumed (a finished run returns at once); `checkpoint_key` must match
-    the file's, so a changed configuration never resumes a stale run.
-    `max_steps_per_epoch` caps the steps (the `dry_run` mode uses 2).
-    Under a launcher (`launch`) every process iterates the same seeded
-    `loader`, trains on its share of each batch and averages the gradients
-    (weighted by share size; `compute_loss` must return a batch mean): the
-    steps of one process with the same global batch, up to float rounding
-    (dropout masks and random draws not made through `per_example` are per process).
-    Batch-norm layers normalise over the global batch (synced across processes),
-    and `per_example` gives `compute_loss` the random choices of one process.
-    Only the main process writes the checkpoint and shows progress.
-    `on_step(losses)` sees each step's losses (under data parallelism, the
-    global batch's): per-step traces record there.
+    `evaluate()` gives validation metrics after each epoch; `monitor` names the one that drives early
+    stopping (`patience`), ReduceLROnPlateau and `restore_best`. With `checkpoint`, the state is saved
+    after each epoch and an existing file with the same `checkpoint_key` is resumed (a finished run
+    returns at once; another key never resumes). `max_steps_per_epoch` caps the steps (dry runs: 2).
+    Under a launcher (`launch`) every process iterates the same seeded `loader`, trains on its share of
+    each batch (`compute_loss` returns a batch mean) and the gradients are averaged by share size: one
+    process's steps with the same global batch, up to float rounding; batch norm uses global statistics,
+    and random draws made through `per_example` match one process's. Only the main process writes the
+    checkpoint and shows progress. `on_step(losses)` sees each step's (global) losses.
     """
     accelerator = _data_parallel()
     main = accelerator is None or accelerator.is_main_process
@@ -473,16 +446,16 @@ def fit(
     if state["resumed"] and progress and start_epoch < epochs and not history.stopped_early:
         print(f"[{desc}] resuming from {ckpt_path} at epoch {start_epoch + 1}/{epochs}")
 
-    better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
     epoch_bar = tqdm(range(start_epoch, epochs), desc=desc, disable=not progress, leave=False)
     for epoch in epoch_bar:
         if history.stopped_early:
             break
         t0 = time.perf_counter()
         model.train()
-        steps = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
+        bar = tqdm(total=min(len(loader), max_steps_per_epoch or len(loader)), desc=f"epoch {epoch + 1}",
+                   leave=False, disable=not progress)  # updated by hand: wrapping would start the loader twice
         sums, n_steps = {}, 0
-        for step, batch in enumerate(_steps(steps, max_steps_per_epoch)):
+        for step, batch in enumerate(_steps(loader, max_steps_per_epoch)):
             losses = _step(model, batch, compute_loss, optimizer, scaler, accelerator, device, channels_last,
                            amp and on_cuda, where=f"[{desc}] epoch {epoch + 1}, step {step + 1}")
             if on_step is not None:
@@ -494,7 +467,9 @@ def fit(
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             n_steps = step + 1
-            steps.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
+            bar.update()
+            bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
+        bar.close()
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         record.update({f"train_{k}": v / max(n_steps, 1) for k, v in sums.items()})
         if evaluate is not None:
@@ -505,31 +480,37 @@ def fit(
         history.epochs.append(record)
 
         if monitor is not None:  # early stopping, the plateau schedule and the best weights follow `monitor`
-            value = record[monitor]
-            if history.best_value is None or better(value, history.best_value):
-                history.best_value, history.best_epoch, since_best = value, epoch + 1, 0
-                if restore_best:
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                since_best += 1
-            if plateau:
-                scheduler.step(value)
-            if patience is not None and since_best >= patience:
-                history.stopped_early = True
+            best_state, since_best = _follow(history, record[monitor], mode, model, best_state, since_best,
+                                             restore_best, scheduler if plateau else None, patience)
         epoch_bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
                                if k not in ("epoch", "seconds") and isinstance(v, float)})
         if ckpt_path is not None and main:
-            save_checkpoint({
-                "key": checkpoint_key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "scaler": scaler.state_dict(), "history": history.to_dict(), "best_state": best_state,
-                "since_best": since_best, "rng": _rng_state(loader),
-            }, ckpt_path)
+            save_checkpoint({"key": checkpoint_key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                             "scaler": scaler.state_dict(), "history": history.to_dict(), "best_state": best_state,
+                             "since_best": since_best, "rng": _rng_state(loader)}, ckpt_path)
         if accelerator is not None:
             accelerator.wait_for_everyone()
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
     return history
+
+
+def _follow(history: History, value: float, mode: str, model, best_state, since_best: int, restore_best: bool,
+            plateau, patience: int | None):
+    """Book one epoch's monitored `value`: best epoch and weights, the plateau schedule, early stopping."""
+    epoch = len(history.epochs)
+    if history.best_value is None or (value > history.best_value if mode == "max" else value < history.best_value):
+        history.best_value, history.best_epoch, since_best = value, epoch, 0
+        if restore_best:
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    else:
+        since_best += 1
+    if plateau is not None:
+        plateau.step(value)
+    if patience is not None and since_best >= patience:
+        history.stopped_early = True
+    return best_state, since_best
 
 
 def _steps(loader, max_steps: int | None):

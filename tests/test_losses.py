@@ -2,45 +2,12 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from kdutils import losses as L
 from kdutils.errors import ConfigError
-
-# ---------------------------------------------------------------------------
-# NumPy references, written out term by term
-
-
-def np_softmax(z):
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def np_sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-z))
-
-
-def np_ce(z, y):
-    p = np_softmax(z)
-    return float(np.mean(-np.log(p[np.arange(len(y)), y])))
-
-
-def np_kl(zs, zt, T):
-    ps, pt = np_softmax(zs / T), np_softmax(zt / T)
-    return float(np.mean(np.sum(pt * (np.log(pt) - np.log(ps)), axis=1)))
-
-
-def np_bce(p, y):
-    return float(np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p))))
-
-
-ZS = np.array([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
-ZT = np.array([[4.0, 0.0, -3.0], [-1.0, 5.0, 1.0]])
-Y = np.array([0, 2])
-
 
 def t(a, dtype=torch.float64):
     return torch.tensor(a, dtype=dtype)

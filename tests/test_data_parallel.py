@@ -31,7 +31,7 @@ def test_two_processes_equal_one_with_the_same_global_batch_and_resume(tmp_path)
     assert len(parallel["losses"]) == 4
     torch.testing.assert_close(torch.tensor(parallel["losses"]), torch.tensor(single["losses"]),
                                rtol=1e-5, atol=1e-6)
-    assert single["losses"][-1] < 0.5 * single["losses"][0]  # it learned: the comparison is not of noise
+    assert single["losses"][-1] < 0.7 * single["losses"][0]  # it learned: the comparison is not of noise
     for name, weight in single["weights"].items():
         torch.testing.assert_close(parallel["weights"][name], weight, rtol=1e-5, atol=1e-5)
 

@@ -475,16 +475,18 @@ def _ssl_hyper(cfg, method: str) -> dict:
             "bn_splits": cfg.s3_moco_bn_splits if method == "moco_v2" else 1}
 
 
-def _train_ssl_encoder(method: str, encoder: nn.Module, dim: int, loader, cfg, *, epochs: int, seed: int,
-                       key: dict, size: int, device, desc: str):
-    """BYOL / MoCo-v2 on `loader`, checkpointed in the cache; returns (encoder, history)."""
-    digest = key_digest(key)
-    steps = epochs * min(len(loader), cfg.max_steps or len(loader))
-    learner = make_learner(method, encoder, dim, total_steps=max(1, steps), **_ssl_hyper(cfg, method))
-    views = view_pair(cfg.s3_view_preset, out_size=size)
-    history = train_ssl(learner, loader, views, epochs=epochs, lr=cfg.s3_ssl_lr, device=device,
-                        checkpoint=cache_root() / "kassl" / f"{desc.replace(' ', '-')}-{digest}.pt",
-                        checkpoint_key=digest, max_steps=cfg.max_steps, progress=cfg.progress, desc=desc)
+def _train_ssl_encoder(method: str, encoder: nn.Module, dim: int, loader, key: dict, *, size: int, device,
+                       max_steps: int | None, progress: bool, desc: str):
+    """BYOL / MoCo-v2 by the recipe its cache `key` records (epochs, lr, views, hyper); (encoder, history).
+
+    Reading the recipe from the key keeps the checkpoint's name and the training it holds in step.
+    """
+    digest, epochs = key_digest(key), key["epochs"]
+    steps = epochs * min(len(loader), max_steps or len(loader))
+    learner = make_learner(method, encoder, dim, total_steps=max(1, steps), **key["hyper"])
+    history = train_ssl(learner, loader, view_pair(key["views"], out_size=size), epochs=epochs, lr=key["lr"],
+                        device=device, checkpoint=cache_root() / "kassl" / f"{desc.replace(' ', '-')}-{digest}.pt",
+                        checkpoint_key=digest, max_steps=max_steps, progress=progress, desc=desc)
     encoder = learner.encoder.cpu().eval()
     return encoder, {"epochs": history.epochs, "steps": learner.trace.series()}
 
@@ -577,8 +579,9 @@ def ssl_teacher(method: str, cfg, probe_it: bool = False, seed: int = 0) -> tupl
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(_quantise(x)), batch_size=cfg.s3_ssl_batch,
                                          shuffle=True, drop_last=True, generator=gen)
     device = resolve_device(cfg.device)
-    encoder, history = _train_ssl_encoder(method, encoder, encoder.feature_dim, loader, cfg, epochs=n_epochs,
-                                          seed=seed, key=key, size=x.shape[-1], device=device, desc=f"{method} teacher")
+    encoder, history = _train_ssl_encoder(method, encoder, encoder.feature_dim, loader, key, size=x.shape[-1],
+                                          device=device, max_steps=cfg.max_steps, progress=cfg.progress,
+                                          desc=f"{method} teacher")
     summary = {"method": method, "arch": arch, "epochs": n_epochs, "recipe": recipe(key),
                "history": {"epochs": history["epochs"], "steps": [round(v, 4) for v in history["steps"]]}}
     if probe_it:
@@ -599,16 +602,16 @@ def train_baseline(cfg, data: KASSLData, seed: int, device) -> tuple[nn.Module, 
     key = {"what": "kassl-baseline", "arch": cfg.student_arch, "data": data.keys["train"], "epochs": n_epochs,
            "lr": cfg.s3_ssl_lr, "batch": cfg.s3_ssl_batch, "views": cfg.s3_view_preset,
            "hyper": _ssl_hyper(cfg, "byol"), "seed": seed, "dry_run": cfg.dry_run, "code": code_fingerprint(__name__)}
-    return launch(_fit_baseline, (cfg, data.train, data.size, n_epochs, seed, key, device), cfg.num_processes)
+    return launch(_fit_baseline, (cfg, data.train, data.size, seed, key, device), cfg.num_processes)
 
 
-def _fit_baseline(cfg, dataset, size: int, n_epochs: int, seed: int, key: dict, device):
+def _fit_baseline(cfg, dataset, size: int, seed: int, key: dict, device):
     """`train_baseline`'s training, run by `launch`."""
     seed_everything(seed)
     backbone, dim = student_backbone(cfg)
     loader = _loader(dataset, cfg.s3_ssl_batch, shuffle=True, seed=seed, num_workers=cfg.num_workers)
-    return _train_ssl_encoder("byol", backbone, dim, loader, cfg, epochs=n_epochs, seed=seed,
-                              key=key, size=size, device=device, desc=f"BYOL baseline seed {seed}")
+    return _train_ssl_encoder("byol", backbone, dim, loader, key, size=size, device=device, max_steps=cfg.max_steps,
+                              progress=cfg.progress, desc=f"BYOL baseline seed {seed}")
 
 
 def train_student(teacher: FrozenTeacher, teacher_info: dict, variant: str, cfg, data: KASSLData, seed: int,

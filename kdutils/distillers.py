@@ -147,6 +147,9 @@ class SigmoidKD(_Weighted):
         super().__init__(T, alpha)
         self.scale_by_T2 = scale_by_T2
 
+    def config(self) -> dict:  # every hyperparameter, or two cached runs would share a key
+        return {**super().config(), **({"scale_by_T2": True} if self.scale_by_T2 else {})}
+
     def forward(self, student_logit, teacher_logit, labels) -> dict:
         zs, zt, y = _binary_inputs(student_logit, teacher_logit, labels)
         kd = F.binary_cross_entropy_with_logits(zs / self.T, torch.sigmoid(zt.detach() / self.T))

@@ -233,3 +233,11 @@ def test_feature_regression_by_hand():
     assert float(D.FeatureRegression()(s1, t2)["loss"]) == pytest.approx(-1 / math.sqrt(2), rel=1e-12)
     with pytest.raises(ValueError, match="same shape"):
         D.FeatureRegression()(t([[1.0, 2.0]]), t([[1.0, 2.0, 3.0]]))
+
+
+def test_config_holds_every_hyperparameter():
+    """Cache keys are built from `config()`: two different losses must never share one."""
+    configs = [D.HintonKD(2, 0.5).config(), D.HintonKD(3, 0.5).config(), D.HintonKD(2, 0.4).config(),
+               D.SigmoidKD(2, 0.5).config(), D.SigmoidKD(2, 0.5, scale_by_T2=True).config(),
+               D.BinarySoftmaxKD(2, 0.5).config(), D.SoftTargetKD().config(), D.CrossEntropy().config()]
+    assert len({repr(sorted(c.items())) for c in configs}) == len(configs)

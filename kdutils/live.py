@@ -1,6 +1,6 @@
 """Live distillation for a class: move T, alpha or the seed, see study 4's TL+KD head retrain.
 
-The heads of study 4 train on cached frozen features (`kdutils.tlkd`), about a
+The heads of study 4 train on cached frozen features (`kdutils.tlkd_features`), about a
 second each at `small` on two CPU cores, so a slider can retrain one at every change. `LiveDistillation`
 is the plain, tested computation; `panel` wraps it in ipywidgets (debounced, the
 work done off the kernel's message loop). Without a front end (papermill) the
@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from . import metrics
 from .plots import role_color
-from .tlkd import CachedSource, HeadParams, head_logits, train_head, view_logits
+from .tlkd import HeadParams, train_head
+from .tlkd_features import CachedSource, head_logits, view_logits
 
 
 @dataclass

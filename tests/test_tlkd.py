@@ -6,26 +6,27 @@ import numpy as np
 import pytest
 import torch
 
-from kdutils import models, tlkd
+from kdutils import models, tlkd, tlkd_analysis, tlkd_backbones, tlkd_data
 from kdutils.benchmarks import tlkd as bench_tlkd
 from kdutils.errors import ConfigError
 from kdutils.models import small_resnet
 from kdutils.profiles import load_profile
 from kdutils.teacher import FrozenTeacher
+from kdutils.tlkd_features import CachedSource, FixedViews, PlainSource, frozen_features, head_logits, view_logits
 
 
 def split(n, seed, size=16):
     g = torch.Generator().manual_seed(seed)
     images = torch.rand(n, 3, size, size, generator=g)
     labels = torch.arange(n) % 4
-    return tlkd.Split(images, labels, key=f"random-{n}-{seed}-{size}")
+    return tlkd_data.Split(images, labels, key=f"random-{n}-{seed}-{size}")
 
 
 @pytest.fixture(scope="module")
 def networks():
     torch.manual_seed(0)
-    student = tlkd._freeze(small_resnet("resnet_xs"))
-    teacher = tlkd._freeze(FrozenTeacher(small_resnet("resnet_xs"), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+    student = tlkd_backbones.frozen_student(small_resnet("resnet_xs"))
+    teacher = FrozenTeacher(small_resnet("resnet_xs"), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     return student, teacher
 
 
@@ -35,48 +36,48 @@ def cache_dir(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-# ------------------------------------------------------------------- view banks
+# ------------------------------------------------------------------- fixed views
 
-def test_view_bank_mirrors_and_center_black():
+def test_fixed_views_mirror_and_center_black():
     x = torch.ones(3, 3, 10, 10)
     x[:, :, :, 0] = 0.5  # a marker column to see the mirror
     idx = torch.arange(3)
-    mirrored = tlkd.ViewBank.mirrored(3)
+    mirrored = FixedViews.mirrored(3)
     assert mirrored.n_views == 2
     assert torch.equal(mirrored.render(x, idx, idx * 0), x)
     assert torch.equal(mirrored.render(x, idx, idx * 0 + 1), x.flip(-1))
-    bank = tlkd.ViewBank.corrupted("center_black", 3, p=1.0, draws=2, seed=0, min_side=0.5, mirrors=False)
-    out = bank.render(x, idx, torch.tensor([0, 1, 0]))
+    views = FixedViews.corrupted("center_black", 3, p=1.0, draws=2, seed=0, min_side=0.5, mirrors=False)
+    out = views.render(x, idx, torch.tensor([0, 1, 0]))
     for i, draw in enumerate([0, 1, 0]):
-        side = int(round(float(bank.side[i, draw]) * 10))
+        side = int(round(float(views.side[i, draw]) * 10))
         top = (10 - side) // 2
         black = out[i, 0] == 0
         assert black.sum() == side * side
         assert black[top:top + side, top:top + side].all()
-    none = tlkd.ViewBank.corrupted("center_black", 3, p=0.0, draws=2, seed=0, mirrors=False)
+    none = FixedViews.corrupted("center_black", 3, p=0.0, draws=2, seed=0, mirrors=False)
     assert torch.equal(none.render(x, idx, torch.tensor([0, 1, 0])), x)
 
 
 def test_quarter_black_blacks_out_exactly_one_quadrant():
-    bank = tlkd.ViewBank.corrupted("quarter_black", 8, p=1.0, draws=1, seed=1, mirrors=False)
-    out = bank.render(torch.ones(8, 3, 12, 12), torch.arange(8), torch.zeros(8, dtype=torch.long))
+    views = FixedViews.corrupted("quarter_black", 8, p=1.0, draws=1, seed=1, mirrors=False)
+    out = views.render(torch.ones(8, 3, 12, 12), torch.arange(8), torch.zeros(8, dtype=torch.long))
     for i in range(8):
-        q = int(bank.quadrant[i, 0])
+        q = int(views.quadrant[i, 0])
         rows = slice(6, 12) if q // 2 else slice(0, 6)
         cols = slice(6, 12) if q % 2 else slice(0, 6)
         assert (out[i, :, rows, cols] == 0).all() and (out[i] == 0).sum() == 3 * 36
 
 
 def test_corrupted_share_matches_p_and_draws_are_fixed():
-    a = tlkd.ViewBank.corrupted("center_black", 4000, p=0.3, draws=4, seed=5)
-    b = tlkd.ViewBank.corrupted("center_black", 4000, p=0.3, draws=4, seed=5)
+    a = FixedViews.corrupted("center_black", 4000, p=0.3, draws=4, seed=5)
+    b = FixedViews.corrupted("center_black", 4000, p=0.3, draws=4, seed=5)
     assert torch.equal(a.apply, b.apply) and torch.equal(a.side, b.side)
     assert abs(a.apply.float().mean().item() - 0.3) < 0.02
     assert float(a.side.min()) >= 200 / 224 and float(a.side.max()) <= 1.0
     with pytest.raises(ConfigError, match="unknown corruption"):
-        tlkd.ViewBank.corrupted("blur", 4, p=0.1, draws=1)
+        FixedViews.corrupted("blur", 4, p=0.1, draws=1)
     with pytest.raises(ConfigError):
-        tlkd.ViewBank.corrupted("center_black", 4, p=1.5, draws=1)
+        FixedViews.corrupted("center_black", 4, p=1.5, draws=1)
 
 
 # --------------------------------------------------------------- cached features
@@ -84,20 +85,20 @@ def test_corrupted_share_matches_p_and_draws_are_fixed():
 def test_frozen_features_are_the_encoder_on_each_view_and_are_cached(networks, cache_dir):
     student, _ = networks
     data = split(10, 0)
-    bank = tlkd.ViewBank.mirrored(10)
-    feats = tlkd.frozen_features(student, data, bank, batch_size=4)
+    views = FixedViews.mirrored(10)
+    feats = frozen_features(student, data, views, batch_size=4)
     with torch.no_grad():
         assert torch.allclose(feats[0], student(data.images), atol=1e-6)
         assert torch.allclose(feats[1], student(data.images.flip(-1)), atol=1e-6)
     files = list(cache_dir.rglob("*.pt"))
     assert len(files) == 1
-    again = tlkd.frozen_features(student, data, bank, batch_size=4)
+    again = frozen_features(student, data, views, batch_size=4)
     assert torch.equal(feats, again) and list(cache_dir.rglob("*.pt")) == files
-    other = tlkd.ViewBank.corrupted("quarter_black", 10, p=0.5, draws=1, seed=0)
-    tlkd.frozen_features(student, data, other)
-    assert len(list(cache_dir.rglob("*.pt"))) == 2  # another view bank, another entry
-    with pytest.raises(ValueError, match="view bank"):
-        tlkd.frozen_features(student, data, tlkd.ViewBank.plain(9))
+    other = FixedViews.corrupted("quarter_black", 10, p=0.5, draws=1, seed=0)
+    frozen_features(student, data, other)
+    assert len(list(cache_dir.rglob("*.pt"))) == 2  # other views, another entry
+    with pytest.raises(ValueError, match="views are for"):
+        frozen_features(student, data, FixedViews.plain(9))
 
 
 @pytest.mark.parametrize("kind", ["none", "center_black"])
@@ -105,26 +106,26 @@ def test_cached_training_equals_the_plain_loop(networks, cache_dir, kind):
     """Same seed: the cached path trains the same head as backbones run at every step."""
     student, teacher = networks
     train, val, test = split(32, 1), split(12, 2), split(12, 3)
-    bank = (tlkd.ViewBank.mirrored(32) if kind == "none"
-            else tlkd.ViewBank.corrupted(kind, 32, p=0.5, draws=2, seed=0, min_side=0.5))
-    plain = tlkd.ViewBank.plain
+    views = (FixedViews.mirrored(32) if kind == "none"
+            else FixedViews.corrupted(kind, 32, p=0.5, draws=2, seed=0, min_side=0.5))
+    plain = FixedViews.plain
     hp = tlkd.HeadParams(epochs=2, batch_size=8, patience=None, lr=0.05)
-    t_train = tlkd.frozen_features(teacher, train, bank)
-    t_head = tlkd.train_head(tlkd.CachedSource(t_train), train.labels,
-                             tlkd.CachedSource(tlkd.frozen_features(teacher, val, plain(12))), val.labels, hp,
+    t_train = frozen_features(teacher, train, views)
+    t_head = tlkd.train_head(CachedSource(t_train), train.labels,
+                             CachedSource(frozen_features(teacher, val, plain(12))), val.labels, hp,
                              num_classes=4, seed=0).head
     kd = hp.replace(alpha=0.5, temperature=4.0)
     cached = tlkd.train_head(
-        tlkd.CachedSource(tlkd.frozen_features(student, train, bank), tlkd.view_logits(t_head, t_train)),
-        train.labels, tlkd.CachedSource(tlkd.frozen_features(student, val, plain(12))), val.labels, kd,
+        CachedSource(frozen_features(student, train, views), view_logits(t_head, t_train)),
+        train.labels, CachedSource(frozen_features(student, val, plain(12))), val.labels, kd,
         num_classes=4, seed=7)
     reference = tlkd.train_head(
-        tlkd.PlainSource(student, train, bank, torch.nn.Sequential(teacher, t_head)), train.labels,
-        tlkd.PlainSource(student, val, plain(12)), val.labels, kd, num_classes=4, seed=7)
+        PlainSource(student, train, views, torch.nn.Sequential(teacher, t_head)), train.labels,
+        PlainSource(student, val, plain(12)), val.labels, kd, num_classes=4, seed=7)
     for key in ("train_loss", "train_kd", "train_ce", "val_acc", "val_loss"):
         assert np.allclose(cached.history.series(key), reference.history.series(key), atol=1e-5), key
-    logits_c = tlkd.head_logits(cached.head, tlkd.CachedSource(tlkd.frozen_features(student, test, plain(12))))
-    logits_p = tlkd.head_logits(reference.head, tlkd.PlainSource(student, test, plain(12)))
+    logits_c = head_logits(cached.head, CachedSource(frozen_features(student, test, plain(12))))
+    logits_p = head_logits(reference.head, PlainSource(student, test, plain(12)))
     assert torch.allclose(logits_c, logits_p, atol=1e-5)
     assert torch.equal(logits_c.argmax(1), logits_p.argmax(1))
 
@@ -134,24 +135,24 @@ def test_train_head_is_reproducible_and_checks_its_inputs():
     feats, val = torch.randn(2, 30, 6, generator=g), torch.randn(1, 10, 6, generator=g)
     y, yv = torch.arange(30) % 3, torch.arange(10) % 3
     hp = tlkd.HeadParams(epochs=2, batch_size=8)
-    a = tlkd.train_head(tlkd.CachedSource(feats), y, tlkd.CachedSource(val), yv, hp, num_classes=3, seed=4)
-    b = tlkd.train_head(tlkd.CachedSource(feats), y, tlkd.CachedSource(val), yv, hp, num_classes=3, seed=4)
+    a = tlkd.train_head(CachedSource(feats), y, CachedSource(val), yv, hp, num_classes=3, seed=4)
+    b = tlkd.train_head(CachedSource(feats), y, CachedSource(val), yv, hp, num_classes=3, seed=4)
     assert torch.equal(a.head[1].weight, b.head[1].weight) and not a.head.training
     assert [type(m).__name__ for m in a.head] == ["Dropout", "Linear"] and a.head[0].p == 0.2
     with pytest.raises(ConfigError, match="teacher logits"):
-        tlkd.train_head(tlkd.CachedSource(feats), y, tlkd.CachedSource(val), yv, hp.replace(alpha=0.1),
+        tlkd.train_head(CachedSource(feats), y, CachedSource(val), yv, hp.replace(alpha=0.1),
                         num_classes=3, seed=0)
     with pytest.raises(ValueError, match="one label per image"):
-        tlkd.train_head(tlkd.CachedSource(feats), y[:5], tlkd.CachedSource(val), yv, hp, num_classes=3, seed=0)
+        tlkd.train_head(CachedSource(feats), y[:5], CachedSource(val), yv, hp, num_classes=3, seed=0)
     with pytest.raises(ValueError, match="do not match"):
-        tlkd.CachedSource(feats, torch.zeros(2, 29, 3))
+        CachedSource(feats, torch.zeros(2, 29, 3))
 
 
 def test_tl_vs_kd_reports_each_seed():
     g = torch.Generator().manual_seed(0)
-    sources = lambda d: {"train": tlkd.CachedSource(torch.randn(2, 24, d, generator=g)),  # noqa: E731
-                         "val": tlkd.CachedSource(torch.randn(1, 9, d, generator=g)),
-                         "test": tlkd.CachedSource(torch.randn(1, 9, d, generator=g))}
+    sources = lambda d: {"train": CachedSource(torch.randn(2, 24, d, generator=g)),  # noqa: E731
+                         "val": CachedSource(torch.randn(1, 9, d, generator=g)),
+                         "test": CachedSource(torch.randn(1, 9, d, generator=g))}
     labels = {"train": torch.arange(24) % 3, "val": torch.arange(9) % 3, "test": torch.arange(9) % 3}
     out = tlkd.tl_vs_kd(sources(5), sources(7), labels, tlkd.HeadParams(epochs=1, patience=None), 0.1, [1, 7],
                         num_classes=3)
@@ -201,15 +202,15 @@ def test_per_class_gain_by_hand():
     y = [0, 0, 0, 0, 1, 1, 2, 2]
     tl = [0, 1, 1, 1, 1, 1, 0, 0]
     kd = [0, 0, 0, 1, 1, 0, 2, 0]
-    rows = tlkd.per_class_gain(y, tl, kd, ["a", "b", "c"])
+    rows = tlkd_analysis.per_class_gain(y, tl, kd, ["a", "b", "c"])
     assert rows[0] == {"class": "a", "N": 4, "TP1": 1, "TP2": 3, "TP2-TP1": 2, "error_decrement": 2 / 3}
     assert rows[1] == {"class": "b", "N": 2, "TP1": 2, "TP2": 1, "TP2-TP1": -1, "error_decrement": None}
     assert rows[2]["error_decrement"] == 0.5
 
 
 def test_first_epoch_reaching():
-    assert tlkd.first_epoch_reaching([10, 50, 80, 79, 90], 80) == 3
-    assert tlkd.first_epoch_reaching([10, 20], 30) is None
+    assert tlkd_analysis.first_epoch_reaching([10, 50, 80, 79, 90], 80) == 3
+    assert tlkd_analysis.first_epoch_reaching([10, 20], 30) is None
 
 
 def test_foreground_analysis_columns_and_tests():
@@ -217,7 +218,7 @@ def test_foreground_analysis_columns_and_tests():
           "bg_pos": np.array([3.0, 3.0, 3.0, 3.0, 3.0]), "fg_neg": np.array([-1.0, -2.0, -3.0, -4.0, -5.0])}
     kd = {"fg_diff": np.array([2.0, 4.0, 1.0, 5.0, 6.0]), "bg_diff": np.array([1.0, 1.0, 0.0, 4.0, 2.0]),
           "bg_pos": np.array([2.0, 2.0, 2.0, 2.0, 2.0]), "fg_neg": np.array([-0.5, -1.0, -1.5, -2.0, -2.5])}
-    cols, tests = tlkd.foreground_analysis(tl, kd)
+    cols, tests = tlkd_analysis.foreground_analysis(tl, kd)
     assert cols["A/B"].tolist() == [0.5, 0.5, 0.0, 0.8, 0.5]
     assert np.isnan(cols["C/D"][2]) and cols["C/D"][0] == 2.0
     assert np.isnan(cols["(A/B)/(C/D)"][2]) and cols["(A/B)/(C/D)"][0] == 0.25
@@ -238,12 +239,12 @@ def test_study_seeds():
 
 def test_paper_requirements_name_data_and_weights(tmp_path):
     cfg = load_profile("paper", data_root=str(tmp_path))
-    need = tlkd.paper_requirements(cfg)
+    need = tlkd_data.paper_requirements(cfg)
     assert need["CIFAR-10 python batches"][0] == tmp_path / "cifar-10-batches-py"
     weights = [k for k in need if "weights" in k]
     assert len(weights) == 3 and any("vit_b_16 IMAGENET1K_SWAG_E2E_V1" in k for k in weights)
     assert need["teacher weights vit_b_16 IMAGENET1K_SWAG_E2E_V1"][0].name.startswith("vit_b_16_swag")
-    dry = tlkd.paper_requirements(load_profile("paper", data_root=str(tmp_path), dry_run=True,
+    dry = tlkd_data.paper_requirements(load_profile("paper", data_root=str(tmp_path), dry_run=True,
                                                s4_mask_annotations=str(tmp_path / "masks.json")))
     assert set(dry) == {"CIFAR-10 python batches", "foreground polygon annotations"}
     with pytest.raises(ConfigError, match="weight set"):
@@ -259,7 +260,7 @@ def test_paper_data_from_cifar_batches_with_polygon_masks(tmp_path):
         "annotations": [{"id": 1, "image_id": 7, "segmentation": [[0, 0, 32, 0, 32, 32, 0, 32]]}]}))
     cfg = load_profile("paper", data_root=str(tmp_path), s4_verify_data=False, s4_val_fraction=0.25,
                        s4_mask_annotations=str(tmp_path / "masks.json"))
-    data = tlkd.load_data(cfg)
+    data = tlkd_data.load_data(cfg)
     assert (len(data.train), len(data.val), len(data.test)) == (30, 10, 12)
     assert data.class_names[0] == "airplane" and data.source == "CIFAR-10"
     test_images, test_labels = written["test"]
@@ -268,22 +269,22 @@ def test_paper_data_from_cifar_batches_with_polygon_masks(tmp_path):
     assert data.test.has_mask.tolist() == [i == 3 for i in range(12)]
     assert data.test.masks[3].sum() == 16 * 16 and data.test.masks[3][:16, :16].all()  # 64 px polygon -> 32 px
     with pytest.raises(Exception, match="MD5|checksum"):
-        tlkd.load_data(load_profile("paper", data_root=str(tmp_path)))
+        tlkd_data.load_data(load_profile("paper", data_root=str(tmp_path)))
 
 
 def test_dry_run_torchvision_encoders_are_the_real_architectures():
     cfg = load_profile("paper", dry_run=True)
-    student, info = tlkd.load_encoder("resnet18", cfg, weights="IMAGENET1K_V1", input_size=32)
+    student, info = tlkd_backbones.load_encoder("resnet18", cfg, weights="IMAGENET1K_V1", input_size=32)
     assert info["weights"] == "random (dry run)" and info["parameters"] == 11_176_512
     x = torch.rand(2, 3, 16, 16)
     from kdutils.attribution import check_shap_safe
 
     check_shap_safe(student, x)  # the student is explained with DeepExplainer
     assert student(x).shape == (2, 512) and not any(p.requires_grad for p in student.parameters())
-    teacher, tinfo = tlkd.load_encoder("vit_b_16", cfg, weights="IMAGENET1K_SWAG_E2E_V1", input_size=32,
+    teacher, tinfo = tlkd_backbones.load_encoder("vit_b_16", cfg, weights="IMAGENET1K_SWAG_E2E_V1", input_size=32,
                                        teacher=True)
     assert teacher(x).shape == (2, 768) and tinfo["input_size"] == 32
-    again, _ = tlkd.load_encoder("resnet18", cfg, weights="IMAGENET1K_V1", input_size=32)
+    again, _ = tlkd_backbones.load_encoder("resnet18", cfg, weights="IMAGENET1K_V1", input_size=32)
     assert torch.equal(student(x), again(x))  # seeded random weights
 
 
@@ -299,7 +300,7 @@ def test_benchmark_runs_both_paths_at_tiny(capsys):
 def test_study4_takes_one_backbone_seed_and_says_so_for_several():
     cfg = load_profile("tiny", seeds=[0, 1], backbone_seeds=[0, 1])
     with pytest.raises(ConfigError, match="once per backbone seed"):
-        tlkd.load_encoder(cfg.student_arch, cfg)
-    one, _ = tlkd.load_encoder(cfg.student_arch, load_profile("tiny", backbone_seeds=[1]))
-    zero, _ = tlkd.load_encoder(cfg.student_arch, load_profile("tiny"))
+        tlkd_backbones.load_encoder(cfg.student_arch, cfg)
+    one, _ = tlkd_backbones.load_encoder(cfg.student_arch, load_profile("tiny", backbone_seeds=[1]))
+    zero, _ = tlkd_backbones.load_encoder(cfg.student_arch, load_profile("tiny"))
     assert any(not torch.equal(a, b) for a, b in zip(one.parameters(), zero.parameters()))

@@ -7,18 +7,10 @@ import time
 from torch import nn
 
 from .. import metrics
-from ..tlkd import (
-    CachedSource,
-    HeadParams,
-    PlainSource,
-    ViewBank,
-    frozen_features,
-    head_logits,
-    load_data,
-    load_encoder,
-    train_head,
-    view_logits,
-)
+from ..tlkd import HeadParams, train_head
+from ..tlkd_backbones import load_encoder
+from ..tlkd_data import load_data
+from ..tlkd_features import CachedSource, FixedViews, PlainSource, frozen_features, head_logits, view_logits
 
 
 def run(profile: str = "small", epochs: int = 3, seed: int = 0) -> dict:
@@ -39,7 +31,7 @@ def run(profile: str = "small", epochs: int = 3, seed: int = 0) -> dict:
                               input_size=cfg.s4_teacher_input_size, teacher=True)
     hp = HeadParams.from_config(cfg).replace(epochs=epochs, patience=None, restore_best=False)
     n_cls = data.num_classes
-    flips, plain = ViewBank.mirrored(len(data.train)), ViewBank.plain
+    flips, plain = FixedViews.mirrored(len(data.train)), FixedViews.plain
     t0 = time.perf_counter()
     s_tr = frozen_features(student, data.train, flips, use_cache=False)
     s_va = frozen_features(student, data.val, plain(len(data.val)), use_cache=False)

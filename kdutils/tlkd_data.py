@@ -1,0 +1,151 @@
+"""Study 4's data: the SynthWorld target task (tiny / small) or CIFAR-10 (paper), and what paper needs.
+
+Images are float [0, 1] NCHW with a content hash (`Split.key`), so the frozen-feature cache
+(`tlkd_features.frozen_features`) is keyed by the pixels and labels themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+from .models import weights_requirement
+from .paths import under
+
+__all__ = ["array_digest", "Split", "StudyData", "load_data", "paper_requirements"]
+
+
+def array_digest(*arrays) -> str:
+    """A short content hash of arrays: the cache key of a split (or of any tensor a result depends on)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Split:
+    """Images (float (N, 3, H, W) in [0, 1]), labels, and foreground masks where known.
+
+    `key` identifies the pixels and labels (a content hash) for the feature
+    cache. `masks` is (N, H, W) bool and `has_mask` (N,) says which are real.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    key: str
+    masks: np.ndarray | None = None
+    has_mask: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices) -> "Split":
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        masks = None if self.masks is None else self.masks[idx.numpy()]
+        has = None if self.has_mask is None else self.has_mask[idx.numpy()]
+        return Split(self.images[idx], self.labels[idx], f"{self.key}[{array_digest(idx.numpy())}]", masks, has)
+
+
+@dataclass
+class StudyData:
+    """The three splits of one dataset, with its class names and where it came from."""
+
+    train: Split
+    val: Split
+    test: Split
+    class_names: list[str]
+    source: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _split(images_u8: np.ndarray, labels: np.ndarray, masks=None) -> Split:
+    labels = np.asarray(labels, dtype=np.int64)
+    has = None if masks is None else np.ones(len(labels), dtype=bool)
+    images = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float().div_(255)
+    return Split(images, torch.from_numpy(labels), array_digest(images_u8, labels), masks, has)
+
+
+def load_data(cfg) -> StudyData:
+    """The study's train / validation / test splits.
+
+    tiny / small: the SynthWorld target task (10 shapes) with its exact masks.
+    paper: CIFAR-10 from the official python batches under `data_root`; the
+    last `s4_val_fraction` of a fixed permutation of the training set is held
+    out for validation (early stopping), the official test set is the test
+    set, and foreground masks come from `s4_mask_annotations` when given.
+    """
+    if cfg.profile != "paper":
+        from .pretrain import synth_split
+
+        parts = {}
+        for name in ("train", "val", "test"):
+            b = synth_split(cfg, f"target_{name}")
+            parts[name] = _split(b.images, b.labels, b.masks)
+        return StudyData(**parts, class_names=list(b.class_names), source="SynthWorld target task")
+
+    from .datasets import cifar
+
+    root = under(cfg.data_root)
+    train_ds = cifar(root, "cifar10", train=True, verify=cfg.s4_verify_data)
+    test_ds = cifar(root, "cifar10", train=False, verify=cfg.s4_verify_data)
+    x, y = np.asarray(train_ds.data), np.asarray(train_ds.targets)
+    order = np.random.default_rng(0).permutation(len(y))
+    n_val = int(round(cfg.s4_val_fraction * len(y)))
+    if not 0 < n_val < len(y):
+        raise ConfigError(f"s4_val_fraction={cfg.s4_val_fraction} leaves no training or validation images.")
+    tr, va = np.sort(order[:-n_val]), np.sort(order[-n_val:])
+    xt, yt = np.asarray(test_ds.data), np.asarray(test_ds.targets)
+    test = _split(xt, yt)
+    if cfg.s4_mask_annotations:
+        test.masks, test.has_mask = _annotated_masks(under(cfg.s4_mask_annotations), len(yt), xt.shape[1:3])
+    return StudyData(_split(x[tr], y[tr]), _split(x[va], y[va]), test, class_names=list(train_ds.classes),
+                     source="CIFAR-10")
+
+
+def _annotated_masks(path: Path, n: int, size) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the annotated test images (index = last number in the file name), nearest-resized."""
+    from PIL import Image
+
+    from .attribution import coco_polygon_masks, index_from_file_name
+
+    masks, has = np.zeros((n, *size), dtype=bool), np.zeros(n, dtype=bool)
+    for name, mask in coco_polygon_masks(path).items():
+        i = index_from_file_name(name)
+        if not 0 <= i < n:
+            raise ConfigError(f"{path}: annotated image '{name}' has index {i}, outside the test set (0-{n - 1}).")
+        if mask.shape != tuple(size):
+            mask = np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
+        masks[i], has[i] = mask, True
+    return masks, has
+
+
+def paper_requirements(cfg) -> dict:
+    """{what: (path, how to get it)} for `session.require_files` at the paper profile.
+
+    Data always (dry runs read fixture batches); weights unless `dry_run`
+    (which allows random weights); the mask annotations when configured.
+    """
+    root = under(cfg.data_root)
+    need = {"CIFAR-10 python batches": (
+        root / "cifar-10-batches-py",
+        f"Download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it into '{root}' "
+        "(or set data_root).")}
+    if not cfg.dry_run:
+        for role, arch, weights in (("student", cfg.student_arch, cfg.s4_student_weights),
+                                    ("teacher", cfg.teacher_arch, cfg.s4_teacher_weights),
+                                    ("H4 teacher", cfg.s4_h4_teacher_arch, cfg.s4_h4_teacher_weights)):
+            need[f"{role} weights {arch} {weights}"] = weights_requirement(arch, weights)
+    if cfg.s4_mask_annotations:
+        need["foreground polygon annotations"] = (
+            under(cfg.s4_mask_annotations),
+            "Export COCO-format polygons from the VGG Image Annotator; name each image by its test index.")
+    return need

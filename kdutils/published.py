@@ -105,7 +105,7 @@ def _roberta(cfg):
 
 def _ssl(method):
     def train(cfg):
-        from .kassl import ssl_teacher
+        from .kassl_encoders import ssl_teacher
 
         return ssl_teacher(method, cfg, probe_it=True)
     return train

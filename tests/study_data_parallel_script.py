@@ -1,5 +1,5 @@
-"""Study 3's KASSL student and BYOL baseline through `kassl.train_student` / `train_baseline` with a profile's
-`num_processes`: the study data-parallel test runs it with 1 and with 2 processes.
+"""Study 3's KASSL student and BYOL baseline through `kassl.train_student` / `kassl_encoders.train_baseline` with a
+profile's `num_processes`: the study data-parallel test runs it with 1 and with 2 processes.
 
 Usage: python study_data_parallel_script.py OUT_DIR PROCESSES. Toy data (45 images of 16x16, batches of 15, so
 two processes get shares of 7 and 8), a toy frozen teacher, the cache in OUT_DIR/cache. Writes OUT_DIR/result.pt
@@ -17,8 +17,12 @@ import torch
 from torch import nn
 
 from kdutils import kassl
+from kdutils.kassl_data import KASSLData
+from kdutils.kassl_encoders import train_baseline
+from kdutils.kassl_views import AugmentedViewBank
 from kdutils.profiles import load_profile
 from kdutils.ssl import view_pair
+from kdutils.teacher import FrozenTeacher
 
 cfg = load_profile("tiny", num_processes=processes, s3_kassl_batch=15, s3_kassl_epochs=2, s3_kassl_lr=0.02,
                    s3_kassl_warmup_epochs=0, s3_extension_hidden=16, s3_reduced_dim=4, s3_ssl_batch=15,
@@ -27,15 +31,15 @@ gen = torch.Generator().manual_seed(3)
 images = (torch.rand(45, 3, 16, 16, generator=gen) * 255).to(torch.uint8)
 labels = torch.arange(45) % 3
 dataset = torch.utils.data.TensorDataset(images, labels)
-data = kassl.KASSLData(dataset, dataset, dataset, 16, 16, {"train": {"toy": 45}, "test": {"toy": 45}}, images, 3,
-                       ["a", "b", "c"])
+data = KASSLData(dataset, dataset, dataset, 16, 16, {"train": {"toy": 45}, "test": {"toy": 45}}, images, 3,
+                 ["a", "b", "c"])
 torch.manual_seed(4)
-teacher = kassl.FrozenTeacher(nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
-                              (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-bank = kassl.ViewBank.draw(images, view_pair(cfg.s3_view_preset, out_size=16), 4, 0, data.keys["train"])
+teacher = FrozenTeacher(nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+                        (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+bank = AugmentedViewBank.draw(images, view_pair(cfg.s3_view_preset, out_size=16), 4, 0, data.keys["train"])
 student, student_history = kassl.train_student(teacher, {"name": "toy", "feature_dim": 8}, "feature_reduction",
                                                cfg, data, 0, "cpu", bank)
-baseline, baseline_history = kassl.train_baseline(cfg, data, 0, "cpu")
+baseline, baseline_history = train_baseline(cfg, data, 0, "cpu")
 torch.save({"student": student.state_dict(), "student_history": student_history,
             "baseline": baseline.state_dict(), "baseline_history": baseline_history,
             "accelerate_imported": "accelerate" in sys.modules}, out / "result.pt")

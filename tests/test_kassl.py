@@ -11,8 +11,12 @@ from torch import nn
 from kdutils import kassl
 from kdutils.distillers import FeatureRegression, spread
 from kdutils.errors import ConfigError
-from kdutils.kassl import BankViews, EncoderExtension, KASSLStudent, SameImage, ViewBank, feature_pairs, train_kassl
+from kdutils.kassl import EncoderExtension, KASSLStudent, feature_pairs, train_kassl
+from kdutils.kassl_config import VARIANTS
+from kdutils.kassl_encoders import student_backbone
+from kdutils.kassl_views import AugmentedViewBank, BankViews, SameImage
 from kdutils.ssl import ViewAugment
+from kdutils.teacher import FrozenTeacher
 from kdutils.train import Recipe
 
 
@@ -72,7 +76,7 @@ def _bank(n=12, k=4, seed=0):
     images = (torch.rand(n, 3, 8, 8) * 255).to(torch.uint8)
     pair = (ViewAugment(crop_scale=(0.5, 1), blur_p=0.0), ViewAugment(crop_scale=(0.5, 1), blur_p=0.0,
                                                                       solarize_p=1.0))
-    return ViewBank.draw(images, pair, k, seed, {"fixture": n}), images
+    return AugmentedViewBank.draw(images, pair, k, seed, {"fixture": n}), images
 
 
 def test_view_bank_is_seeded_uint8_and_uses_both_augmentations():
@@ -85,15 +89,15 @@ def test_view_bank_is_seeded_uint8_and_uses_both_augmentations():
     # views 2 and 3 come from the solarising augmentation: no pixel above 50% ... after solarising
     assert bank.views[:, 2:].max() <= 128 and bank.views[:, :2].max() > 200
     with pytest.raises(ConfigError):
-        ViewBank.draw(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), (ViewAugment(),) * 2, 3, 0, {})
+        AugmentedViewBank.draw(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), (ViewAugment(),) * 2, 3, 0, {})
 
 
 def test_cached_teacher_features_give_the_same_training_as_a_live_teacher(tmp_path, monkeypatch):
     monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path))
     bank, _ = _bank(n=16)
     torch.manual_seed(5)
-    teacher = kassl.FrozenTeacher(nn.Sequential(nn.Conv2d(3, 5, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
-                                  (0, 0, 0), (1, 1, 1))
+    teacher = FrozenTeacher(nn.Sequential(nn.Conv2d(3, 5, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+                            (0, 0, 0), (1, 1, 1))
     features = bank.features(teacher, "cpu")
     assert features.shape == (16, 4, 5)
     assert torch.equal(bank.features(teacher, "cpu"), features)  # second call: from the cache
@@ -131,13 +135,13 @@ def test_same_image_path_uses_index_lookup_and_center_crop():
 def test_student_backbones_at_each_scale():
     from kdutils.profiles import load_profile
 
-    net, dim = kassl.student_backbone(load_profile("tiny"))
+    net, dim = student_backbone(load_profile("tiny"))
     assert dim == net.feature_dim and net(torch.rand(2, 3, 32, 32)).shape == (2, dim)
-    net, dim = kassl.student_backbone(load_profile("paper"))
+    net, dim = student_backbone(load_profile("paper"))
     assert dim == 512 and net(torch.rand(2, 3, 32, 32)).shape == (2, 512)
     with pytest.raises(ConfigError):
         kassl.train_student(None, {"feature_dim": 4}, "no_such_variant", load_profile("tiny"), None, 0, "cpu")
-    assert copy.deepcopy(kassl.VARIANTS)["no_aug_fr"] == (False, True)
+    assert copy.deepcopy(VARIANTS)["no_aug_fr"] == (False, True)
 
 
 def test_standardised_targets_and_the_mean_direction_reference():

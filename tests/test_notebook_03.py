@@ -9,9 +9,10 @@ import pytest
 import torch
 import torchvision
 
-from kdutils import kassl, runner
+from kdutils import runner
 from kdutils.stats import VERDICTS, paired_verdict
 from kdutils.datasets import imagenet100_classes
+from kdutils.kassl_config import TEACHER_LABELS, VARIANTS, grid
 from kdutils.profiles import load_profile
 from tests.fixtures import paper_run_failure, write_image_folder
 
@@ -29,8 +30,8 @@ def _check_results(results: dict, profile: str, teachers: list[str], grid: list[
         assert 0 <= cell["top1"] <= cell["top5"] <= 100
     assert [tuple(g) for g in m["grid"]] == grid
     assert len(m["tables"]["this_run"]) == 2 * len(teachers)
-    assert m["tables"]["paper"]["BYOL top-1"] == {"teacher": 81.46, "baseline": 63.52, "original": 81.82, "no_aug": 81.04,
-                                                  "feature_reduction": 76.18, "no_aug_fr": 75.50}
+    assert m["tables"]["paper"]["BYOL top-1"] == {"teacher": 81.46, "baseline": 63.52, "original": 81.82,
+                                                  "no_aug": 81.04, "feature_reduction": 76.18, "no_aug_fr": 75.50}
     for (t, v) in grid:
         steps = m["loss_histories"]["kassl"][f"{t}/{v}/0"]["steps"]
         assert steps and all(-1.0 <= x <= 1.0 for x in steps)
@@ -52,7 +53,7 @@ def test_kassl_notebook_at_tiny(tmp_path):
     out = tmp_path / "03_kassl"
     results = json.loads((out / "results.json").read_text())
     cfg = load_profile("tiny")
-    m = _check_results(results, "tiny", cfg.s3_teachers, kassl.grid(cfg))
+    m = _check_results(results, "tiny", cfg.s3_teachers, grid(cfg))
     ssl_steps = m["loss_histories"]["teachers"]["byol"]["steps"]
     assert ssl_steps and all(0 <= x <= 8 for x in ssl_steps)  # BYOL's summed loss range
     assert m["loss_histories"]["teachers"]["supervised"] is None
@@ -103,9 +104,10 @@ def test_kassl_notebook_paper_dry_run_on_fixtures(tmp_path, monkeypatch):
     runner.run(["03_kassl"], "paper", params, output_root=tmp_path / "out", progress=False)
     results = json.loads((tmp_path / "out" / "03_kassl" / "results.json").read_text())
     cfg = load_profile("paper")
-    m = _check_results(results, "paper", cfg.s3_teachers, kassl.grid(cfg))
+    m = _check_results(results, "paper", cfg.s3_teachers, grid(cfg))
     assert m["teachers"]["byol"]["format"] == "backbone" and m["teachers"]["moco_v2"]["format"] == "moco"
-    assert m["teachers"]["byol"]["feature_dim"] == 2048 and m["teachers"]["byol"]["tensors_loaded"] == 318  # ResNet-50 without fc
+    # ResNet-50 without fc
+    assert m["teachers"]["byol"]["feature_dim"] == 2048 and m["teachers"]["byol"]["tensors_loaded"] == 318
     assert m["data"] == {"train": 300, "probe_train": 300, "probe_test": 100, "classes": 100, "size": 32}
     # dry run: two optimisation steps per phase
     assert all(len(h["steps"]) == 2 for h in m["loss_histories"]["kassl"].values())
@@ -124,7 +126,8 @@ def test_kassl_notebook_paper_without_inputs_fails_fast(tmp_path):
 
 # ------------------------------------------------------------ the notebook's own table and claims cells
 
-STARTS = ("PAPER = {", "def table_row(", "mean, std = mean_std_over_seeds(", "def seed_values(", "def byol_summary_claims(")
+STARTS = ("PAPER = {", "def table_row(", "mean, std = mean_std_over_seeds(", "def seed_values(",
+          "def byol_summary_claims(")
 
 
 def _presentation(per_seed: dict, teachers: list[str]) -> dict:
@@ -140,7 +143,7 @@ def _presentation(per_seed: dict, teachers: list[str]) -> dict:
 
     cells = [c.source for c in nbformat.read(NOTEBOOKS_DIR / "03_kassl.ipynb", 4).cells if c.cell_type == "code"]
     namespace = {"np": np, "pd": pd, "session": session, "stats": stats, "display": lambda *args, **kwargs: None,
-                 "TEACHER_LABELS": kassl.TEACHER_LABELS, "VARIANTS": kassl.VARIANTS, "per_seed": per_seed,
+                 "TEACHER_LABELS": TEACHER_LABELS, "VARIANTS": VARIANTS, "per_seed": per_seed,
                  "SEEDS": list(per_seed),
                  "cfg": types.SimpleNamespace(profile="small", s3_teachers=teachers, s3_target_norm="standardize")}
     for start in STARTS:
@@ -183,7 +186,8 @@ def test_the_presentation_table_planted_reproduces_every_claim():
     assert byol["best_student_over_teacher_pct"] == pytest.approx(stated["best_student_over_teacher_pct"], abs=0.01)
     assert byol["mean_gain_over_baseline_pts"] == pytest.approx(stated["mean_gain_over_baseline_pts"], abs=0.01)
     both = ns["ratio_summary"]({t: ns["PAPER"][t]["top1"] for t in ("byol", "moco_v2")})
-    assert both["cells"] == 8 and both["mean_gain_over_baseline_pts"] == pytest.approx(15.115, abs=1e-3)  # no MoCo baseline
+    # no MoCo baseline
+    assert both["cells"] == 8 and both["mean_gain_over_baseline_pts"] == pytest.approx(15.115, abs=1e-3)
     assert ns["ratios"](ns["PAPER"]["moco_v2"]["top1"])["original"]["gain_over_baseline_pts"] is None
     # the mean table over seeds is the planted one (the jitter averages out), std is the sample std
     assert ns["mean"]["students"]["byol"]["original"]["top1"] == pytest.approx(81.82)
@@ -206,8 +210,8 @@ def test_the_presentation_table_planted_reproduces_every_claim():
 def test_the_claims_cells_judge_planted_failures_noise_and_cells_not_run():
     """A supervised teacher with two variants run, a BYOL teacher with three and a baseline below random weights,
     a noisy feature-reduction effect, and one seed: each claim gets the verdict its planted numbers call for."""
-    supervised = {s: _probes({"supervised": {"original": 60.0 + d, "feature_reduction": 50.0 - d}}, {"supervised": 70.0},
-                             30.0) for s, d in enumerate((0.0, 0.5, -0.4))}
+    supervised = {s: _probes({"supervised": {"original": 60.0 + d, "feature_reduction": 50.0 - d}},
+                             {"supervised": 70.0}, 30.0) for s, d in enumerate((0.0, 0.5, -0.4))}
     rows = _verdicts(_presentation(supervised, ["supervised"]))
     close = rows["Supervised teacher: the student comes within 10% of its teacher (original, top-1)"]
     assert close["verdict"] == "not reproduced" and close["ours"]["n"] == 3  # 85.7% < 90% in every seed
@@ -219,9 +223,10 @@ def test_the_claims_cells_judge_planted_failures_noise_and_cells_not_run():
                 "Supervised teacher: the KASSL student beats random weights (original, top-1)": "reproduced",
                 "the BYOL baseline beats random weights of its architecture (top-1)": "reproduced"}
     scope = "top-1, the BYOL teacher's cells (0 of 4 run)"
-    expected |= {f"the student reaches on average 96.5% of its teacher ({scope})": "not measured at this profile",
-                 f"the student beats the baseline by +15.12 points on average ({scope})": "not measured at this profile",
-                 f"the student's best gain over the baseline is +18.3 points ({scope})": "not measured at this profile"}
+    expected |= {claim: "not measured at this profile"
+                 for claim in (f"the student reaches on average 96.5% of its teacher ({scope})",
+                               f"the student beats the baseline by +15.12 points on average ({scope})",
+                               f"the student's best gain over the baseline is +18.3 points ({scope})")}
     assert len(rows) == len(expected) + 2 and all(rows[k]["verdict"] == v for k, v in expected.items())
 
     byol = {d: _probes({"byol": {"original": 40.0 + d, "feature_reduction": 35.0, "no_aug": 41.0}}, {"byol": 70.0},
@@ -235,7 +240,8 @@ def test_the_claims_cells_judge_planted_failures_noise_and_cells_not_run():
     best = rows[f"the student's best gain over the baseline is +18.3 points ({scope})"]
     assert best["paper"] == "+18.3 pts" and best["ours"]["per_seed"] == pytest.approx([23.0, 22.9, 23.8])
     assert rows[f"the student reaches on average 96.5% of its teacher ({scope})"]["verdict"] == "not reproduced"
-    assert rows["BYOL teacher: dropping augmentation changes little (top-1)"]["verdict"] == "within noise"  # 2 - |1 - d|
+    # 2 - |1 - d|
+    assert rows["BYOL teacher: dropping augmentation changes little (top-1)"]["verdict"] == "within noise"
     weak = rows["the BYOL baseline beats random weights of its architecture (top-1)"]
     assert weak["kind"] == "precondition" and weak["verdict"] == "not reproduced" and "weak reference" in weak["note"]
     assert rows["BYOL teacher beats random weights (top-1)"]["verdict"] == "reproduced"

@@ -81,19 +81,19 @@ def test_a_tampered_or_missing_file_raises_naming_it_and_the_remedy(tiny_publish
 
 @pytest.mark.parametrize("method", ["byol", "moco_v2"])
 def test_the_small_profile_loads_the_shipped_ssl_teachers_without_training(method, monkeypatch):
-    from kdutils import kassl
+    from kdutils import kassl_encoders
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained in-run: the shipped recipe no longer matches the small profile")
 
-    monkeypatch.setattr(kassl, "_train_ssl_encoder", no_training)
-    encoder, summary = kassl.ssl_teacher(method, load_profile("small"))
+    monkeypatch.setattr(kassl_encoders, "_train_ssl_encoder", no_training)
+    encoder, summary = kassl_encoders.ssl_teacher(method, load_profile("small"))
     assert summary["published"]["file"] == f"ssl-{method}-resnet_m.pt.gz" and not encoder.training
 
 
 def test_study3_takes_one_backbone_seed_and_says_so_for_several():
-    from kdutils import kassl
     from kdutils.errors import ConfigError
+    from kdutils.kassl_encoders import load_teacher
 
     with pytest.raises(ConfigError, match="once per backbone seed"):
-        kassl.load_teacher("byol", load_profile("tiny", seeds=[0, 1], backbone_seeds=[0, 1]), "cpu")
+        load_teacher("byol", load_profile("tiny", seeds=[0, 1], backbone_seeds=[0, 1]), "cpu")

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from ..kassl import (
-    BankViews,
-    KASSLStudent,
-    ViewBank,
-    feature_dim_of,
-    load_data,
-    train_kassl,
-)
+from ..kassl import KASSLStudent, train_kassl
+from ..kassl_data import load_data
+from ..kassl_encoders import feature_dim_of
+from ..kassl_views import AugmentedViewBank, BankViews
 from ..ssl import view_pair
 from ..teacher import FrozenTeacher
 from ..train import Recipe, seed_everything
@@ -33,7 +29,7 @@ def run(n_images: int = 1024, views: int = 4, epochs: int = 4, students: int = 2
     data = load_data(cfg)
     torch.manual_seed(0)
     teacher = FrozenTeacher(small_resnet(cfg.teacher_arch), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    bank = ViewBank.draw(data.images, view_pair(cfg.s3_view_preset), views, 0, data.keys["train"])
+    bank = AugmentedViewBank.draw(data.images, view_pair(cfg.s3_view_preset), views, 0, data.keys["train"])
     teacher_dim = feature_dim_of(teacher, data.size)
 
     def train_once(source, n_epochs=epochs):
@@ -77,7 +73,7 @@ def run(n_images: int = 1024, views: int = 4, epochs: int = 4, students: int = 2
     return result
 
 
-def _cold_features(bank: ViewBank, teacher: FrozenTeacher) -> tuple[torch.Tensor, float]:
+def _cold_features(bank: AugmentedViewBank, teacher: FrozenTeacher) -> tuple[torch.Tensor, float]:
     """The bank's teacher features computed into an empty cache, and the seconds that took."""
     import os
     import tempfile

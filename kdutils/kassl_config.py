@@ -1,0 +1,71 @@
+"""Study 3's settings: the teachers and variants it knows, the checks of a profile, and what it derives from one."""
+
+from __future__ import annotations
+
+from .errors import ConfigError
+
+__all__ = ["VARIANTS", "TEACHER_LABELS", "TARGET_NORMS", "SSL_TEACHERS", "check_config", "ssl_epochs", "phase_epochs",
+           "grid", "probe_args"]
+
+
+#: variant -> (augmented views?, teacher feature reduced?)
+VARIANTS = {"original": (True, False), "no_aug": (False, False), "feature_reduction": (True, True),
+            "no_aug_fr": (False, True)}
+
+TEACHER_LABELS = {"byol": "BYOL", "moco_v2": "MoCo-v2", "supervised": "Supervised"}
+#: What is done to the teacher's feature before the cosine: nothing (the presentation) or standardisation.
+TARGET_NORMS = ("none", "standardize")
+#: The teachers pretrained self-supervised (in-run at tiny/small, published checkpoints at paper).
+SSL_TEACHERS = ("byol", "moco_v2")
+
+
+def check_config(cfg) -> None:
+    """Refuse unknown teachers / variants and impossible sizes before any work."""
+    bad = [t for t in cfg.s3_teachers if t not in TEACHER_LABELS]
+    if bad or not cfg.s3_teachers or len(set(cfg.s3_teachers)) != len(cfg.s3_teachers):
+        raise ConfigError(f"s3_teachers must be distinct names from {sorted(TEACHER_LABELS)}, got {cfg.s3_teachers}.")
+    for field in ("s3_variants", "s3_variants_other_teachers"):
+        bad = [v for v in getattr(cfg, field) if v not in VARIANTS]
+        if bad:
+            raise ConfigError(f"{field} has unknown variants {bad}; choose from {list(VARIANTS)}.")
+    if cfg.s3_target_norm not in TARGET_NORMS:
+        raise ConfigError(f"s3_target_norm must be one of {TARGET_NORMS}, got '{cfg.s3_target_norm}'.")
+    if cfg.s3_view_bank < 0 or cfg.s3_view_bank % 2:
+        raise ConfigError(f"s3_view_bank must be 0 (fresh views) or an even number >= 2, got {cfg.s3_view_bank}.")
+    if cfg.profile == "paper" and cfg.s3_view_bank:
+        raise ConfigError("s3_view_bank > 0 keeps every view in memory: only for SynthWorld; use 0 at paper.")
+    if cfg.s3_moco_bn_splits < 1 or cfg.s3_ssl_batch % cfg.s3_moco_bn_splits:
+        raise ConfigError(f"s3_ssl_batch ({cfg.s3_ssl_batch}) must be a multiple of s3_moco_bn_splits "
+                          f"({cfg.s3_moco_bn_splits}).")
+    for field in ("s3_baseline_epochs", "s3_kassl_epochs", "s3_probe_epochs"):
+        if getattr(cfg, field) < 1:
+            raise ConfigError(f"{field} must be >= 1, got {getattr(cfg, field)}.")
+    for t in cfg.s3_teachers:
+        if t in SSL_TEACHERS and cfg.profile != "paper" and ssl_epochs(cfg, t) < 1:
+            raise ConfigError(f"{_SSL_EPOCH_FIELDS[t]} must be >= 1 to pretrain the {TEACHER_LABELS[t]} teacher "
+                              f"in-run.")
+
+
+_SSL_EPOCH_FIELDS = {"byol": "s3_byol_epochs", "moco_v2": "s3_moco_epochs"}
+
+
+def ssl_epochs(cfg, method: str) -> int:
+    """The profile's pretraining epochs of an SSL teacher."""
+    return getattr(cfg, _SSL_EPOCH_FIELDS[method])
+
+
+def phase_epochs(cfg, n: int) -> int:
+    """Epochs of a training phase: `n`, or 1 in a dry run (whose epochs stop after two steps)."""
+    return 1 if cfg.dry_run else n
+
+
+def grid(cfg) -> list[tuple[str, str]]:
+    """(teacher, variant) pairs to train: all `s3_variants` for the first teacher, the others' list for the rest."""
+    return [(t, v) for i, t in enumerate(cfg.s3_teachers)
+            for v in (cfg.s3_variants if i == 0 else cfg.s3_variants_other_teachers)]
+
+
+def probe_args(cfg) -> dict:
+    """The profile's linear-probe settings, for `probe(..., **probe_args(cfg))`."""
+    return {"epochs": phase_epochs(cfg, cfg.s3_probe_epochs), "max_steps": cfg.max_steps,
+            "num_workers": cfg.num_workers}

@@ -1,0 +1,135 @@
+"""Study 3's images at each scale: SynthWorld's target task (tiny, small) or ImageNet-100 (paper), and loaders."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .kassl_config import SSL_TEACHERS, TEACHER_LABELS
+from .models import weights_requirement
+from .paths import under
+
+__all__ = ["KASSLData", "paper_paths", "required_files", "synth_key", "load_data", "IndexedImages", "data_loader"]
+
+
+@dataclass
+class KASSLData:
+    """The images of one scale: unlabelled training images and the probe's labelled splits.
+
+    Datasets yield (uint8 image, label). `canvas` is the side of the training
+    images (views are cropped from it and resampled to `size`, the models'
+    input side); probe images are already `size`. `images` holds the training
+    images in memory (SynthWorld) for the view bank, else None.
+    """
+
+    train: torch.utils.data.Dataset
+    probe_train: torch.utils.data.Dataset
+    probe_test: torch.utils.data.Dataset
+    size: int
+    canvas: int
+    keys: dict
+    images: torch.Tensor | None
+    num_classes: int
+    class_names: list
+
+
+def paper_paths(cfg) -> dict:
+    """Where the `paper` profile looks for ImageNet-100 and the checkpoints."""
+    return {"imagenet100": under(cfg.data_root, cfg.s3_imagenet100),
+            "byol": under(cfg.weights_root, cfg.s3_byol_checkpoint),
+            "moco_v2": under(cfg.weights_root, cfg.s3_moco_checkpoint)}
+
+
+def required_files(cfg) -> dict:
+    """{what: (path, how to get it)} for `session.require_files` at `paper`.
+
+    The data is always required; the teachers' weights only outside dry runs
+    (a dry run may stand random weights in for a missing checkpoint).
+    """
+    from .ssl_checkpoints import CHECKPOINT_SOURCES
+
+    paths = paper_paths(cfg)
+    how_data = ("Download ILSVRC2012 from https://image-net.org and put (or symlink) the 100 wnid folders "
+                "listed in kdutils/data/imagenet100-classes.txt under train/ and val/ there "
+                "(or set data_root / s3_imagenet100; the full ImageNet folder works too).")
+    need = {"ImageNet-100 train folder": (paths["imagenet100"] / "train", how_data),
+            "ImageNet-100 val folder": (paths["imagenet100"] / "val", how_data)}
+    if not cfg.dry_run:
+        for t in cfg.s3_teachers:
+            if t in SSL_TEACHERS:
+                need[f"{TEACHER_LABELS[t]} ResNet-50 checkpoint"] = (
+                    paths[t], f"Download {CHECKPOINT_SOURCES[t]} to that path (or set weights_root / "
+                              f"s3_{'byol' if t == 'byol' else 'moco'}_checkpoint).")
+            elif t == "supervised":
+                need["supervised ResNet-50 weights"] = weights_requirement(cfg.s3_checkpoint_arch,
+                                                                           cfg.s3_supervised_weights)
+    return need
+
+
+def synth_key(cfg, split: str) -> dict:
+    from .pretrain import DATA_SEEDS, world_config
+
+    return {"split": split, "n": getattr(cfg, f"n_{split}"), "seed": DATA_SEEDS[split],
+            "world": asdict(world_config(cfg))}
+
+
+def load_data(cfg) -> KASSLData:
+    """SynthWorld target train/test (tiny, small) or ImageNet-100 train/val (paper)."""
+    if cfg.profile != "paper":
+        from .pretrain import synth_split
+
+        def split(name):
+            batch = synth_split(cfg, name)
+            x = torch.from_numpy(batch.images).permute(0, 3, 1, 2).contiguous()
+            return batch, x, torch.from_numpy(batch.labels).long()
+
+        tr_batch, xtr, ytr = split("target_train")
+        _, xte, yte = split("target_test")
+        train = torch.utils.data.TensorDataset(xtr, ytr)
+        size = xtr.shape[-1]
+        return KASSLData(train, train, torch.utils.data.TensorDataset(xte, yte), size, size,
+                         {"train": synth_key(cfg, "target_train"), "test": synth_key(cfg, "target_test")},
+                         xtr, len(tr_batch.class_names), list(tr_batch.class_names))
+
+    from torchvision.transforms import v2
+
+    from .datasets import imagenet100
+
+    size = cfg.image_size
+    canvas = round(size * 8 / 7)  # 256 for 224: views are cropped from the central 256x256
+    root = paper_paths(cfg)["imagenet100"]
+    train_tf = v2.Compose([v2.Resize(canvas, antialias=True), v2.CenterCrop(canvas), v2.PILToTensor()])
+    probe_tf = v2.Compose([v2.Resize(canvas, antialias=True), v2.CenterCrop(size), v2.PILToTensor()])
+    train = imagenet100(root, "train", transform=train_tf)
+    probe_train = imagenet100(root, "train", transform=probe_tf)
+    probe_test = imagenet100(root, "val", transform=probe_tf)
+
+    def key(dataset, split):
+        return {"imagenet100": str(root), "split": split, "n": len(dataset.samples), "size": size}
+
+    return KASSLData(train, probe_train, probe_test, size, canvas,
+                     {"train": key(train, "train"), "test": key(probe_test, "val")}, None, len(train.classes),
+                     list(train.classes))
+
+
+class IndexedImages(torch.utils.data.Dataset):
+    """(index, image) items: the no-augmentation path looks cached teacher features up by index."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        return i, self.base[i][0]
+
+
+def data_loader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0):
+    """Batches in a `seed`ed random order without the last partial one (training), or all in order."""
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
+                                       generator=gen if shuffle else None, num_workers=num_workers,
+                                       pin_memory=torch.cuda.is_available())

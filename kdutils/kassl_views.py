@@ -1,0 +1,141 @@
+"""Where a KASSL student's views and its teacher's features come from: a bank of pre-drawn augmented views
+(teacher features cached), fresh views with a live teacher, or the same plain image to both (no augmentation)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .cache import cached, model_fingerprint
+from .errors import ConfigError
+from .frozen import batches, outputs
+from .kassl_data import KASSLData
+from .ssl import ViewAugment, as_float_images, view_pair
+from .train import per_example
+
+__all__ = ["to_uint8", "AugmentedViewBank", "BankViews", "FreshViews", "SameImage", "center_crop", "view_bank"]
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images as uint8 pixels: how banked views and SSL training images are kept in memory."""
+    return x.clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+@dataclass
+class AugmentedViewBank:
+    """K pre-drawn views of every image, stored as uint8 (N, K, 3, H, W).
+
+    Views 0..K/2-1 come from the first augmentation t, views K/2..K-1 from the
+    second t' (BYOL's asymmetric pair). A training step picks one of each per
+    image, so the student and the frozen teacher see different views, and the
+    teacher's features for all N*K views are computed once (`features`).
+    """
+
+    views: torch.Tensor
+    key: dict
+
+    @classmethod
+    def draw(cls, images: torch.Tensor, pair: tuple[ViewAugment, ViewAugment], k: int, seed: int,
+             data_key: dict, batch_size: int = 512) -> AugmentedViewBank:
+        if k < 2 or k % 2:
+            raise ConfigError(f"a view bank needs an even number of views >= 2, got {k}.")
+        gen_state = torch.get_rng_state()
+        torch.manual_seed(seed)
+        out = [torch.stack([to_uint8(pair[j * 2 // k](x)) for j in range(k)], 1)
+               for x in map(as_float_images, batches(images, batch_size))]
+        torch.set_rng_state(gen_state)
+        key = {"data": data_key, "views": [asdict(t) for t in pair], "k": k, "seed": seed}
+        return cls(torch.cat(out), key)
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    @property
+    def k(self) -> int:
+        return self.views.shape[1]
+
+    def features(self, teacher: nn.Module, device, batch_size: int = 512) -> torch.Tensor:
+        """The frozen teacher's features of every view, (N, K, D), cached on disk."""
+        def compute():
+            views = map(as_float_images, batches(self.views.flatten(0, 1), batch_size))
+            return outputs(teacher, views, device=device).view(len(self), self.k, -1)
+
+        return cached("kassl_bank", {"teacher": model_fingerprint(teacher), "bank": self.key}, compute)
+
+
+class BankViews:
+    """Views from an `AugmentedViewBank`; teacher features from its cache (`features`) or from `teacher` live.
+
+    The loader yields image indices. Both ways give the same numbers (a test
+    checks it): the cache only saves the teacher's forward passes.
+    """
+
+    def __init__(self, bank: AugmentedViewBank, features: torch.Tensor | None = None, teacher: nn.Module | None = None):
+        if (features is None) == (teacher is None):
+            raise ConfigError("BankViews needs exactly one of cached `features` or a live `teacher`.")
+        self.bank, self.features, self.teacher = bank, features, teacher
+
+    def __call__(self, batch, device):
+        idx = batch[0].cpu()
+        half = self.bank.k // 2
+        i = per_example(lambda n: torch.randint(0, half, (n,)), len(idx))
+        j = per_example(lambda n: torch.randint(half, self.bank.k, (n,)), len(idx))
+        v1 = as_float_images(self.bank.views[idx, i].to(device))
+        v2 = as_float_images(self.bank.views[idx, j].to(device))
+        if self.features is not None:
+            return v1, v2, self.features[idx, i].to(device), self.features[idx, j].to(device)
+        return v1, v2, self.teacher(v1), self.teacher(v2)
+
+
+class FreshViews:
+    """New random views t(x), t'(x) at every step; the teacher runs on them live (the GPU path)."""
+
+    def __init__(self, pair: tuple[ViewAugment, ViewAugment], teacher: nn.Module):
+        self.pair, self.teacher = pair, teacher
+
+    def __call__(self, batch, device):
+        x = as_float_images(batch[0].to(device))
+        v1, v2 = self.pair[0](x), self.pair[1](x)
+        return v1, v2, self.teacher(v1), self.teacher(v2)
+
+
+class SameImage:
+    """No augmentation: the same plain image to student and teacher (ablation Exp 1).
+
+    The loader yields (index, image); the teacher's features of the plain
+    images come from `features` (cached, indexed) or from `teacher` live.
+    """
+
+    def __init__(self, size: int, features: torch.Tensor | None = None, teacher: nn.Module | None = None):
+        if (features is None) == (teacher is None):
+            raise ConfigError("SameImage needs exactly one of cached `features` or a live `teacher`.")
+        self.size, self.features, self.teacher = size, features, teacher
+
+    def __call__(self, batch, device):
+        idx, x = batch[0], batch[1]
+        x = center_crop(as_float_images(x.to(device)), self.size)
+        t = self.features[idx.cpu()].to(device) if self.features is not None else self.teacher(x)
+        return x, None, t, None
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The central size x size pixels (the plain, un-augmented view of a canvas)."""
+    h, w = x.shape[-2:]
+    if h < size or w < size:
+        raise ValueError(f"cannot crop {size} pixels out of a {h}x{w} image")
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top:top + size, left:left + size]
+
+
+def view_bank(cfg, data: KASSLData, seed: int) -> AugmentedViewBank | None:
+    """A bank of `s3_view_bank` views per training image drawn with `seed` (None: fresh views at every step).
+
+    The notebook draws one per backbone seed: like the frozen teacher, the bank is shared by the
+    replicates, each of which draws its own view pairs from it, its initialisation and its order.
+    """
+    if not cfg.s3_view_bank or data.images is None:
+        return None
+    pair = view_pair(cfg.s3_view_preset, out_size=data.size)
+    return AugmentedViewBank.draw(data.images, pair, cfg.s3_view_bank, seed, data.keys["train"])

@@ -40,7 +40,7 @@ from .published import lookup, recipe
 from .synthworld import class_prompts, vocabulary
 from .teacher import CLIP_MEAN, CLIP_STD, Normalize
 from .text import build_tokenizer, hf_download_hint, hf_source, quiet_transformers
-from .train import fit, load_checkpoint, resolve_device, seed_everything, warmup_cosine
+from .train import Recipe, load_checkpoint, resolve_device, seed_everything, train
 
 __all__ = ["SMALL_CLIP_ARCHS", "PAPER_CLIP", "small_clip_config", "preprocess", "image_embeds", "text_embeds",
            "vision_tokens", "contrastive_loss_with_negatives", "encode_texts", "encode_images", "retrieval_recalls", "zero_shot_accuracy",
@@ -255,10 +255,8 @@ def pretrain_small_clip(cfg, seed: int = 0, progress: bool | None = None):
                                          generator=gen, drop_last=True)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.98), eps=1e-6)
-    steps = max(1, epochs * min(len(loader), cfg.max_steps or len(loader)))
-    sched = warmup_cosine(opt, warmup_steps=min(steps // 10, 200), total_steps=steps)
+    training = Recipe(optimizer="adamw", lr=lr, betas=(0.9, 0.98), eps=1e-6, schedule="warmup_cosine",
+                    warmup_fraction=0.1, warmup_cap=200, epochs=epochs, max_steps=cfg.max_steps)
 
     def compute_loss(batch):
         images, ids, mask, neg_ids, neg_mask, prompt_ids, prompt_mask = batch
@@ -276,9 +274,9 @@ def pretrain_small_clip(cfg, seed: int = 0, progress: bool | None = None):
                                                texts[len(images):] if hard_negatives else None, scale)
         return {"loss": loss, "scale": scale.detach()}
 
-    history = fit(model, loader, compute_loss, opt, epochs, scheduler=sched, checkpoint=ckpt, checkpoint_key=digest,
-                  device=device, max_steps_per_epoch=cfg.max_steps, desc=f"pretrain {arch['name']} (CLIP) on source",
-                  progress=progress)
+    history = train(model, compute_loss, loader, training, parameters=[
+        {"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], checkpoint=ckpt,
+        checkpoint_key=digest, device=device, desc=f"pretrain {arch['name']} (CLIP) on source", progress=progress)
     model.eval()
 
     summary = cached("clip-summary", key, lambda: {

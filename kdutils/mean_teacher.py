@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .clip import encode_images, encode_texts, retrieval_recalls
-from .train import fit, make_optimizer, seed_everything
+from .train import Recipe, seed_everything, train
 
 __all__ = ["Adapter", "MeanTeacherRetrieval", "clip_embeddings", "train_retrieval", "compare", "recalls"]
 
@@ -131,10 +131,8 @@ def train_retrieval(image: torch.Tensor, text: torch.Tensor, unpaired: torch.Ten
         collate_fn=lambda items: {"image": torch.stack([a for a, _, _ in items]),
                                   "text": torch.stack([b for _, b, _ in items]),
                                   "unpaired": torch.cat([c for _, _, c in items])})
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], "adamw", lr=lr,
-                               weight_decay=1e-4)
-    fit(model, loader, model, optimizer, epochs, device=device, max_steps_per_epoch=max_steps,
-        desc="mean teacher" if mean_teacher else "pairs only", progress=progress)
+    recipe = Recipe(optimizer="adamw", lr=lr, weight_decay=1e-4, epochs=epochs, max_steps=max_steps)
+    train(model, model, loader, recipe, device=device, desc="mean teacher" if mean_teacher else "pairs only", progress=progress)
     return model.eval()
 
 

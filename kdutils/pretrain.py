@@ -24,7 +24,8 @@ from .frozen import batches, outputs
 from .published import lookup, recipe
 from .results import write_json
 from .synthworld import SynthBatch, WorldConfig, class_names, generate
-from .train import fit, load_checkpoint, make_optimizer, resolve_device, seed_everything, warmup_cosine
+from .distillers import CrossEntropy
+from .train import Recipe, load_checkpoint, resolve_device, seed_everything, train
 
 # Fixed data seeds: every study sees the same SynthWorld images for a profile,
 # and the training seeds (cfg.seeds) vary only initialisation and order.
@@ -81,22 +82,15 @@ def _pretrain_source(arch: str, cfg, seed: int, epochs: int, lr: float, progress
         model.load_state_dict(load_checkpoint(ckpt)["model"])
         return model.eval(), json.loads(summary_file.read_text())
 
-    train = synth_split(cfg, "source_train")
-    x, y = to_tensors(train)
+    x, y = to_tensors(synth_split(cfg, "source_train"))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=cfg.batch_size,
                                          shuffle=True, generator=gen, drop_last=True)
-    opt = make_optimizer(model.parameters(), "sgd", lr=lr, momentum=0.9, weight_decay=5e-4)
-    steps = max(1, epochs * min(len(loader), cfg.max_steps or len(loader)))
-    sched = warmup_cosine(opt, warmup_steps=min(steps // 10, 200), total_steps=steps)
+    training = Recipe(optimizer="sgd", lr=lr, momentum=0.9, weight_decay=5e-4, schedule="warmup_cosine",
+                    warmup_fraction=0.1, warmup_cap=200, epochs=epochs, max_steps=cfg.max_steps)
     device = resolve_device(cfg.device)
-
-    def compute_loss(batch):
-        xb, yb = batch
-        return {"loss": nn.functional.cross_entropy(model(flip_shift(xb)), yb)}
-
-    history = fit(model, loader, compute_loss, opt, epochs, scheduler=sched, checkpoint=ckpt,
-                  checkpoint_key=digest, device=device, max_steps_per_epoch=cfg.max_steps,
-                  desc=f"pretrain {arch} on source", progress=progress)
+    history = train(model, CrossEntropy(), loader, training, outputs=lambda b: (model(flip_shift(b[0])), None, b[1]),
+                    checkpoint=ckpt, checkpoint_key=digest, device=device, desc=f"pretrain {arch} on source",
+                    progress=progress)
     model.eval()
     xt, yt = to_tensors(synth_split(cfg, "source_test"))
     logits = outputs(model, batches(xt, 512), device=device)

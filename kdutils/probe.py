@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from . import metrics
-from .train import fit, make_optimizer, seed_everything
+from .distillers import CrossEntropy
+from .train import Recipe, seed_everything, train
 
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
@@ -33,11 +34,9 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     head = nn.Linear(tr.shape[1], num_classes)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tr, train_y), batch_size=batch_size,
                                          shuffle=True, generator=gen)
-    opt = make_optimizer(head.parameters(), "sgd", lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(loader))
-    loss_fn = lambda b: {"loss": nn.functional.cross_entropy(head(b[0]), b[1])}  # noqa: E731
-    history = fit(head, loader, loss_fn, opt, epochs, scheduler=sched, max_steps_per_epoch=max_steps,
-                  progress=False)
+    recipe = Recipe(optimizer="sgd", lr=lr, weight_decay=weight_decay, schedule="cosine", epochs=epochs,
+                    max_steps=max_steps)
+    history = train(head, CrossEntropy(), loader, recipe, outputs=lambda b: (head(b[0]), None, b[1]), progress=False)
     with torch.no_grad():
         logits = head(te)
     return {"top1": metrics.accuracy(test_y, logits), "top5": metrics.topk_accuracy(logits, test_y, 5),

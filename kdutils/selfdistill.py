@@ -52,7 +52,7 @@ from .losses import ClipLoss
 from .selfdistill_data import in_order, indices_of, labels_of
 from .selfdistill_encoders import ImageEncoder, Student
 from .text_queried_head import TextQueriedHead
-from .train import fit, launch, make_optimizer, per_example, seed_everything, warmup_cosine
+from .train import Recipe, launch, per_example, seed_everything, train
 
 __all__ = [
     "VIEWS", "FrozenFeatures", "features_of", "HeadClassifier", "HeadRecipe", "StudentRecipe", "fit_teacher",
@@ -262,8 +262,6 @@ def fit_teacher(mode: str, feats: FrozenFeatures, train_set, recipe: HeadRecipe,
     teacher = HeadClassifier(mode, module, None if class_queries is None else class_queries.float()).to(device)
     loader, epochs, total = _train_loader(train_set, gen, recipe, epochs=epochs or recipe.epochs, steps=steps,
                                           batch_size=recipe.batch_size)
-    opt = make_optimizer(teacher.parameters(), "adamw", lr=recipe.lr, weight_decay=1e-4)
-    sched = warmup_cosine(opt, warmup_steps=min(total // 10, 200), total_steps=total)
     table = caption_table.to(device) if caption_table is not None else None
     distiller = CrossEntropy()
 
@@ -291,10 +289,11 @@ def fit_teacher(mode: str, feats: FrozenFeatures, train_set, recipe: HeadRecipe,
            "batch": recipe.batch_size, "seed": seed, "dry_run": recipe.dry_run, "val": val is not None,
            "code": code_fingerprint(__name__)}
     digest = key_digest(key)
-    history = fit(teacher, loader, compute_loss, opt, epochs, scheduler=sched,
-                  evaluate=evaluate if val is not None else None, checkpoint=cache_root() / "s1" / "teachers" /
-                  f"{digest}.pt", checkpoint_key=digest, device=device, max_steps_per_epoch=recipe.max_steps,
-                  desc=desc, progress=recipe.progress)
+    history = train(teacher, compute_loss, loader, Recipe(
+        optimizer="adamw", lr=recipe.lr, weight_decay=1e-4, schedule="warmup_cosine", warmup_fraction=0.1,
+        warmup_cap=200, epochs=epochs, max_steps=recipe.max_steps), evaluate=evaluate if val is not None else None,
+        checkpoint=cache_root() / "s1" / "teachers" / f"{digest}.pt", checkpoint_key=digest, device=device,
+        desc=desc, progress=recipe.progress)
     return teacher.eval(), history
 
 
@@ -382,8 +381,6 @@ def _fit_student(spec: dict, train_set, recipe: StudentRecipe, data_key: dict, s
     loader, epochs, total = _train_loader(train_set, gen, recipe, epochs=epochs or recipe.epochs, steps=steps,
                                           batch_size=batch_size)
     opt_name, lr, wd = _student_optimizer(student.kind, vit_lr=recipe.vit_lr, resnet_lr=recipe.resnet_lr)
-    opt = make_optimizer(student.parameters(), opt_name, lr=lr, momentum=0.9, weight_decay=wd)
-    sched = warmup_cosine(opt, warmup_steps=min(total // 10, 500), total_steps=total)
     distiller = CrossEntropy() if targets is None else SoftTargetKD()
 
     def compute_loss(batch):
@@ -403,10 +400,11 @@ def _fit_student(spec: dict, train_set, recipe: StudentRecipe, data_key: dict, s
            "optimizer": [opt_name, lr, wd], "batch": batch_size, "seed": seed,
            "dry_run": recipe.dry_run, "val": val_set is not None, "code": code_fingerprint(__name__)}
     digest = key_digest(key)
-    history = fit(student, loader, compute_loss, opt, epochs, scheduler=sched,
-                  evaluate=evaluate if val_set is not None else None,
-                  checkpoint=cache_root() / "s1" / "students" / f"{digest}.pt", checkpoint_key=digest, device=device,
-                  max_steps_per_epoch=recipe.max_steps, desc=desc, progress=recipe.progress)
+    history = train(student, compute_loss, loader, Recipe(
+        optimizer=opt_name, lr=lr, weight_decay=wd, schedule="warmup_cosine", warmup_fraction=0.1, warmup_cap=500,
+        epochs=epochs, max_steps=recipe.max_steps), evaluate=evaluate if val_set is not None else None,
+        checkpoint=cache_root() / "s1" / "students" / f"{digest}.pt", checkpoint_key=digest, device=device,
+        desc=desc, progress=recipe.progress)
     return student.eval(), history
 
 
@@ -472,11 +470,10 @@ def retrieval_recalls(train_image: torch.Tensor, train_text: torch.Tensor, test_
     model = nn.ModuleDict({"proj": proj, "loss": loss_fn})
     data = torch.utils.data.TensorDataset((train_image - mean) / std, train_text)
     loader = torch.utils.data.DataLoader(data, batch_size=256, shuffle=True, generator=gen, drop_last=len(data) >= 512)
-    total = max(1, epochs * min(len(loader), max_steps or len(loader)))
-    opt = make_optimizer(model.parameters(), "adamw", lr=1e-2, weight_decay=1e-4)
-    fit(model, loader, lambda b: {"loss": loss_fn(proj(b[0]), b[1])}, opt, epochs,
-        scheduler=warmup_cosine(opt, min(total // 10, 100), total), device=device,
-        max_steps_per_epoch=max_steps, desc="retrieval projection", progress=False)
+    recipe = Recipe(optimizer="adamw", lr=1e-2, weight_decay=1e-4, schedule="warmup_cosine", warmup_fraction=0.1,
+                    warmup_cap=100, epochs=epochs, max_steps=max_steps)
+    train(model, lambda b: {"loss": loss_fn(proj(b[0]), b[1])}, loader, recipe, device=device,
+          desc="retrieval projection", progress=False)
     n = min(gallery, len(test_image))
     with torch.no_grad():
         image_emb = proj(((test_image[:n] - mean) / std).to(device)).cpu()

@@ -29,7 +29,7 @@ from .pretrain import pretrain_source, synth_split, world_config
 from .published import lookup, recipe
 from .selfdistill_data import clip_path
 from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher, Normalize
-from .train import fit, make_optimizer, seed_everything, warmup_cosine
+from .train import Recipe, seed_everything, train
 
 __all__ = ["ImageEncoder", "Student", "TextQueries", "Encoders", "pretrain_small_roberta"]
 
@@ -189,13 +189,12 @@ def pretrain_small_roberta(cfg, seed: int = 0, progress: bool | None = None):
     ids, attention = encode(synth_split(cfg, "source_train").captions)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids, attention), batch_size=cfg.batch_size,
                                          shuffle=True, generator=gen, drop_last=True)
-    opt = make_optimizer(mlm.parameters(), "adamw", lr=1e-3, weight_decay=0.01)
-    run_epochs = 1 if cfg.dry_run else epochs  # dry runs: one epoch of two steps per phase
-    steps = max(1, run_epochs * min(len(loader), cfg.max_steps or len(loader)))
-    sched = warmup_cosine(opt, warmup_steps=min(steps // 10, 100), total_steps=steps)
-    history = fit(mlm, loader, lambda b: {"loss": loss_of(*b)[0]}, opt, run_epochs, scheduler=sched,
-                  checkpoint=cache_root() / "s1" / "roberta" / f"{digest}.pt", checkpoint_key=digest,
-                  max_steps_per_epoch=cfg.max_steps, desc="MLM small RoBERTa on source captions", progress=progress)
+    training = Recipe(optimizer="adamw", lr=1e-3, weight_decay=0.01, schedule="warmup_cosine", warmup_fraction=0.1,
+                    warmup_cap=100, epochs=1 if cfg.dry_run else epochs,  # dry runs: one epoch of two steps
+                    max_steps=cfg.max_steps)
+    history = train(mlm, lambda b: {"loss": loss_of(*b)[0]}, loader, training,
+                    checkpoint=cache_root() / "s1" / "roberta" / f"{digest}.pt", checkpoint_key=digest,
+                    desc="MLM small RoBERTa on source captions", progress=progress)
     mlm.eval()
     with torch.no_grad():
         torch.manual_seed(seed + 1)

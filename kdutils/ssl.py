@@ -27,7 +27,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .losses import MoCoQueue, byol_loss, info_nce
-from .train import History, fit, make_optimizer, per_example, warmup_cosine
+from .train import History, Recipe, per_example, train
 
 __all__ = ["ViewAugment", "VIEW_PRESETS", "view_pair", "as_float_images", "MLPHead", "BYOL", "MoCoV2",
            "cosine_momentum", "LossTrace", "make_learner", "train_ssl"]
@@ -388,14 +388,14 @@ def train_ssl(learner: nn.Module, loader, views: tuple[ViewAugment, ViewAugment]
 
     steps = epochs * min(len(loader), max_steps or len(loader))
     learner.trace = LossTrace(steps)
-    opt = make_optimizer(learner.parameters(), "sgd", lr=lr, momentum=0.9, weight_decay=weight_decay)
-    sched = warmup_cosine(opt, int(warmup_fraction * steps), max(1, steps))
+    recipe = Recipe(optimizer="sgd", lr=lr, momentum=0.9, weight_decay=weight_decay, schedule="warmup_cosine",
+                    warmup_fraction=warmup_fraction, epochs=epochs, max_steps=max_steps)
     view1, view2 = views
 
-    def compute_loss(batch):
+    def two_views(batch):
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return learner(view1(x), view2(x))
+        return view1(x), view2(x)
 
-    return fit(learner, loader, compute_loss, opt, epochs, scheduler=sched, checkpoint=checkpoint,
-               checkpoint_key=checkpoint_key, device=device, max_steps_per_epoch=max_steps, desc=desc,
-               progress=progress, on_step=lambda losses: learner.trace.record(losses["loss"]))
+    return train(learner, learner, loader, recipe, outputs=two_views, checkpoint=checkpoint,
+                 checkpoint_key=checkpoint_key, device=device, desc=desc, progress=progress,
+                 on_step=lambda losses: learner.trace.record(losses["loss"]))

@@ -82,18 +82,20 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def make_optimizer(params: Iterable, name: str, lr: float, momentum: float = 0.9,
-                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """The optimisers the four studies use: SGD (with momentum), Adam, AdamW."""
-    params = [p for p in params if p.requires_grad]
+def make_optimizer(params: Iterable, name: str, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                   betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.Optimizer:
+    """The optimisers the four studies use: SGD (with momentum), Adam, AdamW; `params` may be groups."""
+    params = list(params)
+    if not all(isinstance(p, dict) for p in params):
+        params = [p for p in params if p.requires_grad]
     if not params:
         raise ConfigError("make_optimizer got no trainable parameters (is everything frozen?).")
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
     raise ConfigError(f"optimizer '{name}' is unknown; choose sgd, adam or adamw.")
 
 
@@ -113,17 +115,19 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
 
 
 def make_scheduler(optimizer, name: str | None, *, epochs: int = 1, steps_per_epoch: int = 1,
-                   warmup_epochs: int = 0, plateau_factor: float = 0.1, plateau_patience: int = 3,
+                   warmup_steps: int = 0, plateau_factor: float = 0.1, plateau_patience: int = 3,
                    mode: str = "max"):
-    """None, 'plateau' (ReduceLROnPlateau on the monitored metric) or 'warmup_cosine' (per step)."""
+    """None, 'plateau' (ReduceLROnPlateau on the monitored metric), 'cosine' or 'warmup_cosine' (per step)."""
     if name in (None, "none"):
         return None
     if name == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode=mode, factor=plateau_factor, patience=plateau_patience)
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     if name == "warmup_cosine":
-        return warmup_cosine(optimizer, warmup_epochs * steps_per_epoch, epochs * steps_per_epoch)
-    raise ConfigError(f"scheduler '{name}' is unknown; choose none, plateau or warmup_cosine.")
+        return warmup_cosine(optimizer, warmup_steps, max(1, epochs * steps_per_epoch))
+    raise ConfigError(f"scheduler '{name}' is unknown; choose none, plateau, cosine or warmup_cosine.")
 
 
 @contextlib.contextmanager
@@ -359,16 +363,21 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 class Recipe:
     """How a model trains: optimiser, learning rate and schedule, epochs, early stopping, a step cap.
 
-    `schedule` is None, "plateau" (ReduceLROnPlateau on `monitor`) or "warmup_cosine" (per step, after
-    `warmup_epochs`); `patience` stops after that many epochs without a better `monitor`.
+    `schedule` is None, "plateau" (ReduceLROnPlateau on `monitor`), "cosine" or "warmup_cosine" (per
+    step; the warm-up lasts `warmup_epochs`, or `warmup_fraction` of all steps but at most `warmup_cap`);
+    `patience` stops after that many epochs without a better `monitor`.
     """
 
     optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
     schedule: str | None = None
     warmup_epochs: int = 0
+    warmup_fraction: float = 0.0
+    warmup_cap: int | None = None
     plateau_factor: float = 0.1
     plateau_patience: int = 3
     epochs: int = 1
@@ -377,25 +386,38 @@ class Recipe:
     restore_best: bool = False
     max_steps: int | None = None
 
+    def steps(self, loader) -> int:
+        """Optimisation steps per epoch on `loader` (at most `max_steps`)."""
+        return min(len(loader), self.max_steps or len(loader))
 
-def train(model: nn.Module, distiller: Callable[..., dict], loader, recipe: Recipe, *,
-          outputs: Callable[[object], tuple], log: Callable[..., dict] | None = None,
-          evaluate: Callable[[], dict] | None = None, **fit_options) -> History:
-    """Train `model` by `recipe` until `distiller(*outputs(batch))["loss"]` is low; return the History.
+    def warmup_steps(self, steps_per_epoch: int) -> int:
+        if self.warmup_epochs:
+            return min(self.warmup_epochs, self.epochs) * steps_per_epoch
+        warmup = int(self.warmup_fraction * (self.epochs * steps_per_epoch))
+        return warmup if self.warmup_cap is None else min(warmup, self.warmup_cap)
 
-    `log(*outputs(batch))` adds values to record (an accuracy); `fit_options` go to `fit` (checkpoint,
-    device, progress...).
+
+def train(model: nn.Module, loss: Callable[..., dict], loader, recipe: Recipe, *,
+          outputs: Callable[[object], tuple] | None = None, parameters: Iterable | None = None,
+          log: Callable[..., dict] | None = None, evaluate: Callable[[], dict] | None = None,
+          **fit_options) -> History:
+    """Train `model` by `recipe` until `loss(*outputs(batch))["loss"]` is low; return the History.
+
+    `loss` is a distiller or any module returning named losses; `outputs` defaults to `(batch,)` and
+    `parameters` (parameter groups) to the model's. `log(*outputs(batch))` adds values to record (an
+    accuracy); `fit_options` go to `fit` (checkpoint, device, progress...).
     """
-    steps = min(len(loader), recipe.max_steps or len(loader))
-    opt = make_optimizer(model.parameters(), recipe.optimizer, lr=recipe.lr, momentum=recipe.momentum,
-                         weight_decay=recipe.weight_decay)
+    steps = recipe.steps(loader)
+    opt = make_optimizer(model.parameters() if parameters is None else parameters, recipe.optimizer, lr=recipe.lr,
+                         momentum=recipe.momentum, weight_decay=recipe.weight_decay, betas=recipe.betas,
+                         eps=recipe.eps)
     sched = make_scheduler(opt, recipe.schedule, epochs=recipe.epochs, steps_per_epoch=steps,
-                           warmup_epochs=min(recipe.warmup_epochs, recipe.epochs),
-                           plateau_factor=recipe.plateau_factor, plateau_patience=recipe.plateau_patience)
+                           warmup_steps=recipe.warmup_steps(steps), plateau_factor=recipe.plateau_factor,
+                           plateau_patience=recipe.plateau_patience)
 
     def compute_loss(batch):
-        args = outputs(batch)
-        parts = distiller(*args)
+        args = (batch,) if outputs is None else outputs(batch)
+        parts = loss(*args)
         return parts if log is None else {**parts, **log(*args)}
 
     return fit(model, loader, compute_loss, opt, recipe.epochs, scheduler=sched, evaluate=evaluate,

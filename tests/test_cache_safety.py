@@ -114,15 +114,15 @@ from kdutils import pretrain
 from kdutils.profiles import load_profile
 
 log, go = Path(sys.argv[1]), Path(sys.argv[2])
-real_fit = pretrain.fit
+real_train = pretrain.train
 
-def logged_fit(*args, **kwargs):
+def logged_train(*args, **kwargs):
     with open(log, "a") as f:
         f.write(f"{os.getpid()}\\n")
     time.sleep(1.0)
-    return real_fit(*args, **kwargs)
+    return real_train(*args, **kwargs)
 
-pretrain.fit = logged_fit
+pretrain.train = logged_train
 cfg = load_profile("tiny", n_source_train=64, n_source_test=32, batch_size=32, progress=False, dry_run=True)
 (log.parent / f"ready-{os.getpid()}").touch()
 while not go.exists():

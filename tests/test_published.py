@@ -52,7 +52,7 @@ def test_round_trip_serves_the_published_weights_without_training(tiny_published
         raise AssertionError("trained although the weights are published")
 
     empty_cache = published.FOLDER.parent / "empty-cache"  # nothing to fall back on
-    monkeypatch.setattr(pretrain, "fit", no_training)
+    monkeypatch.setattr(pretrain, "train", no_training)
     monkeypatch.setattr(pretrain, "cache_root", lambda: empty_cache)
     model, summary = pretrain.pretrain_source("resnet_s", cfg)
     assert not model.training and summary["published"]["file"] == "source-resnet_s.pt.gz"

@@ -180,3 +180,35 @@ def test_train_with_a_recipe_equals_fit_with_the_same_optimiser_and_schedule():
     assert [e["train_loss"] for e in h_train.epochs] == [e["train_loss"] for e in h_fit.epochs]
     assert [e["val_acc"] for e in h_train.epochs] == [e["val_acc"] for e in h_fit.epochs]
     assert 0 <= h_train.epochs[-1]["train_acc"] <= 1  # what `log` returns is recorded too
+
+
+def test_recipe_warm_up_and_parameter_groups_reach_the_optimiser_and_schedule():
+    from kdutils.train import Recipe, train
+
+    # warm-up: a fraction of all steps with a cap, or whole epochs (at most all of them)
+    assert Recipe(warmup_fraction=0.1, epochs=3).warmup_steps(100) == 30
+    assert Recipe(warmup_fraction=0.1, warmup_cap=20, epochs=3).warmup_steps(100) == 20
+    assert Recipe(warmup_epochs=5, epochs=2).warmup_steps(7) == 14
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    groups = [{"params": [model.weight], "weight_decay": 0.5}, {"params": [model.bias], "weight_decay": 0.0}]
+    loader = [torch.randn(4, 3) for _ in range(10)]
+    lrs = []
+    recipe = Recipe(optimizer="adamw", lr=1.0, schedule="warmup_cosine", warmup_fraction=0.2, epochs=2,
+                    max_steps=5)
+    train(model, lambda x: {"loss": model(x).pow(2).mean()}, loader, recipe, parameters=groups, progress=False,
+          on_step=lambda _: lrs.append(None))
+    assert len(lrs) == 10  # 2 epochs of at most 5 steps
+    # the same run by hand: AdamW over the groups, 2 warm-up steps of 10, cosine after
+    torch.manual_seed(0)
+    manual = nn.Linear(3, 1)
+    opt = torch.optim.AdamW([{"params": [manual.weight], "weight_decay": 0.5},
+                             {"params": [manual.bias], "weight_decay": 0.0}], lr=1.0)
+    sched = warmup_cosine(opt, warmup_steps=2, total_steps=10)
+    for _ in range(2):
+        for x in loader[:5]:
+            opt.zero_grad()
+            manual(x).pow(2).mean().backward()
+            opt.step()
+            sched.step()
+    assert torch.equal(manual.weight, model.weight) and torch.equal(manual.bias, model.bias)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from . import metrics
 from .plots import role_color
 from .tlkd import HeadParams, train_head
-from .tlkd_features import CachedSource, head_logits, view_logits
+from .tlkd_features import head_logits
 
 
 @dataclass
@@ -49,9 +49,8 @@ class LiveDistillation:
             plain = self.hp.replace(alpha=0.0)
             teacher_acc, teacher_head = self._train(self.teacher["train"], "teacher", plain, seed)
             tl_acc, _ = self._train(self.student["train"], "student", plain, seed)
-            zt = view_logits(teacher_head, self.teacher["train"].features)
-            self._per_seed[seed] = {"teacher": teacher_acc, "TL": tl_acc, "distill_source": CachedSource(
-                self.student["train"].features, zt, self.student["train"].device)}
+            distill = self.student["train"].with_teacher(teacher_head, self.teacher["train"].features)
+            self._per_seed[seed] = {"teacher": teacher_acc, "TL": tl_acc, "distill_source": distill}
         return self._per_seed[seed]
 
     def accuracy(self, temperature: float, alpha: float, seed: int) -> dict:

@@ -23,7 +23,7 @@ from .cache import cached, results_root
 from .distillers import CrossEntropy, HintonKD
 from .errors import ConfigError
 from .tlkd_data import array_digest
-from .tlkd_features import CachedSource, head_logits, view_logits
+from .tlkd_features import CachedSource, head_logits
 from .train import History, Recipe, seed_everything, single_cpu_thread, train
 
 __all__ = ["HeadParams", "HeadRun", "train_head", "h1_seed", "tl_vs_kd", "subset_indices", "noisy_labels",
@@ -96,8 +96,7 @@ class _IndexBatches:
 
 
 def train_head(train_source, labels: torch.Tensor, val_source, val_labels: torch.Tensor, hp: HeadParams, *,
-               num_classes: int, seed: int, device="cpu", max_steps: int | None = None, progress: bool = False,
-               desc: str = "head") -> HeadRun:
+               num_classes: int, seed: int, device="cpu", max_steps: int | None = None, desc: str = "head") -> HeadRun:
     """Train a new `Dropout -> Linear` head on a frozen backbone; TL when alpha = 0, TL+KD otherwise.
 
     The sources are `CachedSource` or `PlainSource`. Each step draws one
@@ -133,7 +132,7 @@ def train_head(train_source, labels: torch.Tensor, val_source, val_labels: torch
     t0 = time.perf_counter()
     with single_cpu_thread(device) if isinstance(train_source, CachedSource) else contextlib.nullcontext():
         history = train(head, distiller, loader, hp.recipe(max_steps), outputs=outputs, evaluate=evaluate,
-                        device=device, amp=False, channels_last=False, desc=desc, progress=progress)
+                        device=device, amp=False, channels_last=False, desc=desc, progress=False)
     return HeadRun(head.eval(), history, time.perf_counter() - t0)
 
 
@@ -164,8 +163,8 @@ def h1_seed(features: dict, labels: dict, hp: HeadParams, alphas, seed: int, *, 
         val = {role: CachedSource(features[role, "val"], device=device) for role in ("teacher", "student")}
         teacher_run = train_head(CachedSource(features["teacher", "train"], device=device), labels["train"],
                                  val["teacher"], labels["val"], hp, desc="teacher head", **common)
-        zt = view_logits(teacher_run.head, features["teacher", "train"])
-        distill = CachedSource(features["student", "train"], zt, device=device)
+        distill = CachedSource(features["student", "train"], device=device).with_teacher(
+            teacher_run.head, features["teacher", "train"])
         students = {alpha: train_head(distill, labels["train"], val["student"], labels["val"], hp.replace(alpha=alpha),
                                       desc=f"student head alpha={alpha}", **common) for alpha in alphas}
         for run in (teacher_run, *students.values()):
@@ -197,8 +196,7 @@ def tl_vs_kd(student: dict, teacher: dict, labels: dict, hp: HeadParams, alpha: 
         common = dict(num_classes=num_classes, seed=seed, device=device, max_steps=max_steps)
         t_run = train_head(teacher["train"], labels["train"], teacher["val"], labels["val"],
                            hp.replace(alpha=0.0), **common)
-        zt = view_logits(t_run.head, teacher["train"].features)
-        with_teacher = CachedSource(student["train"].features, zt, student["train"].device)
+        with_teacher = student["train"].with_teacher(t_run.head, teacher["train"].features)
         tl = train_head(student["train"], labels["train"], student["val"], labels["val"], hp.replace(alpha=0.0),
                         **common)
         kd = train_head(with_teacher, labels["train"], student["val"], labels["val"], hp.replace(alpha=alpha),

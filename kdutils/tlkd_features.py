@@ -23,7 +23,7 @@ from .frozen import batches, outputs
 from .teacher import Normalize
 from .tlkd_data import Split
 
-__all__ = ["FixedViews", "frozen_features", "CachedSource", "PlainSource", "head_logits", "view_logits"]
+__all__ = ["FixedViews", "frozen_features", "CachedSource", "PlainSource", "head_logits"]
 
 VIEWS_FLIP = 2  # a training image and its mirror
 
@@ -172,6 +172,12 @@ class CachedSource:
         zt = self.teacher_logits[view_ids, idx] if need_teacher else None
         return self.features[view_ids, idx], zt
 
+    def with_teacher(self, teacher_head: nn.Module, teacher_features: torch.Tensor) -> "CachedSource":
+        """These features with TL+KD's targets: a trained teacher head's logits of every view, (V, N, C)."""
+        device = next(teacher_head.parameters()).device
+        logits = torch.stack([outputs(teacher_head, [f], device=device) for f in teacher_features])
+        return CachedSource(self.features, logits, self.device)
+
     def subset(self, indices) -> "CachedSource":
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long, device=self.device)
         zt = None if self.teacher_logits is None else self.teacher_logits[:, idx]
@@ -203,13 +209,8 @@ class PlainSource:
         return self.encoder(x).float(), (self.teacher(x).float() if need_teacher else None)
 
 
-def head_logits(head: nn.Module, source, batch_size: int = 4096) -> torch.Tensor:
+def head_logits(head: nn.Module, source) -> torch.Tensor:
     """Logits of `head` on view 0 of every image of `source` (an evaluation source), on the CPU."""
-    return outputs(head, batches(torch.arange(len(source)), batch_size),
+    return outputs(head, batches(torch.arange(len(source)), 4096),
                    lambda idx: head(source.batch(idx, torch.zeros_like(idx))[0]))
 
-
-def view_logits(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
-    """A trained (teacher) head's logits for cached features of every view, (V, N, C)."""
-    device = next(head.parameters()).device
-    return torch.stack([outputs(head, [f], device=device) for f in features])

@@ -12,7 +12,7 @@ from kdutils.errors import ConfigError
 from kdutils.models import small_resnet
 from kdutils.profiles import load_profile
 from kdutils.teacher import FrozenTeacher
-from kdutils.tlkd_features import CachedSource, FixedViews, PlainSource, frozen_features, head_logits, view_logits
+from kdutils.tlkd_features import CachedSource, FixedViews, PlainSource, frozen_features, head_logits
 
 
 def split(n, seed, size=16):
@@ -116,7 +116,7 @@ def test_cached_training_equals_the_plain_loop(networks, cache_dir, kind):
                              num_classes=4, seed=0).head
     kd = hp.replace(alpha=0.5, temperature=4.0)
     cached = tlkd.train_head(
-        CachedSource(frozen_features(student, train, views), view_logits(t_head, t_train)),
+        CachedSource(frozen_features(student, train, views)).with_teacher(t_head, t_train),
         train.labels, CachedSource(frozen_features(student, val, plain(12))), val.labels, kd,
         num_classes=4, seed=7)
     reference = tlkd.train_head(

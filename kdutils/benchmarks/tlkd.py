@@ -10,7 +10,7 @@ from .. import metrics
 from ..tlkd import HeadParams, train_head
 from ..tlkd_backbones import load_encoder
 from ..tlkd_data import load_data
-from ..tlkd_features import CachedSource, FixedViews, PlainSource, frozen_features, head_logits, view_logits
+from ..tlkd_features import CachedSource, FixedViews, PlainSource, frozen_features, head_logits
 
 
 def run(profile: str = "small", epochs: int = 3, seed: int = 0) -> dict:
@@ -41,10 +41,10 @@ def run(profile: str = "small", epochs: int = 3, seed: int = 0) -> dict:
     t_extract = time.perf_counter() - t0
     y, yv, yt = data.train.labels, data.val.labels, data.test.labels
     teacher_head = train_head(CachedSource(t_tr), y, CachedSource(t_va), yv, hp, num_classes=n_cls, seed=seed).head
-    zt = view_logits(teacher_head, t_tr)
     kd = hp.replace(alpha=cfg.s4_alpha)
     common = dict(num_classes=n_cls, seed=seed)
-    cached_run = train_head(CachedSource(s_tr, zt), y, CachedSource(s_va), yv, kd, **common)
+    distill = CachedSource(s_tr).with_teacher(teacher_head, t_tr)
+    cached_run = train_head(distill, y, CachedSource(s_va), yv, kd, **common)
     teacher_net = nn.Sequential(teacher, teacher_head).eval()
     plain_run = train_head(PlainSource(student, data.train, flips, teacher_net), y,
                            PlainSource(student, data.val, plain(len(data.val))), yv, kd, **common)

@@ -74,6 +74,8 @@ class HeadParams:
 
 @dataclass
 class HeadRun:
+    """A trained head, its per-epoch history, and its training time (`bench tlkd` compares the two paths by it)."""
+
     head: nn.Module
     history: History
     seconds: float

@@ -20,10 +20,10 @@ from .cache import cache_root, cached, code_fingerprint, key_digest, model_finge
 from .distillers import FeatureRegression
 from .errors import ConfigError
 from .kassl_config import TARGET_NORMS, VARIANTS, phase_epochs
-from .kassl_data import IndexedImages, KASSLData, data_loader
+from .kassl_data import KASSLData, data_loader
 from .kassl_encoders import student_backbone
 from .kassl_probe import plain_features
-from .kassl_views import AugmentedViewBank, BankViews, FreshViews, SameImage
+from .kassl_views import AugmentedViewBank, BankViews, FreshViews, IndexedUnlabelled, SameImage
 from .ssl import LossTrace, view_pair
 from .teacher import FrozenTeacher
 from .train import History, Recipe, launch, seed_everything, train
@@ -159,10 +159,10 @@ def _student_views(teacher: FrozenTeacher, data: KASSLData, *, augmented: bool, 
     if augmented:
         return FreshViews(view_pair(view_preset, out_size=data.size), teacher), data.train
     if data.images is None:
-        return SameImage(data.size, teacher=teacher), IndexedImages(data.train)
+        return SameImage(data.size, teacher=teacher), IndexedUnlabelled(data.train)
     plain = cached("kassl_plain", {"teacher": model_fingerprint(teacher), "data": data.keys["train"]},
                    lambda: plain_features(teacher, data.train, data.size, device, num_workers))
-    return SameImage(data.size, features=plain), IndexedImages(data.train)
+    return SameImage(data.size, features=plain), IndexedUnlabelled(data.train)
 
 
 def _fit_student(cfg, teacher_dim: int, reduced: bool, trainable: bool, target_norm: str, dataset, views, seed: int,

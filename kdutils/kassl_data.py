@@ -10,7 +10,7 @@ from .kassl_config import SSL_TEACHERS, TEACHER_LABELS
 from .models import weights_requirement
 from .paths import under
 
-__all__ = ["KASSLData", "paper_paths", "required_files", "synth_key", "load_data", "IndexedImages", "data_loader"]
+__all__ = ["KASSLData", "paper_paths", "required_files", "synth_key", "load_data", "data_loader"]
 
 
 @dataclass
@@ -111,19 +111,6 @@ def load_data(cfg) -> KASSLData:
     return KASSLData(train, probe_train, probe_test, size, canvas,
                      {"train": key(train, "train"), "test": key(probe_test, "val")}, None, len(train.classes),
                      list(train.classes))
-
-
-class IndexedImages(torch.utils.data.Dataset):
-    """(index, image) items: the no-augmentation path looks cached teacher features up by index."""
-
-    def __init__(self, base):
-        self.base = base
-
-    def __len__(self):
-        return len(self.base)
-
-    def __getitem__(self, i):
-        return i, self.base[i][0]
 
 
 def data_loader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0):

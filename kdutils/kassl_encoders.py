@@ -15,7 +15,7 @@ from .kassl_config import TEACHER_LABELS, phase_epochs, probe_args, ssl_epochs
 from .kassl_data import KASSLData, data_loader, load_data, paper_paths, synth_key
 from .kassl_probe import probe, random_init_probe
 from .kassl_views import to_uint8
-from .models import torchvision_model, weights_file
+from .models import small_resnet, torchvision_model, weights_file
 from .ssl import make_learner, train_ssl, view_pair
 from .teacher import IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher, Normalize
 from .train import launch, resolve_device, seed_everything
@@ -32,8 +32,6 @@ def student_backbone(cfg) -> tuple[nn.Module, int]:
     in front and `fc = Identity`.
     """
     if cfg.profile != "paper":
-        from .models import small_resnet
-
         net = small_resnet(cfg.student_arch)
         return net, net.feature_dim
     net, dim = _headless(cfg.student_arch)
@@ -43,8 +41,6 @@ def student_backbone(cfg) -> tuple[nn.Module, int]:
 def teacher_architecture(cfg) -> nn.Module:
     """The teachers' architecture with random weights (features out): the floor an SSL teacher must beat."""
     if cfg.profile != "paper":
-        from .models import small_resnet
-
         return small_resnet(cfg.teacher_arch)
     return FrozenTeacher(_headless(cfg.s3_checkpoint_arch)[0], IMAGENET_MEAN, IMAGENET_STD)
 
@@ -131,7 +127,6 @@ def ssl_teacher(method: str, cfg, probe_it: bool = False, seed: int = 0) -> tupl
     trained in-run and cached. `probe_it` adds the linear probes of the encoder
     and of its random initialisation on the target task (what `publish` records).
     """
-    from .models import small_resnet
     from .pretrain import synth_split, to_tensors
     from .published import lookup, recipe
 

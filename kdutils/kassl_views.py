@@ -15,7 +15,8 @@ from .kassl_data import KASSLData
 from .ssl import ViewAugment, as_float_images, view_pair
 from .train import per_example
 
-__all__ = ["to_uint8", "AugmentedViewBank", "BankViews", "FreshViews", "SameImage", "center_crop", "view_bank"]
+__all__ = ["to_uint8", "AugmentedViewBank", "BankViews", "FreshViews", "SameImage", "IndexedUnlabelled", "center_crop",
+           "view_bank"]
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -120,6 +121,19 @@ class SameImage:
         return x, None, t, None
 
 
+class IndexedUnlabelled(torch.utils.data.Dataset):
+    """(index, image) items of a labelled dataset: `SameImage` looks cached teacher features up by index."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        return i, self.base[i][0]
+
+
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     """The central size x size pixels (the plain, un-augmented view of a canvas)."""
     h, w = x.shape[-2:]
@@ -129,13 +143,13 @@ def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     return x[..., top:top + size, left:left + size]
 
 
-def view_bank(cfg, data: KASSLData, seed: int) -> AugmentedViewBank | None:
-    """A bank of `s3_view_bank` views per training image drawn with `seed` (None: fresh views at every step).
+def view_bank(data: KASSLData, *, views: int, preset: str, seed: int) -> AugmentedViewBank | None:
+    """`views` views of every training image from `preset`'s pair, drawn with `seed`; None: fresh views every step.
 
-    The notebook draws one per backbone seed: like the frozen teacher, the bank is shared by the
-    replicates, each of which draws its own view pairs from it, its initialisation and its order.
+    None for 0 views or images not held in memory (`paper`). The notebook draws one per backbone seed: like
+    the frozen teacher, the bank is shared by the replicates, each of which draws its own view pairs from it,
+    its initialisation and its order.
     """
-    if not cfg.s3_view_bank or data.images is None:
+    if not views or data.images is None:
         return None
-    pair = view_pair(cfg.s3_view_preset, out_size=data.size)
-    return AugmentedViewBank.draw(data.images, pair, cfg.s3_view_bank, seed, data.keys["train"])
+    return AugmentedViewBank.draw(data.images, view_pair(preset, out_size=data.size), views, seed, data.keys["train"])

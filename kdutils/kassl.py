@@ -39,13 +39,10 @@ class EncoderExtension(nn.Sequential):
     linear output layer of the target size (SimReg's design).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: int, layers: int = 4):
-        if layers < 2:
-            raise ConfigError(f"the encoder extension needs >= 2 layers, got {layers}.")
-        dims = [in_dim] + [hidden] * (layers - 1)
+    def __init__(self, in_dim: int, out_dim: int, hidden: int):
         blocks = []
-        for a, b in zip(dims[:-1], dims[1:]):
-            blocks += [nn.Linear(a, b), nn.BatchNorm1d(b), nn.ReLU()]
+        for a in (in_dim, hidden, hidden):
+            blocks += [nn.Linear(a, hidden), nn.BatchNorm1d(hidden), nn.ReLU()]
         super().__init__(*blocks, nn.Linear(hidden, out_dim))
 
 

@@ -30,8 +30,6 @@ def test_encoder_extension_has_four_linear_layers_to_the_teacher_size():
     linears = [m for m in ext if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(8, 16), (16, 16), (16, 16), (16, 20)]
     assert ext(torch.rand(5, 8)).shape == (5, 20)
-    with pytest.raises(ConfigError):
-        EncoderExtension(8, 20, 16, layers=1)
 
 
 def test_feature_reduction_is_fixed_orthogonal_or_trainable():

@@ -1,7 +1,9 @@
 """Study 1: self-distillation through a text-queried image-text head, and its ablations.
 
 The thesis's recipe, in order (data in `kdutils.selfdistill_data`, encoders
-and students in `kdutils.selfdistill_encoders`, the method here):
+and students in `kdutils.selfdistill_encoders`, frozen features in
+`kdutils.selfdistill_features`, ablations in `kdutils.selfdistill_analysis`,
+the teachers and students here):
 
 1. **Frozen encoders** (`selfdistill_encoders.Encoders`): a pretrained image
    encoder that gives a token sequence and a pretrained text encoder that
@@ -29,115 +31,30 @@ Augmentation is a horizontal flip only, with the teacher's outputs cached
 for both views (`VIEWS`): a student always imitates the teacher's answer for
 exactly the image it sees. Captions of the flipped view swap "left" and
 "right". Every inference pass goes through `kdutils.frozen.outputs`, every
-training run through `kdutils.train.fit` with a checkpoint keyed by
+training run through `kdutils.train.train` with a checkpoint keyed by
 everything that defines it, so a rerun resumes or returns at once.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
 
-from . import clip as kclip
 from . import metrics
 from .cache import cache_root, cached, code_fingerprint, key_digest, model_fingerprint
 from .distillers import CrossEntropy, SoftTargetKD
 from .errors import ConfigError
 from .frozen import outputs
-from .losses import ClipLoss
 from .selfdistill_data import in_order, indices_of, labels_of
-from .selfdistill_encoders import ImageEncoder, Student
+from .selfdistill_encoders import Student
+from .selfdistill_features import VIEWS, FrozenFeatures, flip_where, tensor_digest, to_unit
 from .text_queried_head import TextQueriedHead
 from .train import Recipe, launch, per_example, seed_everything, train
 
-__all__ = [
-    "VIEWS", "FrozenFeatures", "features_of", "HeadClassifier", "HeadRecipe", "StudentRecipe", "fit_teacher",
-    "teacher_logits", "soft_targets",
-    "fit_student", "student_logits", "student_targets", "topk", "few_shot_indices",
-    "retrieval_recalls", "attention_maps", "tensor_digest",
-]
-
-VIEWS = ("plain", "hflip")
-
-
-def tensor_digest(t: torch.Tensor) -> str:
-    """A short hash of a tensor's values (cache keys of runs that depend on a tensor)."""
-    t = t.detach().cpu().contiguous()
-    return hashlib.sha256(str((t.dtype, tuple(t.shape))).encode() + t.view(-1).view(torch.uint8).numpy().tobytes()
-                          ).hexdigest()[:16]
-
-
-def _to_unit(images: torch.Tensor) -> torch.Tensor:
-    return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
-
-
-def _flip(x: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
-    """Flip the images whose view is 1 (hflip), per sample."""
-    return torch.where(view.view(-1, 1, 1, 1).bool(), x.flip(-1), x)
-
-
-# ----------------------------------------------------------------------------- frozen features
-
-class FrozenFeatures:
-    """A frozen encoder's (tokens, pooled) for every item and view of one split.
-
-    Cached in memory and on disk (tokens in float16) when they fit in
-    `cache_mb` (the profile's `s1_feature_cache_mb`); otherwise (ViT-B/16 on
-    ImageNet) computed per batch by the encoder, which is the same computation
-    without the storage. The one-off pass reads batches of at least 256 images.
-    """
-
-    def __init__(self, encoder: ImageEncoder, dataset, data_key: dict, split: str, views: int, device, *,
-                 cache_mb: float, batch_size: int = 256, num_workers: int = 0, progress: bool = False):
-        self.encoder, self.views, self.device = encoder, views, torch.device(device)
-        self.key = {"encoder": encoder.fingerprint, "data": data_key, "split": split, "views": views,
-                    "in_memory": None}
-        first = _to_unit(dataset[0][0].unsqueeze(0)).to(self.device)
-        tokens, pooled = encoder(first)
-        self.num_tokens, self.token_dim, self.pooled_dim = tokens.shape[1], tokens.shape[2], pooled.shape[1]
-        mb = len(dataset) * views * (self.num_tokens * self.token_dim * 2 + self.pooled_dim * 4) / 2**20
-        self.in_memory = mb <= cache_mb
-        self.key["in_memory"] = self.in_memory  # stored tokens are float16: teachers trained on them differ slightly
-        self.tokens = self.pooled = None
-        if self.in_memory:
-            stored = cached("s1-features", self.key, lambda: self._extract(
-                dataset, max(batch_size, 256), num_workers, split, progress), verbose=False)
-            self.tokens, self.pooled = stored["tokens"], stored["pooled"]
-
-    def _extract(self, dataset, batch_size: int, num_workers: int, split: str, progress: bool) -> dict:
-        """Every item's tokens (float16) and pooled output in every view, one `frozen.outputs` pass per view."""
-        size = self.num_tokens * self.token_dim
-        toks, pools = [], []
-        for v in range(self.views):
-            def flat_outputs(batch, v=v):
-                x = _to_unit(batch[0].to(self.device))
-                return torch.cat([t.flatten(1) for t in self.encoder(x.flip(-1) if v else x)], dim=1)
-
-            flat = outputs(self.encoder, in_order(dataset, batch_size, num_workers), flat_outputs, progress=progress,
-                           desc=f"{self.encoder.name} {split} [{VIEWS[v]}]")
-            toks.append(flat[:, :size].reshape(-1, self.num_tokens, self.token_dim).half())
-            pools.append(flat[:, size:])
-        return {"tokens": torch.stack(toks), "pooled": torch.stack(pools)}
-
-    def __call__(self, images: torch.Tensor, index: torch.Tensor, view: torch.Tensor):
-        """(tokens, pooled) as float32 on the device for a batch of items in the given views."""
-        if self.in_memory:
-            i, v = index.cpu(), view.cpu()
-            return self.tokens[v, i].to(self.device).float(), self.pooled[v, i].to(self.device)
-        return self.encoder(_flip(_to_unit(images.to(self.device)), view.to(self.device)))
-
-
-def features_of(feats: FrozenFeatures, dataset, view: int = 0, batch_size: int = 512):
-    """Pooled features (N, P) of the items of `dataset` (a split or a subset) in one view, on the CPU."""
-    if feats.in_memory:
-        return feats.pooled[view, indices_of(dataset)]
-    return outputs(feats.encoder, in_order(dataset, batch_size),
-                   lambda b: feats(b[0], b[2], torch.full_like(b[2], view))[1])
-
+__all__ = ["HeadClassifier", "HeadRecipe", "StudentRecipe", "fit_teacher", "teacher_logits", "soft_targets",
+           "fit_student", "student_logits", "student_targets"]
 
 # ----------------------------------------------------------------------------- teachers
 
@@ -386,7 +303,7 @@ def _fit_student(spec: dict, train_set, recipe: StudentRecipe, data_key: dict, s
     def compute_loss(batch):
         images, labels, index = batch
         view = per_example(lambda n: torch.randint(0, len(VIEWS), (n,), device=labels.device), len(labels))
-        logits = student(_flip(_to_unit(images), view))
+        logits = student(flip_where(to_unit(images), view))
         teacher = None if targets is None else targets[view.cpu(), index.cpu()].to(logits.device)
         return distiller(logits, teacher, labels)
 
@@ -414,7 +331,7 @@ def student_logits(student: Student, dataset, device, view: int = 0, batch_size:
     forward = student.features if features else student
 
     def logits(batch):
-        x = _to_unit(batch[0])
+        x = to_unit(batch[0])
         return forward(x.flip(-1) if view else x)
 
     return outputs(student, in_order(dataset, batch_size), logits, device=device), labels_of(dataset)
@@ -425,75 +342,3 @@ def student_targets(student: Student, train_set, device) -> torch.Tensor:
     return _per_view_table(train_set, len(VIEWS), lambda v: student_logits(student, train_set, device, view=v)[0])
 
 
-def topk(logits: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Top-1 and top-5 in % (top-5 only when there are more than 5 classes)."""
-    out = {"top1": metrics.accuracy(labels, logits)}
-    if logits.shape[1] > 5:
-        out["top5"] = metrics.topk_accuracy(logits, labels, 5)
-    return out
-
-
-# ----------------------------------------------------------------------------- ablations
-
-def few_shot_indices(labels: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
-    """k items per class, nested in k (the 1-shot items are among the 5-shot ones), fixed by `seed`."""
-    if k < 1:
-        raise ConfigError(f"few-shot k must be >= 1, got {k}.")
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(labels), generator=g)
-    chosen = []
-    for c in torch.unique(labels).tolist():
-        members = order[labels[order] == c]
-        if len(members) < k:
-            raise ConfigError(f"class {c} has {len(members)} training images, fewer than k={k}.")
-        chosen.append(members[:k])
-    return torch.sort(torch.cat(chosen)).values
-
-
-def retrieval_recalls(train_image: torch.Tensor, train_text: torch.Tensor, test_image: torch.Tensor,
-                      test_text: torch.Tensor, *, epochs: int, seed: int, gallery: int, device,
-                      max_steps: int | None = None) -> dict:
-    """Recall@1/5/10 (%) of test images and captions through a linear projection learned into the text space.
-
-    Image features are standardised with the training set's statistics and
-    mapped by one linear layer; the frozen text encodings stay fixed. The
-    projection is trained with CLIP's symmetric contrastive loss (learnable
-    temperature) on the training pairs for `epochs` (of at most `max_steps`
-    batches); the first `gallery` test pairs are ranked
-    (`kdutils.clip.retrieval_recalls`, both directions).
-    """
-    device = torch.device(device)
-    gen = seed_everything(seed)
-    mean, std = train_image.mean(0, keepdim=True), train_image.std(0, keepdim=True) + 1e-6
-    proj = nn.Linear(train_image.shape[1], train_text.shape[1])
-    loss_fn = ClipLoss(init_scale=10.0)
-    model = nn.ModuleDict({"proj": proj, "loss": loss_fn})
-    data = torch.utils.data.TensorDataset((train_image - mean) / std, train_text)
-    loader = torch.utils.data.DataLoader(data, batch_size=256, shuffle=True, generator=gen, drop_last=len(data) >= 512)
-    recipe = Recipe(optimizer="adamw", lr=1e-2, weight_decay=1e-4, schedule="warmup_cosine", warmup_fraction=0.1,
-                    warmup_cap=100, epochs=epochs, max_steps=max_steps)
-    train(model, lambda b: {"loss": loss_fn(proj(b[0]), b[1])}, loader, recipe, device=device,
-          desc="retrieval projection", progress=False)
-    n = min(gallery, len(test_image))
-    with torch.no_grad():
-        image_emb = proj(((test_image[:n] - mean) / std).to(device)).cpu()
-    return kclip.retrieval_recalls(image_emb, test_text[:n], ks=(1, 5, 10))
-
-
-@torch.no_grad()
-def attention_maps(teacher: HeadClassifier, feats: FrozenFeatures, dataset, indices: Sequence[int], how: str = "own"):
-    """Attention of a text head over image tokens for some items: (n, T) weights and the labels.
-
-    how="own": the query is the image's true class prompt (the thesis's head);
-    how="label_free": the map of the highest-scoring class prompt.
-    """
-    subset = torch.utils.data.Subset(dataset, list(indices))
-    images, labels, index = next(iter(torch.utils.data.DataLoader(subset, batch_size=len(subset))))
-    tokens, _ = feats(images, index, torch.zeros_like(index))
-    labels = labels.to(feats.device)
-    if how == "own":
-        logits, weights = teacher.module.own_prompt_logits(tokens, teacher.class_queries[labels], True)
-        return weights.cpu(), labels.cpu(), logits.argmax(1).cpu()
-    scores, weights = teacher.label_free_scores(tokens, True)
-    best = scores.argmax(1)
-    return weights[torch.arange(len(best)), best].cpu(), labels.cpu(), best.cpu()

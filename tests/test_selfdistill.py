@@ -5,6 +5,8 @@ import torch
 from torch import nn
 
 from kdutils import selfdistill as sd
+from kdutils import selfdistill_analysis as s1an
+from kdutils import selfdistill_features as s1feat
 from kdutils import selfdistill_data as s1data
 from kdutils import selfdistill_encoders as s1enc
 from kdutils.benchmarks import selfdistill as bench_selfdistill
@@ -69,13 +71,13 @@ def test_indexed_items_and_subsets_keep_the_index_into_the_split():
 
 def test_few_shot_indices_are_k_per_class_nested_and_fixed():
     labels = torch.tensor([0, 1, 2] * 20)
-    one, five = sd.few_shot_indices(labels, 1), sd.few_shot_indices(labels, 5)
+    one, five = s1an.few_shot_indices(labels, 1), s1an.few_shot_indices(labels, 5)
     assert torch.bincount(labels[five]).tolist() == [5, 5, 5]
     assert torch.bincount(labels[one]).tolist() == [1, 1, 1]
     assert set(one.tolist()) <= set(five.tolist())
-    assert torch.equal(five, sd.few_shot_indices(labels, 5))
+    assert torch.equal(five, s1an.few_shot_indices(labels, 5))
     with pytest.raises(ConfigError, match="fewer than k=21"):
-        sd.few_shot_indices(labels, 21)
+        s1an.few_shot_indices(labels, 21)
 
 
 def test_synthworld_data_matches_the_shared_splits():
@@ -94,8 +96,8 @@ def test_synthworld_data_matches_the_shared_splits():
 
 def test_cached_features_equal_the_encoder_computed_per_batch(cache):
     data, enc = _data(), _encoder()
-    cached = sd.FrozenFeatures(enc, data, KEY, "train", 2, "cpu", cache_mb=CACHE_MB)
-    streamed = sd.FrozenFeatures(enc, data, KEY, "train", 2, "cpu", cache_mb=0)
+    cached = s1feat.FrozenFeatures(enc, data, KEY, "train", 2, "cpu", cache_mb=CACHE_MB)
+    streamed = s1feat.FrozenFeatures(enc, data, KEY, "train", 2, "cpu", cache_mb=0)
     assert cached.in_memory and not streamed.in_memory
     images, _, index = next(iter(torch.utils.data.DataLoader(data, batch_size=16)))
     view = torch.tensor([0, 1] * 8)
@@ -113,11 +115,11 @@ def test_cached_features_equal_the_encoder_computed_per_batch(cache):
 
 def test_features_are_cached_on_disk_by_encoder_and_data(cache):
     data, enc = _data(), _encoder()
-    a = sd.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
+    a = s1feat.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     assert len(list((cache / "s1-features").glob("*.pt"))) == 1
-    b = sd.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
+    b = s1feat.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     assert torch.equal(a.tokens, b.tokens)
-    sd.FrozenFeatures(_encoder(seed=1), data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
+    s1feat.FrozenFeatures(_encoder(seed=1), data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     assert len(list((cache / "s1-features").glob("*.pt"))) == 2
 
 
@@ -129,7 +131,7 @@ def _queries(classes=4, dim=6, seed=0):
 
 def test_teacher_modes_are_the_heads_two_uses(cache):
     data, enc = _data(), _encoder()
-    feats = sd.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
+    feats = s1feat.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     q = _queries()
     teacher, _ = sd.fit_teacher("prompt", feats, data, sd.HeadRecipe.of(_cfg()), seed=0, num_classes=4, class_queries=q)
     own, labels = sd.teacher_logits(teacher, feats, data, "own")
@@ -150,7 +152,7 @@ def test_teacher_training_learns_separable_features(cache):
     labels = torch.arange(n) % classes
     images = torch.zeros(n, 3, 8, 8, dtype=torch.uint8)
     data = s1data.IndexedImages(images, labels)
-    feats = sd.FrozenFeatures(_encoder(), data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
+    feats = s1feat.FrozenFeatures(_encoder(), data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     torch.manual_seed(0)
     tokens = torch.randn(1, n, feats.num_tokens, feats.token_dim) * 0.1
     tokens[0, torch.arange(n), labels % feats.num_tokens, labels] += 3.0
@@ -161,13 +163,13 @@ def test_teacher_training_learns_separable_features(cache):
         teacher, history = sd.fit_teacher(mode, feats, data, sd.HeadRecipe.of(cfg), seed=0, num_classes=classes,
                                           class_queries=_queries(classes, 6) if mode != "linear" else None)
         logits, y = sd.teacher_logits(teacher, feats, data, "own")
-        assert sd.topk(logits, y)["top1"] > 95, mode
+        assert s1an.topk(logits, y)["top1"] > 95, mode
         assert history.epochs[-1]["train_loss"] < history.epochs[0]["train_loss"]
 
 
 def test_soft_targets_hold_the_teachers_logits_per_view_and_only_for_the_subset(cache):
     data, enc = _data(), _encoder()
-    feats = sd.FrozenFeatures(enc, data, KEY, "train", 2, "cpu", cache_mb=CACHE_MB)
+    feats = s1feat.FrozenFeatures(enc, data, KEY, "train", 2, "cpu", cache_mb=CACHE_MB)
     q = _queries()
     sub = torch.utils.data.Subset(data, [1, 4, 9, 30])
     teacher, _ = sd.fit_teacher("label_free", feats, sub, sd.HeadRecipe.of(_cfg()), seed=0, num_classes=4, class_queries=q)
@@ -183,7 +185,7 @@ def test_soft_targets_hold_the_teachers_logits_per_view_and_only_for_the_subset(
 
 def test_caption_teacher_reads_each_images_own_query(cache):
     data, enc = _data(n=16), _encoder()
-    feats = sd.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
+    feats = s1feat.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     q = _queries()
     table = torch.randn(1, 16, 6)
     teacher, _ = sd.fit_teacher("caption", feats, data, sd.HeadRecipe.of(_cfg()), seed=0, num_classes=4, class_queries=q,
@@ -286,21 +288,21 @@ def test_retrieval_projection_recovers_a_linear_image_text_map(cache):
     torch.manual_seed(0)
     w = torch.randn(16, 8)
     train_img, test_img = torch.randn(600, 16), torch.randn(50, 16)
-    recalls = sd.retrieval_recalls(train_img, train_img @ w, test_img, test_img @ w, epochs=60, seed=0, gallery=50,
+    recalls = s1an.retrieval_recalls(train_img, train_img @ w, test_img, test_img @ w, epochs=60, seed=0, gallery=50,
                                    device="cpu")
     assert set(recalls) == {f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
     assert recalls["i2t_r1"] > 90 and recalls["t2i_r1"] > 90
-    noise = sd.retrieval_recalls(train_img, torch.randn(600, 8), test_img, torch.randn(50, 8), epochs=60, seed=0,
+    noise = s1an.retrieval_recalls(train_img, torch.randn(600, 8), test_img, torch.randn(50, 8), epochs=60, seed=0,
                                  gallery=50, device="cpu")
     assert noise["i2t_r1"] < 20 and noise["i2t_r10"] < 50
 
 
 def test_attention_maps_are_distributions_over_the_image_tokens(cache):
     data, enc = _data(), _encoder()
-    feats = sd.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
+    feats = s1feat.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     teacher, _ = sd.fit_teacher("prompt", feats, data, sd.HeadRecipe.of(_cfg()), seed=0, num_classes=4, class_queries=_queries())
     for how in ("own", "label_free"):
-        weights, labels, predicted = sd.attention_maps(teacher, feats, data, [0, 5, 6], how)
+        weights, labels, predicted = s1an.attention_maps(teacher, feats, data, [0, 5, 6], how)
         assert weights.shape == (3, feats.num_tokens)
         torch.testing.assert_close(weights.sum(1), torch.ones(3))
         assert labels.tolist() == [0, 1, 2] and predicted.shape == (3,)

@@ -8,7 +8,8 @@ import torch
 
 from .. import metrics
 from ..models import small_resnet
-from ..selfdistill import VIEWS, FrozenFeatures, HeadRecipe, fit_teacher, teacher_logits
+from ..selfdistill import HeadRecipe, fit_teacher, teacher_logits
+from ..selfdistill_features import VIEWS, FrozenFeatures
 from ..selfdistill_data import synthworld_data
 from ..selfdistill_encoders import ImageEncoder
 
@@ -43,8 +44,8 @@ def run(n_train: int = 2000, epochs: int = 3) -> dict:
                 feats = FrozenFeatures(encoder, train, data.key, "train", len(VIEWS), "cpu", cache_mb=mb, **passes)
                 test_feats = FrozenFeatures(encoder, test, data.key, "test", 1, "cpu", cache_mb=mb, **passes)
                 t1 = time.perf_counter()
-                head, _ = fit_teacher("label_free", feats, train, HeadRecipe.of(base), seed=0, num_classes=data.num_classes,
-                                      class_queries=queries)
+                head, _ = fit_teacher("label_free", feats, train, HeadRecipe.of(base), seed=0,
+                                      num_classes=data.num_classes, class_queries=queries)
                 t2 = time.perf_counter()
                 logits, labels = teacher_logits(head, test_feats, test)
                 out[name] = {"features_s": t1 - t0, "training_s": t2 - t1, "logits": logits,

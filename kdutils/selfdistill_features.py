@@ -1,0 +1,93 @@
+"""Study 1's frozen image features: an encoder's (tokens, pooled) for every item and view of a split.
+
+The image encoders never train, so their outputs are computed once per split
+and view (`VIEWS`: the image and its mirror) and every head trains on tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from .cache import cached
+from .frozen import outputs
+from .selfdistill_data import in_order, indices_of
+from .selfdistill_encoders import ImageEncoder
+
+__all__ = ["VIEWS", "FrozenFeatures", "features_of", "tensor_digest", "to_unit", "flip_where"]
+
+VIEWS = ("plain", "hflip")
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """A short hash of a tensor's values (cache keys of runs that depend on a tensor)."""
+    t = t.detach().cpu().contiguous()
+    return hashlib.sha256(str((t.dtype, tuple(t.shape))).encode() + t.view(-1).view(torch.uint8).numpy().tobytes()
+                          ).hexdigest()[:16]
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+
+
+def flip_where(x: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+    """Flip the images whose view is 1 (hflip), per sample."""
+    return torch.where(view.view(-1, 1, 1, 1).bool(), x.flip(-1), x)
+
+
+class FrozenFeatures:
+    """A frozen encoder's (tokens, pooled) for every item and view of one split.
+
+    Cached in memory and on disk (tokens in float16) when they fit in
+    `cache_mb` (the profile's `s1_feature_cache_mb`); otherwise (ViT-B/16 on
+    ImageNet) computed per batch by the encoder, which is the same computation
+    without the storage. The one-off pass reads batches of at least 256 images.
+    """
+
+    def __init__(self, encoder: ImageEncoder, dataset, data_key: dict, split: str, views: int, device, *,
+                 cache_mb: float, batch_size: int = 256, num_workers: int = 0, progress: bool = False):
+        self.encoder, self.views, self.device = encoder, views, torch.device(device)
+        self.key = {"encoder": encoder.fingerprint, "data": data_key, "split": split, "views": views,
+                    "in_memory": None}
+        first = to_unit(dataset[0][0].unsqueeze(0)).to(self.device)
+        tokens, pooled = encoder(first)
+        self.num_tokens, self.token_dim, self.pooled_dim = tokens.shape[1], tokens.shape[2], pooled.shape[1]
+        mb = len(dataset) * views * (self.num_tokens * self.token_dim * 2 + self.pooled_dim * 4) / 2**20
+        self.in_memory = mb <= cache_mb
+        self.key["in_memory"] = self.in_memory  # stored tokens are float16: teachers trained on them differ slightly
+        self.tokens = self.pooled = None
+        if self.in_memory:
+            stored = cached("s1-features", self.key, lambda: self._extract(
+                dataset, max(batch_size, 256), num_workers, split, progress), verbose=False)
+            self.tokens, self.pooled = stored["tokens"], stored["pooled"]
+
+    def _extract(self, dataset, batch_size: int, num_workers: int, split: str, progress: bool) -> dict:
+        """Every item's tokens (float16) and pooled output in every view, one `frozen.outputs` pass per view."""
+        size = self.num_tokens * self.token_dim
+        toks, pools = [], []
+        for v in range(self.views):
+            def flat_outputs(batch, v=v):
+                x = to_unit(batch[0].to(self.device))
+                return torch.cat([t.flatten(1) for t in self.encoder(x.flip(-1) if v else x)], dim=1)
+
+            flat = outputs(self.encoder, in_order(dataset, batch_size, num_workers), flat_outputs, progress=progress,
+                           desc=f"{self.encoder.name} {split} [{VIEWS[v]}]")
+            toks.append(flat[:, :size].reshape(-1, self.num_tokens, self.token_dim).half())
+            pools.append(flat[:, size:])
+        return {"tokens": torch.stack(toks), "pooled": torch.stack(pools)}
+
+    def __call__(self, images: torch.Tensor, index: torch.Tensor, view: torch.Tensor):
+        """(tokens, pooled) as float32 on the device for a batch of items in the given views."""
+        if self.in_memory:
+            i, v = index.cpu(), view.cpu()
+            return self.tokens[v, i].to(self.device).float(), self.pooled[v, i].to(self.device)
+        return self.encoder(flip_where(to_unit(images.to(self.device)), view.to(self.device)))
+
+
+def features_of(feats: FrozenFeatures, dataset, view: int = 0, batch_size: int = 512):
+    """Pooled features (N, P) of the items of `dataset` (a split or a subset) in one view, on the CPU."""
+    if feats.in_memory:
+        return feats.pooled[view, indices_of(dataset)]
+    return outputs(feats.encoder, in_order(dataset, batch_size),
+                   lambda b: feats(b[0], b[2], torch.full_like(b[2], view))[1])

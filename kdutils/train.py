@@ -446,20 +446,13 @@ def fit(model: nn.Module, loader, compute_loss: Callable[[object], dict], optimi
     accelerator = _data_parallel()
     main = accelerator is None or accelerator.is_main_process
     progress = progress and main
-    if accelerator is not None:  # Accelerate names CPU processes cpu:RANK, which torch.load cannot map to
-        device = accelerator.device if accelerator.device.type != "cpu" else "cpu"
-    device = torch.device(device)
-    on_cuda = device.type == "cuda"
-    amp = on_cuda if amp is None else amp
-    channels_last = on_cuda if channels_last is None else channels_last
     plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     if (patience is not None or plateau or restore_best) and (evaluate is None or monitor is None):
         raise ConfigError("early stopping, ReduceLROnPlateau and restore_best need `evaluate` and `monitor`.")
     if mode not in ("max", "min"):
         raise ConfigError(f"mode must be 'max' or 'min', got '{mode}'.")
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    device, amp, channels_last = _place(model, device, amp, channels_last, accelerator)
+    on_cuda = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp and on_cuda)
     ckpt_path = Path(checkpoint) if checkpoint else None
     state = _resume(ckpt_path, checkpoint_key, model, optimizer, scheduler, scaler, loader, device)
@@ -474,26 +467,21 @@ def fit(model: nn.Module, loader, compute_loss: Callable[[object], dict], optimi
             break
         t0 = time.perf_counter()
         model.train()
-        bar = tqdm(total=min(len(loader), max_steps_per_epoch or len(loader)), desc=f"epoch {epoch + 1}",
-                   leave=False, disable=not progress)  # updated by hand: wrapping would start the loader twice
-        sums, n_steps = {}, 0
-        for step, batch in enumerate(_steps(loader, max_steps_per_epoch)):
+
+        def one_step(batch, where):
             losses = _step(model, batch, compute_loss, optimizer, scaler, accelerator, device, channels_last,
-                           amp and on_cuda, where=f"[{desc}] epoch {epoch + 1}, step {step + 1}")
+                           amp and on_cuda, where=f"[{desc}] epoch {epoch + 1}, {where}")
             if on_step is not None:
                 on_step(losses)
             scaler.step(optimizer)
             scaler.update()
             if scheduler is not None and not plateau:
                 scheduler.step()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            n_steps = step + 1
-            bar.update()
-            bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
-        bar.close()
+            return losses
+
+        means = _epoch(loader, one_step, max_steps_per_epoch, desc=f"epoch {epoch + 1}", progress=progress)
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-        record.update({f"train_{k}": v / max(n_steps, 1) for k, v in sums.items()})
+        record.update({f"train_{k}": v for k, v in means.items()})
         if evaluate is not None:
             model.eval()
             record.update(evaluate())
@@ -508,7 +496,7 @@ def fit(model: nn.Module, loader, compute_loss: Callable[[object], dict], optimi
                                if k not in ("epoch", "seconds") and isinstance(v, float)})
         if ckpt_path is not None and main:
             save_checkpoint({"key": checkpoint_key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                             "scheduler": None if scheduler is None else scheduler.state_dict(),
                              "scaler": scaler.state_dict(), "history": history.to_dict(), "best_state": best_state,
                              "since_best": since_best, "rng": _rng_state(loader)}, ckpt_path)
         if accelerator is not None:
@@ -516,6 +504,36 @@ def fit(model: nn.Module, loader, compute_loss: Callable[[object], dict], optimi
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
     return history
+
+
+def _place(model: nn.Module, device, amp: bool | None, channels_last: bool | None, accelerator):
+    """Move `model` to its device; (device, amp, channels_last), the last two on by default on CUDA only."""
+    if accelerator is not None:  # Accelerate names CPU processes cpu:RANK, which torch.load cannot map to
+        device = accelerator.device if accelerator.device.type != "cpu" else "cpu"
+    device = torch.device(device)
+    on_cuda = device.type == "cuda"
+    amp = on_cuda if amp is None else amp
+    channels_last = on_cuda if channels_last is None else channels_last
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return device, amp, channels_last
+
+
+def _epoch(loader, one_step: Callable, max_steps: int | None, *, desc: str, progress: bool) -> dict:
+    """One pass of `one_step(batch, where)` over the loader (at most `max_steps`); the mean of each loss."""
+    bar = tqdm(total=min(len(loader), max_steps or len(loader)), desc=desc, leave=False,
+               disable=not progress)  # updated by hand: wrapping would start the loader twice
+    sums, n_steps = {}, 0
+    for step, batch in enumerate(_steps(loader, max_steps)):
+        losses = one_step(batch, f"step {step + 1}")
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        n_steps = step + 1
+        bar.update()
+        bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
+    bar.close()
+    return {k: v / max(n_steps, 1) for k, v in sums.items()}
 
 
 def _follow(history: History, value: float, mode: str, model, best_state, since_best: int, restore_best: bool,

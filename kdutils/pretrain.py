@@ -19,13 +19,13 @@ from torch import nn
 from . import metrics
 from .augment import flip_shift
 from .cache import cache_root, code_fingerprint, entry_lock, key_digest
-from .models import small_resnet
 from .frozen import batches, outputs
 from .published import lookup, recipe
 from .results import write_json
 from .synthworld import SynthBatch, WorldConfig, class_names, generate
 from .distillers import CrossEntropy
 from .train import Recipe, load_checkpoint, resolve_device, seed_everything, train
+from .zoo import backbone
 
 # Fixed data seeds: every study sees the same SynthWorld images for a profile,
 # and the training seeds (cfg.seeds) vary only initialisation and order.
@@ -73,7 +73,7 @@ def pretrain_source(arch: str, cfg, seed: int = 0, epochs: int | None = None, lr
 def _pretrain_source(arch: str, cfg, seed: int, epochs: int, lr: float, progress: bool, ckpt, key: dict):
     summary_file, digest = ckpt.with_suffix(".summary.json"), key_digest(key)
     gen = seed_everything(seed)  # before the model: its initialisation is part of the seeded run
-    model = small_resnet(arch, num_classes=len(class_names("source")))
+    model, _ = backbone(arch, num_classes=len(class_names("source")))
     shipped = lookup(f"source-{arch}", key)
     if shipped is not None:
         model.load_state_dict(shipped[0])

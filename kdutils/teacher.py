@@ -39,6 +39,17 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+def freeze(net: nn.Module) -> nn.Module:
+    """`net` with its weights and batch-norm statistics fixed (no weight gradients, eval mode), in place.
+
+    Still differentiable in its input (SHAP explains through a frozen student); `FrozenTeacher` adds
+    no-grad inference, a `train()` that cannot unfreeze it, and its own preprocessing.
+    """
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.eval()
+
+
 class FrozenTeacher(nn.Module):
     """Eval mode forever, no gradients, its own preprocessing.
 
@@ -50,9 +61,7 @@ class FrozenTeacher(nn.Module):
                  std: Sequence[float] = IMAGENET_STD, input_size: int | None = None):
         super().__init__()
         self.preprocess = Normalize(mean, std, input_size)
-        self.model = model
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        self.model = freeze(model)
         super().train(False)
 
     def train(self, mode: bool = True) -> "FrozenTeacher":

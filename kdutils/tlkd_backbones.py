@@ -6,51 +6,14 @@ fixed feature extractor, and caching its features exact.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from .errors import ConfigError
 from .models import SMALL_ARCHS
-from .teacher import CIFAR10_MEAN, CIFAR10_STD, FrozenTeacher, Normalize
+from .teacher import CIFAR10_MEAN, CIFAR10_STD, FrozenTeacher, Normalize, freeze
+from .zoo import backbone, source_backbone
 
-__all__ = ["load_encoder", "frozen_student"]
-
-
-def _torchvision_backbone(name: str, weights: str, input_size: int, allow_random: bool) -> tuple[nn.Module, int]:
-    """A torchvision classifier without its head (outputs features), and the input size it needs."""
-    import torchvision
-
-    from .models import torchvision_model
-
-    is_vit = name.startswith("vit")
-    if allow_random:
-        kwargs = {"image_size": input_size} if is_vit and input_size else {}
-        with torch.random.fork_rng(devices=[]):  # the same random weights every dry run
-            torch.manual_seed(0)
-            net = torchvision.models.get_model(name, weights=None, **kwargs)
-    else:
-        net = torchvision_model(name, weights)
-    if is_vit:
-        if input_size and input_size != net.image_size:
-            raise ConfigError(f"{name} with {weights} takes {net.image_size}x{net.image_size} images, "
-                              f"but its input size is set to {input_size}.")
-        input_size = net.image_size
-        net.heads = nn.Identity()
-    elif hasattr(net, "fc"):
-        net.fc = nn.Identity()
-    else:
-        raise ConfigError(f"do not know how to remove the head of torchvision model '{name}'.")
-    return net, input_size
-
-
-def frozen_student(net: nn.Module) -> nn.Module:
-    """Weights and batch-norm statistics fixed, but differentiable: SHAP explains through the student.
-
-    (Teachers are wrapped in `FrozenTeacher`, whose forward runs without gradients.)
-    """
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net.eval()
+__all__ = ["load_encoder"]
 
 
 def load_encoder(arch: str, cfg, *, weights: str = "", input_size: int = 0, teacher: bool = False
@@ -65,26 +28,23 @@ def load_encoder(arch: str, cfg, *, weights: str = "", input_size: int = 0, teac
     (`attribution.shap_safe_resnet`), teachers are wrapped in `FrozenTeacher`.
     """
     if arch in SMALL_ARCHS:
-        from .pretrain import pretrain_source
-
         if len(set(cfg.backbone_seeds)) > 1:
             raise ConfigError(f"study 4 replicates over its trained heads with one pair of frozen backbones; got "
                               f"backbone_seeds={cfg.backbone_seeds}. Run it once per backbone seed instead "
                               f"(-p backbone_seeds=[1], ...).")
-        net, summary = pretrain_source(arch, cfg, seed=cfg.backbone_seeds[0])
-        net.fc, net.dropout = nn.Identity(), nn.Identity()
+        net, card, summary = source_backbone(arch, cfg, seed=cfg.backbone_seeds[0])
         info = {"arch": arch, "weights": "pretrained here on the SynthWorld source task (60 classes)",
-                "source_top1": summary["source_top1"], "input_size": cfg.image_size,
-                "parameters": sum(p.numel() for p in net.parameters())}
-        return (FrozenTeacher(net, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)) if teacher else frozen_student(net)), info
-    net, size = _torchvision_backbone(arch, weights, input_size, allow_random=cfg.dry_run)
+                "source_top1": summary["source_top1"], "input_size": cfg.image_size, "parameters": card.parameters}
+        return (FrozenTeacher(net, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)) if teacher else freeze(net)), info
+    net, card = backbone(arch, weights=weights, input_size=input_size or None, allow_random=cfg.dry_run,
+                         random_seed=0)  # dry runs: the same random weights every time
     if not teacher and arch.startswith(("resnet", "wide_resnet")):
         from .attribution import shap_safe_resnet
 
         net = shap_safe_resnet(net)
     info = {"arch": arch, "weights": "random (dry run)" if cfg.dry_run else weights,
-            "input_size": size or cfg.image_size, "parameters": sum(p.numel() for p in net.parameters())}
-    size = size or None
+            "input_size": card.input_size or cfg.image_size, "parameters": card.parameters}
+    size = card.input_size
     encoder = (FrozenTeacher(net, CIFAR10_MEAN, CIFAR10_STD, size) if teacher
-               else frozen_student(nn.Sequential(Normalize(CIFAR10_MEAN, CIFAR10_STD, size), net)))
+               else freeze(nn.Sequential(Normalize(CIFAR10_MEAN, CIFAR10_STD, size), net)))
     return encoder, info

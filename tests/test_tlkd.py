@@ -11,7 +11,7 @@ from kdutils.benchmarks import tlkd as bench_tlkd
 from kdutils.errors import ConfigError
 from kdutils.models import small_resnet
 from kdutils.profiles import load_profile
-from kdutils.teacher import FrozenTeacher
+from kdutils.teacher import FrozenTeacher, freeze
 from kdutils.tlkd_features import CachedSource, FixedViews, PlainSource, frozen_features, head_logits
 
 
@@ -25,7 +25,7 @@ def split(n, seed, size=16):
 @pytest.fixture(scope="module")
 def networks():
     torch.manual_seed(0)
-    student = tlkd_backbones.frozen_student(small_resnet("resnet_xs"))
+    student = freeze(small_resnet("resnet_xs"))
     teacher = FrozenTeacher(small_resnet("resnet_xs"), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     return student, teacher
 

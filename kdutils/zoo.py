@@ -1,0 +1,120 @@
+"""One model zoo: every backbone of the studies by name, features out, with a card saying what it is.
+
+Names are SynthWorld's small ResNets (`models.SMALL_ARCHS`: `resnet_xs` ... `resnet_l`, 32x32 images in
+[0, 1], no normalisation) and torchvision's classifiers (`resnet18`, `resnet50`, `vit_b_16`...: ImageNet
+normalisation, published weights from torch's hub cache, see `models.torchvision_model`). The classifier
+is removed here and only here (`headless`); `source_backbone` gives a small ResNet pretrained on the
+SynthWorld source task (`pretrain.pretrain_source`, cached) the same way. Freezing is `teacher.freeze` /
+`teacher.FrozenTeacher`; the studies choose which, and which normalisation to put in front.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .models import SMALL_ARCHS, SmallResNet, small_resnet, torchvision_model
+from .teacher import IMAGENET_MEAN, IMAGENET_STD, Normalize
+
+__all__ = ["ModelCard", "backbone", "headless", "source_backbone"]
+
+NO_NORMALISATION = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a zoo network is: its feature size, parameters, the input it expects and where its weights came from.
+
+    `input_size` None: any size (the images' own); `mean`/`std` normalise [0, 1] images for it.
+    """
+
+    name: str
+    feature_dim: int
+    parameters: int
+    input_size: int | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    weights: str
+
+    def normalize(self) -> nn.Module:
+        """The preprocessing of [0, 1] images this network expects (Identity when it needs none)."""
+        if (self.mean, self.std) == NO_NORMALISATION and self.input_size is None:
+            return nn.Identity()
+        return Normalize(self.mean, self.std, self.input_size)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def headless(net: nn.Module) -> tuple[nn.Module, int]:
+    """`net` with its classifier replaced by Identity (in place: features out), and the feature size."""
+    if isinstance(net, SmallResNet):
+        net.fc, net.dropout = nn.Identity(), nn.Identity()
+        return net, net.feature_dim
+    if hasattr(net, "heads") and hasattr(net, "hidden_dim"):  # torchvision ViT
+        net.heads = nn.Identity()
+        return net, net.hidden_dim
+    if isinstance(getattr(net, "fc", None), nn.Linear):  # torchvision ResNet / WideResNet
+        dim = net.fc.in_features
+        net.fc = nn.Identity()
+        return net, dim
+    raise ConfigError(f"do not know how to remove the head of {type(net).__name__}; the zoo knows SmallResNet, "
+                      "torchvision ResNets and ViTs.")
+
+
+def _parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def backbone(name: str, *, weights: str | None = None, input_size: int | None = None, num_classes: int | None = None,
+             allow_random: bool = False, random_seed: int | None = None) -> tuple[nn.Module, ModelCard]:
+    """A freshly built network `name` (features out unless `num_classes`) and its card.
+
+    SynthWorld names take `num_classes` (a fresh linear head; None: features out) and no weights. torchvision
+    names load `weights` (an enum member name; None: random initialisation from the global RNG); `allow_random`
+    (dry runs) builds random weights instead, drawn with `random_seed` in a forked RNG when one is given (the
+    same weights every dry run, the global stream untouched). A ViT with published weights must be given its
+    own `input_size` (or none); with random weights it is built for `input_size`.
+    """
+    if name in SMALL_ARCHS:
+        if weights is not None:
+            raise ConfigError(f"{name} has no published weights; use source_backbone for the SynthWorld pretraining.")
+        net = small_resnet(name, num_classes=num_classes or 0)
+        return net, ModelCard(name, net.feature_dim, _parameters(net), input_size, *NO_NORMALISATION, "random init")
+    if num_classes is not None:
+        raise ConfigError(f"num_classes is for the SynthWorld architectures {sorted(SMALL_ARCHS)}; {name} comes "
+                          "features out.")
+    random = weights is None or allow_random
+    if random and random_seed is not None:
+        import torchvision
+
+        kwargs = {"image_size": input_size} if name.startswith("vit") and input_size else {}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(random_seed)
+            net = torchvision.models.get_model(name, weights=None, **kwargs)
+    else:
+        net = torchvision_model(name, weights, allow_random=allow_random)
+    if hasattr(net, "image_size"):  # ViTs are built for one input size
+        if input_size and input_size != net.image_size:
+            raise ConfigError(f"{name} with {weights} takes {net.image_size}x{net.image_size} images, "
+                              f"but its input size is set to {input_size}.")
+        input_size = net.image_size
+    net, dim = headless(net)
+    origin = "random init" if random else f"torchvision {weights}"
+    return net, ModelCard(name, dim, _parameters(net), input_size or None, IMAGENET_MEAN, IMAGENET_STD, origin)
+
+
+def source_backbone(arch: str, cfg, seed: int) -> tuple[nn.Module, ModelCard, dict]:
+    """SynthWorld `arch` pretrained on the source task (cached; `pretrain.pretrain_source`), headless, on [0, 1]
+    images; with its card and the pretraining summary."""
+    from .pretrain import pretrain_source
+
+    net, summary = pretrain_source(arch, cfg, seed=seed)
+    net, dim = headless(net)
+    card = ModelCard(arch, dim, _parameters(net), cfg.image_size, *NO_NORMALISATION,
+                     f"pretrained here on the SynthWorld source task (60 classes, seed {seed}, "
+                     f"top-1 {summary['source_top1']:.1f}%)")
+    return net, card, summary

@@ -1,0 +1,41 @@
+"""The model zoo: every backbone by name, features out, with a card that says what it is."""
+
+import pytest
+import torch
+from torch import nn
+
+from kdutils import zoo
+from kdutils.errors import ConfigError
+from kdutils.teacher import Normalize
+
+
+def test_small_resnets_come_features_out_or_with_a_fresh_head():
+    net, card = zoo.backbone("resnet_xs")
+    x = torch.rand(2, 3, 32, 32)
+    assert net(x).shape == (2, card.feature_dim) and isinstance(card.normalize(), nn.Identity)
+    assert card.parameters == sum(p.numel() for p in net.parameters()) and card.weights == "random init"
+    classifier, _ = zoo.backbone("resnet_xs", num_classes=7)
+    assert classifier(x).shape == (2, 7)
+    headless, dim = zoo.headless(classifier)
+    assert headless(x).shape == (2, dim) and dim == card.feature_dim
+    with pytest.raises(ConfigError, match="source_backbone"):
+        zoo.backbone("resnet_xs", weights="IMAGENET1K_V1")
+
+
+def test_torchvision_backbones_lose_their_head_and_say_how_to_normalise():
+    torch.manual_seed(0)
+    net, card = zoo.backbone("resnet18")  # random initialisation from the global stream
+    assert card.feature_dim == 512 and card.parameters == 11_176_512 and card.input_size is None
+    assert isinstance(card.normalize(), Normalize) and net.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 512)
+    vit, vcard = zoo.backbone("vit_b_16", weights="IMAGENET1K_SWAG_E2E_V1", input_size=32, allow_random=True,
+                              random_seed=0)
+    assert vcard.input_size == 32 and vcard.weights == "random init" and vit.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 768)
+    state = torch.get_rng_state()
+    again, _ = zoo.backbone("resnet18", weights="IMAGENET1K_V1", allow_random=True, random_seed=0)
+    same, _ = zoo.backbone("resnet18", weights="IMAGENET1K_V1", allow_random=True, random_seed=0)
+    assert torch.equal(torch.get_rng_state(), state)  # a seeded dry run leaves the global stream alone
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), same.state_dict().values()))
+    with pytest.raises(ConfigError, match="num_classes"):
+        zoo.backbone("resnet18", num_classes=3)
+    with pytest.raises(ConfigError, match="head"):
+        zoo.headless(nn.Linear(2, 2))

@@ -22,7 +22,7 @@ from . import metrics
 from .cache import cached, results_root
 from .distillers import CrossEntropy, HintonKD
 from .errors import ConfigError
-from .tlkd_data import array_digest
+from .splits import array_digest
 from .tlkd_features import CachedSource, head_logits
 from .train import History, Recipe, seed_everything, single_cpu_thread, train
 

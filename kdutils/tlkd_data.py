@@ -1,55 +1,23 @@
 """Study 4's data: the SynthWorld target task (tiny / small) or CIFAR-10 (paper), and what paper needs.
 
-Images are float [0, 1] NCHW with a content hash (`Split.key`), so the frozen-feature cache
+Splits are `splits.Split`s keyed by a content hash, so the frozen-feature cache
 (`tlkd_features.frozen_features`) is keyed by the pixels and labels themselves.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from . import splits
 from .errors import ConfigError
 from .models import weights_requirement
 from .paths import under
+from .splits import Split
 
-__all__ = ["array_digest", "Split", "StudyData", "load_data", "paper_requirements"]
-
-
-def array_digest(*arrays) -> str:
-    """A short content hash of arrays: the cache key of a split (or of any tensor a result depends on)."""
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]
-
-
-@dataclass
-class Split:
-    """Images (float (N, 3, H, W) in [0, 1]), labels, and foreground masks where known.
-
-    `key` identifies the pixels and labels (a content hash) for the feature
-    cache. `masks` is (N, H, W) bool and `has_mask` (N,) says which are real.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    key: str
-    masks: np.ndarray | None = None
-    has_mask: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, indices) -> "Split":
-        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        masks = None if self.masks is None else self.masks[idx.numpy()]
-        has = None if self.has_mask is None else self.has_mask[idx.numpy()]
-        return Split(self.images[idx], self.labels[idx], f"{self.key}[{array_digest(idx.numpy())}]", masks, has)
+__all__ = ["StudyData", "load_data", "paper_requirements"]
 
 
 @dataclass
@@ -67,13 +35,6 @@ class StudyData:
         return len(self.class_names)
 
 
-def _split(images_u8: np.ndarray, labels: np.ndarray, masks=None) -> Split:
-    labels = np.asarray(labels, dtype=np.int64)
-    has = None if masks is None else np.ones(len(labels), dtype=bool)
-    images = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float().div_(255)
-    return Split(images, torch.from_numpy(labels), array_digest(images_u8, labels), masks, has)
-
-
 def load_data(cfg) -> StudyData:
     """The study's train / validation / test splits.
 
@@ -84,13 +45,8 @@ def load_data(cfg) -> StudyData:
     set, and foreground masks come from `s4_mask_annotations` when given.
     """
     if cfg.profile != "paper":
-        from .pretrain import synth_split
-
-        parts = {}
-        for name in ("train", "val", "test"):
-            b = synth_split(cfg, f"target_{name}")
-            parts[name] = _split(b.images, b.labels, b.masks)
-        return StudyData(**parts, class_names=list(b.class_names), source="SynthWorld target task")
+        parts = {name: splits.synthworld(cfg, f"target_{name}") for name in ("train", "val", "test")}
+        return StudyData(**parts, class_names=parts["train"].class_names, source="SynthWorld target task")
 
     from .datasets import cifar
 
@@ -104,11 +60,11 @@ def load_data(cfg) -> StudyData:
         raise ConfigError(f"s4_val_fraction={cfg.s4_val_fraction} leaves no training or validation images.")
     tr, va = np.sort(order[:-n_val]), np.sort(order[-n_val:])
     xt, yt = np.asarray(test_ds.data), np.asarray(test_ds.targets)
-    test = _split(xt, yt)
+    test = Split.from_nhwc(xt, yt)
     if cfg.s4_mask_annotations:
         test.masks, test.has_mask = _annotated_masks(under(cfg.s4_mask_annotations), len(yt), xt.shape[1:3])
-    return StudyData(_split(x[tr], y[tr]), _split(x[va], y[va]), test, class_names=list(train_ds.classes),
-                     source="CIFAR-10")
+    return StudyData(Split.from_nhwc(x[tr], y[tr]), Split.from_nhwc(x[va], y[va]), test,
+                     class_names=list(train_ds.classes), source="CIFAR-10")
 
 
 def _annotated_masks(path: Path, n: int, size) -> tuple[np.ndarray, np.ndarray]:
@@ -134,11 +90,7 @@ def paper_requirements(cfg) -> dict:
     Data always (dry runs read fixture batches); weights unless `dry_run`
     (which allows random weights); the mask annotations when configured.
     """
-    root = under(cfg.data_root)
-    need = {"CIFAR-10 python batches": (
-        root / "cifar-10-batches-py",
-        f"Download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it into '{root}' "
-        "(or set data_root).")}
+    need = splits.paper_data(cfg, "cifar10")
     if not cfg.dry_run:
         for role, arch, weights in (("student", cfg.student_arch, cfg.s4_student_weights),
                                     ("teacher", cfg.teacher_arch, cfg.s4_teacher_weights),

@@ -21,7 +21,7 @@ from .cache import cached, model_fingerprint
 from .errors import ConfigError
 from .frozen import batches, outputs
 from .teacher import Normalize
-from .tlkd_data import Split
+from .splits import Split
 
 __all__ = ["FixedViews", "frozen_features", "CachedSource", "PlainSource", "head_logits"]
 
@@ -140,8 +140,8 @@ def frozen_features(encoder: nn.Module, split: Split, views: FixedViews, *, devi
     def compute() -> torch.Tensor:
         encoder.to(device)
         order = batches(torch.arange(len(split)), batch_size)
-        return torch.stack([outputs(encoder, order, lambda idx: encoder(views.render(
-            split.images[idx], idx, torch.full_like(idx, v)).to(device)), progress=progress, desc=f"{desc} view {v}")
+        return torch.stack([outputs(encoder, order, lambda idx: encoder(views.render(split.float_images(idx), idx,
+            torch.full_like(idx, v)).to(device)), progress=progress, desc=f"{desc} view {v}")
             for v in range(views.n_views)])
 
     return cached("tlkd-features", key, compute, verbose=False) if use_cache else compute()
@@ -192,7 +192,7 @@ class PlainSource:
         self.encoder, self.split, self.views, self.teacher = encoder, split, views, teacher
         self.device = torch.device(device)
         with torch.no_grad():
-            self.dim = encoder.eval().to(self.device)(split.images[:1].to(self.device)).shape[1]
+            self.dim = encoder.eval().to(self.device)(split.float_images(slice(1)).to(self.device)).shape[1]
         if teacher is not None:
             teacher.eval().to(self.device)
 
@@ -205,7 +205,7 @@ class PlainSource:
     @torch.no_grad()
     def batch(self, idx: torch.Tensor, view_ids: torch.Tensor, need_teacher: bool = False):
         idx = idx.cpu()
-        x = self.views.render(self.split.images[idx], idx, view_ids.cpu()).to(self.device)
+        x = self.views.render(self.split.float_images(idx), idx, view_ids.cpu()).to(self.device)
         return self.encoder(x).float(), (self.teacher(x).float() if need_teacher else None)
 
 

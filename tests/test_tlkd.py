@@ -12,14 +12,15 @@ from kdutils.errors import ConfigError
 from kdutils.models import small_resnet
 from kdutils.profiles import load_profile
 from kdutils.teacher import FrozenTeacher, freeze
+from kdutils.splits import Split
 from kdutils.tlkd_features import CachedSource, FixedViews, PlainSource, frozen_features, head_logits
 
 
 def split(n, seed, size=16):
     g = torch.Generator().manual_seed(seed)
-    images = torch.rand(n, 3, size, size, generator=g)
+    images = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
     labels = torch.arange(n) % 4
-    return tlkd_data.Split(images, labels, key=f"random-{n}-{seed}-{size}")
+    return Split(images, labels, key=f"random-{n}-{seed}-{size}")
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +89,8 @@ def test_frozen_features_are_the_encoder_on_each_view_and_are_cached(networks, c
     views = FixedViews.mirrored(10)
     feats = frozen_features(student, data, views, batch_size=4)
     with torch.no_grad():
-        assert torch.allclose(feats[0], student(data.images), atol=1e-6)
-        assert torch.allclose(feats[1], student(data.images.flip(-1)), atol=1e-6)
+        assert torch.allclose(feats[0], student(data.float_images()), atol=1e-6)
+        assert torch.allclose(feats[1], student(data.float_images().flip(-1)), atol=1e-6)
     files = list(cache_dir.rglob("*.pt"))
     assert len(files) == 1
     again = frozen_features(student, data, views, batch_size=4)
@@ -265,7 +266,7 @@ def test_paper_data_from_cifar_batches_with_polygon_masks(tmp_path):
     assert data.class_names[0] == "airplane" and data.source == "CIFAR-10"
     test_images, test_labels = written["test"]
     assert torch.equal(data.test.labels, torch.tensor(test_labels))
-    assert torch.allclose(data.test.images[0], torch.from_numpy(test_images[0]).permute(2, 0, 1) / 255)
+    assert torch.equal(data.test.images[0], torch.from_numpy(test_images[0]).permute(2, 0, 1))
     assert data.test.has_mask.tolist() == [i == 3 for i in range(12)]
     assert data.test.masks[3].sum() == 16 * 16 and data.test.masks[3][:16, :16].all()  # 64 px polygon -> 32 px
     with pytest.raises(Exception, match="MD5|checksum"):

@@ -1,0 +1,166 @@
+"""One data split for every study: uint8 NCHW images, int64 labels, optional masks and captions, a stable key.
+
+A `Split` is also a torch Dataset whose items are (uint8 image, label, index), so frozen outputs and
+per-image targets are looked up by index. Big real sets (ImageNet) keep their images on disk
+(`source`, an ImageFolder whose transform gives uint8 tensors) and are read lazily. `PAPER_DATA` is the
+one table of what the `paper` profile downloads; every study's required-files check reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from .cache import key_digest
+from .paths import under
+
+__all__ = ["array_digest", "Split", "synthworld", "cifar", "image_folder", "PAPER_DATA", "paper_data"]
+
+
+def array_digest(*arrays) -> str:
+    """A short content hash of arrays: the cache key of a split (or of any tensor a result depends on)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass(eq=False)
+class Split(torch.utils.data.Dataset):
+    """Images (uint8 (N, 3, H, W), or None with a lazily read `source`), labels and what else is known.
+
+    `key` identifies the images and labels (a content hash, or the files read) for the caches.
+    `masks` is (N, H, W) bool and `has_mask` (N,) says which are real; `captions` one text per image.
+    """
+
+    images: torch.Tensor | None
+    labels: torch.Tensor
+    key: str
+    masks: np.ndarray | None = None
+    has_mask: np.ndarray | None = None
+    captions: list[str] | None = None
+    class_names: list[str] = field(default_factory=list)
+    source: torch.utils.data.Dataset | None = None
+
+    def __post_init__(self):
+        if self.images is not None and (self.images.dtype != torch.uint8 or self.images.dim() != 4
+                                        or self.images.shape[1] != 3):
+            raise ValueError(f"images must be uint8 (N, 3, H, W), got {self.images.dtype} {tuple(self.images.shape)}.")
+        if (self.images is None) == (self.source is None):
+            raise ValueError("a Split needs exactly one of in-memory `images` or a `source` to read them from.")
+        n = len(self.images if self.source is None else self.source)
+        if n != len(self.labels):
+            raise ValueError(f"{n} images but {len(self.labels)} labels.")
+
+    @classmethod
+    def from_nhwc(cls, images, labels, masks=None, **extra) -> "Split":
+        """A split of uint8 (N, H, W, 3) arrays, as every reader gives them; the key hashes pixels and labels."""
+        images, labels = np.asarray(images), np.asarray(labels, dtype=np.int64)
+        has = None if masks is None else np.ones(len(labels), dtype=bool)
+        return cls(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels),
+                   array_digest(images, labels), masks, has, **extra)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        image = self.images[i] if self.source is None else self.source[i][0]
+        return image, self.labels[i], i
+
+    @property
+    def lazy(self) -> bool:
+        """Whether images are read from files item by item (worth worker processes)."""
+        return self.source is not None
+
+    def float_images(self, idx=slice(None)) -> torch.Tensor:
+        """Images `idx` as float in [0, 1] (in-memory splits), channels-last in memory.
+
+        Channels-last is the layout an NHWC array's float conversion always had
+        here; convolutions round differently on another layout (1e-8).
+        """
+        return self.images[idx].float().div_(255).contiguous(memory_format=torch.channels_last)
+
+    def subset(self, indices) -> "Split":
+        """The images `indices`, in that order, keyed by this split's key and the indices."""
+        if self.lazy:
+            raise ValueError("subset of a split read from files: use torch.utils.data.Subset.")
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        pick = (lambda a: None if a is None else a[idx.numpy()])
+        return replace(self, images=self.images[idx], labels=self.labels[idx],
+                       key=f"{self.key}[{array_digest(idx.numpy())}]", masks=pick(self.masks),
+                       has_mask=pick(self.has_mask),
+                       captions=None if self.captions is None else [self.captions[i] for i in idx.tolist()])
+
+
+# ------------------------------------------------------------------ loaders
+
+def synthworld(cfg, split: str) -> Split:
+    """A fixed SynthWorld split of this profile ('target_train', 'source_test'...), with masks and captions."""
+    from .pretrain import synth_split
+
+    b = synth_split(cfg, split)
+    return Split.from_nhwc(b.images, b.labels, b.masks, captions=list(b.captions), class_names=list(b.class_names))
+
+
+def cifar(root, name: str = "cifar10", *, verify: bool = True) -> dict[str, Split]:
+    """{"train", "test"} splits of CIFAR-10/100 from the official python batches (`datasets.cifar`)."""
+    from . import datasets
+
+    out = {}
+    for part in ("train", "test"):
+        ds = datasets.cifar(root, name, train=part == "train", verify=verify)
+        out[part] = Split.from_nhwc(ds.data, ds.targets, class_names=list(ds.classes))
+    return out
+
+
+def image_folder(folder) -> Split:
+    """A split read lazily from an ImageFolder (`datasets.image_folder`) whose transform gives uint8 tensors."""
+    files = [(str(p), int(y)) for p, y in folder.samples]
+    return Split(None, torch.tensor(folder.targets, dtype=torch.long), key_digest(files),
+                 class_names=list(folder.classes), source=folder)
+
+
+# -------------------------------------------------------- what `paper` needs
+
+def _cifar_batches(title: str, folder: str, url: str):
+    def need(cfg) -> dict:
+        root = under(cfg.data_root)
+        return {f"{title} python batches": (root / folder, f"Download {url} and extract it into '{root}' "
+                                                           "(or set data_root).")}
+    return need
+
+
+def _imagenet(cfg) -> dict:
+    root = under(cfg.data_root, cfg.s1_imagenet_dir)
+    how = "Download ILSVRC2012 from https://image-net.org; one folder per wnid in train/ and val/."
+    return {"ImageNet train folder": (root / "train", how), "ImageNet val folder": (root / "val", how)}
+
+
+def _imagenet100(cfg) -> dict:
+    root = under(cfg.data_root, cfg.s3_imagenet100)
+    how = ("Download ILSVRC2012 from https://image-net.org and put (or symlink) the 100 wnid folders "
+           "listed in kdutils/data/imagenet100-classes.txt under train/ and val/ there "
+           "(or set data_root / s3_imagenet100; the full ImageNet folder works too).")
+    return {"ImageNet-100 train folder": (root / "train", how), "ImageNet-100 val folder": (root / "val", how)}
+
+
+#: Every real data set of the `paper` profile: name -> cfg -> {what: (path, how to get it)}.
+PAPER_DATA = {
+    "cifar10": _cifar_batches("CIFAR-10", "cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
+    "cifar100": _cifar_batches("CIFAR-100", "cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
+    "imagenet": _imagenet,
+    "imagenet100": _imagenet100,
+}
+
+
+def paper_data(cfg, *names: str) -> dict:
+    """{what: (path, how to get it)} of the named data sets, for `session.require_files`."""
+    from .errors import ConfigError
+
+    unknown = [n for n in names if n not in PAPER_DATA]
+    if unknown:
+        raise ConfigError(f"no paper data set {unknown}; choose from {sorted(PAPER_DATA)}.")
+    return {what: need for n in names for what, need in PAPER_DATA[n](cfg).items()}

@@ -177,15 +177,18 @@ def fit_teacher(mode: str, feats: FrozenFeatures, train_set, recipe: HeadRecipe,
         module = TextQueriedHead(feats.token_dim, class_queries.shape[1], num_classes, dim=recipe.dim,
                                heads=recipe.heads)
     teacher = HeadClassifier(mode, module, None if class_queries is None else class_queries.float()).to(device)
-    loader, epochs, total = _train_loader(train_set, gen, recipe, epochs=epochs or recipe.epochs, steps=steps,
+    # cached features need no pixels: the same sampler draws the same order over (label, index) pairs alone
+    items = (torch.utils.data.TensorDataset(labels_of(train_set), indices_of(train_set)) if feats.in_memory
+             else train_set)
+    loader, epochs, total = _train_loader(items, gen, recipe, epochs=epochs or recipe.epochs, steps=steps,
                                           batch_size=recipe.batch_size)
     table = caption_table.to(device) if caption_table is not None else None
     distiller = CrossEntropy()
 
     def compute_loss(batch):
-        images, labels, index = batch
+        labels, index = batch[-2:]
         view = torch.randint(0, feats.views, (len(labels),), device=labels.device)
-        tokens, pooled = feats(images, index, view)
+        tokens, pooled = feats(batch[0] if len(batch) == 3 else None, index, view)
         queries = table[view, index] if table is not None else None
         return distiller(teacher(tokens, pooled, labels, queries), None, labels)
 

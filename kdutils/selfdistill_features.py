@@ -78,7 +78,7 @@ class FrozenFeatures:
         return {"tokens": torch.stack(toks), "pooled": torch.stack(pools)}
 
     def __call__(self, images: torch.Tensor, index: torch.Tensor, view: torch.Tensor):
-        """(tokens, pooled) as float32 on the device for a batch of items in the given views."""
+        """(tokens, pooled) as float32 on the device for items in the given views (`images` unused when cached)."""
         if self.in_memory:
             i, v = index.cpu(), view.cpu()
             return self.tokens[v, i].to(self.device).float(), self.pooled[v, i].to(self.device)

@@ -3,8 +3,6 @@ in-run, published, or the paper's checkpoints) and the BYOL baseline, each self-
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
@@ -15,10 +13,11 @@ from .kassl_config import TEACHER_LABELS, phase_epochs, probe_args, ssl_epochs
 from .kassl_data import KASSLData, data_loader, load_data, paper_paths, synth_key
 from .kassl_probe import probe, random_init_probe
 from .kassl_views import to_uint8
-from .models import small_resnet, torchvision_model, weights_file
+from .models import weights_file
 from .ssl import make_learner, train_ssl, view_pair
-from .teacher import IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher, Normalize
+from .teacher import IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher
 from .train import launch, resolve_device, seed_everything
+from .zoo import backbone, source_backbone
 
 __all__ = ["student_backbone", "teacher_architecture", "feature_dim_of", "load_teacher", "ssl_teacher",
            "train_baseline"]
@@ -28,29 +27,17 @@ def student_backbone(cfg) -> tuple[nn.Module, int]:
     """A freshly initialised student backbone (features out) and its feature size.
 
     tiny/small: `SmallResNet(cfg.student_arch)` on [0, 1] inputs; paper:
-    torchvision's ResNet-18 (`cfg.student_arch`) with ImageNet normalisation
-    in front and `fc = Identity`.
+    torchvision's ResNet-18 (`cfg.student_arch`) with ImageNet normalisation in front.
     """
-    if cfg.profile != "paper":
-        net = small_resnet(cfg.student_arch)
-        return net, net.feature_dim
-    net, dim = _headless(cfg.student_arch)
-    return nn.Sequential(Normalize(IMAGENET_MEAN, IMAGENET_STD), net), dim
+    net, card = backbone(cfg.student_arch)
+    return (net if cfg.profile != "paper" else nn.Sequential(card.normalize(), net)), card.feature_dim
 
 
 def teacher_architecture(cfg) -> nn.Module:
     """The teachers' architecture with random weights (features out): the floor an SSL teacher must beat."""
     if cfg.profile != "paper":
-        return small_resnet(cfg.teacher_arch)
-    return FrozenTeacher(_headless(cfg.s3_checkpoint_arch)[0], IMAGENET_MEAN, IMAGENET_STD)
-
-
-def _headless(arch: str, weights: str | None = None) -> tuple[nn.Module, int]:
-    """A torchvision classifier with its head removed (features out), and its feature size."""
-    net = torchvision_model(arch, weights)
-    dim = net.fc.in_features
-    net.fc = nn.Identity()
-    return net, dim
+        return backbone(cfg.teacher_arch)[0]
+    return FrozenTeacher(backbone(cfg.s3_checkpoint_arch)[0], IMAGENET_MEAN, IMAGENET_STD)
 
 
 def feature_dim_of(model: nn.Module, size: int) -> int:
@@ -86,9 +73,9 @@ def _paper_teacher(name: str, cfg) -> tuple[nn.Module, dict]:
     arch = cfg.s3_checkpoint_arch
     path = weights_file(arch, cfg.s3_supervised_weights) if name == "supervised" else paper_paths(cfg)[name]
     if cfg.dry_run and not path.exists():
-        return _headless(arch)[0], {"source": f"RANDOM {arch} weights (dry run; {path} is missing)"}
+        return backbone(arch)[0], {"source": f"RANDOM {arch} weights (dry run; {path} is missing)"}
     if name == "supervised":
-        return (_headless(arch, cfg.s3_supervised_weights)[0],
+        return (backbone(arch, weights=cfg.s3_supervised_weights)[0],
                 {"source": f"torchvision {arch} {cfg.s3_supervised_weights} (supervised ImageNet-1k)"})
     model, info = load_ssl_resnet(path, arch, how_to_get=f"Download {CHECKPOINT_SOURCES[name]}.",
                                   trust_pickle=cfg.s3_trust_pickled_checkpoints)
@@ -97,13 +84,9 @@ def _paper_teacher(name: str, cfg) -> tuple[nn.Module, dict]:
 
 
 def _synthworld_teacher(name: str, cfg, device, seed: int):
-    from .pretrain import pretrain_source
-
     arch = cfg.teacher_arch
     if name == "supervised":
-        model, summary = pretrain_source(arch, cfg, seed=seed)
-        model = copy.deepcopy(model)
-        model.fc, model.dropout = nn.Identity(), nn.Identity()
+        model, _, summary = source_backbone(arch, cfg, seed=seed)
         info = {"source": f"supervised on the SynthWorld source task ({cfg.pretrain_epochs} epochs, "
                           f"{_where(summary)})", "source_top1": summary["source_top1"]}
     else:
@@ -136,7 +119,7 @@ def ssl_teacher(method: str, cfg, probe_it: bool = False, seed: int = 0) -> tupl
            "views": cfg.s3_view_preset, "hyper": _ssl_hyper(cfg, method), "seed": seed, "dry_run": cfg.dry_run,
            "code": code_fingerprint(__name__)}
     gen = seed_everything(seed)
-    encoder = small_resnet(arch)
+    encoder, _ = backbone(arch)
     shipped = lookup(f"ssl-{method}-{arch}", key)
     if shipped is not None:
         encoder.load_state_dict(shipped[0])
@@ -153,7 +136,7 @@ def ssl_teacher(method: str, cfg, probe_it: bool = False, seed: int = 0) -> tupl
     if probe_it:
         data = load_data(cfg)
         summary["probe"] = probe(encoder, data, seed=0, device=device, **probe_args(cfg))
-        summary["random_init_probe"] = random_init_probe(lambda: small_resnet(arch), data, seed=0, device=device,
+        summary["random_init_probe"] = random_init_probe(lambda: backbone(arch)[0], data, seed=0, device=device,
                                                          **probe_args(cfg))
     return encoder, summary
 

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, MissingDataError
+from .zoo import headless
 
 __all__ = ["CHECKPOINT_SOURCES", "detect_format", "backbone_state_dict", "load_ssl_resnet", "CheckpointError"]
 
@@ -161,7 +162,7 @@ def load_ssl_resnet(path, arch: str = "resnet50", how_to_get: str = "", *,
             f"{len(extra)} backbone tensors missing {extra[:6]}, {len(unexpected)} unexpected "
             f"{sorted(unexpected)[:6]}. Only the classifier (fc.weight, fc.bias) may be missing; "
             "check the architecture and that the file is a backbone checkpoint.")
-    model.fc = nn.Identity()
+    model, _ = headless(model)
     model.eval()
     report = {"path": str(path), "format": fmt, "arch": arch, "tensors_loaded": len(weights),
               "tensors_in_file": len(raw), "stripped": len(raw) - len(weights)}

@@ -308,17 +308,14 @@ def student_factory(cfg, seed: int = 0):
     """
     import copy
 
-    from .models import torchvision_model
-    from .teacher import IMAGENET_MEAN, IMAGENET_STD, Normalize
     from .text import TextEncoder, build_tokenizer, load_text_encoder, small_text_model
+    from .zoo import backbone, source_backbone
 
     if cfg.profile != "paper":
-        from .pretrain import pretrain_source
         from .synthworld import vocabulary
 
-        backbone, summary = pretrain_source(cfg.student_arch, cfg, seed=seed)
-        backbone.fc = nn.Identity()
-        image_dim = backbone.feature_dim
+        image_tower, card, summary = source_backbone(cfg.student_arch, cfg, seed=seed)
+        image_dim = card.feature_dim
         tokenizer = build_tokenizer(vocabulary(), max_length=32)
         heads = max(1, cfg.s2_text_hidden // 32)
 
@@ -330,10 +327,9 @@ def student_factory(cfg, seed: int = 0):
                                f"{summary['source_top1']:.1f}%)",
                 "text_tower": f"BERT {cfg.s2_text_layers} layers x {cfg.s2_text_hidden}, random init, mean-pooled"}
     else:
-        net = torchvision_model(cfg.student_arch, cfg.s2_student_weights, allow_random=cfg.dry_run)
-        image_dim = net.fc.in_features
-        net.fc = nn.Identity()
-        backbone = nn.Sequential(Normalize(IMAGENET_MEAN, IMAGENET_STD), net)
+        net, card = backbone(cfg.student_arch, weights=cfg.s2_student_weights, allow_random=cfg.dry_run)
+        image_dim = card.feature_dim
+        image_tower = nn.Sequential(card.normalize(), net)
         path = under(cfg.weights_root) / cfg.s2_text_weights
         pretrained_text = load_text_encoder(path, allow_random=cfg.dry_run, repo_id=MINILM)
         tokenizer = pretrained_text.tokenizer
@@ -346,7 +342,7 @@ def student_factory(cfg, seed: int = 0):
     def make(head: str, seed: int) -> TwoTowerMatcher:
         text_encoder = text_tower(seed)
         torch.manual_seed(seed)
-        return TwoTowerMatcher(copy.deepcopy(backbone), image_dim, text_encoder, head=head, width=cfg.s2_head_width)
+        return TwoTowerMatcher(copy.deepcopy(image_tower), image_dim, text_encoder, head=head, width=cfg.s2_head_width)
 
     return make, tokenizer, info
 

@@ -1,4 +1,4 @@
-"""Study 1's data: the grid's data sets as splits of (uint8 image, label, index) items, and their texts.
+"""Study 1's data: the grid's data sets as `splits.Split`s (items (uint8 image, label, index)), and their texts.
 
 SynthWorld's target task at tiny/small (with its true captions); CIFAR-10,
 CIFAR-100 and ImageNet at `paper`, whose captions come from a captioning
@@ -17,52 +17,20 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import datasets
+from . import datasets, splits as ksplits
 from . import synthworld as sw
 from . import text as ktext
 from .cache import cached, model_fingerprint
 from .errors import ConfigError, MissingDataError
 from .models import weights_requirement
 from .paths import under
-from .pretrain import DATA_SEEDS, synth_split, world_config
+from .pretrain import DATA_SEEDS, world_config
 
 __all__ = [
-    "ImageData", "IndexedImages", "load_data", "synthworld_data", "cifar_data", "imagenet_data",
+    "ImageData", "load_data", "synthworld_data", "cifar_data", "imagenet_data",
     "imagenet_class_names", "prompt", "paper_requirements", "image_captions", "mirror_text", "labels_of",
     "indices_of", "in_order", "clip_path",
 ]
-
-
-class IndexedImages(torch.utils.data.Dataset):
-    """uint8 images (N, 3, H, W) held in memory; an item is (image, label, index)."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}.")
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels.")
-        self.images, self.labels = images, torch.as_tensor(labels).long()
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.images[i], self.labels[i], i
-
-
-class _IndexedFolder(torch.utils.data.Dataset):
-    """An ImageFolder (transform giving uint8 tensors) whose items are (image, label, index)."""
-
-    def __init__(self, folder):
-        self.folder = folder
-        self.labels = torch.tensor(folder.targets, dtype=torch.long)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        image, label = self.folder[i]
-        return image, label, i
 
 
 def labels_of(dataset) -> torch.Tensor:
@@ -90,17 +58,17 @@ def in_order(dataset, batch_size: int = 512, num_workers: int | None = None):
     """
     base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
     if num_workers is None:
-        num_workers = min(8, os.cpu_count() or 1) if isinstance(base, _IndexedFolder) else 0
+        num_workers = min(8, os.cpu_count() or 1) if base.lazy else 0
     return iter(torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers))
 
 
 @dataclass
 class ImageData:
-    """One data set of the grid: splits of (uint8 image, label, index) items, class names and prompts.
+    """One data set of the grid: its `Split`s by name, class names, prompts and the cache key of the data.
 
     `val` drives the training curves only (nothing is selected on it); the
     real data sets have no validation split, so there it is the test split.
-    `captions` holds SynthWorld's true captions; at `paper` they come from a
+    SynthWorld's splits carry their true captions; at `paper` they come from a
     captioning model (`image_captions`).
     """
 
@@ -109,7 +77,6 @@ class ImageData:
     prompts: list[str]
     splits: dict
     key: dict
-    captions: dict | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -123,34 +90,20 @@ def prompt(class_name: str) -> str:
     return f"This is an image of {'an' if name[0].lower() in 'aeiou' else 'a'} {name}."
 
 
-def _in_memory(images_nhwc, labels) -> IndexedImages:
-    return IndexedImages(torch.as_tensor(images_nhwc).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(labels))
-
-
 def synthworld_data(cfg) -> ImageData:
-    splits, captions, sizes = {}, {}, {}
-    for split in ("train", "val", "test"):
-        batch = synth_split(cfg, f"target_{split}")
-        splits[split] = _in_memory(batch.images, batch.labels)
-        captions[split] = list(batch.captions)
-        sizes[split] = len(batch)
+    splits = {split: ksplits.synthworld(cfg, f"target_{split}") for split in ("train", "val", "test")}
+    sizes = {split: len(s) for split, s in splits.items()}
     key = {"data": "synthworld-target", "world": asdict(world_config(cfg)), "sizes": sizes,
            "seeds": {s: DATA_SEEDS[f"target_{s}"] for s in sizes}}
-    return ImageData("synthworld", list(sw.TARGET_CLASSES), sw.class_prompts("target"), splits, key, captions)
-
-
-def _cifar_root(cfg) -> Path:
-    return under(cfg.data_root, ".")
+    return ImageData("synthworld", list(sw.TARGET_CLASSES), sw.class_prompts("target"), splits, key)
 
 
 def cifar_data(cfg, name: str) -> ImageData:
-    root = _cifar_root(cfg)
-    verify = not cfg.dry_run  # dry runs read fixture batches written in the official format
-    train = datasets.cifar(root, name, train=True, verify=verify)
-    test = datasets.cifar(root, name, train=False, verify=verify)
-    classes = [c.replace("_", " ") for c in train.classes]
-    test_set = _in_memory(test.data, test.targets)
-    splits = {"train": _in_memory(train.data, train.targets), "val": test_set, "test": test_set}
+    root = under(cfg.data_root)
+    parts = ksplits.cifar(root, name, verify=not cfg.dry_run)  # dry runs read fixture batches in the official format
+    train, test = parts["train"], parts["test"]
+    classes = [c.replace("_", " ") for c in train.class_names]
+    splits = {"train": train, "val": test, "test": test}
     key = {"data": name, "root": str(root), "sizes": {"train": len(train), "test": len(test)}}
     return ImageData(name, classes, [prompt(c) for c in classes], splits, key,
                      notes=[f"{name}: no validation split; the curves use the test split (nothing is selected on it)."])
@@ -177,8 +130,8 @@ def imagenet_data(cfg) -> ImageData:
     if len(train.classes) != len(names):
         raise ConfigError(f"ImageNet at '{root / 'train'}' has {len(train.classes)} class folders; the grid needs all "
                           f"{len(names)} (class names come from torchvision's wnid-sorted list).")
-    test_set = _IndexedFolder(val)
-    splits = {"train": _IndexedFolder(train), "val": test_set, "test": test_set}
+    test_set = ksplits.image_folder(val)
+    splits = {"train": ksplits.image_folder(train), "val": test_set, "test": test_set}
     key = {"data": "imagenet", "root": str(root), "size": size,
            "sizes": {"train": len(train), "val": len(val)}}
     return ImageData("imagenet", names, [prompt(c) for c in names], splits, key,
@@ -203,20 +156,10 @@ def clip_path(cfg, image_encoder: str) -> tuple[Path, str]:
 
 def paper_requirements(cfg) -> dict:
     """Everything the `paper` grid reads, as {what: (path, how to get it)} for `session.require_files`."""
-    req = {}
-    root = _cifar_root(cfg)
-    for name in cfg.s1_datasets:
-        if name in ("cifar10", "cifar100"):
-            folder = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
-            url = f"https://www.cs.toronto.edu/~kriz/{'cifar-10' if name == 'cifar10' else 'cifar-100'}-python.tar.gz"
-            req[f"{name} python batches"] = (folder, f"Download {url} and extract it into '{root}'.")
-        elif name == "imagenet":
-            im = under(cfg.data_root, cfg.s1_imagenet_dir)
-            how = "Download ILSVRC2012 from https://image-net.org; one folder per wnid in train/ and val/."
-            req["ImageNet train folder"] = (im / "train", how)
-            req["ImageNet val folder"] = (im / "val", how)
-        else:
-            raise ConfigError(f"s1_datasets at paper holds '{name}'; choose cifar10, cifar100 or imagenet.")
+    unknown = [name for name in cfg.s1_datasets if name not in ("cifar10", "cifar100", "imagenet")]
+    if unknown:
+        raise ConfigError(f"s1_datasets at paper holds {unknown}; choose cifar10, cifar100 or imagenet.")
+    req = ksplits.paper_data(cfg, *cfg.s1_datasets)
     clip_encoders = {e for e in cfg.s1_image_encoders if e in ("vit_b_32", "vit_b_16")}
     if "clip" in cfg.s1_text_encoders and "resnet50" in cfg.s1_image_encoders:
         clip_encoders.add("vit_b_32")  # ResNet-50 reads prompts with ViT-B/32's text tower
@@ -254,8 +197,8 @@ def image_captions(cfg, data: ImageData, split: str, device) -> list[str]:
     by `save_pretrained`) through transformers; a missing checkpoint raises
     MissingDataError naming the folder and the download command.
     """
-    if data.captions is not None:
-        return data.captions[split]
+    if data.splits[split].captions is not None:
+        return data.splits[split].captions
     from transformers import AutoProcessor, BlipForConditionalGeneration
 
     path = under(cfg.weights_root, cfg.s1_captioner)

@@ -8,6 +8,7 @@ from kdutils import selfdistill as sd
 from kdutils import selfdistill_analysis as s1an
 from kdutils import selfdistill_features as s1feat
 from kdutils import selfdistill_data as s1data
+from kdutils.splits import Split
 from kdutils import selfdistill_encoders as s1enc
 from kdutils.benchmarks import selfdistill as bench_selfdistill
 from kdutils.errors import ConfigError
@@ -29,7 +30,7 @@ def _data(n=48, classes=4, size=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
     labels = torch.arange(n) % classes
-    return s1data.IndexedImages(images, labels)
+    return Split(images, labels, key=f"random-{n}-{seed}")
 
 
 def _encoder(seed=0):
@@ -66,7 +67,7 @@ def test_indexed_items_and_subsets_keep_the_index_into_the_split():
     assert s1data.indices_of(sub).tolist() == [7, 2, 5]
     assert sub[1][2] == 2
     with pytest.raises(ValueError, match="uint8"):
-        s1data.IndexedImages(torch.zeros(2, 3, 4, 4), torch.zeros(2))
+        Split(torch.zeros(2, 3, 4, 4), torch.zeros(2), key="float")
 
 
 def test_few_shot_indices_are_k_per_class_nested_and_fixed():
@@ -85,11 +86,11 @@ def test_synthworld_data_matches_the_shared_splits():
     data = s1data.load_data(cfg, "synthworld")
     assert data.num_classes == 10 and len(data.prompts) == 10
     assert data.prompts[3] == "This is an image of a star."
-    assert len(data.splits["train"]) == cfg.n_target_train and len(data.captions["test"]) == cfg.n_target_test
+    assert len(data.splits["train"]) == cfg.n_target_train and len(data.splits["test"].captions) == cfg.n_target_test
     from kdutils.pretrain import synth_split
     batch = synth_split(cfg, "target_val")
     assert torch.equal(data.splits["val"].images[5].permute(1, 2, 0), torch.from_numpy(batch.images[5]))
-    assert data.captions["val"][5] == batch.captions[5]
+    assert data.splits["val"].captions[5] == batch.captions[5]
 
 
 # ----------------------------------------------------------------------------- frozen features
@@ -151,7 +152,7 @@ def test_teacher_training_learns_separable_features(cache):
     n, classes = 200, 4
     labels = torch.arange(n) % classes
     images = torch.zeros(n, 3, 8, 8, dtype=torch.uint8)
-    data = s1data.IndexedImages(images, labels)
+    data = Split(images, labels, key="zeros")
     feats = s1feat.FrozenFeatures(_encoder(), data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     torch.manual_seed(0)
     tokens = torch.randn(1, n, feats.num_tokens, feats.token_dim) * 0.1

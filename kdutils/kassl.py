@@ -26,7 +26,8 @@ from .kassl_probe import plain_features
 from .kassl_views import AugmentedViewBank, BankViews, FreshViews, IndexedUnlabelled, SameImage
 from .ssl import LossTrace, view_pair
 from .teacher import FrozenTeacher
-from .train import History, Recipe, launch, seed_everything, train
+from .parallel import launch
+from .train import History, Recipe, seed_everything, train
 
 __all__ = ["EncoderExtension", "KASSLStudent", "mean_direction_cosine", "feature_pairs", "train_kassl",
            "train_student"]

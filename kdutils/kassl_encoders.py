@@ -16,7 +16,8 @@ from .kassl_views import to_uint8
 from .models import weights_file
 from .ssl import make_learner, train_ssl, view_pair
 from .teacher import IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher
-from .train import launch, resolve_device, seed_everything
+from .parallel import launch
+from .train import resolve_device, seed_everything
 from .zoo import backbone, source_backbone
 
 __all__ = ["student_backbone", "teacher_architecture", "feature_dim_of", "load_teacher", "ssl_teacher",
@@ -145,7 +146,7 @@ def train_baseline(cfg, data: KASSLData, seed: int, device) -> tuple[nn.Module, 
     """The paper's baseline: the student architecture trained with BYOL on the training images.
 
     Returns the backbone and its training history {"epochs": [...], "steps": [per-step losses]}.
-    With `cfg.num_processes` > 1 it trains data-parallel (`train.launch`).
+    With `cfg.num_processes` > 1 it trains data-parallel (`parallel.launch`).
     """
     n_epochs = phase_epochs(cfg, cfg.s3_baseline_epochs)
     key = {"what": "kassl-baseline", "arch": cfg.student_arch, "data": data.keys["train"], "epochs": n_epochs,

@@ -13,7 +13,7 @@ from .errors import ConfigError
 from .frozen import batches, outputs
 from .kassl_data import KASSLData
 from .ssl import ViewAugment, as_float_images, view_pair
-from .train import per_example
+from .parallel import per_example
 
 __all__ = ["to_uint8", "AugmentedViewBank", "BankViews", "FreshViews", "SameImage", "IndexedUnlabelled", "center_crop",
            "view_bank"]

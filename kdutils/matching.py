@@ -36,7 +36,8 @@ from .errors import ConfigError
 from .frozen import outputs
 from .models import weights_requirement
 from .paths import under
-from .train import History, Recipe, launch, seed_everything, train
+from .parallel import launch
+from .train import History, Recipe, seed_everything, train
 
 __all__ = ["ClipMatcher", "TwoTowerMatcher", "pairs_fingerprint", "predict_logits",
            "teacher_logits", "train_matcher", "calibrate_bias", "matching_report", "additive_score_analysis",
@@ -173,7 +174,7 @@ def train_matcher(model: nn.Module, train_set, val_set, *, loss: Distiller = Bin
     losses). With `cache_tag`, the run is checkpointed under the cache, keyed
     by the initial weights, the data, the loss, the teacher logits and the
     schedule: a rerun resumes or returns the finished model at once. With
-    `num_processes` > 1 it trains data-parallel (`train.launch`); the main
+    `num_processes` > 1 it trains data-parallel (`parallel.launch`); the main
     process's checkpoint brings the result back here, so that needs `cache_tag`.
     """
     if not isinstance(loss, BinaryCrossEntropy) and (teacher is None or len(teacher) != len(train_set)):

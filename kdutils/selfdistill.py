@@ -51,7 +51,8 @@ from .selfdistill_data import in_order, indices_of, labels_of
 from .selfdistill_encoders import Student
 from .selfdistill_features import VIEWS, FrozenFeatures, flip_where, tensor_digest, to_unit
 from .text_queried_head import TextQueriedHead
-from .train import Recipe, launch, per_example, seed_everything, train
+from .parallel import launch, per_example
+from .train import Recipe, seed_everything, train
 
 __all__ = ["HeadClassifier", "HeadRecipe", "StudentRecipe", "fit_teacher", "teacher_logits", "soft_targets",
            "fit_student", "student_logits", "student_targets"]
@@ -285,7 +286,7 @@ def fit_student(spec: dict, train_set, recipe: StudentRecipe, *, data_key: dict,
     the soft cross-entropy against their softmax, in the view the student
     sees; without, plain cross-entropy on the labels (the student alone).
     `_student_optimizer` with warm-up and cosine decay; random horizontal flips.
-    With `recipe.processes` > 1 it trains data-parallel (`train.launch`).
+    With `recipe.processes` > 1 it trains data-parallel (`parallel.launch`).
     """
     return launch(_fit_student, (spec, train_set, recipe, data_key, seed, num_classes, device, targets, val_set,
                                  epochs, steps, batch_size, desc), recipe.processes)

@@ -27,7 +27,8 @@ from torch import nn
 
 from .errors import ConfigError
 from .losses import MoCoQueue, byol_loss, info_nce
-from .train import History, Recipe, per_example, train
+from .parallel import per_example
+from .train import History, Recipe, train
 
 __all__ = ["ViewAugment", "VIEW_PRESETS", "view_pair", "as_float_images", "MLPHead", "BYOL", "MoCoV2",
            "cosine_momentum", "LossTrace", "make_learner", "train_ssl"]

@@ -16,21 +16,20 @@ What the loop adds:
 * a NaN/inf guard that names the epoch and step;
 * early stopping and ReduceLROnPlateau on a chosen validation metric;
 * AMP and channels-last on CUDA, tqdm progress everywhere;
-* data parallelism under Hugging Face Accelerate: started by a launcher (`launch`, `accelerate launch`),
-  each process trains on its share of every batch and the gradients are averaged, so N processes take
-  the steps one process takes with the same global batch; only the main process writes checkpoints.
+* data parallelism under Hugging Face Accelerate (`kdutils.parallel`): started by a launcher
+  (`parallel.launch`, `accelerate launch`), each process trains on its share of every batch and the
+  gradients are averaged, so N processes take the steps one process takes with the same global batch;
+  only the main process writes checkpoints.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import math
 import os
 import random
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -41,6 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, CorruptFileError, NonFiniteLossError
+from .parallel import batch_rows, all_reduce_sum, data_parallel, global_batch_norms, sharing
 
 __all__ = [
     "seed_everything",
@@ -56,8 +56,6 @@ __all__ = [
     "load_checkpoint",
     "to_device",
     "single_cpu_thread",
-    "launch",
-    "per_example",
 ]
 
 
@@ -204,137 +202,6 @@ def _set_rng_state(state: dict, loader) -> None:
         gen.set_state(state["loader"])
 
 
-def launch(function: Callable, args: tuple = (), num_processes: int = 1):
-    """`function(*args)` trained data-parallel in `num_processes` processes; returns what it returns.
-
-    The processes come from Accelerate's `notebook_launcher` (a CUDA node: one
-    GPU each; a CPU: gloo) and every `fit` inside them runs data-parallel;
-    then `function` is called once more here, where `fit` finds the finished
-    checkpoint the main process wrote and returns at once: so `function`
-    should give its `fit` a checkpoint. One process: a plain call, and
-    accelerate is never imported. Each process runs on one CPU thread (a
-    fork of a process that already used torch's thread pool hangs otherwise). From a shell, `accelerate launch
-    --num_processes N script.py` runs a script's `fit` the same way.
-    """
-    if num_processes > 1:
-        from accelerate import notebook_launcher
-
-        forked = functools.update_wrapper(functools.partial(_forked, function), function)  # the launcher wants a name
-        notebook_launcher(forked, args, num_processes=num_processes)
-    return function(*args)
-
-
-def _forked(function: Callable, *args):
-    """`function(*args)` on one CPU thread: a forked child hangs in the OpenMP pool of a parent that computed."""
-    torch.set_num_threads(1)
-    return function(*args)
-
-
-_SHARE: tuple[int, int, int] | None = None  # (first row, end row, global batch size) while fit shares a batch
-
-
-def per_example(draw: Callable[[int], torch.Tensor], n: int) -> torch.Tensor:
-    """`draw(n)`: per-example random choices (views, flips) for a batch of `n` rows, drawn by `compute_loss`.
-
-    Under data parallelism the choices are drawn for the whole global batch and
-    cut to this process's rows, so they are the ones a single process draws.
-    """
-    if _SHARE is None:
-        return draw(n)
-    start, stop, total = _SHARE
-    if stop - start != n:
-        raise ConfigError(f"per_example got {n} rows but this process trains on {stop - start}.")
-    return draw(total)[start:stop]
-
-
-def _synced_batch_norm(norm: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
-    """Batch norm over the global batch: mean and variance summed over processes (autograd flows through).
-
-    torch's SyncBatchNorm runs on GPUs only; this one runs wherever the process group does (gloo on a CPU).
-    """
-    if not norm.training and norm.running_mean is not None:  # eval mode with running statistics: nothing to share
-        return type(norm).forward(norm, x)
-    from torch.distributed.nn.functional import all_reduce as deprecated_all_reduce
-
-    def all_reduce(t):  # torch 2.x deprecates it, but it is still the collective autograd flows through
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            return deprecated_all_reduce(t)
-
-    dims = [0, *range(2, x.ndim)]
-    shape = [1, -1] + [1] * (x.ndim - 2)
-    count = all_reduce(torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device))
-    mean = all_reduce(x.sum(dims)) / count
-    centred = x - mean.view(shape)
-    var = all_reduce(centred.pow(2).sum(dims)) / count
-    if norm.training and norm.running_mean is not None:
-        with torch.no_grad():
-            norm.num_batches_tracked += 1
-            factor = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
-            norm.running_mean.mul_(1 - factor).add_(factor * mean)
-            norm.running_var.mul_(1 - factor).add_(factor * var * count / (count - 1).clamp(min=1))
-    out = centred / torch.sqrt(var.view(shape) + norm.eps)
-    return out * norm.weight.view(shape) + norm.bias.view(shape) if norm.affine else out
-
-
-@contextlib.contextmanager
-def _global_batch_norms(model: nn.Module, accelerator):
-    """Every batch-norm layer of `model` normalises over the global batch while the block runs."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if accelerator else []
-    for norm in norms:
-        norm.forward = lambda x, norm=norm: _synced_batch_norm(norm, x)
-    try:
-        yield
-    finally:
-        for norm in norms:
-            del norm.forward
-
-
-def _data_parallel():
-    """The Accelerator when this process is one of several started by a launcher, else None."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    from accelerate import Accelerator
-
-    return Accelerator(cpu=not torch.cuda.is_available())
-
-
-def _is_data(batch) -> bool:
-    """A tensor, or a list of plain items (captions): split it. Lists of tensors are structure (collate)."""
-    return isinstance(batch, torch.Tensor) or (
-        isinstance(batch, list) and not any(isinstance(b, (torch.Tensor, list, tuple, Mapping)) for b in batch))
-
-
-def _share(batch, rank: int, world: int):
-    """This process's contiguous share of a batch (every tensor and item list split along its first axis)."""
-    if _is_data(batch):
-        n = len(batch)
-        if n < world:
-            raise ConfigError(f"a batch of {n} cannot be shared by {world} processes; use a larger batch_size.")
-        return batch[rank * n // world:(rank + 1) * n // world]
-    if isinstance(batch, Mapping):
-        return {k: _share(v, rank, world) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_share(b, rank, world) for b in batch)
-    return batch
-
-
-def _batch_size(batch) -> int:
-    if _is_data(batch):
-        return len(batch)
-    items = batch.values() if isinstance(batch, Mapping) else batch
-    return next(_batch_size(b) for b in items if isinstance(b, (torch.Tensor, list, tuple, Mapping)))
-
-
-def _all_reduce_sum(tensors: list[torch.Tensor], accelerator, scale: float = 1.0) -> None:
-    """In place: `scale` times each tensor, summed over processes (one flat all-reduce)."""
-    flat = accelerator.reduce(torch.cat([t.reshape(-1) for t in tensors]) * scale, reduction="sum")
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset:offset + t.numel()].view_as(t))
-        offset += t.numel()
-
-
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     """Write `state` to a temporary file, then rename it: a run killed mid-write keeps the previous checkpoint."""
     path = Path(path)
@@ -443,7 +310,7 @@ def fit(model: nn.Module, loader, compute_loss: Callable[[object], dict], optimi
     and random draws made through `per_example` match one process's. Only the main process writes the
     checkpoint and shows progress. `on_step(losses)` sees each step's (global) losses.
     """
-    accelerator = _data_parallel()
+    accelerator = data_parallel()
     main = accelerator is None or accelerator.is_main_process
     progress = progress and main
     plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
@@ -584,17 +451,11 @@ def _step(model, batch, compute_loss, optimizer, scaler, accelerator, device, ch
     Under data parallelism each process weights its share's mean loss by the share's size before the
     backward, and the gradients and logged losses are summed across processes: the global batch's mean.
     """
-    global _SHARE
-    if accelerator is not None:
-        rank, world, total = accelerator.process_index, accelerator.num_processes, _batch_size(batch)
-        batch = _share(batch, rank, world)
-        _SHARE = (rank * total // world, (rank + 1) * total // world, total)
-    batch = to_device(batch, device, channels_last)
-    try:
-        with torch.autocast(device.type, enabled=autocast), _global_batch_norms(model, accelerator):
-            losses = compute_loss(batch)
-    finally:
-        _SHARE = None
+    total = batch_rows(batch)
+    with sharing(batch, accelerator) as share:
+        share = to_device(share, device, channels_last)
+        with torch.autocast(device.type, enabled=autocast), global_batch_norms(model, accelerator):
+            losses = compute_loss(share)
     loss = losses["loss"]
     if not torch.isfinite(loss).all():
         raise NonFiniteLossError(f"{where}: the loss is {loss.item()}; lower the learning rate, check the inputs "
@@ -603,9 +464,9 @@ def _step(model, batch, compute_loss, optimizer, scaler, accelerator, device, ch
     if accelerator is None:
         scaler.scale(loss).backward()
         return losses
-    weight = _batch_size(batch) / total
+    weight = batch_rows(share) / total
     scaler.scale(loss * weight).backward()
-    _all_reduce_sum([p.grad for p in model.parameters() if p.grad is not None], accelerator)
+    all_reduce_sum([p.grad for p in model.parameters() if p.grad is not None], accelerator)
     parts = [v.detach().float().reshape(1) for v in losses.values()]
-    _all_reduce_sum(parts, accelerator, scale=weight)
+    all_reduce_sum(parts, accelerator, scale=weight)
     return dict(zip(losses, parts))

@@ -1,4 +1,4 @@
-"""`fit` under `train.launch`: the data-parallel test runs it with 1 and with 2 processes.
+"""`fit` under `parallel.launch`: the data-parallel test runs it with 1 and with 2 processes.
 
 Usage: python data_parallel_script.py OUT_DIR PROCESSES EPOCHS. The launching process writes OUT_DIR/result.pt
 (loss per epoch and final weights as `launch` returns them, whether accelerate was imported); a process that
@@ -13,7 +13,7 @@ import torch
 from launched import sign_checkpoints
 from torch import nn
 
-from kdutils import train
+from kdutils import parallel, train
 
 
 def run(out_dir: str, epochs: int) -> None:
@@ -35,4 +35,4 @@ def run(out_dir: str, epochs: int) -> None:
 
 if __name__ == "__main__":
     out_dir, processes, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    train.launch(run, (out_dir, epochs), num_processes=processes)
+    parallel.launch(run, (out_dir, epochs), num_processes=processes)

@@ -1,5 +1,5 @@
 """Study 3's KASSL student and BYOL baseline (and study 2's CLIP teacher fine-tuning) trained with the profile's `num_processes=2` (CPU, gloo, through
-`train.launch`) equal the `num_processes=1` run: per-step losses and final weights within float tolerance
+`parallel.launch`) equal the `num_processes=1` run: per-step losses and final weights within float tolerance
 (batch-norm over the global batch, the views and crops of one process), and the main process alone wrote the
 checkpoints. The trainings are short because float rounding grows step by step in them (the same run on one
 and on two CPU threads drifts apart as fast)."""

@@ -53,7 +53,7 @@ COMMON_FIELDS: dict[str, tuple] = {
     "backbone_seeds": (list[int], [0], NON_NEGATIVE),
     "dry_run": (bool, False, FLAG),        # two optimisation steps per phase; random weights allowed
     "device": (str, "auto", DEVICE),       # "auto" = CUDA when present, else CPU
-    # data-parallel processes of the long trainings (`train.launch`; one GPU each on a multi-GPU node)
+    # data-parallel processes of the long trainings (`parallel.launch`; one GPU each on a multi-GPU node)
     "num_processes": (int, 1, POSITIVE),
     "num_workers": (int, per_profile(0, 0, 8), NON_NEGATIVE),
     # torch threads of the notebook's kernel (0: torch's default, every core). One at tiny/small: the

@@ -23,7 +23,7 @@ from .kassl_config import TARGET_NORMS, VARIANTS, phase_epochs
 from .kassl_data import KASSLData, data_loader
 from .kassl_encoders import student_backbone
 from .kassl_probe import plain_features
-from .kassl_views import AugmentedViewBank, BankViews, FreshViews, IndexedUnlabelled, SameImage
+from .kassl_views import AugmentedViewBank, BankViews, FreshViews, SameImage
 from .ssl import LossTrace, view_pair
 from .teacher import FrozenTeacher
 from .parallel import launch
@@ -156,11 +156,11 @@ def _student_views(teacher: FrozenTeacher, data: KASSLData, *, augmented: bool, 
                 torch.utils.data.TensorDataset(torch.arange(len(bank))))
     if augmented:
         return FreshViews(view_pair(view_preset, out_size=data.size), teacher), data.train
-    if data.images is None:
-        return SameImage(data.size, teacher=teacher), IndexedUnlabelled(data.train)
+    if data.train.lazy:
+        return SameImage(data.size, teacher=teacher), data.train
     plain = cached("kassl_plain", {"teacher": model_fingerprint(teacher), "data": data.keys["train"]},
                    lambda: plain_features(teacher, data.train, data.size, device, num_workers))
-    return SameImage(data.size, features=plain), IndexedUnlabelled(data.train)
+    return SameImage(data.size, features=plain), data.train
 
 
 def _fit_student(cfg, teacher_dim: int, reduced: bool, trainable: bool, target_norm: str, dataset, views, seed: int,

@@ -6,32 +6,36 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from . import splits
 from .kassl_config import SSL_TEACHERS, TEACHER_LABELS
 from .models import weights_requirement
 from .paths import under
+from .splits import Split
 
 __all__ = ["KASSLData", "paper_paths", "required_files", "synth_key", "load_data", "data_loader"]
 
 
 @dataclass
 class KASSLData:
-    """The images of one scale: unlabelled training images and the probe's labelled splits.
+    """The images of one scale: the training split (labels unused) and the probe's labelled splits.
 
-    Datasets yield (uint8 image, label). `canvas` is the side of the training
-    images (views are cropped from it and resampled to `size`, the models'
-    input side); probe images are already `size`. `images` holds the training
-    images in memory (SynthWorld) for the view bank, else None.
+    `canvas` is the side of the training images (views are cropped from it and
+    resampled to `size`, the models' input side); probe images are already
+    `size`. `keys` are the splits' cache keys. The training images are in
+    memory (SynthWorld: the view bank draws from them) or read lazily (paper).
     """
 
-    train: torch.utils.data.Dataset
-    probe_train: torch.utils.data.Dataset
-    probe_test: torch.utils.data.Dataset
+    train: Split
+    probe_train: Split
+    probe_test: Split
     size: int
     canvas: int
     keys: dict
-    images: torch.Tensor | None
-    num_classes: int
     class_names: list
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
 
 def paper_paths(cfg) -> dict:
@@ -50,11 +54,7 @@ def required_files(cfg) -> dict:
     from .ssl_checkpoints import CHECKPOINT_SOURCES
 
     paths = paper_paths(cfg)
-    how_data = ("Download ILSVRC2012 from https://image-net.org and put (or symlink) the 100 wnid folders "
-                "listed in kdutils/data/imagenet100-classes.txt under train/ and val/ there "
-                "(or set data_root / s3_imagenet100; the full ImageNet folder works too).")
-    need = {"ImageNet-100 train folder": (paths["imagenet100"] / "train", how_data),
-            "ImageNet-100 val folder": (paths["imagenet100"] / "val", how_data)}
+    need = splits.paper_data(cfg, "imagenet100")
     if not cfg.dry_run:
         for t in cfg.s3_teachers:
             if t in SSL_TEACHERS:
@@ -77,20 +77,11 @@ def synth_key(cfg, split: str) -> dict:
 def load_data(cfg) -> KASSLData:
     """SynthWorld target train/test (tiny, small) or ImageNet-100 train/val (paper)."""
     if cfg.profile != "paper":
-        from .pretrain import synth_split
-
-        def split(name):
-            batch = synth_split(cfg, name)
-            x = torch.from_numpy(batch.images).permute(0, 3, 1, 2).contiguous()
-            return batch, x, torch.from_numpy(batch.labels).long()
-
-        tr_batch, xtr, ytr = split("target_train")
-        _, xte, yte = split("target_test")
-        train = torch.utils.data.TensorDataset(xtr, ytr)
-        size = xtr.shape[-1]
-        return KASSLData(train, train, torch.utils.data.TensorDataset(xte, yte), size, size,
+        train, test = (splits.synthworld(cfg, name) for name in ("target_train", "target_test"))
+        size = train.images.shape[-1]
+        return KASSLData(train, train, test, size, size,
                          {"train": synth_key(cfg, "target_train"), "test": synth_key(cfg, "target_test")},
-                         xtr, len(tr_batch.class_names), list(tr_batch.class_names))
+                         train.class_names)
 
     from torchvision.transforms import v2
 
@@ -101,16 +92,15 @@ def load_data(cfg) -> KASSLData:
     root = paper_paths(cfg)["imagenet100"]
     train_tf = v2.Compose([v2.Resize(canvas, antialias=True), v2.CenterCrop(canvas), v2.PILToTensor()])
     probe_tf = v2.Compose([v2.Resize(canvas, antialias=True), v2.CenterCrop(size), v2.PILToTensor()])
-    train = imagenet100(root, "train", transform=train_tf)
-    probe_train = imagenet100(root, "train", transform=probe_tf)
-    probe_test = imagenet100(root, "val", transform=probe_tf)
+    train = splits.image_folder(imagenet100(root, "train", transform=train_tf))
+    probe_train = splits.image_folder(imagenet100(root, "train", transform=probe_tf))
+    probe_test = splits.image_folder(imagenet100(root, "val", transform=probe_tf))
 
-    def key(dataset, split):
-        return {"imagenet100": str(root), "split": split, "n": len(dataset.samples), "size": size}
+    def key(split, name):
+        return {"imagenet100": str(root), "split": name, "n": len(split), "size": size}
 
     return KASSLData(train, probe_train, probe_test, size, canvas,
-                     {"train": key(train, "train"), "test": key(probe_test, "val")}, None, len(train.classes),
-                     list(train.classes))
+                     {"train": key(train, "train"), "test": key(probe_test, "val")}, train.class_names)
 
 
 def data_loader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0):

@@ -20,7 +20,7 @@ from .train import seed_everything
 if TYPE_CHECKING:
     from .kassl import KASSLStudent
 
-__all__ = ["plain_features", "encode", "imitation", "probe_labels", "probe", "random_init_probe"]
+__all__ = ["plain_features", "encode", "imitation", "probe", "random_init_probe"]
 
 
 def plain_features(encoder: nn.Module, dataset, size: int, device, num_workers: int = 0, forward=None) -> torch.Tensor:
@@ -49,18 +49,11 @@ def imitation(student: KASSLStudent, teacher: nn.Module, data: KASSLData, device
     return float(F.cosine_similarity(s, outputs(student, [t], student.target, device=device), dim=1).mean())
 
 
-def probe_labels(dataset) -> torch.Tensor:
-    """The labels of a probe split (a TensorDataset's second tensor or an image folder's targets)."""
-    if isinstance(dataset, torch.utils.data.TensorDataset):
-        return dataset.tensors[1]
-    return torch.as_tensor(dataset.targets, dtype=torch.long)
-
-
 def probe(encoder: nn.Module, data: KASSLData, *, seed: int, device, epochs: int, max_steps: int | None = None,
           num_workers: int = 0) -> dict:
     """Linear probe of a frozen encoder: top-1 / top-5 (%) on the probe's test split."""
     xtr, xte = (encode(encoder, data, split, device, num_workers) for split in ("train", "test"))
-    result = linear_probe(xtr, probe_labels(data.probe_train), xte, probe_labels(data.probe_test),
+    result = linear_probe(xtr, data.probe_train.labels, xte, data.probe_test.labels,
                           epochs=epochs, seed=seed, max_steps=max_steps)
     return {"top1": result["top1"], "top5": result["top5"]}
 

@@ -15,8 +15,7 @@ from .kassl_data import KASSLData
 from .ssl import ViewAugment, as_float_images, view_pair
 from .parallel import per_example
 
-__all__ = ["to_uint8", "AugmentedViewBank", "BankViews", "FreshViews", "SameImage", "IndexedUnlabelled", "center_crop",
-           "view_bank"]
+__all__ = ["to_uint8", "AugmentedViewBank", "BankViews", "FreshViews", "SameImage", "center_crop", "view_bank"]
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -105,8 +104,8 @@ class FreshViews:
 class SameImage:
     """No augmentation: the same plain image to student and teacher (ablation Exp 1).
 
-    The loader yields (index, image); the teacher's features of the plain
-    images come from `features` (cached, indexed) or from `teacher` live.
+    The loader yields a `Split`'s (image, label, index); the teacher's features of the
+    plain images come from `features` (cached, indexed) or from `teacher` live.
     """
 
     def __init__(self, size: int, features: torch.Tensor | None = None, teacher: nn.Module | None = None):
@@ -115,23 +114,10 @@ class SameImage:
         self.size, self.features, self.teacher = size, features, teacher
 
     def __call__(self, batch, device):
-        idx, x = batch[0], batch[1]
+        x, idx = batch[0], batch[2]
         x = center_crop(as_float_images(x.to(device)), self.size)
         t = self.features[idx.cpu()].to(device) if self.features is not None else self.teacher(x)
         return x, None, t, None
-
-
-class IndexedUnlabelled(torch.utils.data.Dataset):
-    """(index, image) items of a labelled dataset: `SameImage` looks cached teacher features up by index."""
-
-    def __init__(self, base):
-        self.base = base
-
-    def __len__(self):
-        return len(self.base)
-
-    def __getitem__(self, i):
-        return i, self.base[i][0]
 
 
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -150,6 +136,6 @@ def view_bank(data: KASSLData, *, views: int, preset: str, seed: int) -> Augment
     the frozen teacher, the bank is shared by the replicates, each of which draws its own view pairs from it,
     its initialisation and its order.
     """
-    if not views or data.images is None:
+    if not views or data.train.lazy:
         return None
-    return AugmentedViewBank.draw(data.images, view_pair(preset, out_size=data.size), views, seed, data.keys["train"])
+    return AugmentedViewBank.draw(data.train.images, view_pair(preset, out_size=data.size), views, seed, data.keys["train"])

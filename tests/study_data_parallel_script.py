@@ -21,6 +21,7 @@ from kdutils.kassl_data import KASSLData
 from kdutils.kassl_encoders import train_baseline
 from kdutils.kassl_views import AugmentedViewBank
 from kdutils.profiles import load_profile
+from kdutils.splits import Split
 from kdutils.ssl import view_pair
 from kdutils.teacher import FrozenTeacher
 
@@ -30,9 +31,8 @@ cfg = load_profile("tiny", num_processes=processes, s3_kassl_batch=15, s3_kassl_
 gen = torch.Generator().manual_seed(3)
 images = (torch.rand(45, 3, 16, 16, generator=gen) * 255).to(torch.uint8)
 labels = torch.arange(45) % 3
-dataset = torch.utils.data.TensorDataset(images, labels)
-data = KASSLData(dataset, dataset, dataset, 16, 16, {"train": {"toy": 45}, "test": {"toy": 45}}, images, 3,
-                 ["a", "b", "c"])
+dataset = Split(images, labels, key="toy-45")
+data = KASSLData(dataset, dataset, dataset, 16, 16, {"train": {"toy": 45}, "test": {"toy": 45}}, ["a", "b", "c"])
 torch.manual_seed(4)
 teacher = FrozenTeacher(nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
                         (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))

@@ -125,7 +125,7 @@ def test_same_image_path_uses_index_lookup_and_center_crop():
     feats = torch.arange(12.0).view(4, 3)
     views = SameImage(4, features=feats)
     x = torch.rand(2, 3, 6, 6)
-    v1, v2, t1, t2 = views((torch.tensor([2, 0]), x), "cpu")
+    v1, v2, t1, t2 = views((x, torch.tensor([1, 1]), torch.tensor([2, 0])), "cpu")
     assert v2 is None and t2 is None and torch.equal(t1, feats[[2, 0]])
     assert torch.equal(v1, x[..., 1:5, 1:5])
 

@@ -29,7 +29,7 @@ def run(n_images: int = 1024, views: int = 4, epochs: int = 4, students: int = 2
     data = load_data(cfg)
     torch.manual_seed(0)
     teacher = FrozenTeacher(small_resnet(cfg.teacher_arch), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    bank = AugmentedViewBank.draw(data.images, view_pair(cfg.s3_view_preset), views, 0, data.keys["train"])
+    bank = AugmentedViewBank.draw(data.train.images, view_pair(cfg.s3_view_preset), views, 0, data.keys["train"])
     teacher_dim = feature_dim_of(teacher, data.size)
 
     def train_once(source, n_epochs=epochs):

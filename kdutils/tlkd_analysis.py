@@ -41,7 +41,7 @@ def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def foreground_analysis(tl: dict, kd: dict) -> tuple[dict, dict]:
-    """H2 from two `attribution.region_table`s of the same images (TL and TL+KD).
+    """H2 from two `attribution_regions.region_table`s of the same images (TL and TL+KD).
 
     Returns (per-image columns: A, B, C, D, A/B, C/D, (A/B)/(C/D)) and the
     paired two-sided Wilcoxon tests STUDIES.md lists (`stats.paired_wilcoxon`).

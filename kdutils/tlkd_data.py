@@ -71,7 +71,7 @@ def _annotated_masks(path: Path, n: int, size) -> tuple[np.ndarray, np.ndarray]:
     """Masks of the annotated test images (index = last number in the file name), nearest-resized."""
     from PIL import Image
 
-    from .attribution import coco_polygon_masks, index_from_file_name
+    from .attribution_regions import coco_polygon_masks, index_from_file_name
 
     masks, has = np.zeros((n, *size), dtype=bool), np.zeros(n, dtype=bool)
     for name, mask in coco_polygon_masks(path).items():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdutils import attribution
+from kdutils import attribution, attribution_regions, shapley
 from kdutils.cache import model_fingerprint
 from kdutils.errors import ConfigError, MissingDataError
 from kdutils.models import small_resnet
@@ -25,19 +25,19 @@ def game(coalition):
 
 def test_three_player_game_by_hand():
     # Orderings ABC ACB BAC BCA CAB CBA; A adds 10, 10, 20, 30, 30, 30 -> 130/6, and so on.
-    phi = attribution.shapley_values("ABC", game)
+    phi = shapley.shapley_values("ABC", game)
     assert phi["A"] == pytest.approx(130 / 6)
     assert phi["B"] == pytest.approx(190 / 6)
     assert phi["C"] == pytest.approx(280 / 6)
     assert sum(phi.values()) == pytest.approx(100)  # efficiency
-    rows = attribution.marginal_contributions("ABC", game)
+    rows = shapley.marginal_contributions("ABC", game)
     assert len(rows) == 6
     assert dict(rows)[("B", "C", "A")] == {"B": 20, "C": 50, "A": 30}
 
 
 def test_additive_game_gives_each_player_its_own_weight():
     weights = {"x": 1.5, "y": -2.0, "z": 4.0, "w": 0.25}
-    phi = attribution.shapley_values(weights, lambda s: sum(weights[p] for p in s))
+    phi = shapley.shapley_values(weights, lambda s: sum(weights[p] for p in s))
     assert phi == pytest.approx(weights)
 
 
@@ -46,20 +46,20 @@ def test_efficiency_symmetry_and_null_player_on_a_random_game():
     players = ["a", "b", "c", "d"]
     values = {frozenset(s): rng.normal() for r in range(5) for s in itertools.combinations(players, r)}
     values[frozenset()] = 0.0
-    phi = attribution.shapley_values(players, values.__getitem__)
+    phi = shapley.shapley_values(players, values.__getitem__)
     assert sum(phi.values()) == pytest.approx(values[frozenset(players)])
     # d is a null player and a, b are symmetric in this game
     sym = lambda s: 3.0 * len(s & {"a", "b"}) + (5.0 if "c" in s else 0.0)  # noqa: E731
-    phi = attribution.shapley_values(players, sym)
+    phi = shapley.shapley_values(players, sym)
     assert phi["a"] == pytest.approx(phi["b"]) == pytest.approx(3.0)
     assert phi["d"] == pytest.approx(0.0) and phi["c"] == pytest.approx(5.0)
 
 
 def test_shapley_refuses_what_it_cannot_enumerate():
     with pytest.raises(ConfigError, match="at most"):
-        attribution.shapley_values(range(10), len)
+        shapley.shapley_values(range(10), len)
     with pytest.raises(ConfigError, match="distinct"):
-        attribution.shapley_values("AA", len)
+        shapley.shapley_values("AA", len)
 
 
 # ------------------------------------------------------------- region analysis
@@ -71,31 +71,31 @@ def test_region_contributions_by_hand():
                        [2.0, 0.0, 0.0, 0.0]])
     mask = np.zeros((4, 4), dtype=bool)
     mask[:2, :2] = True  # foreground: 1, -2, 3, 0
-    out = attribution.region_contributions(values, mask)
+    out = attribution_regions.region_contributions(values, mask)
     assert out["fg"] == {"pos": 4.0, "neg": -2.0, "diff": 2.0}
     assert out["bg"] == {"pos": 2.5, "neg": -1.5, "diff": 1.0}
     # (C, H, W) values are summed over the channels first
     split = np.stack([values * 0.25, values * 0.5, values * 0.25])
-    assert attribution.region_contributions(torch.tensor(split), mask) == out
-    table = attribution.region_table(np.stack([values, -values]), np.stack([mask, mask]))
+    assert attribution_regions.region_contributions(torch.tensor(split), mask) == out
+    table = attribution_regions.region_table(np.stack([values, -values]), np.stack([mask, mask]))
     assert table["fg_pos"].tolist() == [4.0, 2.0] and table["bg_neg"].tolist() == [-1.5, -2.5]
     with pytest.raises(ValueError, match="does not match"):
-        attribution.region_contributions(values, mask[:3])
+        attribution_regions.region_contributions(values, mask[:3])
 
 
 # ------------------------------------------------------------- polygon masks
 
 def test_polygon_rasterisation_uses_pixel_centres():
-    rect = attribution.polygon_mask([1, 1, 4, 1, 4, 3, 1, 3], height=5, width=6)
+    rect = attribution_regions.polygon_mask([1, 1, 4, 1, 4, 3, 1, 3], height=5, width=6)
     expected = np.zeros((5, 6), dtype=bool)
     expected[1:3, 1:4] = True  # centres x in {1.5, 2.5, 3.5}, y in {1.5, 2.5}: the 3 x 2 = area pixels
     assert np.array_equal(rect, expected)
-    tri = attribution.polygon_mask([[0, 0, 20, 0, 0, 20]], 20, 20)
+    tri = attribution_regions.polygon_mask([[0, 0, 20, 0, 0, 20]], 20, 20)
     assert abs(int(tri.sum()) - 200) <= 20  # area 200
-    both = attribution.polygon_mask([[0, 0, 2, 0, 2, 2, 0, 2], [4, 4, 6, 4, 6, 6, 4, 6]], 8, 8)
+    both = attribution_regions.polygon_mask([[0, 0, 2, 0, 2, 2, 0, 2], [4, 4, 6, 4, 6, 6, 4, 6]], 8, 8)
     assert both.sum() == 8 and both[0, 0] and both[5, 5] and not both[3, 3]
     with pytest.raises(ValueError, match="at least 3"):
-        attribution.polygon_mask([0, 0, 1, 1], 4, 4)
+        attribution_regions.polygon_mask([0, 0, 1, 1], 4, 4)
 
 
 def write_via_coco(path, images, annotations):
@@ -115,20 +115,20 @@ def test_coco_polygon_masks_from_a_via_style_export(tmp_path):
                             "area": 4, "bbox": [6, 4, 2, 2], "iscrowd": 0},
                            {"id": 3, "image_id": 1, "category_id": 1, "segmentation": [[2, 2, 5, 2, 5, 5, 2, 5]],
                             "area": 9, "bbox": [2, 2, 3, 3], "iscrowd": 0}])
-    masks = attribution.coco_polygon_masks(path)
+    masks = attribution_regions.coco_polygon_masks(path)
     assert set(masks) == {"test_00003.png", "test_00010.png"}
     assert masks["test_00003.png"].shape == (6, 8)
     assert masks["test_00003.png"].sum() == 8 + 4 and masks["test_00010.png"].sum() == 9
-    assert attribution.index_from_file_name("test_00003.png") == 3
-    assert attribution.index_from_file_name("cifar10/42.jpg") == 42
+    assert attribution_regions.index_from_file_name("test_00003.png") == 3
+    assert attribution_regions.index_from_file_name("cifar10/42.jpg") == 42
     with pytest.raises(ConfigError, match="index"):
-        attribution.index_from_file_name("cat.png")
+        attribution_regions.index_from_file_name("cat.png")
     rle = write_via_coco(tmp_path / "rle.json", [{"id": 0, "file_name": "a_1.png", "width": 4, "height": 4}],
                          [{"id": 1, "image_id": 0, "segmentation": {"counts": [0, 16], "size": [4, 4]}}])
     with pytest.raises(ConfigError, match="RLE"):
-        attribution.coco_polygon_masks(rle)
+        attribution_regions.coco_polygon_masks(rle)
     with pytest.raises(MissingDataError, match="VGG Image Annotator"):
-        attribution.coco_polygon_masks(tmp_path / "missing.json")
+        attribution_regions.coco_polygon_masks(tmp_path / "missing.json")
 
 
 # ------------------------------------------------------------ SHAP-safe models
@@ -268,23 +268,23 @@ def test_foreground_share_by_hand_and_channel_sum():
     values[1, :, 0, 0] = [1.0, -0.5, 0.5]       # channels sum to +1 at (0, 0)
     values[1, :, 1, 1] = 3.0                    # +9 at (1, 1)
     masks = np.array([[[True, False], [True, False]], [[True, False], [False, False]]])
-    np.testing.assert_allclose(attribution.foreground_share(values, masks), [0.25, 0.1])
+    np.testing.assert_allclose(attribution_regions.foreground_share(values, masks), [0.25, 0.1])
 
 
 def test_foreground_share_is_invariant_to_rescaling_and_nan_without_positive_attribution():
     rng = np.random.default_rng(0)
     values = rng.normal(size=(5, 3, 8, 8))
     masks = rng.random((5, 8, 8)) < 0.3
-    share = attribution.foreground_share(values, masks)
-    np.testing.assert_allclose(attribution.foreground_share(0.909 * values, masks), share)
-    np.testing.assert_allclose(attribution.foreground_share(torch.tensor(40.0 * values), masks), share)
+    share = attribution_regions.foreground_share(values, masks)
+    np.testing.assert_allclose(attribution_regions.foreground_share(0.909 * values, masks), share)
+    np.testing.assert_allclose(attribution_regions.foreground_share(torch.tensor(40.0 * values), masks), share)
     assert ((share >= 0) & (share <= 1)).all()
     negative = -np.ones((1, 4, 4))
-    assert np.isnan(attribution.foreground_share(negative, np.ones((1, 4, 4), bool))).all()
+    assert np.isnan(attribution_regions.foreground_share(negative, np.ones((1, 4, 4), bool))).all()
 
 
 def test_foreground_share_rejects_bad_input():
     with pytest.raises(ValueError, match="same N, H, W"):
-        attribution.foreground_share(np.ones((2, 4, 4)), np.ones((2, 4, 5), bool))
+        attribution_regions.foreground_share(np.ones((2, 4, 4)), np.ones((2, 4, 5), bool))
     with pytest.raises(ValueError, match="NaN"):
-        attribution.foreground_share(np.full((1, 2, 2), np.nan), np.ones((1, 2, 2), bool))
+        attribution_regions.foreground_share(np.full((1, 2, 2), np.nan), np.ones((1, 2, 2), bool))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fixtures import write_cifar, write_coco_captions, write_image_folder
-from kdutils import attribution, datasets as D, metrics
+from kdutils import attribution, attribution_regions, datasets as D, metrics
 from kdutils.errors import CorruptFileError
 
 
@@ -91,6 +91,6 @@ def test_attribution_rejects_nan_maps():
     values[0, 1, 1] = np.nan
     mask = np.zeros((4, 4), bool)
     with pytest.raises(ValueError, match="NaN"):
-        attribution.region_contributions(values, mask)
+        attribution_regions.region_contributions(values, mask)
     with pytest.raises(ValueError, match="NaN"):
         attribution.rank_agreement(values[None], np.ones((1, 3, 4, 4)))

@@ -23,13 +23,14 @@ from . import text as ktext
 from .cache import cache_root, cached, code_fingerprint, key_digest, model_fingerprint
 from .errors import ConfigError
 from .frozen import batches, outputs
-from .models import small_resnet, torchvision_model
+from .models import torchvision_model
 from .paths import under
 from .pretrain import pretrain_source, synth_split, world_config
 from .published import lookup, recipe
 from .selfdistill_data import clip_path
 from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher, Normalize
 from .train import Recipe, seed_everything, train
+from .zoo import backbone
 
 __all__ = ["ImageEncoder", "Student", "TextQueries", "Encoders", "pretrain_small_roberta"]
 
@@ -85,15 +86,9 @@ class Student(nn.Module):
     def __init__(self, spec: dict, num_classes: int):
         super().__init__()
         self.kind = spec["kind"]
-        if self.kind == "small_resnet":
-            self.backbone = small_resnet(spec["arch"])
-            dim = self.backbone.feature_dim
-            self.preprocess = nn.Identity()
-        elif self.kind == "torchvision_resnet":
-            self.backbone = torchvision_model(spec["arch"], None)
-            dim = self.backbone.fc.in_features
-            self.backbone.fc = nn.Identity()
-            self.preprocess = Normalize(IMAGENET_MEAN, IMAGENET_STD, spec["input_size"])
+        if self.kind in ("small_resnet", "torchvision_resnet"):
+            self.backbone, card = backbone(spec["arch"], input_size=spec.get("input_size"))
+            dim, self.preprocess = card.feature_dim, card.normalize()
         elif self.kind == "clip_vision":
             from transformers import CLIPVisionConfig, CLIPVisionModel
 

@@ -11,107 +11,17 @@ times both).
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
 from .cache import cached, model_fingerprint
-from .errors import ConfigError
-from .frozen import batches, outputs
+from .frozen import FixedViews, batches, outputs
 from .teacher import Normalize
 from .splits import Split
 
-__all__ = ["FixedViews", "frozen_features", "CachedSource", "PlainSource", "head_logits"]
-
-VIEWS_FLIP = 2  # a training image and its mirror
-
-
-@dataclass(frozen=True, eq=False)
-class FixedViews:
-    """The fixed views of every image of a split: pre-drawn corruptions x (optionally) mirrors.
-
-    View v of image i is corruption draw v // m (m = 2 with mirrors, else 1),
-    mirrored when v % m == 1. A draw is applied with probability `p` and its
-    random size or quadrant is drawn once, here, from `seed`: so a cache of
-    the views' features is exact, and a training step that picks a random
-    view per image sees a corruption with probability p, as a random
-    per-epoch transform would (with `draws` distinct corruptions per image).
-    Kinds: "none", "center_black" (a centred black square of side
-    U(min_side, 1) x image side), "quarter_black" (one of the four quadrants).
-    """
-
-    kind: str
-    n: int
-    draws: int
-    mirrors: bool
-    p: float = 0.0
-    seed: int = 0
-    min_side: float = 1.0
-    apply: torch.Tensor = field(default=None, repr=False)
-    side: torch.Tensor = field(default=None, repr=False)
-    quadrant: torch.Tensor = field(default=None, repr=False)
-
-    KINDS = ("none", "center_black", "quarter_black")
-
-    @classmethod
-    def plain(cls, n: int) -> "FixedViews":
-        """Evaluation: each image once, untouched."""
-        return cls.corrupted("none", n, p=0.0, draws=1, mirrors=False)
-
-    @classmethod
-    def mirrored(cls, n: int) -> "FixedViews":
-        """Clean training: each image and its mirror (random horizontal flip)."""
-        return cls.corrupted("none", n, p=0.0, draws=1, mirrors=True)
-
-    @classmethod
-    def corrupted(cls, kind: str, n: int, *, p: float, draws: int, seed: int = 0, min_side: float = 200 / 224,
-                  mirrors: bool = True) -> "FixedViews":
-        if kind not in cls.KINDS:
-            raise ConfigError(f"unknown corruption '{kind}'; choose one of {cls.KINDS}.")
-        if not 0.0 <= p <= 1.0 or draws < 1 or not 0.0 < min_side <= 1.0:
-            raise ConfigError(f"corruption needs 0 <= p <= 1, draws >= 1 and 0 < min_side <= 1; "
-                              f"got p={p}, draws={draws}, min_side={min_side}.")
-        g = torch.Generator().manual_seed(seed)
-        apply = torch.rand(n, draws, generator=g) < p
-        side = min_side + (1.0 - min_side) * torch.rand(n, draws, generator=g)
-        quadrant = torch.randint(0, 4, (n, draws), generator=g)
-        return cls(kind, n, draws, mirrors, p, seed, min_side, apply, side, quadrant)
-
-    @property
-    def n_views(self) -> int:
-        return self.draws * (VIEWS_FLIP if self.mirrors else 1)
-
-    @property
-    def key(self) -> dict:
-        return {"kind": self.kind, "n": self.n, "draws": self.draws, "mirrors": self.mirrors, "p": self.p,
-                "seed": self.seed, "min_side": self.min_side}
-
-    def render(self, images: torch.Tensor, idx: torch.Tensor, view_ids: torch.Tensor) -> torch.Tensor:
-        """View `view_ids[b]` of image `idx[b]`; `images` are those images, (B, 3, H, W)."""
-        m = VIEWS_FLIP if self.mirrors else 1
-        idx, view_ids = idx.cpu(), view_ids.cpu()
-        draw, flip = view_ids // m, (view_ids % m) == 1
-        x = images
-        if self.kind != "none":
-            _, _, h, w = x.shape
-            on = self.apply[idx, draw]
-            rows, cols = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
-            if self.kind == "center_black":
-                side = self.side[idx, draw]
-                sh = (side * h).round().clamp(1, h).long().view(-1, 1, 1)
-                sw = (side * w).round().clamp(1, w).long().view(-1, 1, 1)
-                top, left = (h - sh) // 2, (w - sw) // 2
-                black = (rows >= top) & (rows < top + sh) & (cols >= left) & (cols < left + sw)
-            else:
-                q = self.quadrant[idx, draw].view(-1, 1, 1)
-                lower, right = (q // 2) == 1, (q % 2) == 1
-                black = ((rows >= h // 2) == lower) & ((cols >= w // 2) == right)
-            black = black & on.view(-1, 1, 1)
-            x = x.masked_fill(black.unsqueeze(1).to(x.device), 0.0)
-        return torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
-
+__all__ = ["frozen_features", "CachedSource", "PlainSource", "head_logits"]
 
 _FINGERPRINTS: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
 

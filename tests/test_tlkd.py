@@ -13,7 +13,8 @@ from kdutils.models import small_resnet
 from kdutils.profiles import load_profile
 from kdutils.teacher import FrozenTeacher, freeze
 from kdutils.splits import Split
-from kdutils.tlkd_features import CachedSource, FixedViews, PlainSource, frozen_features, head_logits
+from kdutils.frozen import FixedViews
+from kdutils.tlkd_features import CachedSource, PlainSource, frozen_features, head_logits
 
 
 def split(n, seed, size=16):

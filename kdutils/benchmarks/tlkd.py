@@ -10,7 +10,8 @@ from .. import metrics
 from ..tlkd import HeadParams, train_head
 from ..tlkd_backbones import load_encoder
 from ..tlkd_data import load_data
-from ..tlkd_features import CachedSource, FixedViews, PlainSource, frozen_features, head_logits
+from ..frozen import FixedViews
+from ..tlkd_features import CachedSource, PlainSource, frozen_features, head_logits
 
 
 def run(profile: str = "small", epochs: int = 3, seed: int = 0) -> dict:

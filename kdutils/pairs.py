@@ -34,6 +34,7 @@ import torch
 from .cache import key_digest
 from .errors import ConfigError
 from .paths import under
+from .splits import nchw
 
 __all__ = ["PairSet", "choose_captions", "split_halves", "random_negative_pairs", "hard_negative_pairs",
            "attribute_negatives", "jaccard_neighbours", "split_images", "PairDataset", "tokenize_captions", "PAIR_SEED",
@@ -268,7 +269,7 @@ def synth_pair_sets(cfg, seed: int = PAIR_SEED) -> dict[str, tuple[torch.Tensor,
     out = {}
     for split in ("train", "val", "test"):
         batch = synth_split(cfg, f"target_{split}")
-        images = torch.from_numpy(batch.images).permute(0, 3, 1, 2).contiguous()
+        images = nchw(batch.images)
         s = seed + {"train": 0, "val": 1, "test": 2}[split]
         out[split] = (images, random_negative_pairs(batch.captions, s, name=split))
         if split == "test":

@@ -22,6 +22,7 @@ from .cache import cache_root, code_fingerprint, entry_lock, key_digest
 from .frozen import batches, outputs
 from .published import lookup, recipe
 from .results import write_json
+from .splits import nchw, to_float
 from .synthworld import SynthBatch, WorldConfig, class_names, generate
 from .distillers import CrossEntropy
 from .train import Recipe, load_checkpoint, resolve_device, seed_everything, train
@@ -48,8 +49,7 @@ def synth_split(cfg, split: str) -> SynthBatch:
 
 def to_tensors(batch: SynthBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Images as float (N, 3, H, W) in [0, 1] and labels as int64."""
-    images = torch.from_numpy(batch.images).permute(0, 3, 1, 2).float().div_(255)
-    return images, torch.from_numpy(batch.labels).long()
+    return to_float(nchw(batch.images)), torch.from_numpy(batch.labels).long()
 
 
 def pretrain_source(arch: str, cfg, seed: int = 0, epochs: int | None = None, lr: float = 0.1,

@@ -17,7 +17,21 @@ import torch
 from .cache import key_digest
 from .paths import under
 
-__all__ = ["array_digest", "Split", "synthworld", "cifar", "image_folder", "PAPER_DATA", "paper_data"]
+__all__ = ["nchw", "to_float", "array_digest", "Split", "synthworld", "cifar", "image_folder", "PAPER_DATA", "paper_data"]
+
+
+def nchw(images_nhwc) -> torch.Tensor:
+    """uint8 (N, H, W, 3) arrays, as every reader gives them, as a contiguous uint8 (N, 3, H, W) tensor."""
+    return torch.as_tensor(np.asarray(images_nhwc)).permute(0, 3, 1, 2).contiguous()
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) images as float in [0, 1], channels-last in memory.
+
+    Channels-last is the layout an NHWC array's float conversion always had
+    here; convolutions round differently on another layout (1e-8).
+    """
+    return images.contiguous(memory_format=torch.channels_last).float().div_(255)
 
 
 def array_digest(*arrays) -> str:
@@ -60,7 +74,7 @@ class Split(torch.utils.data.Dataset):
         """A split of uint8 (N, H, W, 3) arrays, as every reader gives them; the key hashes pixels and labels."""
         images, labels = np.asarray(images), np.asarray(labels, dtype=np.int64)
         has = None if masks is None else np.ones(len(labels), dtype=bool)
-        return cls(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels),
+        return cls(nchw(images), torch.from_numpy(labels),
                    array_digest(images, labels), masks, has, **extra)
 
     def __len__(self) -> int:
@@ -76,12 +90,8 @@ class Split(torch.utils.data.Dataset):
         return self.source is not None
 
     def float_images(self, idx=slice(None)) -> torch.Tensor:
-        """Images `idx` as float in [0, 1] (in-memory splits), channels-last in memory.
-
-        Channels-last is the layout an NHWC array's float conversion always had
-        here; convolutions round differently on another layout (1e-8).
-        """
-        return self.images[idx].float().div_(255).contiguous(memory_format=torch.channels_last)
+        """Images `idx` as float in [0, 1] (`to_float`; in-memory splits)."""
+        return to_float(self.images[idx])
 
     def subset(self, indices) -> "Split":
         """The images `indices`, in that order, keyed by this split's key and the indices."""

@@ -265,12 +265,10 @@ def paper_inputs(cfg) -> dict:
     weights are allowed, though the model folders' config and tokenizer are
     still read).
     """
-    from .datasets import _COCO_HOW
-    from .pairs import coco_paths
+    from .splits import paper_data
     from .text import hf_download_hint
 
-    annotations, images = coco_paths(cfg)
-    need = {"COCO captions annotations": (annotations, _COCO_HOW), "COCO images": (images, _COCO_HOW)}
+    need = paper_data(cfg, "coco")
     weights = under(cfg.weights_root)
     clip_dir, text_dir = weights / cfg.s2_clip_weights, weights / cfg.s2_text_weights
     need["CLIP teacher config"] = (clip_dir / "config.json", hf_download_hint("openai/clip-vit-base-patch32", clip_dir))

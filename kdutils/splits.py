@@ -157,12 +157,21 @@ def _imagenet100(cfg) -> dict:
     return {"ImageNet-100 train folder": (root / "train", how), "ImageNet-100 val folder": (root / "val", how)}
 
 
+def _coco(cfg) -> dict:
+    from .datasets import _COCO_HOW
+    from .pairs import coco_paths
+
+    annotations, images = coco_paths(cfg)
+    return {"COCO captions annotations": (annotations, _COCO_HOW), "COCO images": (images, _COCO_HOW)}
+
+
 #: Every real data set of the `paper` profile: name -> cfg -> {what: (path, how to get it)}.
 PAPER_DATA = {
     "cifar10": _cifar_batches("CIFAR-10", "cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
     "cifar100": _cifar_batches("CIFAR-100", "cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
     "imagenet": _imagenet,
     "imagenet100": _imagenet100,
+    "coco": _coco,
 }
 
 

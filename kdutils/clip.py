@@ -31,16 +31,16 @@ import torch
 import torch.nn.functional as F
 
 from . import metrics
-from .cache import cache_root, cached, code_fingerprint, key_digest
+from .cache import code_fingerprint
 from .errors import ConfigError, MissingDataError
 from .frozen import batches, outputs
 from .losses import clip_contrastive_loss
 from .pretrain import synth_split, to_tensors, world_config
-from .published import lookup, recipe
+from .published import Pretraining, recipe
 from .synthworld import class_prompts, vocabulary
 from .teacher import CLIP_MEAN, CLIP_STD, Normalize
 from .text import build_tokenizer, hf_download_hint, hf_source, quiet_transformers
-from .train import Recipe, load_checkpoint, resolve_device, seed_everything, train
+from .train import Recipe, resolve_device, seed_everything, train
 
 __all__ = ["SMALL_CLIP_ARCHS", "PAPER_CLIP", "small_clip_config", "preprocess", "image_embeds", "text_embeds",
            "vision_tokens", "contrastive_loss_with_negatives", "encode_texts", "encode_images", "retrieval_recalls", "zero_shot_accuracy",
@@ -234,21 +234,13 @@ def pretrain_small_clip(cfg, seed: int = 0, progress: bool | None = None):
            "hard_negatives": hard_negatives, "prompt_p": prompt_p, "dry_run": cfg.dry_run,
            "code": code_fingerprint(__name__)}
     key["config"].pop("transformers_version", None)
-    digest = key_digest(key)
-    ckpt = cache_root() / "pretrain" / f"clip-{arch['name']}-{digest}.pt"
+    run = Pretraining(f"clip-{arch['name']}", key)
     device = resolve_device(cfg.device)
 
     gen = seed_everything(seed)
     with quiet_transformers():
         model = CLIPModel(config)
-    shipped = lookup(f"clip-{arch['name']}", key)
-    if shipped is not None:
-        model.load_state_dict(shipped[0])
-        return model.eval(), tokenizer, shipped[1]
-    summary_path = cache_root() / "clip-summary" / f"{digest}.pt"  # where `cached` keeps it
-    if ckpt.exists() and summary_path.exists():  # finished before: skip generating the training data
-        model.load_state_dict(load_checkpoint(ckpt)["model"])
-        summary = load_checkpoint(summary_path)
+    if (summary := run.shipped(model) or run.finished(model)) is not None:  # skip generating the training data
         return model.eval(), tokenizer, summary
 
     loader = torch.utils.data.DataLoader(_source_pairs(cfg, tokenizer), batch_size=cfg.batch_size, shuffle=True,
@@ -275,14 +267,13 @@ def pretrain_small_clip(cfg, seed: int = 0, progress: bool | None = None):
         return {"loss": loss, "scale": scale.detach()}
 
     history = train(model, compute_loss, loader, training, parameters=[
-        {"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], checkpoint=ckpt,
-        checkpoint_key=digest, device=device, desc=f"pretrain {arch['name']} (CLIP) on source", progress=progress)
+        {"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], checkpoint=run.checkpoint,
+        checkpoint_key=run.digest, device=device, desc=f"pretrain {arch['name']} (CLIP) on source", progress=progress)
     model.eval()
 
-    summary = cached("clip-summary", key, lambda: {
+    summary = run.finish({
         "arch": arch, "epochs": epochs, "lr": lr, "seed": seed, "recipe": recipe(key), "history": history.to_dict(),
-        **_clip_evaluation(model, tokenizer, cfg), "parameters": sum(p.numel() for p in model.parameters())},
-        verbose=False)
+        **_clip_evaluation(model, tokenizer, cfg), "parameters": sum(p.numel() for p in model.parameters())})
     return model.cpu().eval(), tokenizer, summary
 
 

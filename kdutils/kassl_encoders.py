@@ -112,26 +112,25 @@ def ssl_teacher(method: str, cfg, probe_it: bool = False, seed: int = 0) -> tupl
     and of its random initialisation on the target task (what `publish` records).
     """
     from .pretrain import synth_split, to_tensors
-    from .published import lookup, recipe
+    from .published import Pretraining, recipe
 
     arch, n_epochs = cfg.teacher_arch, phase_epochs(cfg, ssl_epochs(cfg, method))
     key = {"what": "kassl-ssl-teacher", "method": method, "arch": arch, "data": synth_key(cfg, "source_train"),
            "epochs": n_epochs, "lr": cfg.s3_ssl_lr, "batch": cfg.s3_ssl_batch,
            "views": cfg.s3_view_preset, "hyper": _ssl_hyper(cfg, method), "seed": seed, "dry_run": cfg.dry_run,
            "code": code_fingerprint(__name__)}
+    run = Pretraining(f"ssl-{method}-{arch}", key)
     gen = seed_everything(seed)
     encoder, _ = backbone(arch)
-    shipped = lookup(f"ssl-{method}-{arch}", key)
-    if shipped is not None:
-        encoder.load_state_dict(shipped[0])
-        return encoder.eval(), shipped[1]
+    if (shipped := run.shipped(encoder)) is not None:
+        return encoder.eval(), shipped
     x, _ = to_tensors(synth_split(cfg, "source_train"))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(to_uint8(x)), batch_size=cfg.s3_ssl_batch,
                                          shuffle=True, drop_last=True, generator=gen)
     device = resolve_device(cfg.device)
-    encoder, history = _train_ssl_encoder(method, encoder, encoder.feature_dim, loader, key, size=x.shape[-1],
-                                          device=device, max_steps=cfg.max_steps, progress=cfg.progress,
-                                          desc=f"{method} teacher")
+    encoder, history = _train_ssl_encoder(method, encoder, encoder.feature_dim, loader, key, run.checkpoint,
+                                          size=x.shape[-1], device=device, max_steps=cfg.max_steps,
+                                          progress=cfg.progress, desc=f"{method} teacher")
     summary = {"method": method, "arch": arch, "epochs": n_epochs, "recipe": recipe(key),
                "history": {"epochs": history["epochs"], "steps": [round(v, 4) for v in history["steps"]]}}
     if probe_it:
@@ -160,8 +159,9 @@ def _fit_baseline(cfg, dataset, size: int, seed: int, key: dict, device):
     seed_everything(seed)
     backbone, dim = student_backbone(cfg)
     loader = data_loader(dataset, cfg.s3_ssl_batch, shuffle=True, seed=seed, num_workers=cfg.num_workers)
-    return _train_ssl_encoder("byol", backbone, dim, loader, key, size=size, device=device, max_steps=cfg.max_steps,
-                              progress=cfg.progress, desc=f"BYOL baseline seed {seed}")
+    checkpoint = cache_root() / "kassl" / f"BYOL-baseline-seed-{seed}-{key_digest(key)}.pt"
+    return _train_ssl_encoder("byol", backbone, dim, loader, key, checkpoint, size=size, device=device,
+                              max_steps=cfg.max_steps, progress=cfg.progress, desc=f"BYOL baseline seed {seed}")
 
 
 def _ssl_hyper(cfg, method: str) -> dict:
@@ -171,8 +171,8 @@ def _ssl_hyper(cfg, method: str) -> dict:
             "bn_splits": cfg.s3_moco_bn_splits if method == "moco_v2" else 1}
 
 
-def _train_ssl_encoder(method: str, encoder: nn.Module, dim: int, loader, key: dict, *, size: int, device,
-                       max_steps: int | None, progress: bool, desc: str):
+def _train_ssl_encoder(method: str, encoder: nn.Module, dim: int, loader, key: dict, checkpoint, *, size: int,
+                       device, max_steps: int | None, progress: bool, desc: str):
     """BYOL / MoCo-v2 by the recipe its cache `key` records (epochs, lr, views, hyper); (encoder, history).
 
     Reading the recipe from the key keeps the checkpoint's name and the training it holds in step.
@@ -181,7 +181,7 @@ def _train_ssl_encoder(method: str, encoder: nn.Module, dim: int, loader, key: d
     steps = epochs * min(len(loader), max_steps or len(loader))
     learner = make_learner(method, encoder, dim, total_steps=max(1, steps), **key["hyper"])
     history = train_ssl(learner, loader, view_pair(key["views"], out_size=size), epochs=epochs, lr=key["lr"],
-                        device=device, checkpoint=cache_root() / "kassl" / f"{desc.replace(' ', '-')}-{digest}.pt",
-                        checkpoint_key=digest, max_steps=max_steps, progress=progress, desc=desc)
+                        device=device, checkpoint=checkpoint, checkpoint_key=digest, max_steps=max_steps,
+                        progress=progress, desc=desc)
     encoder = learner.encoder.cpu().eval()
     return encoder, {"epochs": history.epochs, "steps": learner.trace.series()}

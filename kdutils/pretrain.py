@@ -10,7 +10,6 @@ finished weights in a second, and an interrupted pretraining resumes.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 
 import torch
@@ -18,14 +17,13 @@ from torch import nn
 
 from . import metrics
 from .augment import flip_shift
-from .cache import cache_root, code_fingerprint, entry_lock, key_digest
+from .cache import code_fingerprint, entry_lock
 from .frozen import batches, outputs
-from .published import lookup, recipe
-from .results import write_json
+from .published import Pretraining, recipe
 from .splits import nchw, to_float
 from .synthworld import SynthBatch, WorldConfig, class_names, generate
 from .distillers import CrossEntropy
-from .train import Recipe, load_checkpoint, resolve_device, seed_everything, train
+from .train import Recipe, resolve_device, seed_everything, train
 from .zoo import backbone
 
 # Fixed data seeds: every study sees the same SynthWorld images for a profile,
@@ -65,22 +63,16 @@ def pretrain_source(arch: str, cfg, seed: int = 0, epochs: int | None = None, lr
     key = {"what": "source-pretrain", "arch": arch, "world": world, "n_train": cfg.n_source_train,
            "epochs": epochs, "lr": lr, "batch": cfg.batch_size, "seed": seed, "dry_run": cfg.dry_run,
            "code": code_fingerprint(__name__)}
-    ckpt = cache_root() / "pretrain" / f"{arch}-{key_digest(key)}.pt"
-    with entry_lock(ckpt):  # notebooks or sweep jobs running at once pretrain a backbone once, the others wait
-        return _pretrain_source(arch, cfg, seed, epochs, lr, progress, ckpt, key)
+    run = Pretraining(f"source-{arch}", key)
+    with entry_lock(run.checkpoint):  # notebooks or sweep jobs at once: one pretrains, the others wait
+        return _pretrain_source(arch, cfg, seed, epochs, lr, progress, run)
 
 
-def _pretrain_source(arch: str, cfg, seed: int, epochs: int, lr: float, progress: bool, ckpt, key: dict):
-    summary_file, digest = ckpt.with_suffix(".summary.json"), key_digest(key)
+def _pretrain_source(arch: str, cfg, seed: int, epochs: int, lr: float, progress: bool, run: Pretraining):
     gen = seed_everything(seed)  # before the model: its initialisation is part of the seeded run
     model, _ = backbone(arch, num_classes=len(class_names("source")))
-    shipped = lookup(f"source-{arch}", key)
-    if shipped is not None:
-        model.load_state_dict(shipped[0])
-        return model.eval(), shipped[1]
-    if summary_file.exists() and ckpt.exists():  # finished before: no data to generate, nothing to score
-        model.load_state_dict(load_checkpoint(ckpt)["model"])
-        return model.eval(), json.loads(summary_file.read_text())
+    if (summary := run.shipped(model) or run.finished(model)) is not None:  # no data to generate, nothing to score
+        return model.eval(), summary
 
     x, y = to_tensors(synth_split(cfg, "source_train"))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=cfg.batch_size,
@@ -89,13 +81,12 @@ def _pretrain_source(arch: str, cfg, seed: int, epochs: int, lr: float, progress
                     warmup_fraction=0.1, warmup_cap=200, epochs=epochs, max_steps=cfg.max_steps)
     device = resolve_device(cfg.device)
     history = train(model, CrossEntropy(), loader, training, outputs=lambda b: (model(flip_shift(b[0])), None, b[1]),
-                    checkpoint=ckpt, checkpoint_key=digest, device=device, desc=f"pretrain {arch} on source",
-                    progress=progress)
+                    checkpoint=run.checkpoint, checkpoint_key=run.digest, device=device,
+                    desc=f"pretrain {arch} on source", progress=progress)
     model.eval()
     xt, yt = to_tensors(synth_split(cfg, "source_test"))
     logits = outputs(model, batches(xt, 512), device=device)
-    summary = {"arch": arch, "epochs": epochs, "seed": seed, "recipe": recipe(key), "history": history.to_dict(),
-               "source_top1": metrics.accuracy(yt, logits), "source_top5": metrics.topk_accuracy(logits, yt, 5),
-               "parameters": sum(p.numel() for p in model.parameters())}
-    write_json(summary_file, summary)  # fit returned: the run is complete
-    return model.cpu(), summary
+    return model.cpu(), run.finish({
+        "arch": arch, "epochs": epochs, "seed": seed, "recipe": recipe(run.key), "history": history.to_dict(),
+        "source_top1": metrics.accuracy(yt, logits), "source_top5": metrics.topk_accuracy(logits, yt, 5),
+        "parameters": sum(p.numel() for p in model.parameters())})

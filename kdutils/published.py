@@ -22,10 +22,12 @@ import json
 import os
 import subprocess
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from .cache import cache_root, entry_lock
+from .cache import cache_root, entry_lock, key_digest
 from .errors import ConfigError, CorruptFileError
 from .paths import REPO_ROOT
 from .results import write_json
@@ -68,6 +70,53 @@ def lookup(name: str, key: dict) -> tuple[dict, dict] | None:
     print(f"[published] {name}: weights from published/{entry['file']} (trained at commit {entry['commit'][:10]})")
     return state, {**entry["summary"], "recipe": entry["recipe"], "published": {"file": entry["file"], "sha256": digest,
                                                      "commit": entry["commit"]}}
+
+
+@dataclass(frozen=True)
+class Pretraining:
+    """Where one pretraining lives, named by its published `name` and its cache `key` (recipe plus code version).
+
+    `published/` is asked first (`shipped`); else `checkpoint`, `<cache>/pretrain/<name>-<digest>.pt`, is fit's
+    checkpoint (an interrupted run resumes from it) and `summary_file` beside it is written when the run has
+    finished (`finish`), so a finished run loads without data or evaluation (`finished`).
+    """
+
+    name: str
+    key: dict
+
+    @property
+    def digest(self) -> str:
+        return key_digest(self.key)
+
+    @property
+    def checkpoint(self) -> Path:
+        return cache_root() / "pretrain" / f"{self.name}-{self.digest}.pt"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.checkpoint.with_suffix(".summary.json")
+
+    def shipped(self, model: torch.nn.Module) -> dict | None:
+        """The published summary, with its weights loaded into `model`, when this recipe is shipped; else None."""
+        found = lookup(self.name, self.key)
+        if found is None:
+            return None
+        model.load_state_dict(found[0])
+        return found[1]
+
+    def finished(self, model: torch.nn.Module) -> dict | None:
+        """The summary of a run finished in this cache, with its weights loaded into `model`; else None."""
+        if not (self.summary_file.exists() and self.checkpoint.exists()):
+            return None
+        from .train import load_checkpoint
+
+        model.load_state_dict(load_checkpoint(self.checkpoint)["model"])
+        return json.loads(self.summary_file.read_text())
+
+    def finish(self, summary: dict) -> dict:
+        """Record that the run finished (fit returned): its summary, returned as given."""
+        write_json(self.summary_file, summary)
+        return summary
 
 
 @contextlib.contextmanager

@@ -20,13 +20,13 @@ from torch import nn
 from . import clip as kclip
 from . import synthworld as sw
 from . import text as ktext
-from .cache import cache_root, cached, code_fingerprint, key_digest, model_fingerprint
+from .cache import cached, code_fingerprint, model_fingerprint
 from .errors import ConfigError
 from .frozen import batches, outputs
 from .models import torchvision_model
 from .paths import under
 from .pretrain import pretrain_source, synth_split, world_config
-from .published import lookup, recipe
+from .published import Pretraining, recipe
 from .selfdistill_data import clip_path
 from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher, Normalize
 from .train import Recipe, seed_everything, train
@@ -170,16 +170,15 @@ def pretrain_small_roberta(cfg, seed: int = 0, progress: bool | None = None):
     key = {"what": "s1-roberta-mlm", "vocab": len(tokenizer), "hidden": hidden, "layers": layers, "heads": heads,
            "world": asdict(world_config(cfg)), "n_train": cfg.n_source_train, "epochs": epochs,
            "batch": cfg.batch_size, "seed": seed, "dry_run": cfg.dry_run, "code": code_fingerprint(__name__)}
-    digest = key_digest(key)
+    run = Pretraining("roberta-small", key)
     gen = seed_everything(seed)
     with ktext.quiet_transformers():
         model = ktext.small_text_model("roberta", len(tokenizer), hidden=hidden, layers=layers, heads=heads,
                                        max_positions=_SYNTH_TEXT_MAX, pad_token_id=tokenizer.pad_token_id)
     lm_head = nn.Linear(hidden, len(tokenizer))
     mlm = nn.ModuleDict({"encoder": model, "lm_head": lm_head})
-    if (shipped := lookup("roberta-small", key)) is not None:  # published weights (kdutils.published)
-        model.load_state_dict(shipped[0])
-        return ktext.TextEncoder(tokenizer, model.eval(), max_length=_SYNTH_TEXT_MAX), shipped[1]
+    if (shipped := run.shipped(model)) is not None:  # published weights (kdutils.published)
+        return ktext.TextEncoder(tokenizer, model.eval(), max_length=_SYNTH_TEXT_MAX), shipped
     encode, loss_of = _masked_lm(tokenizer, model, lm_head)
     ids, attention = encode(synth_split(cfg, "source_train").captions)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids, attention), batch_size=cfg.batch_size,
@@ -188,7 +187,7 @@ def pretrain_small_roberta(cfg, seed: int = 0, progress: bool | None = None):
                     warmup_cap=100, epochs=1 if cfg.dry_run else epochs,  # dry runs: one epoch of two steps
                     max_steps=cfg.max_steps)
     history = train(mlm, lambda b: {"loss": loss_of(*b)[0]}, loader, training,
-                    checkpoint=cache_root() / "s1" / "roberta" / f"{digest}.pt", checkpoint_key=digest,
+                    checkpoint=run.checkpoint, checkpoint_key=run.digest,
                     desc="MLM small RoBERTa on source captions", progress=progress)
     mlm.eval()
     with torch.no_grad():

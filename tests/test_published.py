@@ -53,7 +53,7 @@ def test_round_trip_serves_the_published_weights_without_training(tiny_published
 
     empty_cache = published.FOLDER.parent / "empty-cache"  # nothing to fall back on
     monkeypatch.setattr(pretrain, "train", no_training)
-    monkeypatch.setattr(pretrain, "cache_root", lambda: empty_cache)
+    monkeypatch.setattr(published, "cache_root", lambda: empty_cache)  # where Pretraining names its files
     model, summary = pretrain.pretrain_source("resnet_s", cfg)
     assert not model.training and summary["published"]["file"] == "source-resnet_s.pt.gz"
     for k, v in model.state_dict().items():
@@ -97,3 +97,18 @@ def test_study3_takes_one_backbone_seed_and_says_so_for_several():
 
     with pytest.raises(ConfigError, match="once per backbone seed"):
         load_teacher("byol", load_profile("tiny", seeds=[0, 1], backbone_seeds=[0, 1]), "cpu")
+
+
+def test_a_pretraining_keeps_its_checkpoint_and_summary_under_its_name_and_key(tmp_path, monkeypatch):
+    from kdutils.train import save_checkpoint
+
+    monkeypatch.setattr(published, "cache_root", lambda: tmp_path)
+    run = published.Pretraining("demo", {"what": "demo", "seed": 0, "code": "v1"})
+    assert run.checkpoint == tmp_path / "pretrain" / f"demo-{run.digest}.pt"
+    assert run.digest != published.Pretraining("demo", {"what": "demo", "seed": 0, "code": "v2"}).digest
+    trained, fresh = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    assert run.shipped(fresh) is None and run.finished(fresh) is None  # not published, not trained
+    save_checkpoint({"model": trained.state_dict()}, run.checkpoint)
+    assert run.finished(fresh) is None  # a checkpoint without a summary is an interrupted run: it resumes
+    assert run.finish({"top1": 50.0}) == {"top1": 50.0} and run.finished(fresh) == {"top1": 50.0}
+    assert torch.equal(fresh.weight, trained.weight)

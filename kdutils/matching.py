@@ -108,16 +108,14 @@ class TwoTowerMatcher(nn.Module):
 
 
 def pairs_fingerprint(dataset) -> str:
-    """Hash of a PairDataset's pairs and images (in-memory bytes, or the image loader's description)."""
+    """Hash of a PairDataset's pairs and images (in-memory bytes, or the key of the files read)."""
     h = hashlib.sha256()
     p = dataset.pairs
     h.update(p.image_index.tobytes())
     h.update(p.labels.tobytes())
     h.update("\x00".join(p.captions).encode())
-    if isinstance(dataset.images, torch.Tensor):
-        h.update(dataset.images.contiguous().numpy().tobytes())
-    else:
-        h.update(repr(getattr(dataset.images, "key", dataset.images)).encode())
+    split = dataset.split
+    h.update(split.key.encode() if split.lazy else split.images.numpy().tobytes())
     return h.hexdigest()[:16]
 
 

@@ -17,33 +17,32 @@ same positives, where each negative caption is a near miss instead:
   the content words (lower-cased words minus English stop words; ties go to
   the lower index; identical captions are never chosen).
 
-`PairDataset` serves pairs to PyTorch with the captions tokenized once per
-model that reads them (a teacher and a student usually have different
-tokenizers).
+Every pair set indexes the images of one `splits.Split`. `PairDataset` serves
+pairs to PyTorch with the captions tokenized once per model that reads them (a
+teacher and a student usually have different tokenizers).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from .cache import key_digest
 from .errors import ConfigError
 from .paths import under
-from .splits import nchw
+from .splits import Split, from_synth, image_files
 
 __all__ = ["PairSet", "choose_captions", "split_halves", "random_negative_pairs", "hard_negative_pairs",
            "attribute_negatives", "jaccard_neighbours", "split_images", "PairDataset", "tokenize_captions", "PAIR_SEED",
-           "synth_pair_sets", "ImageFiles", "coco_pair_sets", "coco_paths", "load_pair_sets"]
+           "synth_pair_sets", "coco_pair_sets", "coco_paths", "load_pair_sets"]
 
 
 @dataclass
 class PairSet:
-    """Image-caption pairs of one split: `image_index` rows into the split's images, 1 = the caption fits."""
+    """Image-caption pairs of one `Split`: `image_index` rows into its images, 1 = the caption fits."""
 
     name: str
     image_index: np.ndarray            # int64 (P,)
@@ -219,20 +218,16 @@ def tokenize_captions(tokenizer, captions: Sequence[str], max_length: int | None
 class PairDataset(torch.utils.data.Dataset):
     """Items `{"image", "label", "index", "<reader>_ids", "<reader>_mask"...}` for one PairSet.
 
-    `images` is either a uint8 tensor (N, 3, H, W) of the split's images
-    (SynthWorld: in memory) or a function `i -> float tensor (3, H, W) in [0, 1]`
-    (COCO: decoded from disk). `readers` maps a name ("teacher", "student") to
-    a tokenizer: each caption is tokenized once per reader here, not per step.
+    `split` holds the images the pairs index (SynthWorld: in memory; COCO:
+    decoded from disk); an item's image is float (3, H, W) in [0, 1]. `readers`
+    maps a name ("teacher", "student") to a tokenizer: each caption is
+    tokenized once per reader here, not per step.
     """
 
-    def __init__(self, pairs: PairSet, images: torch.Tensor | Callable[[int], torch.Tensor], readers: dict):
-        self.pairs = pairs
-        self.images = images
-        if isinstance(images, torch.Tensor):
-            if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-                raise ValueError(f"in-memory images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
-            if int(pairs.image_index.max()) >= len(images):
-                raise ValueError(f"PairSet '{pairs.name}' indexes image {int(pairs.image_index.max())} of {len(images)}.")
+    def __init__(self, pairs: PairSet, split: Split, readers: dict):
+        if int(pairs.image_index.max()) >= len(split):
+            raise ValueError(f"PairSet '{pairs.name}' indexes image {int(pairs.image_index.max())} of {len(split)}.")
+        self.pairs, self.split = pairs, split
         self.tokens = {name: tokenize_captions(tok, pairs.captions) for name, tok in readers.items()}
         self.labels = torch.from_numpy(pairs.labels).float()
 
@@ -240,10 +235,7 @@ class PairDataset(torch.utils.data.Dataset):
         return len(self.pairs)
 
     def image(self, i: int) -> torch.Tensor:
-        j = int(self.pairs.image_index[i])
-        if isinstance(self.images, torch.Tensor):
-            return self.images[j].float().div_(255)
-        return self.images(j)
+        return self.split[int(self.pairs.image_index[i])][0].float().div_(255)
 
     def __getitem__(self, i: int) -> dict:
         item = {"image": self.image(i), "label": self.labels[i], "index": i}
@@ -258,18 +250,18 @@ class PairDataset(torch.utils.data.Dataset):
 PAIR_SEED = 2024
 
 
-def synth_pair_sets(cfg, seed: int = PAIR_SEED) -> dict[str, tuple[torch.Tensor, PairSet]]:
-    """SynthWorld target splits as matching pairs: {"train", "val", "test", "test_hard"} -> (images, pairs).
+def synth_pair_sets(cfg, seed: int = PAIR_SEED) -> dict[str, tuple[Split, PairSet]]:
+    """SynthWorld target splits as matching pairs: {"train", "val", "test", "test_hard"} -> (split, pairs).
 
-    Images are uint8 tensors (N, 3, H, W); "test_hard" reuses the test images
-    and positives, with one-attribute-changed captions as negatives.
+    "test_hard" reuses the test split and positives, with one-attribute-changed
+    captions as negatives.
     """
     from .pretrain import synth_split
 
     out = {}
     for split in ("train", "val", "test"):
         batch = synth_split(cfg, f"target_{split}")
-        images = nchw(batch.images)
+        images = from_synth(batch)
         s = seed + {"train": 0, "val": 1, "test": 2}[split]
         out[split] = (images, random_negative_pairs(batch.captions, s, name=split))
         if split == "test":
@@ -278,28 +270,8 @@ def synth_pair_sets(cfg, seed: int = PAIR_SEED) -> dict[str, tuple[torch.Tensor,
     return out
 
 
-class ImageFiles:
-    """`i -> float tensor (3, size, size)` in [0, 1] from image files: shorter side resized, centre crop."""
-
-    def __init__(self, paths: Sequence, size: int):
-        from torchvision import transforms
-
-        self.paths, self.size = [str(p) for p in paths], size
-        self.transform = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()])
-        self.key = {"files": key_digest(self.paths), "size": size}
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __call__(self, i: int) -> torch.Tensor:
-        from PIL import Image
-
-        with Image.open(self.paths[i]) as im:
-            return self.transform(im.convert("RGB"))
-
-
 def coco_pair_sets(records, image_size: int, fractions=(0.8, 0.1, 0.1), max_images: int = 0,
-                   seed: int = PAIR_SEED) -> dict[str, tuple[ImageFiles, PairSet]]:
+                   seed: int = PAIR_SEED) -> dict[str, tuple[Split, PairSet]]:
     """COCO captions records (`datasets.coco_captions`) as matching pairs, split by image.
 
     Images without captions are dropped; `max_images` > 0 keeps a seeded
@@ -316,7 +288,7 @@ def coco_pair_sets(records, image_size: int, fractions=(0.8, 0.1, 0.1), max_imag
     for split, idx, s in zip(("train", "val", "test"), split_images(len(records), fractions, seed),
                              (seed, seed + 1, seed + 2)):
         caps = [captions[i] for i in idx]
-        files = ImageFiles([records[i].path for i in idx], image_size)
+        files = image_files([records[i].path for i in idx], image_size, captions=caps)
         out[split] = (files, random_negative_pairs(caps, s, name=split))
         if split == "test":
             near = jaccard_neighbours(caps)

@@ -17,7 +17,8 @@ import torch
 from .cache import key_digest
 from .paths import under
 
-__all__ = ["nchw", "to_float", "array_digest", "Split", "synthworld", "cifar", "image_folder", "PAPER_DATA", "paper_data"]
+__all__ = ["nchw", "to_float", "array_digest", "Split", "from_synth", "synthworld", "cifar", "image_folder",
+           "image_files", "PAPER_DATA", "paper_data"]
 
 
 def nchw(images_nhwc) -> torch.Tensor:
@@ -107,12 +108,17 @@ class Split(torch.utils.data.Dataset):
 
 # ------------------------------------------------------------------ loaders
 
+def from_synth(batch) -> Split:
+    """A `synthworld.SynthBatch` as a split, with its masks and captions."""
+    return Split.from_nhwc(batch.images, batch.labels, batch.masks, captions=list(batch.captions),
+                           class_names=list(batch.class_names))
+
+
 def synthworld(cfg, split: str) -> Split:
     """A fixed SynthWorld split of this profile ('target_train', 'source_test'...), with masks and captions."""
     from .pretrain import synth_split
 
-    b = synth_split(cfg, split)
-    return Split.from_nhwc(b.images, b.labels, b.masks, captions=list(b.captions), class_names=list(b.class_names))
+    return from_synth(synth_split(cfg, split))
 
 
 def cifar(root, name: str = "cifar10", *, verify: bool = True) -> dict[str, Split]:
@@ -131,6 +137,33 @@ def image_folder(folder) -> Split:
     files = [(str(p), int(y)) for p, y in folder.samples]
     return Split(None, torch.tensor(folder.targets, dtype=torch.long), key_digest(files),
                  class_names=list(folder.classes), source=folder)
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """Image files as (uint8 (3, size, size), -1): shorter side resized to `size`, centre crop."""
+
+    def __init__(self, paths: list[str], size: int):
+        from torchvision import transforms
+
+        self.paths = paths
+        self.transform = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
+                                             transforms.PILToTensor()])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from .datasets import read_image
+
+        return self.transform(read_image(self.paths[i])).contiguous(), -1
+
+
+def image_files(paths, size: int, captions: list[str] | None = None) -> Split:
+    """Unlabelled images (label -1) read lazily from `paths` at `size` x `size`; keyed by the files and size."""
+    paths = [str(p) for p in paths]
+    key = repr({"files": key_digest(paths), "size": size})  # the text study 2's pair fingerprints have hashed
+    return Split(None, torch.full((len(paths),), -1, dtype=torch.long), key, captions=captions,
+                 source=_ImageFiles(paths, size))
 
 
 # -------------------------------------------------------- what `paper` needs

@@ -16,13 +16,13 @@ from transformers import CLIPModel
 from kdutils import matching
 from kdutils.clip import SMALL_CLIP_ARCHS, small_clip_config
 from kdutils.pairs import PairDataset, random_negative_pairs
-from kdutils.splits import nchw
+from kdutils.splits import from_synth
 from kdutils.synthworld import generate, vocabulary
 from kdutils.text import build_tokenizer, quiet_transformers
 
 tok = build_tokenizer(vocabulary(), max_length=32)
 batch = generate("target", 30, seed=5)
-images = nchw(batch.images)
+images = from_synth(batch)
 data = PairDataset(random_negative_pairs(batch.captions, 0), images, {"teacher": tok, "student": tok})
 torch.manual_seed(0)
 with quiet_transformers():

@@ -12,7 +12,7 @@ from kdutils import clip, distillers, matching, pairs, synthworld, text
 from kdutils.benchmarks import matching as bench_matching
 from kdutils.errors import ConfigError
 from kdutils.profiles import load_profile
-from kdutils.splits import nchw
+from kdutils.splits import from_synth
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def data(tokenizer):
     batch = synthworld.generate("target", 24, seed=7)
-    images = nchw(batch.images)
+    images = from_synth(batch)
     p = pairs.random_negative_pairs(batch.captions, seed=0)
     return pairs.PairDataset(p, images, {"teacher": tokenizer, "student": tokenizer})
 

@@ -12,6 +12,7 @@ from kdutils import pairs
 from kdutils.datasets import coco_captions
 from kdutils.errors import ConfigError
 from kdutils.profiles import load_profile
+from kdutils.splits import Split
 from kdutils.text import build_tokenizer
 from tests.fixtures import write_coco_captions
 
@@ -115,7 +116,7 @@ def test_pair_dataset_items():
     tok = build_tokenizer(["caption", "number"] + [str(i) for i in range(11)], max_length=16)
     images = torch.arange(11 * 3 * 2 * 2, dtype=torch.int64).remainder(256).to(torch.uint8).view(11, 3, 2, 2)
     p = pairs.random_negative_pairs(CAPTIONS, seed=0)
-    ds = pairs.PairDataset(p, images, {"student": tok})
+    ds = pairs.PairDataset(p, Split(images, torch.zeros(11, dtype=torch.long), key="ramp"), {"student": tok})
     item = ds[3]
     j = p.image_index[3]
     assert torch.equal(item["image"], images[j].float() / 255)
@@ -124,8 +125,8 @@ def test_pair_dataset_items():
     assert tok.decode(ids, skip_special_tokens=True) == p.captions[3]
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     assert batch["image"].shape == (4, 3, 2, 2) and batch["student_ids"].shape[0] == 4
-    with pytest.raises(ValueError, match="uint8"):
-        pairs.PairDataset(p, images.float(), {})
+    with pytest.raises(ValueError, match="indexes image 10 of 10"):
+        pairs.PairDataset(p, Split(images[:10], torch.zeros(10, dtype=torch.long), key="short"), {})
 
 
 def test_synth_pair_sets_tiny():
@@ -134,7 +135,7 @@ def test_synth_pair_sets_tiny():
     assert set(sets) == {"train", "val", "test", "test_hard"}
     images, hard = sets["test_hard"]
     _, rnd = sets["test"]
-    assert images.shape == (40, 3, 32, 32) and images.dtype == torch.uint8
+    assert images.images.shape == (40, 3, 32, 32) and images.images.dtype == torch.uint8
     assert np.array_equal(hard.labels, rnd.labels) and np.array_equal(hard.image_index, rnd.image_index)
     assert hard.summary()["kinds"] == {"match": 20, "background": 5, "color": 5, "position": 5, "shape": 5}
     from kdutils.pretrain import synth_split
@@ -150,14 +151,15 @@ def test_coco_pair_sets_from_fixture(tmp_path):
     sets = pairs.coco_pair_sets(records, image_size=16, fractions=(0.6, 0.2, 0.2))
     files, train = sets["train"]
     assert len(files) == 12 and len(train) == 12 and train.labels.sum() == 6
-    image = files(0)
-    assert image.shape == (3, 16, 16) and 0 <= float(image.min()) and float(image.max()) <= 1
+    image, label, _ = files[0]
+    assert files.lazy and image.shape == (3, 16, 16) and image.dtype == torch.uint8 and label == -1
+    assert files.captions[0] in records[[r.path for r in records].index(Path(files.source.paths[0]))].captions
     hard_files, hard = sets["test_hard"]
     assert hard.summary()["kinds"] == {"match": 2, "jaccard": 2}
     # the fixture's captions end in "#<image id>.": a positive names its image, a near miss another test image
-    test_ids = {int(Path(f).stem) for f in hard_files.paths}
+    test_ids = {int(Path(f).stem) for f in hard_files.source.paths}
     for i, cap, y in zip(hard.image_index, hard.captions, hard.labels):
         named = int(cap.rsplit("#", 1)[1].rstrip("."))
-        assert (named == int(Path(hard_files.paths[i]).stem)) == bool(y) and named in test_ids
+        assert (named == int(Path(hard_files.source.paths[i]).stem)) == bool(y) and named in test_ids
     small = pairs.coco_pair_sets(records, image_size=16, fractions=(0.6, 0.2, 0.2), max_images=10)
     assert sum(len(v[1]) for k, v in small.items() if k != "test_hard") == 10

@@ -27,7 +27,7 @@ def run(n_pairs: int = 1024, epochs: int = 2, batch_size: int = 128, rounds: int
     from ..clip import SMALL_CLIP_ARCHS, small_clip_config
     from ..models import small_resnet
     from ..pairs import PairDataset, random_negative_pairs
-    from ..splits import nchw
+    from ..splits import from_synth
     from ..synthworld import generate, vocabulary
     from ..text import (
         TextEncoder,
@@ -38,7 +38,7 @@ def run(n_pairs: int = 1024, epochs: int = 2, batch_size: int = 128, rounds: int
 
     tok = build_tokenizer(vocabulary(), max_length=32)
     batch = generate("target", n_pairs, seed=5)
-    images = nchw(batch.images)
+    images = from_synth(batch)
     data = PairDataset(random_negative_pairs(batch.captions, 0), images, {"teacher": tok, "student": tok})
     arch = dict(SMALL_CLIP_ARCHS["clip_s"])
     torch.manual_seed(0)

@@ -12,6 +12,8 @@ pretrained in-run or published (SynthWorld), or the published ResNet-50 checkpoi
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,7 +32,7 @@ from .parallel import launch
 from .train import History, Recipe, seed_everything, train
 
 __all__ = ["EncoderExtension", "KASSLStudent", "mean_direction_cosine", "feature_pairs", "train_kassl",
-           "train_student"]
+           "StudentRecipe", "train_student"]
 
 
 class EncoderExtension(nn.Sequential):
@@ -113,39 +115,67 @@ def train_kassl(student: KASSLStudent, loader, views, recipe: Recipe, *, device=
                  device=device, on_step=lambda losses: student.trace.record(losses["loss"]), **fit_options)
 
 
-def train_student(teacher: FrozenTeacher, teacher_info: dict, variant: str, cfg, data: KASSLData, seed: int,
-                  device, bank: AugmentedViewBank | None = None, reduction_trainable: bool | None = None,
-                  target_norm: str | None = None):
+@dataclass(frozen=True)
+class StudentRecipe:
+    """How a KASSL student trains (the profile's `s3_*` settings): its backbone, extension and optimiser,
+    the views, the target normalisation, and how many data-parallel processes share its batches."""
+
+    arch: str
+    paper: bool
+    hidden: int
+    reduced_dim: int
+    trainable_reduction: bool
+    target_norm: str
+    view_preset: str
+    lr: float
+    weight_decay: float
+    warmup_epochs: int
+    epochs: int
+    batch_size: int
+    num_workers: int = 0
+    max_steps: int | None = None
+    dry_run: bool = False
+    progress: bool = False
+    processes: int = 1
+
+    @classmethod
+    def of(cls, cfg, **changes) -> StudentRecipe:
+        recipe = cls(cfg.student_arch, cfg.profile == "paper", cfg.s3_extension_hidden, cfg.s3_reduced_dim,
+                     cfg.s3_fr_trainable, cfg.s3_target_norm, cfg.s3_view_preset, cfg.s3_kassl_lr,
+                     cfg.s3_kassl_weight_decay, cfg.s3_kassl_warmup_epochs, phase_epochs(cfg, cfg.s3_kassl_epochs),
+                     cfg.s3_kassl_batch, cfg.num_workers, cfg.max_steps, cfg.dry_run, cfg.progress, cfg.num_processes)
+        return replace(recipe, **changes)
+
+
+def train_student(teacher: FrozenTeacher, teacher_info: dict, variant: str, recipe: StudentRecipe,
+                  data: KASSLData, seed: int, device, bank: AugmentedViewBank | None = None):
     """One KASSL student and its history {"epochs": per-epoch records, "steps": per-step losses}.
 
     Views and teacher features come from `bank` (cached) or are fresh with a live teacher; checkpointed
-    in the cache by teacher weights, variant, hyperparameters and seed; data-parallel with
-    `cfg.num_processes` > 1.
+    in the cache by teacher weights, variant, recipe and seed; data-parallel with `recipe.processes` > 1.
     """
     if variant not in VARIANTS:
         raise ConfigError(f"unknown KASSL variant '{variant}'; choose from {list(VARIANTS)}.")
     augmented, reduced = VARIANTS[variant]
-    trainable = cfg.s3_fr_trainable if reduction_trainable is None else reduction_trainable
-    target_norm = cfg.s3_target_norm if target_norm is None else target_norm
+    trainable, target_norm = recipe.trainable_reduction, recipe.target_norm
     if target_norm not in TARGET_NORMS:
         raise ConfigError(f"target_norm must be one of {TARGET_NORMS}, got '{target_norm}'.")
-    views, dataset = _student_views(teacher, data, augmented=augmented, bank=bank, view_preset=cfg.s3_view_preset,
-                                    device=device, num_workers=cfg.num_workers)
+    views, dataset = _student_views(teacher, data, augmented=augmented, bank=bank, view_preset=recipe.view_preset,
+                                    device=device, num_workers=recipe.num_workers)
     key = {"what": "kassl-student", "teacher": model_fingerprint(teacher), "variant": variant,
-           "trainable_reduction": trainable if reduced else None, "arch": cfg.student_arch,
+           "trainable_reduction": trainable if reduced else None, "arch": recipe.arch,
            "data": data.keys["train"], "bank": bank.key if (bank is not None and augmented) else None,
-           "views": cfg.s3_view_preset, "epochs": phase_epochs(cfg, cfg.s3_kassl_epochs),
-           "warmup": cfg.s3_kassl_warmup_epochs,
-           "lr": cfg.s3_kassl_lr, "batch": cfg.s3_kassl_batch, "wd": cfg.s3_kassl_weight_decay,
-           "hidden": cfg.s3_extension_hidden, "reduced": cfg.s3_reduced_dim if reduced else None,
+           "views": recipe.view_preset, "epochs": recipe.epochs, "warmup": recipe.warmup_epochs,
+           "lr": recipe.lr, "batch": recipe.batch_size, "wd": recipe.weight_decay,
+           "hidden": recipe.hidden, "reduced": recipe.reduced_dim if reduced else None,
            "target_norm": target_norm,
-           "seed": seed, "dry_run": cfg.dry_run, "code": code_fingerprint(__name__)}
+           "seed": seed, "dry_run": recipe.dry_run, "code": code_fingerprint(__name__)}
     digest = key_digest(key)
     name = (f"{teacher_info['name']}-{variant}{'' if trainable or not reduced else '-fixed'}-{target_norm}"
             f"-s{seed}")
-    return launch(_fit_student, (cfg, teacher_info["feature_dim"], reduced, trainable, target_norm, dataset, views,
-                                 seed, device, cache_root() / "kassl" / f"student-{name}-{digest}.pt", digest,
-                                 f"KASSL {name}"), cfg.num_processes)
+    return launch(_fit_student, (recipe, teacher_info["feature_dim"], reduced, dataset, views, seed, device,
+                                 cache_root() / "kassl" / f"student-{name}-{digest}.pt", digest, f"KASSL {name}"),
+                  recipe.processes)
 
 
 def _student_views(teacher: FrozenTeacher, data: KASSLData, *, augmented: bool, bank: AugmentedViewBank | None,
@@ -163,17 +193,16 @@ def _student_views(teacher: FrozenTeacher, data: KASSLData, *, augmented: bool, 
     return SameImage(data.size, features=plain), data.train
 
 
-def _fit_student(cfg, teacher_dim: int, reduced: bool, trainable: bool, target_norm: str, dataset, views, seed: int,
-                 device, checkpoint, digest: str, desc: str):
+def _fit_student(recipe: StudentRecipe, teacher_dim: int, reduced: bool, dataset, views, seed: int, device,
+                 checkpoint, digest: str, desc: str):
     """`train_student`'s training (views and teacher features already cached), run by `launch`."""
     seed_everything(seed)
-    backbone, dim = student_backbone(cfg)
-    student = KASSLStudent(backbone, dim, teacher_dim, cfg.s3_extension_hidden,
-                           cfg.s3_reduced_dim if reduced else None, trainable, target_norm == "standardize")
-    loader = data_loader(dataset, cfg.s3_kassl_batch, shuffle=True, seed=seed, num_workers=cfg.num_workers)
-    recipe = Recipe(lr=cfg.s3_kassl_lr, weight_decay=cfg.s3_kassl_weight_decay, schedule="warmup_cosine",
-                    warmup_epochs=cfg.s3_kassl_warmup_epochs, epochs=phase_epochs(cfg, cfg.s3_kassl_epochs),
-                    max_steps=cfg.max_steps)
-    history = train_kassl(student, loader, views, recipe, device=device, checkpoint=checkpoint, checkpoint_key=digest,
-                          progress=cfg.progress, desc=desc)
+    backbone, dim = student_backbone(recipe.arch, paper=recipe.paper)
+    student = KASSLStudent(backbone, dim, teacher_dim, recipe.hidden, recipe.reduced_dim if reduced else None,
+                           recipe.trainable_reduction, recipe.target_norm == "standardize")
+    loader = data_loader(dataset, recipe.batch_size, shuffle=True, seed=seed, num_workers=recipe.num_workers)
+    schedule = Recipe(lr=recipe.lr, weight_decay=recipe.weight_decay, schedule="warmup_cosine",
+                      warmup_epochs=recipe.warmup_epochs, epochs=recipe.epochs, max_steps=recipe.max_steps)
+    history = train_kassl(student, loader, views, schedule, device=device, checkpoint=checkpoint,
+                          checkpoint_key=digest, progress=recipe.progress, desc=desc)
     return student.cpu().eval(), {"epochs": history.epochs, "steps": student.trace.series()}

@@ -24,14 +24,14 @@ __all__ = ["student_backbone", "teacher_architecture", "feature_dim_of", "load_t
            "train_baseline"]
 
 
-def student_backbone(cfg) -> tuple[nn.Module, int]:
+def student_backbone(arch: str, *, paper: bool) -> tuple[nn.Module, int]:
     """A freshly initialised student backbone (features out) and its feature size.
 
-    tiny/small: `SmallResNet(cfg.student_arch)` on [0, 1] inputs; paper:
-    torchvision's ResNet-18 (`cfg.student_arch`) with ImageNet normalisation in front.
+    tiny/small: `SmallResNet(arch)` on [0, 1] inputs; paper: torchvision's `arch` (ResNet-18) with
+    ImageNet normalisation in front.
     """
-    net, card = backbone(cfg.student_arch)
-    return (net if cfg.profile != "paper" else nn.Sequential(card.normalize(), net)), card.feature_dim
+    net, card = backbone(arch)
+    return (nn.Sequential(card.normalize(), net) if paper else net), card.feature_dim
 
 
 def teacher_architecture(cfg) -> nn.Module:
@@ -157,7 +157,7 @@ def train_baseline(cfg, data: KASSLData, seed: int, device) -> tuple[nn.Module, 
 def _fit_baseline(cfg, dataset, size: int, seed: int, key: dict, device):
     """`train_baseline`'s training, run by `launch`."""
     seed_everything(seed)
-    backbone, dim = student_backbone(cfg)
+    backbone, dim = student_backbone(cfg.student_arch, paper=cfg.profile == "paper")
     loader = data_loader(dataset, cfg.s3_ssl_batch, shuffle=True, seed=seed, num_workers=cfg.num_workers)
     checkpoint = cache_root() / "kassl" / f"BYOL-baseline-seed-{seed}-{key_digest(key)}.pt"
     return _train_ssl_encoder("byol", backbone, dim, loader, key, checkpoint, size=size, device=device,

@@ -133,12 +133,13 @@ def test_same_image_path_uses_index_lookup_and_center_crop():
 def test_student_backbones_at_each_scale():
     from kdutils.profiles import load_profile
 
-    net, dim = student_backbone(load_profile("tiny"))
+    net, dim = student_backbone(load_profile("tiny").student_arch, paper=False)
     assert dim == net.feature_dim and net(torch.rand(2, 3, 32, 32)).shape == (2, dim)
-    net, dim = student_backbone(load_profile("paper"))
+    net, dim = student_backbone(load_profile("paper").student_arch, paper=True)
     assert dim == 512 and net(torch.rand(2, 3, 32, 32)).shape == (2, 512)
     with pytest.raises(ConfigError):
-        kassl.train_student(None, {"feature_dim": 4}, "no_such_variant", load_profile("tiny"), None, 0, "cpu")
+        kassl.train_student(None, {"feature_dim": 4}, "no_such_variant", kassl.StudentRecipe.of(load_profile("tiny")),
+                            None, 0, "cpu")
     assert copy.deepcopy(VARIANTS)["no_aug_fr"] == (False, True)
 
 

@@ -94,6 +94,11 @@ class Split(torch.utils.data.Dataset):
         """Images `idx` as float in [0, 1] (`to_float`; in-memory splits)."""
         return to_float(self.images[idx])
 
+    def part(self, indices) -> "Split":
+        """The images `indices` as a split of their own (a held-out part), keyed by their content like a loaded one."""
+        sub = self.subset(indices)
+        return replace(sub, key=array_digest(sub.images.permute(0, 2, 3, 1).numpy(), sub.labels.numpy()))
+
     def subset(self, indices) -> "Split":
         """The images `indices`, in that order, keyed by this split's key and the indices."""
         if self.lazy:

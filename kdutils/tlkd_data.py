@@ -48,23 +48,16 @@ def load_data(cfg) -> StudyData:
         parts = {name: splits.synthworld(cfg, f"target_{name}") for name in ("train", "val", "test")}
         return StudyData(**parts, class_names=parts["train"].class_names, source="SynthWorld target task")
 
-    from .datasets import cifar
-
-    root = under(cfg.data_root)
-    train_ds = cifar(root, "cifar10", train=True, verify=cfg.s4_verify_data)
-    test_ds = cifar(root, "cifar10", train=False, verify=cfg.s4_verify_data)
-    x, y = np.asarray(train_ds.data), np.asarray(train_ds.targets)
-    order = np.random.default_rng(0).permutation(len(y))
-    n_val = int(round(cfg.s4_val_fraction * len(y)))
-    if not 0 < n_val < len(y):
+    parts = splits.cifar(under(cfg.data_root), "cifar10", verify=cfg.s4_verify_data)
+    train, test = parts["train"], parts["test"]
+    order = np.random.default_rng(0).permutation(len(train))
+    n_val = int(round(cfg.s4_val_fraction * len(train)))
+    if not 0 < n_val < len(train):
         raise ConfigError(f"s4_val_fraction={cfg.s4_val_fraction} leaves no training or validation images.")
-    tr, va = np.sort(order[:-n_val]), np.sort(order[-n_val:])
-    xt, yt = np.asarray(test_ds.data), np.asarray(test_ds.targets)
-    test = Split.from_nhwc(xt, yt)
     if cfg.s4_mask_annotations:
-        test.masks, test.has_mask = _annotated_masks(under(cfg.s4_mask_annotations), len(yt), xt.shape[1:3])
-    return StudyData(Split.from_nhwc(x[tr], y[tr]), Split.from_nhwc(x[va], y[va]), test,
-                     class_names=list(train_ds.classes), source="CIFAR-10")
+        test.masks, test.has_mask = _annotated_masks(under(cfg.s4_mask_annotations), len(test), test.images.shape[2:])
+    return StudyData(train.part(np.sort(order[:-n_val])), train.part(np.sort(order[-n_val:])), test,
+                     class_names=train.class_names, source="CIFAR-10")
 
 
 def _annotated_masks(path: Path, n: int, size) -> tuple[np.ndarray, np.ndarray]:

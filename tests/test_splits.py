@@ -40,6 +40,8 @@ def test_subset_keeps_every_field_in_order_and_changes_the_key():
     assert torch.equal(sub.images, s.images[[5, 1]]) and sub.labels.tolist() == [2, 1]
     assert sub.captions == ["c5", "c1"] and np.array_equal(sub.masks, s.masks[[5, 1]])
     assert sub.class_names == ["a", "b", "c"] and sub.key.startswith(s.key) and sub.key != s.key
+    part = s.part([1, 5])  # a held-out part is keyed like the same images loaded on their own
+    assert part.key == splits.Split.from_nhwc(x[[1, 5]], y[[1, 5]]).key and torch.equal(part.images, s.images[[1, 5]])
 
 
 def test_bad_splits_fail_loudly():

@@ -280,15 +280,15 @@ def paper_inputs(cfg) -> dict:
 def build_teacher(cfg, progress: bool | None = None, seed: int = 0):
     """(CLIPModel, tokenizer, info): the small CLIP pretrained here with `seed` (tiny/small) or the published one
     (paper, which has no seeds)."""
-    from .clip import load_clip, pretrain_small_clip
+    from .zoo import clip
+
+    path = under(cfg.weights_root) / cfg.s2_clip_weights if cfg.profile == "paper" else None
+    model, tokenizer, card, summary = clip(cfg, seed=seed, path=path, progress=progress)
     if cfg.profile != "paper":
-        model, tokenizer, summary = pretrain_small_clip(cfg, seed=seed, progress=progress)
         return model, tokenizer, {"source": f"small CLIP ({summary['arch']['name']}) pretrained on SynthWorld source",
                                   **{k: summary[k] for k in ("source_test_recalls", "target_zero_shot_top1", "parameters")},
                                   "pretrain_loss": [e["train_loss"] for e in summary["history"]["epochs"]]}
-    path = under(cfg.weights_root) / cfg.s2_clip_weights
-    model, tokenizer = load_clip(path, allow_random=cfg.dry_run)
-    return model, tokenizer, {"source": str(path), "parameters": sum(p.numel() for p in model.parameters())}
+    return model, tokenizer, {"source": str(path), "parameters": card.parameters}
 
 
 def student_factory(cfg, seed: int = 0):

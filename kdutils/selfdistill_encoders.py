@@ -30,7 +30,7 @@ from .published import Pretraining, recipe
 from .selfdistill_data import clip_path
 from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher, Normalize
 from .train import Recipe, seed_everything, train
-from .zoo import backbone
+from .zoo import backbone, clip
 
 __all__ = ["ImageEncoder", "Student", "TextQueries", "Encoders", "pretrain_small_roberta"]
 
@@ -230,14 +230,14 @@ class Encoders:
         cfg = self.cfg
         if cfg.profile != "paper":
             if "small" not in self._clips:
-                model, tokenizer, summary = kclip.pretrain_small_clip(cfg, seed=self.seed)
+                model, tokenizer, _, summary = clip(cfg, seed=self.seed)
                 self.summaries["small_clip"] = summary
                 self._clips["small"] = (model.to(self.device).eval(), tokenizer, "small CLIP pretrained on "
                                         f"SynthWorld source captions ({summary['arch']['name']})")
             return self._clips["small"]
         path, repo = clip_path(cfg, image_encoder or "vit_b_32")
         if repo not in self._clips:
-            model, tokenizer = kclip.load_clip(path, allow_random=cfg.dry_run, repo_id=repo)
+            model, tokenizer, _, _ = clip(cfg, path=path, repo_id=repo)
             self._clips[repo] = (model.to(self.device).eval(), tokenizer, f"CLIP {repo}")
         return self._clips[repo]
 

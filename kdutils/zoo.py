@@ -17,9 +17,9 @@ from torch import nn
 
 from .errors import ConfigError
 from .models import SMALL_ARCHS, SmallResNet, small_resnet, torchvision_model
-from .teacher import IMAGENET_MEAN, IMAGENET_STD, Normalize
+from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize
 
-__all__ = ["ModelCard", "backbone", "headless", "source_backbone"]
+__all__ = ["ModelCard", "backbone", "headless", "source_backbone", "clip"]
 
 NO_NORMALISATION = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
@@ -118,3 +118,24 @@ def source_backbone(arch: str, cfg, seed: int) -> tuple[nn.Module, ModelCard, di
                      f"pretrained here on the SynthWorld source task (60 classes, seed {seed}, "
                      f"top-1 {summary['source_top1']:.1f}%)")
     return net, card, summary
+
+
+def clip(cfg, *, seed: int = 0, path=None, repo_id: str | None = None, progress: bool | None = None):
+    """(CLIPModel, tokenizer, card of its image tower, pretraining summary) by profile.
+
+    tiny/small: the small CLIP pretrained here on SynthWorld source captions (`clip.pretrain_small_clip`,
+    cached, seed `seed`); paper: the published checkpoint in the folder `path` (`repo_id`, the name a missing
+    folder is downloaded as; random weights in dry runs) and an empty summary.
+    """
+    from . import clip as kclip
+
+    if cfg.profile != "paper":
+        model, tokenizer, summary = kclip.pretrain_small_clip(cfg, seed=seed, progress=progress)
+        weights = f"pretrained here on SynthWorld source captions (seed {seed})"
+    else:
+        model, tokenizer = kclip.load_clip(path, allow_random=cfg.dry_run, repo_id=repo_id or kclip.PAPER_CLIP)
+        summary, weights = {}, f"{repo_id or kclip.PAPER_CLIP}{' (random: dry run)' if cfg.dry_run else ''}"
+    vision = model.config.vision_config
+    card = ModelCard(f"clip:{summary['arch']['name']}" if summary else f"clip:{repo_id or kclip.PAPER_CLIP}",
+                     model.config.projection_dim, _parameters(model), vision.image_size, CLIP_MEAN, CLIP_STD, weights)
+    return model, tokenizer, card, summary

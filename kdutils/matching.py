@@ -199,7 +199,7 @@ def _train_matcher(model, train_set, val_set, loss, teacher, epochs, lr, batch_s
     loader = _loader(train_set, batch_size, shuffle=True, generator=gen, num_workers=num_workers)
     soft = None if teacher is None else teacher.float().to(device)
 
-    def outputs(batch):
+    def logits_targets_labels(batch):
         return model(batch), None if soft is None else soft[batch["index"]], batch["label"]
 
     def evaluate():
@@ -209,7 +209,8 @@ def _train_matcher(model, train_set, val_set, loss, teacher, epochs, lr, batch_s
                 "val_acc": metrics.accuracy(y.long(), (z > 0).long())}
 
     return train(model, loss, loader, Recipe(optimizer="adam", lr=lr, epochs=epochs, max_steps=max_steps),
-                 outputs=outputs, log=lambda z, _, y: {"acc": ((z.detach() > 0).float() == y).float().mean()},
+                 outputs=logits_targets_labels,
+                 log=lambda z, _, y: {"acc": ((z.detach() > 0).float() == y).float().mean()},
                  evaluate=evaluate, checkpoint=checkpoint, checkpoint_key=key, device=device, desc=desc,
                  progress=progress)
 

@@ -16,7 +16,9 @@ and the caption tokenized for each reader) and returns one logit per pair:
     small MLP, which can compare the two (the usual sentence-pair head).
 
 Training is `train.train` with a distiller (`kdutils.distillers`): BCE on the
-labels, or the paper's two KD losses against cached teacher logits.
+labels, or the paper's two KD losses against cached teacher logits. The
+teacher and the students' starting encoders of each profile are built in
+`kdutils.matching_models`.
 """
 
 from __future__ import annotations
@@ -34,14 +36,12 @@ from .clip import image_embeds, text_embeds
 from .distillers import BinaryCrossEntropy, Distiller
 from .errors import ConfigError
 from .frozen import outputs
-from .models import weights_requirement
-from .paths import under
 from .parallel import launch
 from .train import History, Recipe, seed_everything, train
 
 __all__ = ["ClipMatcher", "TwoTowerMatcher", "pairs_fingerprint", "predict_logits",
            "teacher_logits", "train_matcher", "calibrate_bias", "matching_report", "additive_score_analysis",
-           "predict_additive_parts", "equivalent_sigmoid_alpha", "paper_inputs", "build_teacher", "student_factory"]
+           "predict_additive_parts", "equivalent_sigmoid_alpha"]
 
 
 class ClipMatcher(nn.Module):
@@ -134,7 +134,8 @@ def predict_logits(model: nn.Module, dataset, batch_size: int = 256, device="cpu
 def teacher_logits(teacher: nn.Module, dataset, batch_size: int = 256, device="cpu", num_workers: int = 0,
                    progress: bool = False) -> torch.Tensor:
     """The frozen teacher's logit for every pair, cached on disk by (teacher weights, pairs)."""
-    key = {"what": "matching-teacher-logits", "teacher": model_fingerprint(teacher), "pairs": pairs_fingerprint(dataset)}
+    key = {"what": "matching-teacher-logits", "teacher": model_fingerprint(teacher),
+           "pairs": pairs_fingerprint(dataset)}
     return cached("study2", key, lambda: predict_logits(teacher, dataset, batch_size, device, num_workers, progress,
                                                        "teacher logits"), verbose=False)
 
@@ -250,99 +251,6 @@ def additive_score_analysis(image_part: torch.Tensor, caption_part: torch.Tensor
     out["welch_t"], out["welch_p"] = float(t.statistic), float(t.pvalue)
     out["auc"] = 100.0 * float(roc_auc_score(labels, s))
     return out
-
-
-# ----------------------------------------------------------------------------- the models of each profile
-
-MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def paper_inputs(cfg) -> dict:
-    """{what: (path, how to get it)} for `session.require_files` at `paper`.
-
-    Data is always required; weights only outside dry runs (where random
-    weights are allowed, though the model folders' config and tokenizer are
-    still read).
-    """
-    from .splits import paper_data
-    from .text import hf_download_hint
-
-    need = paper_data(cfg, "coco")
-    weights = under(cfg.weights_root)
-    clip_dir, text_dir = weights / cfg.s2_clip_weights, weights / cfg.s2_text_weights
-    need["CLIP teacher config"] = (clip_dir / "config.json", hf_download_hint("openai/clip-vit-base-patch32", clip_dir))
-    need["MiniLM text encoder config"] = (text_dir / "config.json", hf_download_hint(MINILM, text_dir))
-    if not cfg.dry_run:
-        need[f"{cfg.student_arch} {cfg.s2_student_weights} weights"] = weights_requirement(
-            cfg.student_arch, cfg.s2_student_weights)
-    return need
-
-
-def build_teacher(cfg, progress: bool | None = None, seed: int = 0):
-    """(CLIPModel, tokenizer, info): the small CLIP pretrained here with `seed` (tiny/small) or the published one
-    (paper, which has no seeds)."""
-    from .zoo import clip
-
-    path = under(cfg.weights_root) / cfg.s2_clip_weights if cfg.profile == "paper" else None
-    model, tokenizer, card, summary = clip(cfg, seed=seed, path=path, progress=progress)
-    if cfg.profile != "paper":
-        return model, tokenizer, {"source": f"small CLIP ({summary['arch']['name']}) pretrained on SynthWorld source",
-                                  **{k: summary[k] for k in ("source_test_recalls", "target_zero_shot_top1", "parameters")},
-                                  "pretrain_loss": [e["train_loss"] for e in summary["history"]["epochs"]]}
-    return model, tokenizer, {"source": str(path), "parameters": card.parameters}
-
-
-def student_factory(cfg, seed: int = 0):
-    """(make(head, seed) -> TwoTowerMatcher, tokenizer, info): fresh students from the same starting encoders.
-
-    `seed`: the backbone seed of the pretrained image tower (tiny/small; `paper`'s weights have none).
-
-    tiny/small: the image tower is a SmallResNet (`student_arch`) pretrained on
-    the SynthWorld source task (`pretrain.pretrain_source`, classifier
-    removed); the text tower a small BERT from a config over the offline
-    SynthWorld tokenizer, randomly initialised per seed (nothing to download).
-    paper: torchvision `student_arch` with `s2_student_weights`, classifier
-    removed, ImageNet normalisation; `all-MiniLM-L6-v2`, mean-pooled.
-    """
-    import copy
-
-    from .text import TextEncoder, build_tokenizer, load_text_encoder, small_text_model
-    from .zoo import backbone, source_backbone
-
-    if cfg.profile != "paper":
-        from .synthworld import vocabulary
-
-        image_tower, card, summary = source_backbone(cfg.student_arch, cfg, seed=seed)
-        image_dim = card.feature_dim
-        tokenizer = build_tokenizer(vocabulary(), max_length=32)
-        heads = max(1, cfg.s2_text_hidden // 32)
-
-        def text_tower(seed):
-            torch.manual_seed(seed)
-            return TextEncoder(tokenizer, small_text_model("bert", len(tokenizer), hidden=cfg.s2_text_hidden,
-                                                           layers=cfg.s2_text_layers, heads=heads, max_positions=32))
-        info = {"image_tower": f"{cfg.student_arch} pretrained on SynthWorld source (top-1 "
-                               f"{summary['source_top1']:.1f}%)",
-                "text_tower": f"BERT {cfg.s2_text_layers} layers x {cfg.s2_text_hidden}, random init, mean-pooled"}
-    else:
-        net, card = backbone(cfg.student_arch, weights=cfg.s2_student_weights, allow_random=cfg.dry_run)
-        image_dim = card.feature_dim
-        image_tower = nn.Sequential(card.normalize(), net)
-        path = under(cfg.weights_root) / cfg.s2_text_weights
-        pretrained_text = load_text_encoder(path, allow_random=cfg.dry_run, repo_id=MINILM)
-        tokenizer = pretrained_text.tokenizer
-
-        def text_tower(seed):
-            return copy.deepcopy(pretrained_text)
-        info = {"image_tower": f"torchvision {cfg.student_arch} ({cfg.s2_student_weights})",
-                "text_tower": f"{path} (mean-pooled, {pretrained_text.dim}-d)"}
-
-    def make(head: str, seed: int) -> TwoTowerMatcher:
-        text_encoder = text_tower(seed)
-        torch.manual_seed(seed)
-        return TwoTowerMatcher(copy.deepcopy(image_tower), image_dim, text_encoder, head=head, width=cfg.s2_head_width)
-
-    return make, tokenizer, info
 
 
 def predict_additive_parts(model: TwoTowerMatcher, dataset, batch_size: int = 256, device="cpu",

@@ -65,8 +65,8 @@ def student_factory(cfg, seed: int = 0):
     """
     import copy
 
-    from .text import TextEncoder, build_tokenizer, load_text_encoder, small_text_model
-    from .zoo import backbone, source_backbone
+    from .text import build_tokenizer
+    from .zoo import backbone, source_backbone, text_encoder
 
     if cfg.profile != "paper":
         from .synthworld import vocabulary
@@ -74,12 +74,10 @@ def student_factory(cfg, seed: int = 0):
         image_tower, card, summary = source_backbone(cfg.student_arch, cfg, seed=seed)
         image_dim = card.feature_dim
         tokenizer = build_tokenizer(vocabulary(), max_length=32)
-        heads = max(1, cfg.s2_text_hidden // 32)
 
         def text_tower(seed):
             torch.manual_seed(seed)
-            return TextEncoder(tokenizer, small_text_model("bert", len(tokenizer), hidden=cfg.s2_text_hidden,
-                                                           layers=cfg.s2_text_layers, heads=heads, max_positions=32))
+            return text_encoder("bert", hidden=cfg.s2_text_hidden, layers=cfg.s2_text_layers, tokenizer=tokenizer)[0]
         info = {"image_tower": f"{cfg.student_arch} pretrained on SynthWorld source (top-1 "
                                f"{summary['source_top1']:.1f}%)",
                 "text_tower": f"BERT {cfg.s2_text_layers} layers x {cfg.s2_text_hidden}, random init, mean-pooled"}
@@ -88,7 +86,7 @@ def student_factory(cfg, seed: int = 0):
         image_dim = card.feature_dim
         image_tower = nn.Sequential(card.normalize(), net)
         path = under(cfg.weights_root) / cfg.s2_text_weights
-        pretrained_text = load_text_encoder(path, allow_random=cfg.dry_run, repo_id=MINILM)
+        pretrained_text, _ = text_encoder(MINILM, path=path, allow_random=cfg.dry_run)
         tokenizer = pretrained_text.tokenizer
 
         def text_tower(seed):

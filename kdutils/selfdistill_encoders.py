@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import clip as kclip
-from . import synthworld as sw
 from . import text as ktext
 from .cache import cached, code_fingerprint, model_fingerprint
 from .errors import ConfigError
@@ -30,7 +29,7 @@ from .published import Pretraining, recipe
 from .selfdistill_data import clip_path
 from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher, Normalize
 from .train import Recipe, seed_everything, train
-from .zoo import backbone, clip
+from .zoo import backbone, clip, text_encoder
 
 __all__ = ["ImageEncoder", "Student", "TextQueries", "Encoders", "pretrain_small_roberta"]
 
@@ -157,28 +156,26 @@ def _masked_lm(tokenizer, model: nn.Module, lm_head: nn.Module):
 def pretrain_small_roberta(cfg, seed: int = 0, progress: bool | None = None):
     """A small RoBERTa-style encoder trained as a masked language model on SynthWorld source captions; cached.
 
-    Built with `kdutils.text` (word-level tokenizer over SynthWorld's closed
-    vocabulary, `small_text_model("roberta")`) plus a linear MLM head: 15% of
-    the word tokens become [MASK] and are predicted. Returns the
-    `TextEncoder` (mean-pooled) and a summary with the masked-word accuracy on
-    source test captions. Cached via the training loop's checkpoint.
+    The zoo's `roberta` (`zoo.text_encoder`: word-level tokenizer over
+    SynthWorld's closed vocabulary) plus a linear MLM head: 15% of the word
+    tokens become [MASK] and are predicted. Returns the `TextEncoder`
+    (mean-pooled) and a summary with the masked-word accuracy on source test
+    captions. Cached via the training loop's checkpoint.
     """
     progress = cfg.progress if progress is None else progress
-    tokenizer = ktext.build_tokenizer(sw.vocabulary(), max_length=_SYNTH_TEXT_MAX)
     hidden, layers, epochs = cfg.s1_text_hidden, cfg.s1_text_layers, cfg.s1_mlm_epochs
-    heads = max(1, hidden // 32)
-    key = {"what": "s1-roberta-mlm", "vocab": len(tokenizer), "hidden": hidden, "layers": layers, "heads": heads,
-           "world": asdict(world_config(cfg)), "n_train": cfg.n_source_train, "epochs": epochs,
-           "batch": cfg.batch_size, "seed": seed, "dry_run": cfg.dry_run, "code": code_fingerprint(__name__)}
-    run = Pretraining("roberta-small", key)
     gen = seed_everything(seed)
-    with ktext.quiet_transformers():
-        model = ktext.small_text_model("roberta", len(tokenizer), hidden=hidden, layers=layers, heads=heads,
-                                       max_positions=_SYNTH_TEXT_MAX, pad_token_id=tokenizer.pad_token_id)
+    encoder, card = text_encoder("roberta", hidden=hidden, layers=layers, max_length=_SYNTH_TEXT_MAX)
+    tokenizer, model = encoder.tokenizer, encoder.model
+    key = {"what": "s1-roberta-mlm", "vocab": len(tokenizer), "hidden": hidden, "layers": layers,
+           "heads": model.config.num_attention_heads, "world": asdict(world_config(cfg)),
+           "n_train": cfg.n_source_train, "epochs": epochs, "batch": cfg.batch_size, "seed": seed,
+           "dry_run": cfg.dry_run, "code": code_fingerprint(__name__)}
+    run = Pretraining("roberta-small", key)
     lm_head = nn.Linear(hidden, len(tokenizer))
     mlm = nn.ModuleDict({"encoder": model, "lm_head": lm_head})
     if (shipped := run.shipped(model)) is not None:  # published weights (kdutils.published)
-        return ktext.TextEncoder(tokenizer, model.eval(), max_length=_SYNTH_TEXT_MAX), shipped
+        return encoder.eval(), shipped
     encode, loss_of = _masked_lm(tokenizer, model, lm_head)
     ids, attention = encode(synth_split(cfg, "source_train").captions)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids, attention), batch_size=cfg.batch_size,
@@ -197,8 +194,8 @@ def pretrain_small_roberta(cfg, seed: int = 0, progress: bool | None = None):
         masked_acc = 100.0 * float((logits.argmax(-1)[chosen] == targets[chosen]).float().mean())
     summary = {"hidden": hidden, "layers": layers, "epochs": epochs, "recipe": recipe(key),
                "history": history.to_dict(), "masked_word_top1_source_test": masked_acc,
-               "parameters": sum(p.numel() for p in model.parameters())}
-    return ktext.TextEncoder(tokenizer, model.eval(), max_length=_SYNTH_TEXT_MAX), summary
+               "parameters": card.parameters}
+    return encoder.eval(), summary
 
 
 class Encoders:
@@ -288,8 +285,8 @@ class Encoders:
         if name == "roberta":
             if "roberta" not in self._texts:
                 if cfg.profile == "paper":
-                    path = under(cfg.weights_root, cfg.s1_roberta)
-                    encoder = ktext.load_text_encoder(path, allow_random=cfg.dry_run, repo_id=cfg.s1_roberta)
+                    encoder, _ = text_encoder(cfg.s1_roberta, path=under(cfg.weights_root, cfg.s1_roberta),
+                                              allow_random=cfg.dry_run)
                     description = f"{cfg.s1_roberta} (mean-pooled)"
                 else:
                     encoder, summary = pretrain_small_roberta(cfg, seed=self.seed)

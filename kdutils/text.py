@@ -53,7 +53,8 @@ def build_tokenizer(words: Sequence[str], max_length: int = 32):
         raise ConfigError("build_tokenizer needs a non-empty word list (e.g. synthworld.vocabulary()).")
     bad = [w for w in words if not w.isalnum()]
     if bad:
-        raise ConfigError(f"words must be single alphanumeric words (the pre-tokenizer splits the rest), got {bad[:5]}.")
+        raise ConfigError(f"words must be single alphanumeric words (the pre-tokenizer splits the rest), "
+                          f"got {bad[:5]}.")
     vocab = {tok: i for i, tok in enumerate([*SPECIAL_TOKENS, *PUNCTUATION, *words])}
     core = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
     core.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()])

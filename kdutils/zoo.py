@@ -6,6 +6,8 @@ normalisation, published weights from torch's hub cache, see `models.torchvision
 is removed here and only here (`headless`); `source_backbone` gives a small ResNet pretrained on the
 SynthWorld source task (`pretrain.pretrain_source`, cached) the same way. Freezing is `teacher.freeze` /
 `teacher.FrozenTeacher`; the studies choose which, and which normalisation to put in front.
+Text encoders (`text_encoder`: small BERT/RoBERTa built here, or a published checkpoint) come as a
+`text.TextEncoder` (one mean-pooled vector per text) with a `TextCard`; CLIP (`clip`) as a CLIPModel.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from .errors import ConfigError
 from .models import SMALL_ARCHS, SmallResNet, small_resnet, torchvision_model
 from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize
 
-__all__ = ["ModelCard", "backbone", "headless", "source_backbone", "clip"]
+__all__ = ["ModelCard", "TextCard", "backbone", "headless", "source_backbone", "text_encoder", "clip"]
 
 NO_NORMALISATION = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
@@ -118,6 +120,56 @@ def source_backbone(arch: str, cfg, seed: int) -> tuple[nn.Module, ModelCard, di
                      f"pretrained here on the SynthWorld source task (60 classes, seed {seed}, "
                      f"top-1 {summary['source_top1']:.1f}%)")
     return net, card, summary
+
+
+@dataclass(frozen=True)
+class TextCard:
+    """What a zoo text encoder is: output size, parameters, longest input (tokens), where its weights came from."""
+
+    name: str
+    feature_dim: int
+    parameters: int
+    max_length: int
+    weights: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+SMALL_TEXT = ("bert", "roberta")
+
+
+def text_encoder(name: str, *, hidden: int = 128, layers: int = 2, max_length: int = 32, tokenizer=None,
+                 path=None, allow_random: bool = False, normalize: bool = False):
+    """(`text.TextEncoder`, its `TextCard`): a text encoder by name, mean-pooled vectors out.
+
+    `bert`/`roberta`: a small encoder built here (random init from the global RNG; seed before calling)
+    with `hidden` width, `layers` layers, one head per 32 dims, over SynthWorld's word-level tokenizer
+    (`tokenizer` to share one, else a new one) truncating at `max_length` tokens. Any other name is a
+    published checkpoint's Hub id, read from the folder `path` (nothing downloads; `allow_random`: random
+    weights in dry runs; `normalize`: L2-normalised vectors).
+    """
+    from . import text
+
+    if name in SMALL_TEXT:
+        if tokenizer is None:
+            from .synthworld import vocabulary
+
+            tokenizer = text.build_tokenizer(vocabulary(), max_length=max_length)
+        with text.quiet_transformers():
+            model = text.small_text_model(name, len(tokenizer), hidden=hidden, layers=layers,
+                                          heads=max(1, hidden // 32), max_positions=max_length,
+                                          pad_token_id=tokenizer.pad_token_id)
+        encoder = text.TextEncoder(tokenizer, model, max_length=max_length, normalize=normalize)
+        weights = "random init"
+    else:
+        if path is None:
+            raise ConfigError(f"text encoder {name!r} is a published checkpoint: give the folder holding it (path=); "
+                              f"the encoders built here are {SMALL_TEXT}.")
+        encoder = text.load_text_encoder(path, allow_random=allow_random, normalize=normalize, repo_id=name)
+        weights = f"{name}{' (random if no weights: dry run)' if allow_random else ''}"
+    card = TextCard(name, encoder.dim, _parameters(encoder.model), encoder.max_length, weights)
+    return encoder, card
 
 
 def clip(cfg, *, seed: int = 0, path=None, repo_id: str | None = None, progress: bool | None = None):

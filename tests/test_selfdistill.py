@@ -173,7 +173,8 @@ def test_soft_targets_hold_the_teachers_logits_per_view_and_only_for_the_subset(
     feats = s1feat.FrozenFeatures(enc, data, KEY, "train", 2, "cpu", cache_mb=CACHE_MB)
     q = _queries()
     sub = torch.utils.data.Subset(data, [1, 4, 9, 30])
-    teacher, _ = sd.fit_teacher("label_free", feats, sub, sd.HeadRecipe.of(_cfg()), seed=0, num_classes=4, class_queries=q)
+    teacher, _ = sd.fit_teacher("label_free", feats, sub, sd.HeadRecipe.of(_cfg()), seed=0, num_classes=4,
+                                class_queries=q)
     targets = sd.soft_targets(teacher, feats, sub)
     assert targets.shape == (2, len(data), 4) and targets.dtype == torch.float16
     for v in (0, 1):
@@ -189,8 +190,8 @@ def test_caption_teacher_reads_each_images_own_query(cache):
     feats = s1feat.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     q = _queries()
     table = torch.randn(1, 16, 6)
-    teacher, _ = sd.fit_teacher("caption", feats, data, sd.HeadRecipe.of(_cfg()), seed=0, num_classes=4, class_queries=q,
-                                caption_table=table)
+    teacher, _ = sd.fit_teacher("caption", feats, data, sd.HeadRecipe.of(_cfg()), seed=0, num_classes=4,
+                                class_queries=q, caption_table=table)
     own, _ = sd.teacher_logits(teacher, feats, data, "own", table)
     torch.testing.assert_close(own, teacher.module.own_prompt_logits(feats.tokens[0].float(), table[0]))
 
@@ -206,7 +207,8 @@ def test_soft_cross_entropy_on_one_hot_targets_trains_exactly_like_cross_entropy
     one_hot = torch.zeros(2, len(data), 4, dtype=torch.float16)
     one_hot[:, torch.arange(len(data)), data.labels] = 100.0  # softmax is exactly one-hot
     a, ha = sd.fit_student(SPEC, data, sd.StudentRecipe.of(cfg), data_key=KEY, seed=3, num_classes=4, device="cpu")
-    b, hb = sd.fit_student(SPEC, data, sd.StudentRecipe.of(cfg), data_key=KEY, seed=3, num_classes=4, device="cpu", targets=one_hot)
+    b, hb = sd.fit_student(SPEC, data, sd.StudentRecipe.of(cfg), data_key=KEY, seed=3, num_classes=4, device="cpu",
+                           targets=one_hot)
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
     assert ha.series("train_loss") == pytest.approx(hb.series("train_loss"), rel=1e-5)
@@ -220,20 +222,20 @@ def test_student_training_is_seeded_and_checkpointed(cache, monkeypatch):
     data = _data()
     cfg = _cfg(s1_student_epochs=1, batch_size=16)
     targets = torch.randn(2, len(data), 4).half()
-    a, _ = sd.fit_student(SPEC, data, sd.StudentRecipe.of(cfg), data_key=KEY, seed=0, num_classes=4, device="cpu", targets=targets,
-                          val_set=data)
+    a, _ = sd.fit_student(SPEC, data, sd.StudentRecipe.of(cfg), data_key=KEY, seed=0, num_classes=4, device="cpu",
+                          targets=targets, val_set=data)
     files = list((cache / "s1" / "students").glob("*.pt"))
     assert len(files) == 1
     with monkeypatch.context() as m:
         m.setattr(torch.amp.GradScaler, "step", _no_training)  # every optimisation step of fit goes through it
-        b, hist = sd.fit_student(SPEC, data, sd.StudentRecipe.of(cfg), data_key=KEY, seed=0, num_classes=4, device="cpu", targets=targets,
-                                 val_set=data)
+        b, hist = sd.fit_student(SPEC, data, sd.StudentRecipe.of(cfg), data_key=KEY, seed=0, num_classes=4,
+                                 device="cpu", targets=targets, val_set=data)
     assert "val_top1" in hist.epochs[0]
     for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(pa, pb)
     files[0].unlink()  # retrain from scratch: same seed, same numbers
-    c, _ = sd.fit_student(SPEC, data, sd.StudentRecipe.of(cfg), data_key=KEY, seed=0, num_classes=4, device="cpu", targets=targets,
-                          val_set=data)
+    c, _ = sd.fit_student(SPEC, data, sd.StudentRecipe.of(cfg), data_key=KEY, seed=0, num_classes=4, device="cpu",
+                          targets=targets, val_set=data)
     la, _ = sd.student_logits(a, data, "cpu")
     lc, _ = sd.student_logits(c, data, "cpu")
     assert torch.equal(la, lc)
@@ -301,7 +303,8 @@ def test_retrieval_projection_recovers_a_linear_image_text_map(cache):
 def test_attention_maps_are_distributions_over_the_image_tokens(cache):
     data, enc = _data(), _encoder()
     feats = s1feat.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
-    teacher, _ = sd.fit_teacher("prompt", feats, data, sd.HeadRecipe.of(_cfg()), seed=0, num_classes=4, class_queries=_queries())
+    teacher, _ = sd.fit_teacher("prompt", feats, data, sd.HeadRecipe.of(_cfg()), seed=0, num_classes=4,
+                                class_queries=_queries())
     for how in ("own", "label_free"):
         weights, labels, predicted = s1an.attention_maps(teacher, feats, data, [0, 5, 6], how)
         assert weights.shape == (3, feats.num_tokens)

@@ -99,7 +99,8 @@ def test_small_text_models(tokenizer):
 
 def test_text_encoder_pools_real_tokens_only(tokenizer):
     torch.manual_seed(0)
-    enc = text.TextEncoder(tokenizer, text.small_text_model("bert", len(tokenizer), hidden=32, layers=1, heads=2)).eval()
+    model = text.small_text_model("bert", len(tokenizer), hidden=32, layers=1, heads=2)
+    enc = text.TextEncoder(tokenizer, model).eval()
     with torch.no_grad():
         alone = enc.encode(["a red star"])
         batched = enc.encode(["a red star", "a large red cross in the upper left on a wavy teal background"])
@@ -131,7 +132,8 @@ def test_load_text_encoder_round_trip_and_errors(tokenizer, tmp_path):
     missing = tmp_path / "all-MiniLM-L6-v2"
     with pytest.raises(MissingDataError) as err:
         text.load_text_encoder(missing, repo_id="sentence-transformers/all-MiniLM-L6-v2")
-    assert str(missing) in str(err.value) and "huggingface-cli download sentence-transformers/all-MiniLM-L6-v2" in str(err.value)
+    assert str(missing) in str(err.value)
+    assert "huggingface-cli download sentence-transformers/all-MiniLM-L6-v2" in str(err.value)
     # config + tokenizer but no weights: an error, unless a dry run allows random weights
     (folder / "model.safetensors").unlink()
     with pytest.raises(MissingDataError, match="weights"):

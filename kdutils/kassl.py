@@ -29,7 +29,7 @@ from .kassl_views import AugmentedViewBank, BankViews, FreshViews, SameImage
 from .ssl import LossTrace, view_pair
 from .teacher import FrozenTeacher
 from .parallel import launch
-from .train import History, Recipe, seed_everything, train
+from .train import History, Recipe, RunSettings, seed_everything, train
 
 __all__ = ["EncoderExtension", "KASSLStudent", "mean_direction_cosine", "feature_pairs", "train_kassl",
            "StudentRecipe", "train_student"]
@@ -116,7 +116,7 @@ def train_kassl(student: KASSLStudent, loader, views, recipe: Recipe, *, device=
 
 
 @dataclass(frozen=True)
-class StudentRecipe:
+class StudentRecipe(RunSettings):
     """How a KASSL student trains (the profile's `s3_*` settings): its backbone, extension and optimiser,
     the views, the target normalisation, and how many data-parallel processes share its batches."""
 
@@ -132,18 +132,13 @@ class StudentRecipe:
     warmup_epochs: int
     epochs: int
     batch_size: int
-    num_workers: int = 0
-    max_steps: int | None = None
-    dry_run: bool = False
-    progress: bool = False
-    processes: int = 1
 
     @classmethod
     def of(cls, cfg, **changes) -> StudentRecipe:
         recipe = cls(cfg.student_arch, cfg.profile == "paper", cfg.s3_extension_hidden, cfg.s3_reduced_dim,
                      cfg.s3_fr_trainable, cfg.s3_target_norm, cfg.s3_view_preset, cfg.s3_kassl_lr,
                      cfg.s3_kassl_weight_decay, cfg.s3_kassl_warmup_epochs, phase_epochs(cfg, cfg.s3_kassl_epochs),
-                     cfg.s3_kassl_batch, cfg.num_workers, cfg.max_steps, cfg.dry_run, cfg.progress, cfg.num_processes)
+                     cfg.s3_kassl_batch, **RunSettings.of_profile(cfg))
         return replace(recipe, **changes)
 
 

@@ -52,7 +52,7 @@ from .selfdistill_encoders import Student
 from .selfdistill_features import VIEWS, FrozenFeatures, flip_where, tensor_digest, to_unit
 from .text_queried_head import TextQueriedHead
 from .parallel import launch, per_example
-from .train import Recipe, seed_everything, train
+from .train import Recipe, RunSettings, seed_everything, train
 
 __all__ = ["HeadClassifier", "HeadRecipe", "StudentRecipe", "fit_teacher", "teacher_logits", "soft_targets",
            "fit_student", "student_logits", "student_targets"]
@@ -101,7 +101,7 @@ class HeadClassifier(nn.Module):
 
 
 @dataclass(frozen=True)
-class HeadRecipe:
+class HeadRecipe(RunSettings):
     """How a head trains: AdamW at `lr` with warm-up and cosine decay for `epochs` (one in a dry run) of
     `batch_size`; the head's width `dim` and attention `heads`; at most `max_steps` batches per epoch."""
 
@@ -110,19 +110,15 @@ class HeadRecipe:
     dim: int
     heads: int
     batch_size: int
-    num_workers: int = 0
-    max_steps: int | None = None
-    dry_run: bool = False
-    progress: bool = False
 
     @classmethod
     def of(cls, cfg) -> HeadRecipe:
         return cls(cfg.s1_head_epochs, cfg.s1_head_lr, cfg.s1_head_dim, cfg.s1_head_heads, cfg.batch_size,
-                   cfg.num_workers, cfg.max_steps, cfg.dry_run, cfg.progress)
+                   **RunSettings.of_profile(cfg))
 
 
 @dataclass(frozen=True)
-class StudentRecipe:
+class StudentRecipe(RunSettings):
     """How a student trains: `_student_optimizer` by architecture (`vit_lr`, `resnet_lr`) with warm-up and
     cosine decay for `epochs` (one in a dry run) of `batch_size`, on `processes` data-parallel processes."""
 
@@ -130,16 +126,11 @@ class StudentRecipe:
     batch_size: int
     vit_lr: float
     resnet_lr: float
-    num_workers: int = 0
-    max_steps: int | None = None
-    dry_run: bool = False
-    progress: bool = False
-    processes: int = 1
 
     @classmethod
     def of(cls, cfg) -> StudentRecipe:
         return cls(cfg.s1_student_epochs, cfg.s1_student_batch_size, cfg.s1_vit_student_lr, cfg.s1_resnet_student_lr,
-                   cfg.num_workers, cfg.max_steps, cfg.dry_run, cfg.progress, cfg.num_processes)
+                   **RunSettings.of_profile(cfg))
 
 
 def _train_loader(dataset, generator, recipe: HeadRecipe | StudentRecipe, *, epochs: int, steps: int | None,

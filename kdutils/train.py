@@ -50,6 +50,7 @@ __all__ = [
     "warmup_cosine",
     "History",
     "Recipe",
+    "RunSettings",
     "train",
     "fit",
     "save_checkpoint",
@@ -262,6 +263,23 @@ class Recipe:
             return min(self.warmup_epochs, self.epochs) * steps_per_epoch
         warmup = int(self.warmup_fraction * (self.epochs * steps_per_epoch))
         return warmup if self.warmup_cap is None else min(warmup, self.warmup_cap)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """How a study's run executes, apart from what it learns: loader workers, a step cap (dry runs), progress
+    bars and data-parallel processes. Study recipes extend it; `of_profile(cfg)` reads it from a profile."""
+
+    num_workers: int = 0
+    max_steps: int | None = None
+    dry_run: bool = False
+    progress: bool = False
+    processes: int = 1
+
+    @staticmethod
+    def of_profile(cfg) -> dict:
+        return {"num_workers": cfg.num_workers, "max_steps": cfg.max_steps, "dry_run": cfg.dry_run,
+                "progress": cfg.progress, "processes": cfg.num_processes}
 
 
 def train(model: nn.Module, loss: Callable[..., dict], loader, recipe: Recipe, *,

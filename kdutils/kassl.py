@@ -110,7 +110,7 @@ def train_kassl(student: KASSLStudent, loader, views, recipe: Recipe, *, device=
     Per-step losses go to `student.trace` (checkpointed with the student); `fit_options` go to `fit`.
     """
     device = torch.device(device)
-    student.trace = LossTrace(recipe.epochs * min(len(loader), recipe.max_steps or len(loader)))
+    student.trace = LossTrace(recipe.total_steps(loader))
     return train(student, _REGRESSION, loader, recipe, outputs=lambda b: feature_pairs(student, *views(b, device)),
                  device=device, on_step=lambda losses: student.trace.record(losses["loss"]), **fit_options)
 

@@ -383,14 +383,13 @@ def train_ssl(learner: nn.Module, loader, views: tuple[ViewAugment, ViewAugment]
     The per-step losses end up in `learner.trace` (a `LossTrace`).
 
     SGD with momentum 0.9 stands in for BYOL's LARS (not in torch). The
-    training loop is `kdutils.train.fit`, so `checkpoint` makes it resumable
+    training loop is `kdutils.train.train`, so `checkpoint` makes it resumable
     and doubles as the cache of the finished encoder.
     """
 
-    steps = epochs * min(len(loader), max_steps or len(loader))
-    learner.trace = LossTrace(steps)
     recipe = Recipe(optimizer="sgd", lr=lr, momentum=0.9, weight_decay=weight_decay, schedule="warmup_cosine",
                     warmup_fraction=warmup_fraction, epochs=epochs, max_steps=max_steps)
+    learner.trace = LossTrace(recipe.total_steps(loader))
     view1, view2 = views
 
     def two_views(batch):

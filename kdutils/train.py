@@ -258,6 +258,10 @@ class Recipe:
         """Optimisation steps per epoch on `loader` (at most `max_steps`)."""
         return min(len(loader), self.max_steps or len(loader))
 
+    def total_steps(self, loader) -> int:
+        """Optimisation steps of the whole run on `loader`."""
+        return self.epochs * self.steps(loader)
+
     def warmup_steps(self, steps_per_epoch: int) -> int:
         if self.warmup_epochs:
             return min(self.warmup_epochs, self.epochs) * steps_per_epoch
@@ -469,7 +473,6 @@ def _step(model, batch, compute_loss, optimizer, scaler, accelerator, device, ch
     Under data parallelism each process weights its share's mean loss by the share's size before the
     backward, and the gradients and logged losses are summed across processes: the global batch's mean.
     """
-    total = batch_rows(batch)
     with sharing(batch, accelerator) as share:
         share = to_device(share, device, channels_last)
         with torch.autocast(device.type, enabled=autocast), global_batch_norms(model, accelerator):
@@ -482,7 +485,7 @@ def _step(model, batch, compute_loss, optimizer, scaler, accelerator, device, ch
     if accelerator is None:
         scaler.scale(loss).backward()
         return losses
-    weight = batch_rows(share) / total
+    weight = batch_rows(share) / batch_rows(batch)
     scaler.scale(loss * weight).backward()
     all_reduce_sum([p.grad for p in model.parameters() if p.grad is not None], accelerator)
     parts = [v.detach().float().reshape(1) for v in losses.values()]

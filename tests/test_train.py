@@ -198,7 +198,7 @@ def test_recipe_warm_up_and_parameter_groups_reach_the_optimiser_and_schedule():
                     max_steps=5)
     train(model, lambda x: {"loss": model(x).pow(2).mean()}, loader, recipe, parameters=groups, progress=False,
           on_step=lambda _: lrs.append(None))
-    assert len(lrs) == 10  # 2 epochs of at most 5 steps
+    assert len(lrs) == 10 == recipe.total_steps(loader)  # 2 epochs of at most 5 steps
     # the same run by hand: AdamW over the groups, 2 warm-up steps of 10, cosine after
     torch.manual_seed(0)
     manual = nn.Linear(3, 1)

@@ -10,7 +10,8 @@ after an error), each batch moved to `device`, results float32 on the CPU in inp
 >>> emb = outputs(student, loader, lambda b: student.embed(b[0]), device="cpu")
 
 What a frozen network sees of each image is a `FixedViews` specification: the image, its mirror,
-and pre-drawn corruptions, with a stable `key`, so a cache of the views' outputs is exact.
+and pre-drawn corruptions, with a stable `key`, so a cache of the views' outputs is exact. A
+`ViewTargets` answers "the network's output for view v of image i" from that cache or live.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 from .errors import ConfigError
 from .train import to_device
 
-__all__ = ["outputs", "batches", "FixedViews"]
+__all__ = ["outputs", "batches", "FixedViews", "ViewTargets"]
 
 
 def batches(x, size: int) -> list:
@@ -60,6 +61,33 @@ def outputs(model: nn.Module, inputs: Iterable, forward: Callable | None = None,
         bar.close()
         model.train(was_training)
     return torch.cat(out)
+
+
+class ViewTargets:
+    """What a frozen network outputs for view v of image i: its row of a cache, or the network run on the view.
+
+    `table` holds the outputs of every view of every image, (V, N, ...) (`outputs` per view, stacked;
+    a transposed view of a stored (N, V, ...) tensor will do); without it, the caller renders the views
+    and `network` runs on them at every call. Both give the same numbers (tests check it for each study
+    that uses them): the cache only saves the forward passes.
+
+    >>> live = ViewTargets(network=teacher)
+    >>> cached = ViewTargets(table=torch.stack([outputs(teacher, [render(images, v)]) for v in range(2)]))
+    >>> cached(idx, view_ids)  # equals live(idx, view_ids, render(images[idx], view_ids)), (B, D)
+    """
+
+    def __init__(self, *, network: nn.Module | None = None, table: torch.Tensor | None = None):
+        if (network is None) == (table is None):
+            raise ConfigError("ViewTargets needs exactly one of a cached `table` or a live `network`.")
+        self.network, self.table = None if network is None else network.eval(), table
+
+    @torch.no_grad()
+    def __call__(self, idx: torch.Tensor, view_ids: torch.Tensor, x: torch.Tensor | None = None, *, device=None):
+        """Rows (view_ids[b], idx[b]) of the table, moved to `device` when given; else `network(x)` as float32."""
+        if self.table is None:
+            return self.network(x).float()
+        rows = self.table[view_ids.to(self.table.device), idx.to(self.table.device)]
+        return rows if device is None else rows.to(device)
 
 
 VIEWS_FLIP = 2  # a training image and its mirror

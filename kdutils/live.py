@@ -23,7 +23,7 @@ from .tlkd_features import head_logits
 class LiveDistillation:
     """Test accuracy (%) of a TL+KD head for any (T, alpha, seed), beside TL and the teacher of that seed.
 
-    `student` / `teacher` map "train", "val", "test" to `CachedSource`s of
+    `student` / `teacher` map "train", "val", "test" to cached `HeadInputs` of
     the same images (no teacher logits needed: they come from the teacher
     head of the seed); `labels` maps the splits to labels; `hp` is the H1
     recipe. Per seed the teacher head and the TL head train once and are
@@ -49,7 +49,7 @@ class LiveDistillation:
             plain = self.hp.replace(alpha=0.0)
             teacher_acc, teacher_head = self._train(self.teacher["train"], "teacher", plain, seed)
             tl_acc, _ = self._train(self.student["train"], "student", plain, seed)
-            distill = self.student["train"].with_teacher(teacher_head, self.teacher["train"].features)
+            distill = self.student["train"].with_teacher(teacher_head, self.teacher["train"].features.table)
             self._per_seed[seed] = {"teacher": teacher_acc, "TL": tl_acc, "distill_source": distill}
         return self._per_seed[seed]
 

@@ -23,7 +23,7 @@ from .cache import cached, results_root
 from .distillers import CrossEntropy, HintonKD
 from .errors import ConfigError
 from .splits import array_digest
-from .tlkd_features import CachedSource, head_logits
+from .tlkd_features import HeadInputs, head_logits
 from .train import History, Recipe, seed_everything, single_cpu_thread, train
 
 __all__ = ["HeadParams", "HeadRun", "train_head", "h1_seed", "tl_vs_kd", "subset_indices", "noisy_labels",
@@ -101,7 +101,7 @@ def train_head(train_source, labels: torch.Tensor, val_source, val_labels: torch
                num_classes: int, seed: int, device="cpu", max_steps: int | None = None, desc: str = "head") -> HeadRun:
     """Train a new `Dropout -> Linear` head on a frozen backbone; TL when alpha = 0, TL+KD otherwise.
 
-    The sources are `CachedSource` or `PlainSource`. Each step draws one
+    The sources are `HeadInputs` (cached or live). Each step draws one
     view per image (mirror, corruption) from a generator seeded by `seed`,
     so the cached and the plain path see the same views. The loss is
     cross-entropy (alpha = 0) or `HintonKD` with `hp.temperature` and
@@ -132,7 +132,7 @@ def train_head(train_source, labels: torch.Tensor, val_source, val_labels: torch
                 "val_loss": float(F.cross_entropy(logits, val_labels))}
 
     t0 = time.perf_counter()
-    with single_cpu_thread(device) if isinstance(train_source, CachedSource) else contextlib.nullcontext():
+    with single_cpu_thread(device) if train_source.render is None else contextlib.nullcontext():
         history = train(head, distiller, loader, hp.recipe(max_steps), outputs=outputs, evaluate=evaluate,
                         device=device, amp=False, channels_last=False, desc=desc, progress=False)
     return HeadRun(head.eval(), history, time.perf_counter() - t0)
@@ -162,10 +162,10 @@ def h1_seed(features: dict, labels: dict, hp: HeadParams, alphas, seed: int, *, 
 
     def compute() -> tuple[HeadRun, dict]:
         common = dict(num_classes=num_classes, seed=seed, device=device, max_steps=max_steps)
-        val = {role: CachedSource(features[role, "val"], device=device) for role in ("teacher", "student")}
-        teacher_run = train_head(CachedSource(features["teacher", "train"], device=device), labels["train"],
+        val = {role: HeadInputs.cached(features[role, "val"], device=device) for role in ("teacher", "student")}
+        teacher_run = train_head(HeadInputs.cached(features["teacher", "train"], device=device), labels["train"],
                                  val["teacher"], labels["val"], hp, desc="teacher head", **common)
-        distill = CachedSource(features["student", "train"], device=device).with_teacher(
+        distill = HeadInputs.cached(features["student", "train"], device=device).with_teacher(
             teacher_run.head, features["teacher", "train"])
         students = {alpha: train_head(distill, labels["train"], val["student"], labels["val"], hp.replace(alpha=alpha),
                                       desc=f"student head alpha={alpha}", **common) for alpha in alphas}
@@ -184,12 +184,12 @@ def tl_vs_kd(student: dict, teacher: dict, labels: dict, hp: HeadParams, alpha: 
              num_classes: int, device="cpu", max_steps: int | None = None) -> dict:
     """One H4 condition: per seed a teacher head, then TL and TL+KD student heads; test metrics.
 
-    `student` and `teacher` map "train", "val", "test" to `CachedSource`s of
+    `student` and `teacher` map "train", "val", "test" to cached `HeadInputs` of
     the same images, `labels` maps them to labels. The teacher head trains on
     the same (reduced, noisy or corrupted) training data as the students.
     Returns {seed: {"teacher", "tl", "kd"}: classification report in %}; each seed is stored.
     """
-    tensors = {f"{role}_{split}": sources[split].features for role, sources in (("student", student),
+    tensors = {f"{role}_{split}": sources[split].features.table for role, sources in (("student", student),
                                                                                ("teacher", teacher))
                for split in ("train", "val", "test")}
     tensors.update({f"labels_{split}": y for split, y in labels.items()})
@@ -198,7 +198,7 @@ def tl_vs_kd(student: dict, teacher: dict, labels: dict, hp: HeadParams, alpha: 
         common = dict(num_classes=num_classes, seed=seed, device=device, max_steps=max_steps)
         t_run = train_head(teacher["train"], labels["train"], teacher["val"], labels["val"],
                            hp.replace(alpha=0.0), **common)
-        with_teacher = student["train"].with_teacher(t_run.head, teacher["train"].features)
+        with_teacher = student["train"].with_teacher(t_run.head, teacher["train"].features.table)
         tl = train_head(student["train"], labels["train"], student["val"], labels["val"], hp.replace(alpha=0.0),
                         **common)
         kd = train_head(with_teacher, labels["train"], student["val"], labels["val"], hp.replace(alpha=alpha),

@@ -3,8 +3,8 @@
 Every backbone is frozen and only a new linear head trains, so a training image reaches the
 backbones in a few fixed forms (`FixedViews`: itself and its mirror, plus H4's corruptions). Their
 features and the teacher's logits are computed once (`frozen_features`, cached on disk) and the
-heads train on them (`CachedSource`). `PlainSource`, which runs the backbones at every step, is the
-reference: both give the same head for one seed (`tests/test_tlkd.py`; `python -m kdutils bench tlkd`
+heads train on them (`HeadInputs.cached`). `HeadInputs.live`, which runs the backbones at every step,
+is the reference: both give the same head for one seed (`tests/test_tlkd.py`; `python -m kdutils bench tlkd`
 times both).
 """
 
@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from .cache import cached, model_fingerprint
-from .frozen import FixedViews, batches, outputs
+from .frozen import FixedViews, ViewTargets, batches, outputs
 from .teacher import Normalize
 from .splits import Split
 
-__all__ = ["frozen_features", "CachedSource", "PlainSource", "head_logits"]
+__all__ = ["frozen_features", "HeadInputs", "head_logits"]
 
 _FINGERPRINTS: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
 
@@ -57,66 +57,59 @@ def frozen_features(encoder: nn.Module, split: Split, views: FixedViews, *, devi
     return cached("tlkd-features", key, compute, verbose=False) if use_cache else compute()
 
 
-class CachedSource:
-    """Training / evaluation inputs of a head from cached features (V, N, D) and teacher logits (V, N, C)."""
+class HeadInputs:
+    """What a head trains on for view v of image i: a frozen backbone's features and, for TL+KD, the
+    teacher's logits, each a `frozen.ViewTargets`. `cached` reads them from (V, N, ...) tables;
+    `live`, the reference, renders the views and runs the networks at every step."""
 
-    def __init__(self, features: torch.Tensor, teacher_logits: torch.Tensor | None = None, device="cpu"):
+    def __init__(self, features: ViewTargets, teacher: ViewTargets | None, *, n: int, n_views: int, dim: int,
+                 device, render=None):
+        self.features, self.teacher, self.render = features, teacher, render
+        self.n, self.n_views, self.dim, self.device = n, n_views, dim, torch.device(device)
+
+    @classmethod
+    def cached(cls, features: torch.Tensor, teacher_logits: torch.Tensor | None = None, device="cpu") -> "HeadInputs":
+        """From cached features (V, N, D) and teacher logits (V, N, C), kept on `device`."""
         if features.dim() != 3:
             raise ValueError(f"features must be (views, N, D), got {tuple(features.shape)}.")
         if teacher_logits is not None and teacher_logits.shape[:2] != features.shape[:2]:
             raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} do not match features "
                              f"{tuple(features.shape)} in views and images.")
-        self.device = torch.device(device)
-        self.features = features.to(self.device)
-        self.teacher_logits = None if teacher_logits is None else teacher_logits.to(self.device)
+        teacher = None if teacher_logits is None else ViewTargets(table=teacher_logits.to(device))
+        v, n, d = features.shape
+        return cls(ViewTargets(table=features.to(device)), teacher, n=n, n_views=v, dim=d, device=device)
 
-    n_views = property(lambda self: self.features.shape[0])
-    dim = property(lambda self: self.features.shape[2])
-    has_teacher = property(lambda self: self.teacher_logits is not None)
-
-    def __len__(self) -> int:
-        return self.features.shape[1]
-
-    def batch(self, idx: torch.Tensor, view_ids: torch.Tensor, need_teacher: bool = False):
-        idx, view_ids = idx.to(self.device), view_ids.to(self.device)
-        zt = self.teacher_logits[view_ids, idx] if need_teacher else None
-        return self.features[view_ids, idx], zt
-
-    def with_teacher(self, teacher_head: nn.Module, teacher_features: torch.Tensor) -> "CachedSource":
-        """These features with TL+KD's targets: a trained teacher head's logits of every view, (V, N, C)."""
-        device = next(teacher_head.parameters()).device
-        logits = torch.stack([outputs(teacher_head, [f], device=device) for f in teacher_features])
-        return CachedSource(self.features, logits, self.device)
-
-    def subset(self, indices) -> "CachedSource":
-        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long, device=self.device)
-        zt = None if self.teacher_logits is None else self.teacher_logits[:, idx]
-        return CachedSource(self.features[:, idx], zt, self.device)
-
-
-class PlainSource:
-    """The reference path: renders the views and runs the frozen networks at every step."""
-
-    def __init__(self, encoder: nn.Module, split: Split, views: FixedViews, teacher: nn.Module | None = None,
-                 device="cpu"):
-        self.encoder, self.split, self.views, self.teacher = encoder, split, views, teacher
-        self.device = torch.device(device)
+    @classmethod
+    def live(cls, encoder: nn.Module, split: Split, views: FixedViews, teacher: nn.Module | None = None,
+             device="cpu") -> "HeadInputs":
+        """The backbones (and the teacher with its head) run on `views` of `split` at every step."""
+        device = torch.device(device)
         with torch.no_grad():
-            self.dim = encoder.eval().to(self.device)(split.float_images(slice(1)).to(self.device)).shape[1]
-        if teacher is not None:
-            teacher.eval().to(self.device)
+            dim = encoder.eval().to(device)(split.float_images(slice(1)).to(device)).shape[1]
+        live_teacher = None if teacher is None else ViewTargets(network=teacher.to(device))
+        return cls(ViewTargets(network=encoder), live_teacher, n=len(split), n_views=views.n_views, dim=dim,
+                   device=device, render=lambda idx, v: views.render(split.float_images(idx), idx, v).to(device))
 
-    n_views = property(lambda self: self.views.n_views)
     has_teacher = property(lambda self: self.teacher is not None)
 
     def __len__(self) -> int:
-        return len(self.split)
+        return self.n
 
-    @torch.no_grad()
     def batch(self, idx: torch.Tensor, view_ids: torch.Tensor, need_teacher: bool = False):
-        idx = idx.cpu()
-        x = self.views.render(self.split.float_images(idx), idx, view_ids.cpu()).to(self.device)
-        return self.encoder(x).float(), (self.teacher(x).float() if need_teacher else None)
+        """(features, teacher logits or None) of view `view_ids[b]` of image `idx[b]`."""
+        x = None if self.render is None else self.render(idx.cpu(), view_ids.cpu())
+        return self.features(idx, view_ids, x), (self.teacher(idx, view_ids, x) if need_teacher else None)
+
+    def with_teacher(self, teacher_head: nn.Module, teacher_features: torch.Tensor) -> "HeadInputs":
+        """These features with TL+KD's targets: a trained teacher head's logits of every view, (V, N, C)."""
+        device = next(teacher_head.parameters()).device
+        logits = torch.stack([outputs(teacher_head, [f], device=device) for f in teacher_features])
+        return HeadInputs.cached(self.features.table, logits, self.device)
+
+    def subset(self, indices) -> "HeadInputs":
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long, device=self.device)
+        zt = None if self.teacher is None else self.teacher.table[:, idx]
+        return HeadInputs.cached(self.features.table[:, idx], zt, self.device)
 
 
 def head_logits(head: nn.Module, source) -> torch.Tensor:

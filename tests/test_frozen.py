@@ -1,10 +1,12 @@
-"""`frozen.outputs`, the one batched inference loop: eval mode, no gradients, order kept, mode restored."""
+"""`frozen.outputs`, the one batched inference loop: eval mode, no gradients, order kept, mode restored;
+`frozen.ViewTargets`: a frozen network's output per (image, view), cached or live, the same numbers."""
 
 import pytest
 import torch
 from torch import nn
 
-from kdutils.frozen import batches, outputs
+from kdutils.errors import ConfigError
+from kdutils.frozen import FixedViews, ViewTargets, batches, outputs
 
 
 def _net():
@@ -55,3 +57,25 @@ def test_outputs_iterate_a_loader_once():
         starts.clear()
         outputs(net, Counted(batches(torch.randn(6, 5), 4)), progress=progress)
         assert len(starts) == 1
+
+
+def test_view_targets_cached_rows_equal_the_network_live_on_the_rendered_views():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    images, views = torch.rand(6, 3, 8, 8), FixedViews.corrupted("quarter_black", 6, p=0.5, draws=2, seed=1)
+    everything = torch.arange(6)
+    table = torch.stack([outputs(net, [views.render(images, everything, torch.full_like(everything, v))])
+                         for v in range(views.n_views)])  # (V, N, D)
+    idx, view_ids = torch.tensor([5, 0, 3, 3, 1]), torch.tensor([3, 1, 0, 2, 1])
+    net.train()  # a live frozen network runs in eval mode whatever its mode was
+    live = ViewTargets(network=net)(idx, view_ids, views.render(images[idx], idx, view_ids))
+    cached = ViewTargets(table=table)(idx, view_ids)
+    assert not live.requires_grad and live.dtype == torch.float32 and live.shape == (5, 4)
+    torch.testing.assert_close(cached, live)
+    assert not torch.equal(live[2], live[3])  # two views of one image: distinct rows, so the lookup is checked
+    by_image = ViewTargets(table=table.transpose(0, 1).contiguous().transpose(0, 1))  # stored (N, V, D)
+    assert torch.equal(by_image(idx, view_ids, device="cpu"), cached)
+    with pytest.raises(ConfigError, match="exactly one"):
+        ViewTargets(network=net, table=table)
+    with pytest.raises(ConfigError, match="exactly one"):
+        ViewTargets()

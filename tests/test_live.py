@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kdutils import live, tlkd
-from kdutils.tlkd_features import CachedSource
+from kdutils.tlkd_features import HeadInputs
 
 
 def cached_split(n, seed, views, separation):
@@ -24,7 +24,7 @@ def study():
     for k, (split, n, views) in enumerate((("train", 96, 2), ("val", 40, 1), ("test", 60, 1))):
         s_feat, labels[split] = cached_split(n, seed=k, views=views, separation=0.6)
         t_feat, _ = cached_split(n, seed=k, views=views, separation=2.0)
-        student[split], teacher[split] = CachedSource(s_feat), CachedSource(t_feat)
+        student[split], teacher[split] = HeadInputs.cached(s_feat), HeadInputs.cached(t_feat)
     hp = tlkd.HeadParams(epochs=6, patience=3, batch_size=32)
     return student, teacher, labels, hp
 

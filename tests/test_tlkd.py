@@ -14,7 +14,7 @@ from kdutils.profiles import load_profile
 from kdutils.teacher import FrozenTeacher, freeze
 from kdutils.splits import Split
 from kdutils.frozen import FixedViews
-from kdutils.tlkd_features import CachedSource, PlainSource, frozen_features, head_logits
+from kdutils.tlkd_features import HeadInputs, frozen_features, head_logits
 
 
 def split(n, seed, size=16):
@@ -113,21 +113,21 @@ def test_cached_training_equals_the_plain_loop(networks, cache_dir, kind):
     plain = FixedViews.plain
     hp = tlkd.HeadParams(epochs=2, batch_size=8, patience=None, lr=0.05)
     t_train = frozen_features(teacher, train, views)
-    t_head = tlkd.train_head(CachedSource(t_train), train.labels,
-                             CachedSource(frozen_features(teacher, val, plain(12))), val.labels, hp,
+    t_head = tlkd.train_head(HeadInputs.cached(t_train), train.labels,
+                             HeadInputs.cached(frozen_features(teacher, val, plain(12))), val.labels, hp,
                              num_classes=4, seed=0).head
     kd = hp.replace(alpha=0.5, temperature=4.0)
     cached = tlkd.train_head(
-        CachedSource(frozen_features(student, train, views)).with_teacher(t_head, t_train),
-        train.labels, CachedSource(frozen_features(student, val, plain(12))), val.labels, kd,
+        HeadInputs.cached(frozen_features(student, train, views)).with_teacher(t_head, t_train),
+        train.labels, HeadInputs.cached(frozen_features(student, val, plain(12))), val.labels, kd,
         num_classes=4, seed=7)
     reference = tlkd.train_head(
-        PlainSource(student, train, views, torch.nn.Sequential(teacher, t_head)), train.labels,
-        PlainSource(student, val, plain(12)), val.labels, kd, num_classes=4, seed=7)
+        HeadInputs.live(student, train, views, torch.nn.Sequential(teacher, t_head)), train.labels,
+        HeadInputs.live(student, val, plain(12)), val.labels, kd, num_classes=4, seed=7)
     for key in ("train_loss", "train_kd", "train_ce", "val_acc", "val_loss"):
         assert np.allclose(cached.history.series(key), reference.history.series(key), atol=1e-5), key
-    logits_c = head_logits(cached.head, CachedSource(frozen_features(student, test, plain(12))))
-    logits_p = head_logits(reference.head, PlainSource(student, test, plain(12)))
+    logits_c = head_logits(cached.head, HeadInputs.cached(frozen_features(student, test, plain(12))))
+    logits_p = head_logits(reference.head, HeadInputs.live(student, test, plain(12)))
     assert torch.allclose(logits_c, logits_p, atol=1e-5)
     assert torch.equal(logits_c.argmax(1), logits_p.argmax(1))
 
@@ -137,24 +137,24 @@ def test_train_head_is_reproducible_and_checks_its_inputs():
     feats, val = torch.randn(2, 30, 6, generator=g), torch.randn(1, 10, 6, generator=g)
     y, yv = torch.arange(30) % 3, torch.arange(10) % 3
     hp = tlkd.HeadParams(epochs=2, batch_size=8)
-    a = tlkd.train_head(CachedSource(feats), y, CachedSource(val), yv, hp, num_classes=3, seed=4)
-    b = tlkd.train_head(CachedSource(feats), y, CachedSource(val), yv, hp, num_classes=3, seed=4)
+    a = tlkd.train_head(HeadInputs.cached(feats), y, HeadInputs.cached(val), yv, hp, num_classes=3, seed=4)
+    b = tlkd.train_head(HeadInputs.cached(feats), y, HeadInputs.cached(val), yv, hp, num_classes=3, seed=4)
     assert torch.equal(a.head[1].weight, b.head[1].weight) and not a.head.training
     assert [type(m).__name__ for m in a.head] == ["Dropout", "Linear"] and a.head[0].p == 0.2
     with pytest.raises(ConfigError, match="teacher logits"):
-        tlkd.train_head(CachedSource(feats), y, CachedSource(val), yv, hp.replace(alpha=0.1),
+        tlkd.train_head(HeadInputs.cached(feats), y, HeadInputs.cached(val), yv, hp.replace(alpha=0.1),
                         num_classes=3, seed=0)
     with pytest.raises(ValueError, match="one label per image"):
-        tlkd.train_head(CachedSource(feats), y[:5], CachedSource(val), yv, hp, num_classes=3, seed=0)
+        tlkd.train_head(HeadInputs.cached(feats), y[:5], HeadInputs.cached(val), yv, hp, num_classes=3, seed=0)
     with pytest.raises(ValueError, match="do not match"):
-        CachedSource(feats, torch.zeros(2, 29, 3))
+        HeadInputs.cached(feats, torch.zeros(2, 29, 3))
 
 
 def test_tl_vs_kd_reports_each_seed():
     g = torch.Generator().manual_seed(0)
-    sources = lambda d: {"train": CachedSource(torch.randn(2, 24, d, generator=g)),  # noqa: E731
-                         "val": CachedSource(torch.randn(1, 9, d, generator=g)),
-                         "test": CachedSource(torch.randn(1, 9, d, generator=g))}
+    sources = lambda d: {"train": HeadInputs.cached(torch.randn(2, 24, d, generator=g)),  # noqa: E731
+                         "val": HeadInputs.cached(torch.randn(1, 9, d, generator=g)),
+                         "test": HeadInputs.cached(torch.randn(1, 9, d, generator=g))}
     labels = {"train": torch.arange(24) % 3, "val": torch.arange(9) % 3, "test": torch.arange(9) % 3}
     out = tlkd.tl_vs_kd(sources(5), sources(7), labels, tlkd.HeadParams(epochs=1, patience=None), 0.1, [1, 7],
                         num_classes=3)

@@ -11,7 +11,7 @@ from ..tlkd import HeadParams, train_head
 from ..tlkd_backbones import load_encoder
 from ..tlkd_data import load_data
 from ..frozen import FixedViews
-from ..tlkd_features import CachedSource, PlainSource, frozen_features, head_logits
+from ..tlkd_features import HeadInputs, frozen_features, head_logits
 
 
 def run(profile: str = "small", epochs: int = 3, seed: int = 0) -> dict:
@@ -41,16 +41,16 @@ def run(profile: str = "small", epochs: int = 3, seed: int = 0) -> dict:
     t_va = frozen_features(teacher, data.val, plain(len(data.val)), use_cache=False)
     t_extract = time.perf_counter() - t0
     y, yv, yt = data.train.labels, data.val.labels, data.test.labels
-    teacher_head = train_head(CachedSource(t_tr), y, CachedSource(t_va), yv, hp, num_classes=n_cls, seed=seed).head
-    kd = hp.replace(alpha=cfg.s4_alpha)
     common = dict(num_classes=n_cls, seed=seed)
-    distill = CachedSource(s_tr).with_teacher(teacher_head, t_tr)
-    cached_run = train_head(distill, y, CachedSource(s_va), yv, kd, **common)
+    teacher_head = train_head(HeadInputs.cached(t_tr), y, HeadInputs.cached(t_va), yv, hp, **common).head
+    kd = hp.replace(alpha=cfg.s4_alpha)
+    distill = HeadInputs.cached(s_tr).with_teacher(teacher_head, t_tr)
+    cached_run = train_head(distill, y, HeadInputs.cached(s_va), yv, kd, **common)
     teacher_net = nn.Sequential(teacher, teacher_head).eval()
-    plain_run = train_head(PlainSource(student, data.train, flips, teacher_net), y,
-                           PlainSource(student, data.val, plain(len(data.val))), yv, kd, **common)
-    logits_c = head_logits(cached_run.head, CachedSource(s_te))
-    logits_p = head_logits(plain_run.head, PlainSource(student, data.test, plain(len(data.test))))
+    plain_run = train_head(HeadInputs.live(student, data.train, flips, teacher_net), y,
+                           HeadInputs.live(student, data.val, plain(len(data.val))), yv, kd, **common)
+    logits_c = head_logits(cached_run.head, HeadInputs.cached(s_te))
+    logits_p = head_logits(plain_run.head, HeadInputs.live(student, data.test, plain(len(data.test))))
     saved_per_epoch = (plain_run.seconds - cached_run.seconds) / epochs
     result = {
         "profile": profile, "epochs": epochs, "train_images": len(y),

@@ -10,7 +10,7 @@ from torch import nn
 
 from .cache import cached, model_fingerprint
 from .errors import ConfigError
-from .frozen import batches, outputs
+from .frozen import ViewTargets, batches, outputs
 from .kassl_data import KASSLData
 from .ssl import ViewAugment, as_float_images, view_pair
 from .parallel import per_example
@@ -66,16 +66,15 @@ class AugmentedViewBank:
 
 
 class BankViews:
-    """Views from an `AugmentedViewBank`; teacher features from its cache (`features`) or from `teacher` live.
+    """Views from an `AugmentedViewBank`; their teacher features cached (the bank's `features`) or from `teacher` live.
 
     The loader yields image indices. Both ways give the same numbers (a test
     checks it): the cache only saves the teacher's forward passes.
     """
 
     def __init__(self, bank: AugmentedViewBank, features: torch.Tensor | None = None, teacher: nn.Module | None = None):
-        if (features is None) == (teacher is None):
-            raise ConfigError("BankViews needs exactly one of cached `features` or a live `teacher`.")
-        self.bank, self.features, self.teacher = bank, features, teacher
+        self.bank = bank
+        self.targets = ViewTargets(network=teacher, table=None if features is None else features.transpose(0, 1))
 
     def __call__(self, batch, device):
         idx = batch[0].cpu()
@@ -84,9 +83,7 @@ class BankViews:
         j = per_example(lambda n: torch.randint(half, self.bank.k, (n,)), len(idx))
         v1 = as_float_images(self.bank.views[idx, i].to(device))
         v2 = as_float_images(self.bank.views[idx, j].to(device))
-        if self.features is not None:
-            return v1, v2, self.features[idx, i].to(device), self.features[idx, j].to(device)
-        return v1, v2, self.teacher(v1), self.teacher(v2)
+        return v1, v2, self.targets(idx, i, v1, device=device), self.targets(idx, j, v2, device=device)
 
 
 class FreshViews:
@@ -105,19 +102,17 @@ class SameImage:
     """No augmentation: the same plain image to student and teacher (ablation Exp 1).
 
     The loader yields a `Split`'s (image, label, index); the teacher's features of the
-    plain images come from `features` (cached, indexed) or from `teacher` live.
+    plain images come from `features` (cached, (N, D)) or from `teacher` live.
     """
 
     def __init__(self, size: int, features: torch.Tensor | None = None, teacher: nn.Module | None = None):
-        if (features is None) == (teacher is None):
-            raise ConfigError("SameImage needs exactly one of cached `features` or a live `teacher`.")
-        self.size, self.features, self.teacher = size, features, teacher
+        self.size = size
+        self.targets = ViewTargets(network=teacher, table=None if features is None else features.unsqueeze(0))
 
     def __call__(self, batch, device):
         x, idx = batch[0], batch[2]
         x = center_crop(as_float_images(x.to(device)), self.size)
-        t = self.features[idx.cpu()].to(device) if self.features is not None else self.teacher(x)
-        return x, None, t, None
+        return x, None, self.targets(idx, torch.zeros_like(idx), x, device=device), None
 
 
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -122,12 +122,20 @@ def test_cached_teacher_features_give_the_same_training_as_a_live_teacher(tmp_pa
 
 
 def test_same_image_path_uses_index_lookup_and_center_crop():
-    feats = torch.arange(12.0).view(4, 3)
-    views = SameImage(4, features=feats)
-    x = torch.rand(2, 3, 6, 6)
-    v1, v2, t1, t2 = views((x, torch.tensor([1, 1]), torch.tensor([2, 0])), "cpu")
+    torch.manual_seed(0)
+    teacher = FrozenTeacher(nn.Sequential(nn.Conv2d(3, 3, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), (0, 0, 0),
+                            (1, 1, 1))
+    images = torch.rand(4, 3, 6, 6)
+    with torch.no_grad():
+        feats = teacher(images[..., 1:5, 1:5])  # the cached (N, D) features of the plain central crops
+    batch = (images[[2, 0]], torch.tensor([1, 1]), torch.tensor([2, 0]))
+    v1, v2, t1, t2 = SameImage(4, features=feats)(batch, "cpu")
     assert v2 is None and t2 is None and torch.equal(t1, feats[[2, 0]])
-    assert torch.equal(v1, x[..., 1:5, 1:5])
+    assert torch.equal(v1, images[[2, 0]][..., 1:5, 1:5])
+    _, _, live, _ = SameImage(4, teacher=teacher)(batch, "cpu")
+    torch.testing.assert_close(live, t1)  # the teacher live on the crops: the cached rows
+    with pytest.raises(ConfigError):
+        SameImage(4)
 
 
 def test_student_backbones_at_each_scale():

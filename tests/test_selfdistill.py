@@ -372,8 +372,11 @@ def test_encoders_are_pretrained_with_their_backbone_seed(monkeypatch):
         s1enc.Encoders(load_profile("paper", seeds=[0, 1], backbone_seeds=[0, 1]), "cpu")
 
 def test_benchmark_compares_cached_and_streamed_features_on_the_same_run(capsys):
-    out = bench_selfdistill.run(n_train=64, epochs=1)
-    assert out["cached_s"] > 0 and out["streamed_s"] > 0 and out["speedup"] == pytest.approx(
-        out["streamed_s"] / out["cached_s"])
-    assert out["agreement_pct"] >= 90  # float16 storage changes almost no prediction
-    assert "speed-up" in capsys.readouterr().out
+    out = bench_selfdistill.run(n_train=64, epochs=1, paper_n_train=8)
+    assert set(out) == {"small", "paper"}
+    for scale in out.values():
+        assert scale["cached_s"] > 0 and scale["streamed_s"] > 0 and scale["speedup"] == pytest.approx(
+            scale["streamed_s"] / scale["cached_s"])
+    assert out["small"]["agreement_pct"] >= 90  # float16 storage changes almost no prediction
+    printed = capsys.readouterr().out
+    assert "resnet50 at 224 px (paper): 8 images" in printed and printed.count("speed-up") == 2

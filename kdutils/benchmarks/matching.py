@@ -29,12 +29,8 @@ def run(n_pairs: int = 1024, epochs: int = 2, batch_size: int = 128, rounds: int
     from ..pairs import PairDataset, random_negative_pairs
     from ..splits import from_synth
     from ..synthworld import generate, vocabulary
-    from ..text import (
-        TextEncoder,
-        build_tokenizer,
-        quiet_transformers,
-        small_text_model,
-    )
+    from ..text import build_tokenizer, quiet_transformers
+    from ..zoo import text_encoder
 
     tok = build_tokenizer(vocabulary(), max_length=32)
     batch = generate("target", n_pairs, seed=5)
@@ -48,8 +44,9 @@ def run(n_pairs: int = 1024, epochs: int = 2, batch_size: int = 128, rounds: int
 
     def student():
         torch.manual_seed(1)
-        return TwoTowerMatcher(small_resnet("resnet_xs"), 64, TextEncoder(tok, small_text_model(
-            "bert", len(tok), hidden=64, layers=2, heads=2, max_positions=32)), head="interaction")
+        image_tower = small_resnet("resnet_xs")
+        text_tower, _ = text_encoder("bert", hidden=64, layers=2, max_length=32, tokenizer=tok)
+        return TwoTowerMatcher(image_tower, 64, text_tower, head="interaction")
 
     def train(teacher_logit):
         """Train a fresh student; `teacher_logit(batch)` gives the KD targets, None trains on labels alone."""

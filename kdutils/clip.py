@@ -43,7 +43,7 @@ from .text import build_tokenizer, hf_download_hint, hf_source, quiet_transforme
 from .train import Recipe, resolve_device, seed_everything, train
 
 __all__ = ["SMALL_CLIP_ARCHS", "PAPER_CLIP", "small_clip_config", "preprocess", "image_embeds", "text_embeds",
-           "vision_tokens", "contrastive_loss_with_negatives", "encode_texts", "encode_images", "retrieval_recalls", "zero_shot_accuracy",
+           "contrastive_loss_with_negatives", "encode_texts", "encode_images", "retrieval_recalls", "zero_shot_accuracy",
            "pretrain_small_clip", "load_clip"]
 
 #: Named small CLIP sizes (like `models.SMALL_ARCHS`): 32x32 images in 8x8 patches -> 16 patch tokens.
@@ -114,12 +114,6 @@ def image_embeds(model, images01: torch.Tensor) -> torch.Tensor:
 def text_embeds(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Projected (not normalised) text embeddings (N, projection_dim) of tokenized texts."""
     return _embedding(model.get_text_features(input_ids=input_ids, attention_mask=attention_mask), "text_embeds")
-
-
-def vision_tokens(model, images01: torch.Tensor) -> torch.Tensor:
-    """Patch tokens (N, num_patches, vision_hidden) of the vision tower's last layer, class token dropped."""
-    out = model.vision_model(pixel_values=preprocess(model, images01))
-    return out.last_hidden_state[:, 1:]
 
 
 def _tokenize(tokenizer, texts, max_length: int | None = None) -> dict[str, torch.Tensor]:

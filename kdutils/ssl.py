@@ -13,6 +13,10 @@ its randomness from torch's generator, so a seed fixes every view.
   `MoCoV2` (query network, EMA key network, queue, shuffled split batch-norm).
   Both are modules whose `forward(view1, view2)` returns the loss dict that
   `kdutils.train.fit` minimises, so checkpointing and resuming come for free.
+
+Blur and solarisation are kornia's ops and the heads, EMA update and momentum
+schedule lightly's, on our parameter draws: `python -m kdutils bench ssl_libs`
+shows them equal to the hand-written code they replaced, and why the rest stays.
 """
 
 from __future__ import annotations
@@ -23,6 +27,11 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+from kornia.enhance import solarize
+from kornia.filters import filter2d_separable, get_gaussian_kernel1d
+from lightly.models.modules.heads import MoCoProjectionHead, ProjectionHead
+from lightly.models.utils import update_momentum
+from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 
 from .errors import ConfigError
@@ -31,7 +40,7 @@ from .parallel import per_example
 from .train import History, Recipe, train
 
 __all__ = ["ViewAugment", "VIEW_PRESETS", "view_pair", "as_float_images", "MLPHead", "BYOL", "MoCoV2",
-           "cosine_momentum", "LossTrace", "make_learner", "train_ssl"]
+           "LossTrace", "make_learner", "train_ssl"]
 
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
 
@@ -120,9 +129,8 @@ class ViewAugment:
         x = self.geometry(as_float_images(x))
         x = self.colour(x)
         x = self.blur(x)
-        if self.solarize_p > 0:
-            sol = _chance(len(x), self.solarize_p, x.device).view(-1, 1, 1, 1)
-            x = torch.where(sol & (x >= 0.5), 1.0 - x, x)
+        if self.solarize_p > 0:  # threshold 0.5, or 2 (above every pixel) for an image left as it is
+            x = solarize(x, torch.where(_chance(len(x), self.solarize_p, x.device), 0.5, 2.0))
         return x
 
     def geometry(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,23 +175,14 @@ class ViewAugment:
         return x
 
     def blur(self, x: torch.Tensor) -> torch.Tensor:
-        """Separable Gaussian blur with a per-image sigma, as one grouped convolution."""
+        """Separable Gaussian blur with a per-image sigma (an identity kernel for an image left sharp)."""
         if self.blur_p <= 0:
             return x
-        n, c, hgt, wid = x.shape
-        k = self.blur_kernel or max(3, int(0.1 * wid) // 2 * 2 + 1)
-        sigma = _uniform(n, *self.blur_sigma, x.device)
-        offsets = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
-        kernel = torch.exp(-offsets.view(1, -1) ** 2 / (2 * sigma.view(-1, 1) ** 2))
-        kernel = kernel / kernel.sum(1, keepdim=True)
-        identity = (offsets == 0).to(x.dtype).expand(n, k)
+        n, k = len(x), self.blur_kernel or max(3, int(0.1 * x.shape[-1]) // 2 * 2 + 1)
+        kernel = get_gaussian_kernel1d(k, _uniform(n, *self.blur_sigma, x.device).view(-1, 1))
+        identity = (torch.arange(k, device=x.device) == k // 2).to(x.dtype).expand(n, k)
         kernel = torch.where(_chance(n, self.blur_p, x.device).view(-1, 1), kernel, identity)
-        kernel = kernel.repeat_interleave(c, 0)  # (n*c, k): one kernel per image and channel
-        pad = k // 2
-        y = x.reshape(1, n * c, hgt, wid)
-        y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), kernel.view(n * c, 1, 1, k), groups=n * c)
-        y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="reflect"), kernel.view(n * c, 1, k, 1), groups=n * c)
-        return y.reshape(n, c, hgt, wid)
+        return filter2d_separable(x, kernel, kernel, border_type="reflect")
 
 
 # BYOL's two asymmetric views (Grill et al. 2020, table 6): blur always on the
@@ -214,18 +213,13 @@ def view_pair(preset: str, out_size: int | None = None) -> tuple[ViewAugment, Vi
 
 # ---------------------------------------------------------------- learners
 
-class MLPHead(nn.Sequential):
-    """BYOL's projector / predictor: Linear -> BatchNorm -> ReLU -> Linear."""
+class MLPHead(ProjectionHead):
+    """BYOL's projector / predictor: Linear -> BatchNorm -> ReLU -> Linear, biases kept (lightly's BYOL heads
+    drop the first one)."""
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
-        super().__init__(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(),
-                         nn.Linear(hidden_dim, out_dim))
-
-
-def cosine_momentum(base: float, step: int, total_steps: int) -> float:
-    """BYOL's EMA schedule: `1 - (1 - base) * (cos(pi * step / total) + 1) / 2`, from base to 1."""
-    progress = min(1.0, step / max(1, total_steps))
-    return 1 - (1 - base) * (math.cos(math.pi * progress) + 1) / 2
+        super().__init__([(in_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU(), True),
+                          (hidden_dim, out_dim, None, None, True)])
 
 
 class _EMATeacherMixin:
@@ -245,8 +239,7 @@ class _EMATeacherMixin:
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
-        for po, pt in zip(self.online.parameters(), self.target.parameters()):
-            pt.mul_(momentum).add_(po.detach(), alpha=1 - momentum)
+        update_momentum(self.online, self.target, momentum)
 
     def _advance(self) -> None:
         """Apply the EMA step for the optimiser step just taken (none before the first)."""
@@ -278,7 +271,8 @@ class BYOL(_EMATeacherMixin, nn.Module):
         self.base_momentum, self.total_steps = momentum, total_steps
 
     def current_momentum(self) -> float:
-        return cosine_momentum(self.base_momentum, int(self.step) - 1, self.total_steps)
+        """BYOL's cosine from `momentum` (first update) to 1 (after `total_steps`; lightly counts the last step)."""
+        return cosine_schedule(int(self.step) - 1, self.total_steps + 1, self.base_momentum, 1.0)
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> dict:
         self._advance()
@@ -313,8 +307,7 @@ class MoCoV2(_EMATeacherMixin, nn.Module):
             raise ConfigError(f"MoCo momentum must be in [0, 1), got {momentum}.")
         if bn_splits < 1:
             raise ConfigError(f"bn_splits must be >= 1, got {bn_splits}.")
-        self.online = nn.Sequential(encoder, nn.Linear(feature_dim, hidden_dim), nn.ReLU(),
-                                    nn.Linear(hidden_dim, proj_dim))
+        self.online = nn.Sequential(encoder, MoCoProjectionHead(feature_dim, hidden_dim, proj_dim))
         self.target = self._make_target()
         self.queue = MoCoQueue(proj_dim, queue_size)
         self.momentum, self.temperature, self.bn_splits = momentum, temperature, bn_splits

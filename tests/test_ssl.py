@@ -8,8 +8,8 @@ from torch import nn
 
 from kdutils.errors import ConfigError
 from kdutils.losses import byol_loss
-from kdutils.ssl import (BYOL, VIEW_PRESETS, MoCoV2, ViewAugment, as_float_images, cosine_momentum,
-                         make_learner, train_ssl, view_pair, _hue_rotation)
+from kdutils.ssl import (BYOL, VIEW_PRESETS, MoCoV2, ViewAugment, as_float_images, make_learner, train_ssl,
+                         view_pair, _hue_rotation)
 
 OFF = dict(flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0, solarize_p=0.0)
 
@@ -87,10 +87,11 @@ def test_bad_augmentation_settings_fail():
     assert as_float_images(torch.tensor([255], dtype=torch.uint8)).item() == 1.0
 
 
-def test_cosine_momentum_schedule():
-    assert cosine_momentum(0.99, 0, 100) == pytest.approx(0.99)
-    assert cosine_momentum(0.99, 50, 100) == pytest.approx(0.995)
-    assert cosine_momentum(0.99, 100, 100) == pytest.approx(1.0)
+def test_byol_momentum_is_the_cosine_from_base_to_one():
+    model = BYOL(_encoder(), 4, hidden_dim=8, proj_dim=3, momentum=0.99, total_steps=100)
+    for step, expected in [(0, 0.99), (50, 0.995), (100, 1.0)]:
+        model.step.fill_(step + 1)  # the update applied at step + 1 is the one for step
+        assert model.current_momentum() == pytest.approx(expected)
 
 
 def _encoder():
@@ -113,7 +114,7 @@ def test_byol_loss_matches_hand_computation_and_target_is_ema():
         for p in model.online.parameters():
             p.add_(1.0)
     model(x1, x2)  # second step applies the first step's EMA: target <- m * target + (1 - m) * online
-    m = cosine_momentum(0.9, 0, 10)
+    m = 0.9  # the schedule's first value
     for t, o0, o in zip(model.target.parameters(), online_before, model.online.parameters()):
         assert torch.allclose(t, m * o0 + (1 - m) * o, atol=1e-6)
 
@@ -180,3 +181,4 @@ def test_loss_trace_records_steps_and_survives_a_state_dict_round_trip():
     copy_ = LossTrace(3)
     copy_.load_state_dict(trace.state_dict())
     assert copy_.series() == [1.0, 0.5, 0.25]
+

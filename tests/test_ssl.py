@@ -182,3 +182,12 @@ def test_loss_trace_records_steps_and_survives_a_state_dict_round_trip():
     copy_.load_state_dict(trace.state_dict())
     assert copy_.series() == [1.0, 0.5, 0.25]
 
+
+def test_library_pieces_equal_the_hand_written_code_they_replaced():
+    """kornia's blur and solarisation, lightly's heads, EMA update and momentum schedule, as `ssl` calls them."""
+    from kdutils.benchmarks import ssl_libs
+
+    out = ssl_libs.run(batch=8, size=16, hidden=16, proj=8, queue=16, repeats=1)
+    adopted = [row for row in out.values() if row["adopted"]]
+    assert len(adopted) == len(ssl_libs.ADOPTED) and all(row["max_abs_diff"] == 0 for row in adopted)
+    assert all(row["ours_ms"] > 0 and row["library_ms"] > 0 for row in out.values())

@@ -14,5 +14,7 @@ BENCHMARKS = {
     "selfdistill": ("kdutils.benchmarks.selfdistill", "run",
                     "study 1: head training on cached frozen features vs live"),
     "kassl": ("kdutils.benchmarks.kassl", "run", "study 3: cached teacher view bank vs the live teacher"),
+    "ssl_libs": ("kdutils.benchmarks.ssl_libs", "run",
+                 "study 3's SSL pieces: kornia and lightly against the hand-written ones (time, equality)"),
     "sweep": ("kdutils.benchmarks.sweep", "run", "a 4-job Ray sweep on 2 workers vs the same jobs one after another"),
 }

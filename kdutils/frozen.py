@@ -66,10 +66,9 @@ def outputs(model: nn.Module, inputs: Iterable, forward: Callable | None = None,
 class ViewTargets:
     """What a frozen network outputs for view v of image i: its row of a cache, or the network run on the view.
 
-    `table` holds the outputs of every view of every image, (V, N, ...) (`outputs` per view, stacked;
-    a transposed view of a stored (N, V, ...) tensor will do); without it, the caller renders the views
-    and `network` runs on them at every call. Both give the same numbers (tests check it for each study
-    that uses them): the cache only saves the forward passes.
+    `table` holds the outputs of every view of every image, (V, N, ...) (a transposed (N, V, ...) will do);
+    without it, the caller renders the views and `network` runs on them at every call. Both give the same
+    numbers (tests check it for each study that uses them): the cache only saves the forward passes.
 
     >>> live = ViewTargets(network=teacher)
     >>> cached = ViewTargets(table=torch.stack([outputs(teacher, [render(images, v)]) for v in range(2)]))

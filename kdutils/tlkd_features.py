@@ -83,9 +83,7 @@ class HeadInputs:
     def live(cls, encoder: nn.Module, split: Split, views: FixedViews, teacher: nn.Module | None = None,
              device="cpu") -> "HeadInputs":
         """The backbones (and the teacher with its head) run on `views` of `split` at every step."""
-        device = torch.device(device)
-        with torch.no_grad():
-            dim = encoder.eval().to(device)(split.float_images(slice(1)).to(device)).shape[1]
+        dim = outputs(encoder, [split.float_images(slice(1))], device=device).shape[1]
         live_teacher = None if teacher is None else ViewTargets(network=teacher.to(device))
         return cls(ViewTargets(network=encoder), live_teacher, n=len(split), n_views=views.n_views, dim=dim,
                    device=device, render=lambda idx, v: views.render(split.float_images(idx), idx, v).to(device))

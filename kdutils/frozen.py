@@ -75,18 +75,28 @@ class ViewTargets:
     >>> cached(idx, view_ids)  # equals live(idx, view_ids, render(images[idx], view_ids)), (B, D)
     """
 
-    def __init__(self, *, network: nn.Module | None = None, table: torch.Tensor | None = None):
+    def __init__(self, *, network: nn.Module | None = None, table: torch.Tensor | tuple | None = None):
         if (network is None) == (table is None):
             raise ConfigError("ViewTargets needs exactly one of a cached `table` or a live `network`.")
         self.network, self.table = None if network is None else network.eval(), table
 
     @torch.no_grad()
     def __call__(self, idx: torch.Tensor, view_ids: torch.Tensor, x: torch.Tensor | None = None, *, device=None):
-        """Rows (view_ids[b], idx[b]) of the table, moved to `device` when given; else `network(x)` as float32."""
+        """Rows (view_ids[b], idx[b]) of the table, moved to `device` when given; else `network(x)` as float32.
+
+        A network with several outputs (a tuple) is cached as a tuple of tables and returns a tuple either way.
+        """
         if self.table is None:
-            return self.network(x).float()
-        rows = self.table[view_ids.to(self.table.device), idx.to(self.table.device)]
-        return rows if device is None else rows.to(device)
+            out = self.network(x)
+            return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+        if isinstance(self.table, tuple):
+            return tuple(_rows(t, idx, view_ids, device) for t in self.table)
+        return _rows(self.table, idx, view_ids, device)
+
+
+def _rows(table: torch.Tensor, idx: torch.Tensor, view_ids: torch.Tensor, device) -> torch.Tensor:
+    rows = table[view_ids.to(table.device), idx.to(table.device)]
+    return rows if device is None else rows.to(device)
 
 
 VIEWS_FLIP = 2  # a training image and its mirror

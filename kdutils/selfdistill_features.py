@@ -11,7 +11,7 @@ import hashlib
 import torch
 
 from .cache import cached
-from .frozen import outputs
+from .frozen import ViewTargets, outputs
 from .selfdistill_data import in_order, indices_of
 from .selfdistill_encoders import ImageEncoder
 
@@ -56,11 +56,15 @@ class FrozenFeatures:
         mb = len(dataset) * views * (self.num_tokens * self.token_dim * 2 + self.pooled_dim * 4) / 2**20
         self.in_memory = mb <= cache_mb
         self.key["in_memory"] = self.in_memory  # stored tokens are float16: teachers trained on them differ slightly
-        self.tokens = self.pooled = None
         if self.in_memory:
             stored = cached("s1-features", self.key, lambda: self._extract(
                 dataset, max(batch_size, 256), num_workers, split, progress), verbose=False)
-            self.tokens, self.pooled = stored["tokens"], stored["pooled"]
+            self.targets = ViewTargets(table=(stored["tokens"], stored["pooled"]))
+        else:
+            self.targets = ViewTargets(network=encoder)
+
+    tokens = property(lambda self: self.targets.table[0], doc="(views, N, T, D) float16 tokens, when in memory")
+    pooled = property(lambda self: self.targets.table[1], doc="(views, N, P) pooled outputs, when in memory")
 
     def _extract(self, dataset, batch_size: int, num_workers: int, split: str, progress: bool) -> dict:
         """Every item's tokens (float16) and pooled output in every view, one `frozen.outputs` pass per view."""
@@ -79,10 +83,9 @@ class FrozenFeatures:
 
     def __call__(self, images: torch.Tensor, index: torch.Tensor, view: torch.Tensor):
         """(tokens, pooled) as float32 on the device for items in the given views (`images` unused when cached)."""
-        if self.in_memory:
-            i, v = index.cpu(), view.cpu()
-            return self.tokens[v, i].to(self.device).float(), self.pooled[v, i].to(self.device)
-        return self.encoder(flip_where(to_unit(images.to(self.device)), view.to(self.device)))
+        x = None if self.in_memory else flip_where(to_unit(images.to(self.device)), view.to(self.device))
+        tokens, pooled = self.targets(index.cpu(), view.cpu(), x, device=self.device)
+        return tokens.float(), pooled
 
 
 def features_of(feats: FrozenFeatures, dataset, view: int = 0, batch_size: int = 512):

@@ -12,6 +12,7 @@ from kdutils.splits import Split
 from kdutils import selfdistill_encoders as s1enc
 from kdutils.benchmarks import selfdistill as bench_selfdistill
 from kdutils.errors import ConfigError
+from kdutils.frozen import ViewTargets
 from kdutils.models import small_resnet
 from kdutils.profiles import load_profile
 
@@ -157,7 +158,7 @@ def test_teacher_training_learns_separable_features(cache):
     torch.manual_seed(0)
     tokens = torch.randn(1, n, feats.num_tokens, feats.token_dim) * 0.1
     tokens[0, torch.arange(n), labels % feats.num_tokens, labels] += 3.0
-    feats.tokens, feats.pooled = tokens.half(), tokens.mean(2)
+    feats.targets = ViewTargets(table=(tokens.half(), tokens.mean(2)))
     feats.key = {"test": "separable"}
     cfg = _cfg(s1_head_epochs=40, s1_head_lr=1e-2, batch_size=50)
     for mode in ("label_free", "linear"):

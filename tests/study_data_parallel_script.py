@@ -18,7 +18,7 @@ from torch import nn
 
 from kdutils import kassl
 from kdutils.kassl_data import KASSLData
-from kdutils.kassl_encoders import train_baseline
+from kdutils.kassl_encoders import SSLRecipe, train_baseline
 from kdutils.kassl_views import AugmentedViewBank
 from kdutils.profiles import load_profile
 from kdutils.splits import Split
@@ -39,7 +39,7 @@ teacher = FrozenTeacher(nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1
 bank = AugmentedViewBank.draw(images, view_pair(cfg.s3_view_preset, out_size=16), 4, 0, data.keys["train"])
 student, student_history = kassl.train_student(teacher, {"name": "toy", "feature_dim": 8}, "feature_reduction",
                                                kassl.StudentRecipe.of(cfg), data, 0, "cpu", bank)
-baseline, baseline_history = train_baseline(cfg, data, 0, "cpu")
+baseline, baseline_history = train_baseline(SSLRecipe.of(cfg, "byol", baseline=True), data, 0, "cpu")
 torch.save({"student": student.state_dict(), "student_history": student_history,
             "baseline": baseline.state_dict(), "baseline_history": baseline_history,
             "accelerate_imported": "accelerate" in sys.modules}, out / "result.pt")

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
-import torch.utils.data
 from PIL import Image
 from torchvision import datasets as tvd
 
@@ -38,7 +37,6 @@ __all__ = [
     "shared_data_dir",
     "CaptionRecord",
     "coco_captions",
-    "CocoCaptions",
 ]
 
 
@@ -316,24 +314,3 @@ def coco_captions(annotations_file, image_dir, check_images: bool = True) -> lis
                 f"{len(missing)} of {len(files)} images referenced by {annotations_file.name} "
                 f"(first missing: {_first(missing)})", image_dir, _COCO_HOW)
     return [CaptionRecord(i, image_dir / files[i], [c for _, c in sorted(caps[i])]) for i in sorted(files)]
-
-
-class CocoCaptions(torch.utils.data.Dataset):
-    """(image, captions) pairs from `coco_captions` records; the image is RGB PIL, or `transform(image)`.
-
-    Kept free of pycocotools, unlike torchvision's CocoCaptions.
-    """
-
-    def __init__(self, records: Sequence[CaptionRecord], transform: Callable | None = None):
-        self.records = list(records)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int):
-        rec = self.records[index]
-        image = read_image(rec.path)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, list(rec.captions)

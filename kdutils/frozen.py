@@ -80,14 +80,14 @@ class ViewTargets:
             raise ConfigError("ViewTargets needs exactly one of a cached `table` or a live `network`.")
         self.network, self.table = None if network is None else network.eval(), table
 
-    @torch.no_grad()
     def __call__(self, idx: torch.Tensor, view_ids: torch.Tensor, x: torch.Tensor | None = None, *, device=None):
         """Rows (view_ids[b], idx[b]) of the table, moved to `device` when given; else `network(x)` as float32.
 
         A network with several outputs (a tuple) is cached as a tuple of tables and returns a tuple either way.
         """
         if self.table is None:
-            out = self.network(x)
+            with torch.no_grad():
+                out = self.network(x)
             return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
         if isinstance(self.table, tuple):
             return tuple(_rows(t, idx, view_ids, device) for t in self.table)

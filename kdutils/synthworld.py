@@ -64,9 +64,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
-from torchvision import tv_tensors
 
 from kdutils.errors import ConfigError
 
@@ -610,70 +607,6 @@ def splits(task: str, n_train: int, n_test: int, seed: int,
 
 
 # --------------------------------------------------------------------------
-# Torch dataset
-# --------------------------------------------------------------------------
-
-class SynthWorldDataset(Dataset):
-    """A ``SynthBatch`` as a torch ``Dataset``.
-
-    Items are tuples ``(image, label[, mask][, caption])``: the mask comes
-    when ``return_mask``, the caption (a str) when ``return_caption``.
-
-    * ``transform=None``: image float32 (3, H, W) in [0, 1], mask bool (H, W).
-    * ``transform`` given: the image is a ``tv_tensors.Image`` (uint8, CHW),
-      so ``torchvision.transforms.v2`` pipelines work; with ``return_mask``
-      the mask goes through the same call as a ``tv_tensors.Mask``, so
-      geometric transforms move it with the image, and comes back bool.
-    * ``pil=True``: the image is a PIL image for legacy transforms
-      (``transforms.ToTensor()``...); these cannot carry a mask, so
-      ``return_mask`` with a PIL transform is refused.
-    """
-
-    def __init__(self, batch: SynthBatch, transform=None, return_mask: bool = False,
-                 return_caption: bool = False, pil: bool = False):
-        if pil and return_mask and transform is not None:
-            raise ConfigError("SynthWorldDataset: a PIL transform cannot move the mask "
-                              "with the image; use a torchvision.transforms.v2 transform "
-                              "with pil=False, or return_mask=False.")
-        self.batch, self.transform, self.pil = batch, transform, pil
-        self.return_mask, self.return_caption = return_mask, return_caption
-
-    @classmethod
-    def generate(cls, task: str, n: int, seed: int, config: WorldConfig = WorldConfig(),
-                 **kwargs) -> "SynthWorldDataset":
-        """Generate a batch and wrap it (kwargs go to ``__init__``)."""
-        return cls(generate(task, n, seed, config), **kwargs)
-
-    def __len__(self) -> int:
-        return len(self.batch)
-
-    def __getitem__(self, i: int):
-        b = self.batch
-        mask = torch.from_numpy(b.masks[i].copy())
-        if self.pil:
-            from PIL import Image
-            image = Image.fromarray(b.images[i])
-            if self.transform is not None:
-                image = self.transform(image)
-        else:
-            chw = torch.from_numpy(b.images[i].copy()).permute(2, 0, 1)
-            if self.transform is None:
-                image = chw.float().div_(255)
-            elif self.return_mask:
-                image, mask = self.transform(tv_tensors.Image(chw),
-                                             tv_tensors.Mask(mask.to(torch.uint8)))
-                mask = mask.as_subclass(torch.Tensor).bool()
-            else:
-                image = self.transform(tv_tensors.Image(chw))
-        item = [image, int(b.labels[i])]
-        if self.return_mask:
-            item.append(mask)
-        if self.return_caption:
-            item.append(b.captions[i])
-        return tuple(item)
-
-
-# --------------------------------------------------------------------------
 # Preview
 # --------------------------------------------------------------------------
 
@@ -701,7 +634,7 @@ def preview(batch: SynthBatch, n: int = 16, ncols: int = 4):
 __all__ = [
     "ATTRIBUTE_VALUES", "BACKGROUNDS", "BG_COLORS", "COLORS", "HOME_BACKGROUND",
     "MODIFIERS", "NEGATIVE_ATTRIBUTES", "POSITIONS", "SHAPES", "SIZES",
-    "SOURCE_CLASSES", "TARGET_CLASSES", "SynthBatch", "SynthWorldDataset",
+    "SOURCE_CLASSES", "TARGET_CLASSES", "SynthBatch",
     "WorldConfig", "class_names", "class_prompts", "generate",
     "make_caption", "object_phrase", "preview", "splits", "vocabulary", "words",
 ]

@@ -5,8 +5,6 @@ import difflib
 import matplotlib
 import numpy as np
 import pytest
-import torch
-from torchvision.transforms import v2
 
 matplotlib.use("Agg")
 
@@ -180,41 +178,6 @@ def test_source_captions_cover_every_target_word(source, target):
     assert any_text <= set(sw.vocabulary())
     assert sw.vocabulary() == sorted(set(sw.vocabulary()))
     assert 0.4 < source.attributes["prompt_prefix"].mean() < 0.6
-
-
-def test_dataset_items_follow_the_documented_tuples():
-    b = sw.generate("target", 8, 1)
-    image, label = sw.SynthWorldDataset(b)[0]
-    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
-    assert 0.0 <= image.min() and image.max() <= 1.0 and label == b.labels[0]
-    image, label, mask, caption = sw.SynthWorldDataset(b, return_mask=True, return_caption=True)[2]
-    assert mask.shape == (32, 32) and mask.dtype == torch.bool
-    assert torch.equal(mask, torch.from_numpy(b.masks[2])) and caption == b.captions[2]
-    _, _, caption = sw.SynthWorldDataset(b, return_caption=True)[3]
-    assert caption == b.captions[3]
-    loader = torch.utils.data.DataLoader(sw.SynthWorldDataset(b, return_mask=True), batch_size=4)
-    images, labels, masks = next(iter(loader))
-    assert images.shape == (4, 3, 32, 32) and labels.tolist() == b.labels[:4].tolist()
-    assert masks.shape == (4, 32, 32)
-
-
-def test_v2_transform_moves_the_mask_with_the_image():
-    b = sw.generate("target", 4, 2)
-    flip = v2.Compose([v2.RandomHorizontalFlip(p=1.0), v2.ToDtype(torch.float32, scale=True)])
-    image, _, mask = sw.SynthWorldDataset(b, transform=flip, return_mask=True)[1]
-    assert image.dtype == torch.float32 and image.shape == (3, 32, 32)
-    assert torch.equal(mask, torch.from_numpy(b.masks[1][:, ::-1].copy()))
-    expected = torch.from_numpy(b.images[1][:, ::-1].copy()).permute(2, 0, 1).float() / 255
-    assert torch.allclose(image, expected)
-
-
-def test_pil_transforms_work_and_refuse_masks():
-    from torchvision import transforms
-    b = sw.generate("target", 4, 2)
-    image, _ = sw.SynthWorldDataset(b, transform=transforms.ToTensor(), pil=True)[0]
-    assert torch.allclose(image, torch.from_numpy(b.images[0]).permute(2, 0, 1).float() / 255)
-    with pytest.raises(ConfigError):
-        sw.SynthWorldDataset(b, transform=transforms.ToTensor(), pil=True, return_mask=True)
 
 
 def test_bad_arguments_raise_config_errors():

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .cache import cached, model_fingerprint
+from .errors import ConfigError
 from .frozen import FixedViews, ViewTargets, batches, outputs
 from .teacher import Normalize
 from .splits import Split
@@ -100,14 +101,21 @@ class HeadInputs:
 
     def with_teacher(self, teacher_head: nn.Module, teacher_features: torch.Tensor) -> "HeadInputs":
         """These features with TL+KD's targets: a trained teacher head's logits of every view, (V, N, C)."""
+        self._need_tables("with_teacher")
         device = next(teacher_head.parameters()).device
         logits = torch.stack([outputs(teacher_head, [f], device=device) for f in teacher_features])
         return HeadInputs.cached(self.features.table, logits, self.device)
 
     def subset(self, indices) -> "HeadInputs":
+        self._need_tables("subset")
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long, device=self.device)
         zt = None if self.teacher is None else self.teacher.table[:, idx]
         return HeadInputs.cached(self.features.table[:, idx], zt, self.device)
+
+    def _need_tables(self, what: str) -> None:
+        if self.render is not None:
+            raise ConfigError(f"HeadInputs.{what} works on cached inputs (HeadInputs.cached); these are live: "
+                              "the networks run at every step and there is no table of their outputs.")
 
 
 def head_logits(head: nn.Module, source) -> torch.Tensor:

@@ -130,6 +130,11 @@ def test_cached_training_equals_the_plain_loop(networks, cache_dir, kind):
     logits_p = head_logits(reference.head, HeadInputs.live(student, test, plain(12)))
     assert torch.allclose(logits_c, logits_p, atol=1e-5)
     assert torch.equal(logits_c.argmax(1), logits_p.argmax(1))
+    live = HeadInputs.live(student, test, plain(12))
+    with pytest.raises(ConfigError, match="subset works on cached inputs"):
+        live.subset([0, 1])
+    with pytest.raises(ConfigError, match="with_teacher works on cached inputs"):
+        live.with_teacher(t_head, t_train)
 
 
 def test_train_head_is_reproducible_and_checks_its_inputs():

@@ -166,7 +166,7 @@ def test_standardised_targets_and_the_mean_direction_reference():
 
 
 def test_benchmark_cached_bank_trains_like_the_live_teacher():
-    from kdutils.benchmarks import kassl as bench_kassl
+    from benchmarks import kassl as bench_kassl
 
     out = bench_kassl.run(n_images=64, views=2, epochs=1, students=1)
     assert out["same_losses"] and out["live_s"] > 0 and out["cached_s"] > 0

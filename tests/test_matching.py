@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdutils import clip, distillers, matching, matching_models, pairs, synthworld, text
-from kdutils.benchmarks import matching as bench_matching
+from benchmarks import matching as bench_matching
 from kdutils.errors import ConfigError
 from kdutils.profiles import load_profile
 from kdutils.splits import from_synth

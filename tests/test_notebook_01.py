@@ -167,17 +167,17 @@ def _planted_runs(seeds=(0, 1, 2)):
     for i, seed in enumerate(seeds):
         wobble = (-0.2, 0.0, 0.2)[i]
 
-        def add(enc, text, model, top1):
-            records.append({"seed": seed, "dataset": "synthworld", "image_encoder": enc, "text_encoder": text,
+        def add(enc, text_encoder, model, top1):
+            records.append({"seed": seed, "dataset": "synthworld", "image_encoder": enc, "text_encoder": text_encoder,
                             "model": model, "top1": top1})
 
         for enc, text_gain in (("resnet", {"clip": 1.0, "roberta": 3.0}), ("vit", {"clip": -3.0, "roberta": -1.0})):
             add(enc, "-", "student alone", 50.0 + 5 * i)             # a seed effect shared by the pairs
             add(enc, "-", "student without text", 51.0 + 5 * i + wobble)
             add(enc, "-", "teacher without text", 60.0)
-            for text, gain in text_gain.items():
-                add(enc, text, "student with text", 51.0 + 5 * i + wobble + gain + wobble)
-                add(enc, text, "thesis head, test, label-free", 60.0 + (1.0, -1.0, 0.5)[i])
+            for text_encoder, gain in text_gain.items():
+                add(enc, text_encoder, "student with text", 51.0 + 5 * i + wobble + gain + wobble)
+                add(enc, text_encoder, "thesis head, test, label-free", 60.0 + (1.0, -1.0, 0.5)[i])
         add("resnet", "clip", "student of the label-free head", 51.0 + 5 * i + wobble + 4.0 + wobble)
         add("resnet", "clip", "student of the caption head", 51.0 + 5 * i + 2 * wobble + 1.0 - 3.0)
         for chain in ("with text", "without text"):

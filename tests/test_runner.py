@@ -95,3 +95,15 @@ def test_notebooks_are_committed_clean():
         assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in code), \
             f"{path.name} has no cell tagged 'parameters'"
         assert nb["metadata"]["kernelspec"]["name"] == "kd-studies", path.name
+
+
+def test_bench_command_lists_the_benchmarks_and_names_an_unknown_one(capsys):
+    """`bench` runs the benchmarks/ folder beside the package: `list` names them all, a typo says so (exit 2)."""
+    from benchmarks import BENCHMARKS
+    from kdutils.__main__ import main
+
+    assert main(["bench", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"  {name}: " in listed for name in BENCHMARKS) and "tlkd" in BENCHMARKS
+    assert main(["bench", "tlkdd"]) == 2
+    assert "unknown benchmark 'tlkdd'" in capsys.readouterr().err

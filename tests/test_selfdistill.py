@@ -10,7 +10,7 @@ from kdutils import selfdistill_features as s1feat
 from kdutils import selfdistill_data as s1data
 from kdutils.splits import Split
 from kdutils import selfdistill_encoders as s1enc
-from kdutils.benchmarks import selfdistill as bench_selfdistill
+from benchmarks import selfdistill as bench_selfdistill
 from kdutils.errors import ConfigError
 from kdutils.frozen import ViewTargets
 from kdutils.models import small_resnet

@@ -185,7 +185,7 @@ def test_loss_trace_records_steps_and_survives_a_state_dict_round_trip():
 
 def test_library_pieces_equal_the_hand_written_code_they_replaced():
     """kornia's blur and solarisation, lightly's heads, EMA update and momentum schedule, as `ssl` calls them."""
-    from kdutils.benchmarks import ssl_libs
+    from benchmarks import ssl_libs
 
     out = ssl_libs.run(batch=8, size=16, hidden=16, proj=8, queue=16, repeats=1)
     adopted = [row for row in out.values() if row["adopted"]]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kdutils import models, tlkd, tlkd_analysis, tlkd_backbones, tlkd_data
-from kdutils.benchmarks import tlkd as bench_tlkd
+from benchmarks import tlkd as bench_tlkd
 from kdutils.errors import ConfigError
 from kdutils.models import small_resnet
 from kdutils.profiles import load_profile

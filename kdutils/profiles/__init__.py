@@ -21,7 +21,7 @@ import typing
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from .rules import DEVICE, FLAG, FRACTION, NAME, NON_NEGATIVE, POSITIVE, SYNTH_SIZE, UNIT, one_of
+from .rules import DEVICE, FLAG, NAME, NON_NEGATIVE, POSITIVE, SYNTH_SIZE, UNIT, one_of
 
 PROFILE_NAMES = ("tiny", "small", "paper")
 

@@ -8,13 +8,13 @@ import time
 
 import torch
 
-from .. import metrics
-from ..models import small_resnet, torchvision_model
-from ..selfdistill import HeadRecipe, fit_teacher, teacher_logits
-from ..selfdistill_data import synthworld_data
-from ..selfdistill_encoders import ImageEncoder
-from ..selfdistill_features import VIEWS, FrozenFeatures
-from ..teacher import IMAGENET_MEAN, IMAGENET_STD
+from kdutils import metrics
+from kdutils.models import small_resnet, torchvision_model
+from kdutils.selfdistill import HeadRecipe, fit_teacher, teacher_logits
+from kdutils.selfdistill_data import synthworld_data
+from kdutils.selfdistill_encoders import ImageEncoder
+from kdutils.selfdistill_features import VIEWS, FrozenFeatures
+from kdutils.teacher import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _encoders(base) -> dict:
@@ -67,7 +67,7 @@ def run(n_train: int = 2000, epochs: int = 3, paper_n_train: int = 128) -> dict:
     the text-queried head's own backward costs about as much as the encoder.
     The cache stores tokens in float16, hence the agreement printed.
     """
-    from ..profiles import load_profile
+    from kdutils.profiles import load_profile
 
     with tempfile.TemporaryDirectory() as tmp:
         previous = os.environ.get("KD_CACHE_DIR")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from ..kassl import KASSLStudent, train_kassl
-from ..kassl_data import load_data
-from ..kassl_encoders import feature_dim_of
-from ..kassl_views import AugmentedViewBank, BankViews
-from ..ssl import view_pair
-from ..teacher import FrozenTeacher
-from ..train import Recipe, seed_everything
+from kdutils.kassl import KASSLStudent, train_kassl
+from kdutils.kassl_data import load_data
+from kdutils.kassl_encoders import feature_dim_of
+from kdutils.kassl_views import AugmentedViewBank, BankViews
+from kdutils.ssl import view_pair
+from kdutils.teacher import FrozenTeacher
+from kdutils.train import Recipe, seed_everything
 
 
 def run(n_images: int = 1024, views: int = 4, epochs: int = 4, students: int = 2, rounds: int = 2) -> dict:
@@ -22,8 +22,8 @@ def run(n_images: int = 1024, views: int = 4, epochs: int = 4, students: int = 2
     """
     import time
 
-    from ..models import small_resnet
-    from ..profiles import load_profile
+    from kdutils.models import small_resnet
+    from kdutils.profiles import load_profile
 
     cfg = load_profile("small", n_target_train=n_images, progress=False)
     data = load_data(cfg)

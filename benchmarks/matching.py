@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from ..distillers import BinaryCrossEntropy, SigmoidKD
-from ..matching import (
+from kdutils.distillers import BinaryCrossEntropy, SigmoidKD
+from kdutils.matching import (
     ClipMatcher,
     TwoTowerMatcher,
     _loader,
     predict_logits,
 )
-from ..train import make_optimizer, seed_everything
+from kdutils.optim import make_optimizer
+from kdutils.train import seed_everything
 
 
 def run(n_pairs: int = 1024, epochs: int = 2, batch_size: int = 128, rounds: int = 3) -> dict:
@@ -24,13 +25,13 @@ def run(n_pairs: int = 1024, epochs: int = 2, batch_size: int = 128, rounds: int
 
     from transformers import CLIPModel
 
-    from ..clip import SMALL_CLIP_ARCHS, small_clip_config
-    from ..models import small_resnet
-    from ..pairs import PairDataset, random_negative_pairs
-    from ..splits import from_synth
-    from ..synthworld import generate, vocabulary
-    from ..text import build_tokenizer, quiet_transformers
-    from ..zoo import text_encoder
+    from kdutils.clip import SMALL_CLIP_ARCHS, small_clip_config
+    from kdutils.models import small_resnet
+    from kdutils.pairs import PairDataset, random_negative_pairs
+    from kdutils.splits import from_synth
+    from kdutils.synthworld import generate, vocabulary
+    from kdutils.text import build_tokenizer, quiet_transformers
+    from kdutils.zoo import text_encoder
 
     tok = build_tokenizer(vocabulary(), max_length=32)
     batch = generate("target", n_pairs, seed=5)

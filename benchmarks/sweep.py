@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..sweep import sweep
+from kdutils.sweep import sweep
 
 
 def run(jobs: int = 4, workers: int = 2) -> dict:

@@ -6,12 +6,12 @@ import time
 
 from torch import nn
 
-from .. import metrics
-from ..tlkd import HeadParams, train_head
-from ..tlkd_backbones import load_encoder
-from ..tlkd_data import load_data
-from ..frozen import FixedViews
-from ..tlkd_features import HeadInputs, frozen_features, head_logits
+from kdutils import metrics
+from kdutils.tlkd import HeadParams, train_head
+from kdutils.tlkd_backbones import load_encoder
+from kdutils.tlkd_data import load_data
+from kdutils.frozen import FixedViews
+from kdutils.tlkd_features import HeadInputs, frozen_features, head_logits
 
 
 def run(profile: str = "small", epochs: int = 3, seed: int = 0) -> dict:
@@ -22,7 +22,7 @@ def run(profile: str = "small", epochs: int = 3, seed: int = 0) -> dict:
     computing the cached features (done here, not read from disk), the
     speed-ups and how far the two heads' test predictions differ.
     """
-    from ..profiles import load_profile
+    from kdutils.profiles import load_profile
 
     cfg = load_profile(profile, progress=False)
     data = load_data(cfg)

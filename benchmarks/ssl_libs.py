@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import MoCoQueue, byol_loss, info_nce, negative_cosine
-from ..models import small_resnet
-from ..ssl import BYOL, MLPHead, MoCoV2, _chance, _grayscale, _hue_rotation, _uniform, view_pair
+from kdutils.losses import MoCoQueue, byol_loss, info_nce, negative_cosine
+from kdutils.models import small_resnet
+from kdutils.ssl import BYOL, MLPHead, MoCoV2, _chance, _grayscale, _hue_rotation, _uniform, view_pair
 
 #: the rows whose library call `kdutils.ssl` uses (their outputs must stay equal to the hand-written code's)
 ADOPTED = ("solarize", "blur", "BYOL head, biases kept", "MoCo head", "EMA update", "cosine momentum")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ..synthworld import TASKS, WorldConfig, generate
+from kdutils.synthworld import TASKS, WorldConfig, generate
 
 
 def run(n: int = 20000, config: WorldConfig = WorldConfig()) -> dict[str, float]:

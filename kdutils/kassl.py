@@ -29,7 +29,8 @@ from .kassl_views import AugmentedViewBank, BankViews, FreshViews, SameImage
 from .ssl import LossTrace, view_pair
 from .teacher import FrozenTeacher
 from .parallel import launch
-from .train import History, Recipe, RunSettings, seed_everything, train
+from .checkpoint import History
+from .train import Recipe, RunSettings, seed_everything, train
 
 __all__ = ["EncoderExtension", "KASSLStudent", "mean_direction_cosine", "feature_pairs", "train_kassl",
            "StudentRecipe", "train_student"]

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from .cache import cache_root, entry_lock, key_digest
+from .checkpoint import load_checkpoint
 from .errors import ConfigError, CorruptFileError
 from .paths import REPO_ROOT
 from .results import write_json
@@ -108,8 +109,6 @@ class Pretraining:
         """The summary of a run finished in this cache, with its weights loaded into `model`; else None."""
         if not (self.summary_file.exists() and self.checkpoint.exists()):
             return None
-        from .train import load_checkpoint
-
         model.load_state_dict(load_checkpoint(self.checkpoint)["model"])
         return json.loads(self.summary_file.read_text())
 

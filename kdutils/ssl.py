@@ -37,7 +37,8 @@ from torch import nn
 from .errors import ConfigError
 from .losses import MoCoQueue, byol_loss, info_nce
 from .parallel import per_example
-from .train import History, Recipe, train
+from .checkpoint import History
+from .train import Recipe, train
 
 __all__ = ["ViewAugment", "VIEW_PRESETS", "view_pair", "as_float_images", "MLPHead", "BYOL", "MoCoV2",
            "LossTrace", "make_learner", "train_ssl"]

@@ -24,7 +24,8 @@ from .distillers import CrossEntropy, HintonKD
 from .errors import ConfigError
 from .splits import array_digest
 from .tlkd_features import HeadInputs, head_logits
-from .train import History, Recipe, seed_everything, single_cpu_thread, train
+from .checkpoint import History
+from .train import Recipe, seed_everything, single_cpu_thread, train
 
 __all__ = ["HeadParams", "HeadRun", "train_head", "h1_seed", "tl_vs_kd", "subset_indices", "noisy_labels",
            "study_seeds"]

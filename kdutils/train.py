@@ -9,9 +9,8 @@ the method returns its named losses, the loop only sums what it is told).
 What the loop adds:
 
 * seeded determinism on CPU (same seed, same numbers);
-* a checkpoint after every epoch, written atomically, holding the model,
-  optimiser, scheduler, AMP scaler, history and every RNG state, so a run
-  killed at any point and started again ends with exactly the metrics of an
+* a checkpoint after every epoch (`kdutils.checkpoint`), so a run killed at
+  any point and started again ends with exactly the metrics of an
   uninterrupted run;
 * a NaN/inf guard that names the epoch and step;
 * early stopping and ReduceLROnPlateau on a chosen validation metric;
@@ -26,11 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -39,25 +37,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import ConfigError, CorruptFileError, NonFiniteLossError
+from .checkpoint import History, resume_training, save_training
+from .errors import ConfigError, NonFiniteLossError
+from .optim import make_optimizer, make_scheduler
 from .parallel import batch_rows, all_reduce_sum, data_parallel, global_batch_norms, sharing
 
-__all__ = [
-    "seed_everything",
-    "resolve_device",
-    "make_optimizer",
-    "make_scheduler",
-    "warmup_cosine",
-    "History",
-    "Recipe",
-    "RunSettings",
-    "train",
-    "fit",
-    "save_checkpoint",
-    "load_checkpoint",
-    "to_device",
-    "single_cpu_thread",
-]
+__all__ = ["seed_everything", "resolve_device", "Recipe", "RunSettings", "train", "fit", "to_device",
+           "single_cpu_thread"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -79,54 +65,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device='{device}' but no CUDA device is visible; use device='cpu' or 'auto'.")
     return torch.device(device)
-
-
-def make_optimizer(params: Iterable, name: str, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                   betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.Optimizer:
-    """The optimisers the four studies use: SGD (with momentum), Adam, AdamW; `params` may be groups."""
-    params = list(params)
-    if not all(isinstance(p, dict) for p in params):
-        params = [p for p in params if p.requires_grad]
-    if not params:
-        raise ConfigError("make_optimizer got no trainable parameters (is everything frozen?).")
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
-    raise ConfigError(f"optimizer '{name}' is unknown; choose sgd, adam or adamw.")
-
-
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
-                  min_factor: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up then cosine decay, stepped once per optimisation step."""
-    if total_steps <= 0 or warmup_steps < 0 or warmup_steps > total_steps:
-        raise ConfigError(f"warmup_cosine needs 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps}).")
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def make_scheduler(optimizer, name: str | None, *, epochs: int = 1, steps_per_epoch: int = 1,
-                   warmup_steps: int = 0, plateau_factor: float = 0.1, plateau_patience: int = 3,
-                   mode: str = "max"):
-    """None, 'plateau' (ReduceLROnPlateau on the monitored metric), 'cosine' or 'warmup_cosine' (per step)."""
-    if name in (None, "none"):
-        return None
-    if name == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode=mode, factor=plateau_factor, patience=plateau_patience)
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
-    if name == "warmup_cosine":
-        return warmup_cosine(optimizer, warmup_steps, max(1, epochs * steps_per_epoch))
-    raise ConfigError(f"scheduler '{name}' is unknown; choose none, plateau, cosine or warmup_cosine.")
 
 
 @contextlib.contextmanager
@@ -158,73 +96,6 @@ def to_device(batch, device: torch.device, channels_last: bool = False):
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(b, device, channels_last) for b in batch)
     return batch
-
-
-@dataclass
-class History:
-    """Per-epoch records: training losses (means over steps), validation metrics, lr, time."""
-
-    epochs: list[dict] = field(default_factory=list)
-    best_epoch: int | None = None
-    best_value: float | None = None
-    stopped_early: bool = False
-
-    def series(self, key: str) -> list[float]:
-        return [e[key] for e in self.epochs if key in e]
-
-    def to_dict(self) -> dict:
-        return {"epochs": self.epochs, "best_epoch": self.best_epoch,
-                "best_value": self.best_value, "stopped_early": self.stopped_early}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "History":
-        return cls(**d)
-
-
-def _rng_state(loader) -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    gen = getattr(loader, "generator", None)
-    if gen is not None:
-        state["loader"] = gen.get_state()
-    return state
-
-
-def _set_rng_state(state: dict, loader) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    gen = getattr(loader, "generator", None)
-    if gen is not None and "loader" in state:
-        gen.set_state(state["loader"])
-
-
-def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Write `state` to a temporary file, then rename it: a run killed mid-write keeps the previous checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """A checkpoint written by `save_checkpoint` (a trusted local file, so full unpickling).
-
-    A truncated or corrupt file stops with an error naming it and the remedy,
-    not torch's unpickling traceback.
-    """
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:
-        raise CorruptFileError(
-            f"checkpoint {path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0]}): it is "
-            "truncated or corrupt (a full disk, an interrupted copy). Delete it to run this training again "
-            "from the start.") from None
 
 
 @dataclass(frozen=True)
@@ -344,7 +215,7 @@ def fit(model: nn.Module, loader, compute_loss: Callable[[object], dict], optimi
     on_cuda = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp and on_cuda)
     ckpt_path = Path(checkpoint) if checkpoint else None
-    state = _resume(ckpt_path, checkpoint_key, model, optimizer, scheduler, scaler, loader, device)
+    state = resume_training(ckpt_path, checkpoint_key, model, optimizer, scheduler, scaler, loader, device)
     history, best_state, since_best = state["history"], state["best_state"], state["since_best"]
     start_epoch = len(history.epochs)
     if state["resumed"] and progress and start_epoch < epochs and not history.stopped_early:
@@ -384,10 +255,8 @@ def fit(model: nn.Module, loader, compute_loss: Callable[[object], dict], optimi
         epoch_bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
                                if k not in ("epoch", "seconds") and isinstance(v, float)})
         if ckpt_path is not None and main:
-            save_checkpoint({"key": checkpoint_key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": None if scheduler is None else scheduler.state_dict(),
-                             "scaler": scaler.state_dict(), "history": history.to_dict(), "best_state": best_state,
-                             "since_best": since_best, "rng": _rng_state(loader)}, ckpt_path)
+            save_training(ckpt_path, checkpoint_key, model=model, optimizer=optimizer, scheduler=scheduler,
+                          scaler=scaler, history=history, best_state=best_state, since_best=since_best, loader=loader)
         if accelerator is not None:
             accelerator.wait_for_everyone()
     if restore_best and best_state is not None:
@@ -445,25 +314,6 @@ def _follow(history: History, value: float, mode: str, model, best_state, since_
 def _steps(loader, max_steps: int | None):
     """The batches of one epoch, at most `max_steps` of them."""
     return loader if max_steps is None else itertools.islice(loader, max_steps)
-
-
-def _resume(ckpt_path: Path | None, key: str, model, optimizer, scheduler, scaler, loader, device) -> dict:
-    """Load a checkpoint written by `fit` into the training state; a fresh state when there is none."""
-    if ckpt_path is None or not ckpt_path.exists():
-        return {"history": History(), "best_state": None, "since_best": 0, "resumed": False}
-    state = load_checkpoint(ckpt_path, map_location=device)
-    if state["key"] != key:
-        raise ConfigError(
-            f"checkpoint {ckpt_path} was written for a different configuration "
-            f"(key {state['key']!r}, expected {key!r}); delete it to retrain.")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state["scheduler"] is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    _set_rng_state(state["rng"], loader)
-    return {"history": History.from_dict(state["history"]), "best_state": state["best_state"],
-            "since_best": state["since_best"], "resumed": True}
 
 
 def _step(model, batch, compute_loss, optimizer, scaler, accelerator, device, channels_last: bool, autocast: bool,

@@ -13,7 +13,7 @@ import torch
 from launched import sign_checkpoints
 from torch import nn
 
-from kdutils import parallel, train
+from kdutils import optim, parallel, train
 
 
 def run(out_dir: str, epochs: int) -> None:
@@ -25,7 +25,7 @@ def run(out_dir: str, epochs: int) -> None:
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16, shuffle=True,
                                          generator=gen)
     model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2))
-    opt = train.make_optimizer(model.parameters(), "sgd", lr=0.2, momentum=0.9)
+    opt = optim.make_optimizer(model.parameters(), "sgd", lr=0.2, momentum=0.9)
     history = train.fit(model, loader, lambda b: {"loss": nn.functional.cross_entropy(model(b[0]), b[1])}, opt,
                         epochs, checkpoint=out / "checkpoint.pt", checkpoint_key="data-parallel", progress=False)
     if "WORLD_SIZE" not in os.environ:  # the notebook's own process: what `launch` returns

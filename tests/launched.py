@@ -21,14 +21,14 @@ def start() -> tuple[Path, int]:
 
 
 def sign_checkpoints(out: Path) -> None:
-    """Make every `train.save_checkpoint` call leave OUT_DIR/saved-by-rank-R-of-N (R, N: this process's rank and
+    """Make every `checkpoint.save_checkpoint` call leave OUT_DIR/saved-by-rank-R-of-N (R, N: this process's rank and
     the number of processes)."""
-    from kdutils import train
+    from kdutils import checkpoint
 
-    save = train.save_checkpoint
+    save = checkpoint.save_checkpoint
 
     def save_and_sign(obj, path):
         (out / f"saved-by-rank-{os.environ.get('RANK', '0')}-of-{os.environ.get('WORLD_SIZE', '1')}").touch()
         save(obj, path)
 
-    train.save_checkpoint = save_and_sign
+    checkpoint.save_checkpoint = save_and_sign

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from kdutils.errors import CorruptFileError
-from kdutils.train import fit, load_checkpoint, make_optimizer, save_checkpoint
+from kdutils.checkpoint import load_checkpoint, save_checkpoint
+from kdutils.optim import make_optimizer
+from kdutils.train import fit
 
 
 def _fit(ckpt):
@@ -36,8 +38,8 @@ def test_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_usable(tm
     ckpt = tmp_path / "run.pt"
     script = textwrap.dedent(f"""
         import os, signal, torch
-        from kdutils import train
-        train.save_checkpoint({{"key": "epoch 1", "w": torch.ones(3)}}, {str(ckpt)!r})
+        from kdutils import checkpoint
+        checkpoint.save_checkpoint({{"key": "epoch 1", "w": torch.ones(3)}}, {str(ckpt)!r})
         real_save = torch.save
 
         def dying_save(obj, f, *args, **kwargs):  # half the file is on disk when the process dies
@@ -46,7 +48,7 @@ def test_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_usable(tm
             os.kill(os.getpid(), signal.SIGKILL)
 
         torch.save = dying_save
-        train.save_checkpoint({{"key": "epoch 2", "w": torch.zeros(100_000)}}, {str(ckpt)!r})
+        checkpoint.save_checkpoint({{"key": "epoch 2", "w": torch.zeros(100_000)}}, {str(ckpt)!r})
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -9, proc.stderr

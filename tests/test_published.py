@@ -100,7 +100,7 @@ def test_study3_takes_one_backbone_seed_and_says_so_for_several():
 
 
 def test_a_pretraining_keeps_its_checkpoint_and_summary_under_its_name_and_key(tmp_path, monkeypatch):
-    from kdutils.train import save_checkpoint
+    from kdutils.checkpoint import save_checkpoint
 
     monkeypatch.setattr(published, "cache_root", lambda: tmp_path)
     run = published.Pretraining("demo", {"what": "demo", "seed": 0, "code": "v1"})

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from kdutils.errors import ConfigError, NonFiniteLossError
-from kdutils.train import fit, make_optimizer, make_scheduler, seed_everything, warmup_cosine
+from kdutils.optim import make_optimizer, make_scheduler, warmup_cosine
+from kdutils.train import fit, seed_everything
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))

@@ -11,7 +11,8 @@ import sys
 import torch
 from torch import nn
 
-from kdutils.train import fit, make_optimizer, make_scheduler, seed_everything
+from kdutils.optim import make_optimizer, make_scheduler
+from kdutils.train import fit, seed_everything
 
 
 def make_run(seed: int = 3):

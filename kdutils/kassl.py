@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cache import cache_root, cached, code_fingerprint, key_digest, model_fingerprint
+from .checkpoint import History
 from .distillers import FeatureRegression
 from .errors import ConfigError
 from .kassl_config import TARGET_NORMS, VARIANTS, phase_epochs
@@ -26,10 +27,9 @@ from .kassl_data import KASSLData, data_loader
 from .kassl_encoders import student_backbone
 from .kassl_probe import plain_features
 from .kassl_views import AugmentedViewBank, BankViews, FreshViews, SameImage
+from .parallel import launch
 from .ssl import LossTrace, view_pair
 from .teacher import FrozenTeacher
-from .parallel import launch
-from .checkpoint import History
 from .train import Recipe, RunSettings, seed_everything, train
 
 __all__ = ["EncoderExtension", "KASSLStudent", "mean_direction_cosine", "feature_pairs", "train_kassl",

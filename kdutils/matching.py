@@ -32,12 +32,12 @@ from torch import nn
 
 from . import metrics
 from .cache import cache_root, cached, code_fingerprint, key_digest, model_fingerprint
+from .checkpoint import History
 from .clip import image_embeds, text_embeds
 from .distillers import BinaryCrossEntropy, Distiller
 from .errors import ConfigError
 from .frozen import outputs
 from .parallel import launch
-from .checkpoint import History
 from .train import Recipe, seed_everything, train
 
 __all__ = ["ClipMatcher", "TwoTowerMatcher", "pairs_fingerprint", "predict_logits",

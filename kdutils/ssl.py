@@ -34,10 +34,10 @@ from lightly.models.utils import update_momentum
 from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 
+from .checkpoint import History
 from .errors import ConfigError
 from .losses import MoCoQueue, byol_loss, info_nce
 from .parallel import per_example
-from .checkpoint import History
 from .train import Recipe, train
 
 __all__ = ["ViewAugment", "VIEW_PRESETS", "view_pair", "as_float_images", "MLPHead", "BYOL", "MoCoV2",

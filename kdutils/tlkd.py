@@ -20,11 +20,11 @@ from torch import nn
 
 from . import metrics
 from .cache import cached, results_root
+from .checkpoint import History
 from .distillers import CrossEntropy, HintonKD
 from .errors import ConfigError
 from .splits import array_digest
 from .tlkd_features import HeadInputs, head_logits
-from .checkpoint import History
 from .train import Recipe, seed_everything, single_cpu_thread, train
 
 __all__ = ["HeadParams", "HeadRun", "train_head", "h1_seed", "tl_vs_kd", "subset_indices", "noisy_labels",

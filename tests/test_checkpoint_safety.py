@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from kdutils.errors import CorruptFileError
 from kdutils.checkpoint import load_checkpoint, save_checkpoint
+from kdutils.errors import CorruptFileError
 from kdutils.optim import make_optimizer
 from kdutils.train import fit
 

@@ -40,13 +40,7 @@ from tqdm.auto import tqdm
 from .checkpoint import History, resume_training, save_training
 from .errors import ConfigError, NonFiniteLossError
 from .optim import make_optimizer, make_scheduler
-from .parallel import (
-    all_reduce_sum,
-    batch_rows,
-    data_parallel,
-    global_batch_norms,
-    sharing,
-)
+from .parallel import all_reduce_sum, batch_rows, data_parallel, global_batch_norms, sharing
 
 __all__ = ["seed_everything", "resolve_device", "Recipe", "RunSettings", "train", "fit", "to_device",
            "single_cpu_thread"]

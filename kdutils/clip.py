@@ -39,7 +39,7 @@ from .pretrain import synth_split, to_tensors, world_config
 from .published import Pretraining, recipe
 from .synthworld import class_prompts, vocabulary
 from .teacher import CLIP_MEAN, CLIP_STD, Normalize
-from .text import build_tokenizer, hf_download_hint, hf_source, quiet_transformers
+from .text import build_tokenizer, hf_download_hint, hf_source, local_config_and_tokenizer, quiet_transformers
 from .train import Recipe, resolve_device, seed_everything, train
 
 __all__ = ["SMALL_CLIP_ARCHS", "PAPER_CLIP", "small_clip_config", "preprocess", "image_embeds", "text_embeds",
@@ -303,17 +303,12 @@ def load_clip(name_or_path=PAPER_CLIP, allow_random: bool = False, repo_id: str 
     and how to get `openai/clip-vit-base-patch32`; `allow_random=True` (dry
     runs) accepts a folder with a config and tokenizer but no weights.
     """
-    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+    from transformers import CLIPConfig, CLIPModel
 
     source = hf_source(name_or_path)
     hint = hf_download_hint(repo_id, name_or_path)
     with quiet_transformers():
-        try:
-            config = CLIPConfig.from_pretrained(source, local_files_only=True)
-            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-        except (OSError, ValueError) as err:
-            raise MissingDataError(f"CLIP model {repo_id} (config and tokenizer)", name_or_path,
-                                   f"{hint} [{type(err).__name__}]") from None
+        config, tokenizer = local_config_and_tokenizer(CLIPConfig, name_or_path, f"CLIP model {repo_id}", hint)
         try:
             model = CLIPModel.from_pretrained(source, local_files_only=True)
         except (OSError, ValueError) as err:

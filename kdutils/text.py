@@ -175,6 +175,19 @@ def hf_source(name_or_path) -> str:
     return str(Path(name_or_path)) if Path(name_or_path).is_dir() else str(name_or_path)
 
 
+def local_config_and_tokenizer(config_class, name_or_path, what: str, hint: str):
+    """(config, tokenizer) of a Hub checkpoint from disk only; missing files name `what` and the `hint`."""
+    from transformers import AutoTokenizer
+
+    source = hf_source(name_or_path)
+    try:
+        return (config_class.from_pretrained(source, local_files_only=True),
+                AutoTokenizer.from_pretrained(source, local_files_only=True))
+    except (OSError, ValueError) as err:
+        raise MissingDataError(f"{what} (config and tokenizer)", name_or_path,
+                               f"{hint} [{type(err).__name__}]") from None
+
+
 def load_text_encoder(name_or_path, allow_random: bool = False, normalize: bool = False,
                       repo_id: str | None = None) -> TextEncoder:
     """A pretrained text encoder from a local folder written by `save_pretrained` (or the HF cache).
@@ -185,17 +198,12 @@ def load_text_encoder(name_or_path, allow_random: bool = False, normalize: bool 
     tokenizer is built with random weights instead. `repo_id` names the Hub
     repository in the hint (default: `name_or_path`).
     """
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel
 
     source = hf_source(name_or_path)
     hint = hf_download_hint(repo_id or str(name_or_path), name_or_path)
     with quiet_transformers():
-        try:
-            config = AutoConfig.from_pretrained(source, local_files_only=True)
-            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-        except (OSError, ValueError) as err:
-            raise MissingDataError("text encoder (config and tokenizer)", name_or_path,
-                                   f"{hint} [{type(err).__name__}]") from None
+        config, tokenizer = local_config_and_tokenizer(AutoConfig, name_or_path, "text encoder", hint)
         extra = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta") else {}
         try:
             model = AutoModel.from_pretrained(source, local_files_only=True, **extra)

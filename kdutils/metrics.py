@@ -116,14 +116,14 @@ def classification_report(y_true, y_pred, average: str = "macro") -> dict[str, f
     counts equally), "weighted", "micro", or "binary" (positive class 1).
     Returns ``{"accuracy", "precision", "recall", "f1"}``.
     """
-    t, p = _pair(y_true, y_pred)
-    prec, rec, f1, _ = skm.precision_recall_fscore_support(t, p, average=average, zero_division=0)
-    return {
-        "accuracy": 100.0 * float(skm.accuracy_score(t, p)),
-        "precision": 100.0 * float(prec),
-        "recall": 100.0 * float(rec),
-        "f1": 100.0 * float(f1),
-    }
+    return _percent_report(*_pair(y_true, y_pred), average=average)
+
+
+def _percent_report(t: np.ndarray, pred: np.ndarray, **averaging) -> dict[str, float]:
+    """Accuracy and scikit-learn's precision, recall and F1 (`averaging` passed on), in percent."""
+    prec, rec, f1, _ = skm.precision_recall_fscore_support(t, pred, zero_division=0, **averaging)
+    return {"accuracy": 100.0 * float(skm.accuracy_score(t, pred)), "precision": 100.0 * float(prec),
+            "recall": 100.0 * float(rec), "f1": 100.0 * float(f1)}
 
 
 def binary_report(y_true, prob_or_logit, threshold: float = 0.5, *, from_logits: bool = False) -> dict[str, float]:
@@ -158,16 +158,7 @@ def binary_report(y_true, prob_or_logit, threshold: float = 0.5, *, from_logits:
         )
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold is a probability in [0, 1], got {threshold}")
-    pred = (s >= threshold).astype(np.int64)
-    prec, rec, f1, _ = skm.precision_recall_fscore_support(
-        t, pred, average="binary", pos_label=1, labels=[0, 1], zero_division=0
-    )
-    return {
-        "accuracy": 100.0 * float(skm.accuracy_score(t, pred)),
-        "precision": 100.0 * float(prec),
-        "recall": 100.0 * float(rec),
-        "f1": 100.0 * float(f1),
-    }
+    return _percent_report(t, (s >= threshold).astype(np.int64), average="binary", pos_label=1, labels=[0, 1])
 
 
 def confusion(y_true, y_pred, num_classes: int) -> np.ndarray:

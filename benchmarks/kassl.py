@@ -8,7 +8,7 @@ from kdutils.kassl import KASSLStudent, train_kassl
 from kdutils.kassl_data import load_data
 from kdutils.kassl_encoders import feature_dim_of
 from kdutils.kassl_views import AugmentedViewBank, BankViews
-from kdutils.ssl import view_pair
+from kdutils.augment import view_pair
 from kdutils.teacher import FrozenTeacher
 from kdutils.train import Recipe, seed_everything
 

@@ -5,8 +5,9 @@ half or changes results. At study 3's `small` shapes (batch 64, 32x32 SynthWorld
 SSL heads' 1024 -> 128) this times each hand-written piece against its library counterpart in one
 run, interleaved, the fastest of `repeats`, and prints the largest difference between their outputs
 on the same inputs (for the augmentations: with our parameter draws, i.e. the same seed). Where
-`kdutils.ssl` adopted the library (blur, solarisation, heads, EMA update, momentum schedule: equal
-outputs, within the speed rule) "ours" is the hand-written code it replaced, kept here as the reference.
+`kdutils.augment` (blur, solarisation) or `kdutils.ssl` (heads, EMA update, momentum schedule) adopted the
+library (equal outputs, within the speed rule) "ours" is the hand-written code it replaced, kept here as the
+reference.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from torch import nn
 
 from kdutils.losses import MoCoQueue, byol_loss, info_nce, negative_cosine
 from kdutils.models import small_resnet
-from kdutils.ssl import BYOL, MLPHead, MoCoV2, _chance, _grayscale, _hue_rotation, _uniform, view_pair
+from kdutils.augment import _chance, _grayscale, _hue_rotation, _uniform, view_pair
+from kdutils.ssl import BYOL, MLPHead, MoCoV2
 
-#: the rows whose library call `kdutils.ssl` uses (their outputs must stay equal to the hand-written code's)
+#: the rows whose library call `kdutils.augment` or `kdutils.ssl` uses (their outputs must stay equal to the hand-written code's)
 ADOPTED = ("solarize", "blur", "BYOL head, biases kept", "MoCo head", "EMA update", "cosine momentum")
 
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .augment import view_pair
 from .cache import cache_root, cached, code_fingerprint, key_digest, model_fingerprint
 from .checkpoint import History
 from .distillers import FeatureRegression
@@ -28,7 +29,7 @@ from .kassl_encoders import student_backbone
 from .kassl_probe import plain_features
 from .kassl_views import AugmentedViewBank, BankViews, FreshViews, SameImage
 from .parallel import launch
-from .ssl import LossTrace, view_pair
+from .ssl import LossTrace
 from .teacher import FrozenTeacher
 from .train import Recipe, RunSettings, seed_everything, train
 

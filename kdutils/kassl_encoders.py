@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .augment import view_pair
 from .cache import cache_root, code_fingerprint, key_digest
 from .errors import ConfigError
 from .frozen import outputs
@@ -16,7 +17,7 @@ from .kassl_data import KASSLData, data_loader, load_data, paper_paths, synth_ke
 from .kassl_probe import probe, random_init_probe
 from .kassl_views import to_uint8
 from .models import weights_file
-from .ssl import make_learner, train_ssl, view_pair
+from .ssl import make_learner, train_ssl
 from .ssl_checkpoints import CHECKPOINT_SOURCES, load_ssl_resnet
 from .teacher import IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher
 from .parallel import launch

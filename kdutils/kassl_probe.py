@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .augment import as_float_images
 from .cache import cached, model_fingerprint
 from .frozen import outputs
 from .kassl_data import KASSLData, data_loader
 from .kassl_views import center_crop
 from .probe import linear_probe
-from .ssl import as_float_images
 from .train import seed_everything
 
 if TYPE_CHECKING:

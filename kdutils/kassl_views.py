@@ -8,11 +8,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .augment import ViewAugment, as_float_images, view_pair
 from .cache import cached, model_fingerprint
 from .errors import ConfigError
 from .frozen import ViewTargets, batches, outputs
 from .kassl_data import KASSLData
-from .ssl import ViewAugment, as_float_images, view_pair
 from .parallel import per_example
 
 __all__ = ["to_uint8", "AugmentedViewBank", "BankViews", "FreshViews", "SameImage", "center_crop", "view_bank"]

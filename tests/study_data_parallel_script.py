@@ -22,7 +22,7 @@ from kdutils.kassl_encoders import SSLRecipe, train_baseline
 from kdutils.kassl_views import AugmentedViewBank
 from kdutils.profiles import load_profile
 from kdutils.splits import Split
-from kdutils.ssl import view_pair
+from kdutils.augment import view_pair
 from kdutils.teacher import FrozenTeacher
 
 cfg = load_profile("tiny", num_processes=processes, s3_kassl_batch=15, s3_kassl_epochs=2, s3_kassl_lr=0.02,

@@ -15,7 +15,7 @@ from kdutils.kassl import EncoderExtension, KASSLStudent, feature_pairs, train_k
 from kdutils.kassl_config import VARIANTS
 from kdutils.kassl_encoders import student_backbone
 from kdutils.kassl_views import AugmentedViewBank, BankViews, SameImage
-from kdutils.ssl import ViewAugment
+from kdutils.augment import ViewAugment
 from kdutils.teacher import FrozenTeacher
 from kdutils.train import Recipe
 

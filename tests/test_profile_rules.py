@@ -43,7 +43,7 @@ def test_synthworld_sizes_may_be_zero_only_where_synthworld_is_unused():
 def test_allowed_names_match_the_code_that_reads_them():
     from kdutils.kassl_config import TARGET_NORMS, TEACHER_LABELS, VARIANTS
     from kdutils.matching import TwoTowerMatcher
-    from kdutils.ssl import VIEW_PRESETS
+    from kdutils.augment import VIEW_PRESETS
 
     def allows(field, values):
         return all(ALL_FIELDS[field][2].check(v, "small") for v in values)

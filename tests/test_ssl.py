@@ -8,8 +8,8 @@ from torch import nn
 
 from kdutils.errors import ConfigError
 from kdutils.losses import byol_loss
-from kdutils.ssl import (BYOL, VIEW_PRESETS, MoCoV2, ViewAugment, as_float_images, make_learner, train_ssl,
-                         view_pair, _hue_rotation)
+from kdutils.augment import VIEW_PRESETS, ViewAugment, _hue_rotation, as_float_images, view_pair
+from kdutils.ssl import BYOL, MoCoV2, make_learner, train_ssl
 
 OFF = dict(flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0, solarize_p=0.0)
 

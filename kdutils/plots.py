@@ -6,6 +6,8 @@ across all notebooks, so a class can read any figure at a glance.
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
@@ -56,3 +58,22 @@ def training_curves(histories: dict, key: str, ylabel: str, title: str, ax=None)
             ax.fill_between(x, arr.min(0), arr.max(0), color=role_color(role), alpha=0.2)
     ax.legend()
     return finish(ax, title, "epoch", ylabel)
+
+
+def synthworld_preview(batch, n: int = 16, ncols: int = 4):
+    """Figure: the first `n` images of a SynthWorld batch, mask outlined, titled by class and caption."""
+    n = min(n, len(batch))
+    nrows = max(1, -(-n // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.3 * ncols, 2.6 * nrows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= n:
+            continue
+        ax.imshow(batch.images[k], interpolation="nearest")
+        ax.contour(batch.masks[k], levels=[0.5], colors="white", linewidths=0.7)
+        title = f"[{batch.labels[k]}] {batch.class_names[batch.labels[k]]}\n"
+        ax.set_title(title + textwrap.fill(batch.captions[k], 34), fontsize=6)
+    fig.suptitle(f"SynthWorld {batch.task} task ({batch.config.size}x{batch.config.size}): "
+                 f"images, mask outlines (white), captions", fontsize=9)
+    fig.tight_layout()
+    return fig

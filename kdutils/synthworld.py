@@ -39,26 +39,23 @@ Calibration (default knobs, target task, 2 shared CPU cores): a 2-conv CNN
 accuracy after 3 epochs and 42% after 8 (chance 10%); a 4-conv CNN (243k)
 reached 37% after 3 epochs, i.e. it was still far from converged there.
 
-Splits: ``generate`` is deterministic for ``(task, n, seed, config)``; call
-it with different seeds for train and test, or use ``splits`` which derives
-independent seeds. The task name is mixed into the random stream, so source
-and target batches with the same seed are independent too.
+``generate`` is deterministic for ``(task, n, seed, config)``; the task name
+is mixed into the random stream, so source and target batches with the same
+seed are independent. Each split of a profile has its own fixed seed
+(`pretrain.DATA_SEEDS`).
 """
 
 from __future__ import annotations
 
 import functools
 import re
-import textwrap
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from kdutils.errors import ConfigError
 
-# --------------------------------------------------------------------------
-# Vocabulary of the world
-# --------------------------------------------------------------------------
+# ---- Vocabulary of the world ---------------------------------------------
 
 TASKS = ("target", "source")
 SHAPES = ("circle", "square", "triangle", "star", "cross",
@@ -112,9 +109,7 @@ _TASK_CODE = {"target": 0, "source": 1}
 _MAX_DISTRACTORS = 3
 
 
-# --------------------------------------------------------------------------
-# Configuration and result types
-# --------------------------------------------------------------------------
+# ---- Configuration and result types --------------------------------------
 
 @dataclass(frozen=True)
 class WorldConfig:
@@ -215,9 +210,7 @@ class SynthBatch:
         return out
 
 
-# --------------------------------------------------------------------------
-# Text
-# --------------------------------------------------------------------------
+# ---- Text ----------------------------------------------------------------
 
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
@@ -271,9 +264,7 @@ def vocabulary() -> list[str]:
     return sorted(vocab)
 
 
-# --------------------------------------------------------------------------
-# Generation
-# --------------------------------------------------------------------------
+# ---- Generation ----------------------------------------------------------
 
 def _check_task(task: str) -> None:
     if task not in TASKS:
@@ -319,7 +310,7 @@ def _draw_attributes(task: str, n: int, rng, cfg: WorldConfig) -> dict[str, np.n
 def generate(task: str, n: int, seed: int, config: WorldConfig = WorldConfig()) -> SynthBatch:
     """Render ``n`` images of ``task`` ("target" or "source"), deterministic per seed.
 
-    Use different seeds for train and test (or ``splits``).
+    Use different seeds for train and test.
     """
     from .synthworld_render import draw_params, render  # here, not at the top: the renderer imports the vocabulary
 
@@ -345,43 +336,10 @@ def generate(task: str, n: int, seed: int, config: WorldConfig = WorldConfig()) 
                       config=cfg, seed=int(seed), _negative_codes=negatives)
 
 
-def splits(task: str, n_train: int, n_test: int, seed: int,
-           config: WorldConfig = WorldConfig()) -> tuple[SynthBatch, SynthBatch]:
-    """Train and test batches drawn with independent seeds derived from ``seed``."""
-    train_seed, test_seed = (int(np.random.SeedSequence([int(seed), 7, k]).generate_state(1)[0])
-                             for k in (0, 1))
-    return generate(task, n_train, train_seed, config), generate(task, n_test, test_seed, config)
-
-
-# --------------------------------------------------------------------------
-# Preview
-# --------------------------------------------------------------------------
-
-def preview(batch: SynthBatch, n: int = 16, ncols: int = 4):
-    """Figure: images with their mask outlined, titled by class and caption."""
-    import matplotlib.pyplot as plt
-
-    n = min(n, len(batch))
-    nrows = max(1, -(-n // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.3 * ncols, 2.6 * nrows), squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k >= n:
-            continue
-        ax.imshow(batch.images[k], interpolation="nearest")
-        ax.contour(batch.masks[k], levels=[0.5], colors="white", linewidths=0.7)
-        title = f"[{batch.labels[k]}] {batch.class_names[batch.labels[k]]}\n"
-        ax.set_title(title + textwrap.fill(batch.captions[k], 34), fontsize=6)
-    fig.suptitle(f"SynthWorld {batch.task} task ({batch.config.size}x{batch.config.size}): "
-                 f"images, mask outlines (white), captions", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
 __all__ = [
     "ATTRIBUTE_VALUES", "BACKGROUNDS", "BG_COLORS", "COLORS", "HOME_BACKGROUND",
     "MODIFIERS", "NEGATIVE_ATTRIBUTES", "POSITIONS", "SHAPES", "SIZES",
     "SOURCE_CLASSES", "TARGET_CLASSES", "SynthBatch",
     "WorldConfig", "class_names", "class_prompts", "generate",
-    "make_caption", "object_phrase", "preview", "splits", "vocabulary", "words",
+    "make_caption", "object_phrase", "vocabulary", "words",
 ]

@@ -95,6 +95,14 @@ def _pairs(name: str, captions: Sequence[str], keep: np.ndarray, swap: np.ndarra
     return PairSet(name, index, caps, labels, kinds)
 
 
+def _text_ids(captions: Sequence[str]) -> np.ndarray:
+    """One id per distinct caption text, so that identical captions are never paired as a negative."""
+    codes = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    if len(codes) < 2:
+        raise ValueError("every caption is the same: there is no other caption to pair with.")
+    return np.array([codes[c] for c in captions])
+
+
 def random_negative_pairs(captions: Sequence[str], seed: int, name: str = "random") -> PairSet:
     """The paper's pairs: half keep their caption, half get the caption of a different image, uniformly.
 
@@ -105,10 +113,7 @@ def random_negative_pairs(captions: Sequence[str], seed: int, name: str = "rando
     n = len(captions)
     keep, swap = split_halves(n, seed)
     rng = np.random.default_rng([seed, 1])
-    codes = {c: i for i, c in enumerate(dict.fromkeys(captions))}
-    text_id = np.array([codes[c] for c in captions])
-    if len(codes) < 2:
-        raise ValueError("every caption is the same: there is no other caption to pair with.")
+    text_id = _text_ids(captions)
     other = np.empty(len(swap), dtype=np.int64)
     todo = np.arange(len(swap))
     while len(todo):
@@ -137,7 +142,7 @@ def hard_negative_pairs(captions: Sequence[str], near_misses: Sequence[str], kin
     return _pairs(name, captions, keep, swap, [near_misses[i] for i in swap], [kinds[i] for i in swap])
 
 
-def attribute_negatives(hard_negatives: Sequence[dict], seed: int, attributes: Sequence[str] | None = None,
+def attribute_negatives(hard_negatives: Sequence[dict], seed: int,
                         balance_over: np.ndarray | None = None) -> tuple[list[str], list[str]]:
     """For SynthWorld: one one-attribute-changed caption per image, attributes in equal shares (shuffled).
 
@@ -146,10 +151,7 @@ def attribute_negatives(hard_negatives: Sequence[dict], seed: int, attributes: S
     e.g. the half of a split that will get negatives.
     Returns (near-miss captions, the attribute changed in each).
     """
-    attributes = sorted(hard_negatives[0]) if attributes is None else list(attributes)
-    missing = [a for a in attributes if a not in hard_negatives[0]]
-    if missing:
-        raise ConfigError(f"hard negatives have no attribute {missing}; available: {sorted(hard_negatives[0])}.")
+    attributes = sorted(hard_negatives[0])
     n = len(hard_negatives)
     targets = np.arange(n) if balance_over is None else np.asarray(balance_over)
     rng = np.random.default_rng([seed, 2])
@@ -177,10 +179,7 @@ def jaccard_neighbours(captions: Sequence[str], chunk: int = 2048) -> np.ndarray
     except ValueError:  # every word is a stop word
         x = CountVectorizer(binary=True, token_pattern=r"(?u)\b\w+\b").fit_transform(captions).astype(np.float32).tocsr()
     sizes = np.asarray(x.sum(1)).ravel()
-    codes = {c: i for i, c in enumerate(dict.fromkeys(captions))}
-    text_id = np.array([codes[c] for c in captions])
-    if len(codes) < 2:
-        raise ValueError("every caption is the same: there is no other caption to pair with.")
+    text_id = _text_ids(captions)
     out = np.empty(n, dtype=np.int64)
     for start in range(0, n, chunk):
         rows = slice(start, min(n, start + chunk))
@@ -208,9 +207,9 @@ def split_images(n: int, fractions: Sequence[float], seed: int) -> list[np.ndarr
     return parts
 
 
-def tokenize_captions(tokenizer, captions: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+def tokenize_captions(tokenizer, captions: Sequence[str]) -> dict[str, torch.Tensor]:
     """`input_ids`/`attention_mask` for every caption, padded to the longest (computed once per data set)."""
-    max_length = max_length or min(int(getattr(tokenizer, "model_max_length", 77)), 512)
+    max_length = min(int(getattr(tokenizer, "model_max_length", 77)), 512)
     enc = tokenizer(list(captions), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     return {"ids": enc["input_ids"], "mask": enc["attention_mask"]}
 

@@ -81,8 +81,6 @@ def test_attribute_negatives_balanced_over_the_negative_half():
     chosen = [kinds[i] for i in target]
     assert sorted(chosen.count(a) for a in ("background", "color", "position", "shape")) == [2, 2, 3, 3]
     assert all(near[i] == hard[i][kinds[i]] for i in range(20))
-    with pytest.raises(ConfigError, match="modifier"):
-        pairs.attribute_negatives(hard, 0, attributes=["modifier"])
 
 
 def test_jaccard_neighbours_hand_computed():

@@ -25,7 +25,6 @@ import numpy as np
 from PIL import Image
 from torchvision import datasets as tvd
 
-from .paths import shared_data_dir
 from .errors import ConfigError, CorruptFileError, MissingDataError
 
 __all__ = [
@@ -34,7 +33,6 @@ __all__ = [
     "image_folder",
     "imagenet100",
     "imagenet100_classes",
-    "shared_data_dir",
     "CaptionRecord",
     "coco_captions",
 ]

@@ -21,6 +21,7 @@ from fixtures import (
 )
 from kdutils import datasets as D
 from kdutils.errors import ConfigError, MissingDataError
+from kdutils.paths import shared_data_dir
 
 
 # ------------------------------------------------------------------- CIFAR
@@ -132,7 +133,7 @@ def test_imagenet100_classes_shipped_list():
     assert len(wnids) == 100 and len(set(wnids)) == 100
     assert all(re.fullmatch(r"n\d{8}", w) for w in wnids)
     assert wnids[:2] == ["n02869837", "n01749939"] and wnids[-1] == "n02090622"
-    shared = D.shared_data_dir() / "imagenet100-classes.txt"
+    shared = shared_data_dir() / "imagenet100-classes.txt"
     if shared.is_file():
         assert wnids == shared.read_text().split()
 
@@ -251,7 +252,7 @@ PER_CLASS = 20
 
 @pytest.fixture(scope="session")
 def cifar10_jpg_test(tmp_path_factory):
-    archive = D.shared_data_dir() / CIFAR10_JPG
+    archive = shared_data_dir() / CIFAR10_JPG
     if not archive.is_file():
         pytest.skip(f"real CIFAR-10 JPEG archive absent at {archive} (set KD_SHARED_DATA)")
     return extract_cifar10_jpg(None, tmp_path_factory.mktemp("cifar10jpg"), "test", per_class=PER_CLASS)
@@ -283,7 +284,7 @@ def test_extract_cifar10_jpg_reuses_and_validates(cifar10_jpg_test, tmp_path):
 
 def test_archive_location_from_env(tmp_path, monkeypatch):
     monkeypatch.setenv("KD_SHARED_DATA", str(tmp_path))
-    assert D.shared_data_dir() == tmp_path
+    assert shared_data_dir() == tmp_path
     with pytest.raises(MissingDataError) as e:
         cifar10_jpg_archive()
     assert str(tmp_path / "cifar10-jpg.tar.gz") in str(e.value) and "KD_SHARED_DATA" in str(e.value)

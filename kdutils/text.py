@@ -9,8 +9,7 @@ BERT- or RoBERTa-style transformer built from a config (random init). At
 `sentence-transformers/all-MiniLM-L6-v2`, read from a local folder.
 
 `TextEncoder.encode` mean-pools the last hidden states over real tokens, as
-sentence-transformers' MiniLM does; `tokens` gives the unpooled states and the
-attention mask for heads that attend over words (study 1).
+sentence-transformers' MiniLM does.
 """
 
 from __future__ import annotations
@@ -68,8 +67,7 @@ def build_tokenizer(words: Sequence[str], max_length: int = 32):
 
 
 def small_text_model(kind: str, vocab_size: int, hidden: int = 128, layers: int = 2, heads: int = 4,
-                     max_positions: int = 64, intermediate: int | None = None, dropout: float = 0.1,
-                     pad_token_id: int = 0):
+                     max_positions: int = 64, pad_token_id: int = 0):
     """A randomly initialised BERT (`kind="bert"`) or RoBERTa encoder from a config.
 
     No pooling layer: the lab mean-pools (`mean_pool`). RoBERTa offsets its
@@ -82,8 +80,8 @@ def small_text_model(kind: str, vocab_size: int, hidden: int = 128, layers: int 
     if hidden % heads:
         raise ConfigError(f"hidden ({hidden}) must be divisible by heads ({heads}).")
     common = dict(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                  intermediate_size=intermediate or 4 * hidden, hidden_dropout_prob=dropout,
-                  attention_probs_dropout_prob=dropout, pad_token_id=pad_token_id)
+                  intermediate_size=4 * hidden, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+                  pad_token_id=pad_token_id)
     if kind == "bert":
         return BertModel(BertConfig(max_position_embeddings=max_positions, **common), add_pooling_layer=False)
     return RobertaModel(RobertaConfig(max_position_embeddings=max_positions + pad_token_id + 2, **common),
@@ -127,25 +125,15 @@ class TextEncoder(nn.Module):
                              return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
-    def _device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        pooled = mean_pool(self.hidden_states(input_ids, attention_mask), attention_mask)
+        states = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        pooled = mean_pool(states, attention_mask)
         return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """(N, dim) mean-pooled embeddings of `texts` (gradients flow when the module trains)."""
-        enc = {k: v.to(self._device()) for k, v in self.tokenize(texts).items()}
-        return self(**enc)
-
-    def tokens(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hidden states (N, L, dim), attention mask (N, L)) of `texts`, unpooled."""
-        enc = {k: v.to(self._device()) for k, v in self.tokenize(texts).items()}
-        return self.hidden_states(**enc), enc["attention_mask"]
+        device = next(self.model.parameters()).device
+        return self(**{k: v.to(device) for k, v in self.tokenize(texts).items()})
 
 
 @contextlib.contextmanager

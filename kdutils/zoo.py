@@ -12,7 +12,7 @@ Text encoders (`text_encoder`: small BERT/RoBERTa built here, or a published che
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -46,9 +46,6 @@ class ModelCard:
         if (self.mean, self.std) == NO_NORMALISATION and self.input_size is None:
             return nn.Identity()
         return Normalize(self.mean, self.std, self.input_size)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def headless(net: nn.Module) -> tuple[nn.Module, int]:
@@ -132,9 +129,6 @@ class TextCard:
     max_length: int
     weights: str
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 SMALL_TEXT = ("bert", "roberta")
 
@@ -183,11 +177,12 @@ def clip(cfg, *, seed: int = 0, path=None, repo_id: str | None = None, progress:
 
     if cfg.profile != "paper":
         model, tokenizer, summary = kclip.pretrain_small_clip(cfg, seed=seed, progress=progress)
-        weights = f"pretrained here on SynthWorld source captions (seed {seed})"
+        name, weights = summary["arch"]["name"], f"pretrained here on SynthWorld source captions (seed {seed})"
     else:
-        model, tokenizer = kclip.load_clip(path, allow_random=cfg.dry_run, repo_id=repo_id or kclip.PAPER_CLIP)
-        summary, weights = {}, f"{repo_id or kclip.PAPER_CLIP}{' (random: dry run)' if cfg.dry_run else ''}"
+        name = repo_id or kclip.PAPER_CLIP
+        model, tokenizer = kclip.load_clip(path, allow_random=cfg.dry_run, repo_id=name)
+        summary, weights = {}, f"{name}{' (random: dry run)' if cfg.dry_run else ''}"
     vision = model.config.vision_config
-    card = ModelCard(f"clip:{summary['arch']['name']}" if summary else f"clip:{repo_id or kclip.PAPER_CLIP}",
+    card = ModelCard(f"clip:{name}",
                      model.config.projection_dim, _parameters(model), vision.image_size, CLIP_MEAN, CLIP_STD, weights)
     return model, tokenizer, card, summary

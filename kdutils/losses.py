@@ -81,44 +81,29 @@ def byol_loss(online_pred: torch.Tensor, target_proj: torch.Tensor) -> torch.Ten
     return (2.0 - 2.0 * cos).mean()
 
 
-def info_nce(
-    query: torch.Tensor,
-    keys_pos: torch.Tensor,
-    keys_neg: torch.Tensor | None = None,
-    temperature: float = 0.2,
-) -> torch.Tensor:
-    """InfoNCE with a negative queue (MoCo-v2) or in-batch negatives (SimCLR-style).
+def info_nce(query: torch.Tensor, keys_pos: torch.Tensor, keys_neg: torch.Tensor,
+             temperature: float = 0.2) -> torch.Tensor:
+    """InfoNCE against a queue of negatives (MoCo-v2): logits ``[q.k+, q.queue] / tau``, (N, 1 + K).
 
     All inputs are L2-normalised here, so logits are cosine similarities over
-    ``temperature``.
-
-    - ``keys_neg`` given (K, D): logits ``[q.k+, q.queue] / tau`` of shape
-      (N, 1 + K), the positive at index 0 (MoCo-v2; default tau 0.2).
-    - ``keys_neg`` None: logits ``q @ k.T / tau`` (N, N), the positive of row i
-      is column i; one direction only (use ``clip_contrastive_loss`` for the
-      symmetric form).
-
-    Nothing is detached: MoCo's keys come from the momentum encoder, run it
-    under ``torch.no_grad()`` (or detach) at the call site.
+    ``temperature``; the positive is at index 0. Nothing is detached: MoCo's
+    keys come from the momentum encoder, run it under ``torch.no_grad()`` (or
+    detach) at the call site.
     """
     check_pair(query, keys_pos, "query", "keys_pos")
     tau = check_temperature(temperature)
     q = F.normalize(query, dim=1)
     k = F.normalize(keys_pos, dim=1)
-    if keys_neg is None:
-        logits = q @ k.T / tau
-        labels = torch.arange(q.shape[0], device=q.device)
-    else:
-        check_tensor(keys_neg, "keys_neg")
-        if keys_neg.dim() != 2 or keys_neg.shape[1] != q.shape[1]:
-            raise ValueError(
-                f"keys_neg (the queue) must have shape (K, {q.shape[1]}) to match the "
-                f"query dimension, got {tuple(keys_neg.shape)}"
-            )
-        queue = F.normalize(keys_neg.to(q.dtype), dim=1)
-        pos = (q * k).sum(dim=1, keepdim=True)
-        logits = torch.cat([pos, q @ queue.T], dim=1) / tau
-        labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    check_tensor(keys_neg, "keys_neg")
+    if keys_neg.dim() != 2 or keys_neg.shape[1] != q.shape[1]:
+        raise ValueError(
+            f"keys_neg (the queue) must have shape (K, {q.shape[1]}) to match the "
+            f"query dimension, got {tuple(keys_neg.shape)}"
+        )
+    queue = F.normalize(keys_neg.to(q.dtype), dim=1)
+    pos = (q * k).sum(dim=1, keepdim=True)
+    logits = torch.cat([pos, q @ queue.T], dim=1) / tau
+    labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
     return F.cross_entropy(logits, labels)
 
 
@@ -192,6 +177,3 @@ class MoCoQueue(nn.Module):
         idx = (int(self.ptr) + torch.arange(keys.shape[0], device=self.keys.device)) % size
         self.keys[idx] = keys
         self.ptr.fill_((int(self.ptr) + keys.shape[0]) % size)
-
-    def forward(self) -> torch.Tensor:
-        return self.keys.clone()

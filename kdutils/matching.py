@@ -150,18 +150,9 @@ def calibrate_bias(matcher: ClipMatcher, dataset, batch_size: int = 256, device=
     lr 5e-5 would need thousands of steps to move b there.
     """
     matcher.b.zero_()
-    cos = predict_logits(_CosineOnly(matcher), dataset, batch_size, device, num_workers)
+    cos = outputs(matcher, _loader(dataset, batch_size, num_workers=num_workers), matcher.cosine, device=device)
     matcher.b.fill_(-float(matcher.w.detach()) * float(cos.mean()))
     return float(matcher.b)
-
-
-class _CosineOnly(nn.Module):
-    def __init__(self, matcher: ClipMatcher):
-        super().__init__()
-        self.matcher = matcher
-
-    def forward(self, batch):
-        return self.matcher.cosine(batch)
 
 
 def train_matcher(model: nn.Module, train_set, val_set, *, loss: Distiller = BinaryCrossEntropy(),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .clip import PAPER_CLIP
 from .matching import TwoTowerMatcher
 from .models import weights_requirement
 from .paths import under
@@ -28,7 +29,7 @@ def paper_inputs(cfg) -> dict:
     need = paper_data(cfg, "coco")
     weights = under(cfg.weights_root)
     clip_dir, text_dir = weights / cfg.s2_clip_weights, weights / cfg.s2_text_weights
-    need["CLIP teacher config"] = (clip_dir / "config.json", hf_download_hint("openai/clip-vit-base-patch32", clip_dir))
+    need["CLIP teacher config"] = (clip_dir / "config.json", hf_download_hint(PAPER_CLIP, clip_dir))
     need["MiniLM text encoder config"] = (text_dir / "config.json", hf_download_hint(MINILM, text_dir))
     if not cfg.dry_run:
         need[f"{cfg.student_arch} {cfg.s2_student_weights} weights"] = weights_requirement(

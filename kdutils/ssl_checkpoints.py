@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, MissingDataError
+from .models import torchvision_model
 from .zoo import headless
 
 __all__ = ["CHECKPOINT_SOURCES", "detect_format", "backbone_state_dict", "load_ssl_resnet", "CheckpointError"]
@@ -139,17 +140,12 @@ def load_ssl_resnet(path, arch: str = "resnet50", how_to_get: str = "", *,
     it is unreadable, pickles objects without `trust_pickle`, or when anything
     but the classifier is missing or anything is left over.
     """
-    import torchvision
-
     path = Path(path)
     if not path.is_file():
         raise MissingDataError(f"{arch} SSL checkpoint", path, how_to_get or "Download it and put it there.")
     raw = _unwrap(_read(path, trust_pickle, how_to_get))
     weights, fmt = backbone_state_dict(raw)
-    try:
-        model = torchvision.models.get_model(arch, weights=None)
-    except ValueError as err:
-        raise ConfigError(f"torchvision has no model '{arch}': {err}") from None
+    model = torchvision_model(arch, weights=None)
     try:
         result = model.load_state_dict(weights, strict=False)
     except RuntimeError as err:  # shape mismatches are raised even with strict=False

@@ -8,6 +8,7 @@ The value of a player is its marginal contribution averaged over every ordering 
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Callable, Hashable, Iterable
 
@@ -32,13 +33,7 @@ def marginal_contributions(players: Iterable[Hashable], value: Callable[[frozens
     if len(players) > MAX_PLAYERS:
         raise ConfigError(f"exact enumeration of {len(players)}! orderings is too slow; "
                           f"at most {MAX_PLAYERS} players.")
-    memo: dict[frozenset, float] = {}
-
-    def v(coalition: frozenset) -> float:
-        if coalition not in memo:
-            memo[coalition] = float(value(coalition))
-        return memo[coalition]
-
+    v = functools.cache(lambda coalition: float(value(coalition)))  # each coalition's value computed once
     rows = []
     for order in itertools.permutations(players):
         before, gains = frozenset(), {}

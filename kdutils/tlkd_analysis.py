@@ -28,10 +28,7 @@ def per_class_gain(y_true, pred_tl, pred_kd, class_names) -> list[dict]:
 
 def first_epoch_reaching(curve, threshold: float) -> int | None:
     """The first (1-based) epoch whose value is >= threshold, or None if never."""
-    for i, v in enumerate(curve):
-        if v >= threshold:
-            return i + 1
-    return None
+    return next((i + 1 for i, v in enumerate(curve) if v >= threshold), None)
 
 
 def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:

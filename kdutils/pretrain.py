@@ -50,25 +50,21 @@ def to_tensors(batch: SynthBatch) -> tuple[torch.Tensor, torch.Tensor]:
     return to_float(nchw(batch.images)), torch.from_numpy(batch.labels).long()
 
 
-def pretrain_source(arch: str, cfg, seed: int = 0, epochs: int | None = None, lr: float = 0.1,
-                    progress: bool | None = None) -> tuple[nn.Module, dict]:
-    """A `SmallResNet` trained on the SynthWorld source task; cached on disk.
+def pretrain_source(arch: str, cfg, seed: int = 0) -> tuple[nn.Module, dict]:
+    """A `SmallResNet` trained on the SynthWorld source task (SGD at lr 0.1, `cfg.pretrain_epochs`); cached on disk.
 
     Returns the model (with its 60-class head, in eval mode) and a summary:
     the training history and top-1/top-5 on the held-out source test split.
     """
-    epochs = cfg.pretrain_epochs if epochs is None else epochs
-    progress = cfg.progress if progress is None else progress
-    world = asdict(world_config(cfg))
-    key = {"what": "source-pretrain", "arch": arch, "world": world, "n_train": cfg.n_source_train,
-           "epochs": epochs, "lr": lr, "batch": cfg.batch_size, "seed": seed, "dry_run": cfg.dry_run,
+    key = {"what": "source-pretrain", "arch": arch, "world": asdict(world_config(cfg)), "n_train": cfg.n_source_train,
+           "epochs": cfg.pretrain_epochs, "lr": 0.1, "batch": cfg.batch_size, "seed": seed, "dry_run": cfg.dry_run,
            "code": code_fingerprint(__name__)}
     run = Pretraining(f"source-{arch}", key)
     with entry_lock(run.checkpoint):  # notebooks or sweep jobs at once: one pretrains, the others wait
-        return _pretrain_source(arch, cfg, seed, epochs, lr, progress, run)
+        return _pretrain_source(arch, cfg, seed, run)
 
 
-def _pretrain_source(arch: str, cfg, seed: int, epochs: int, lr: float, progress: bool, run: Pretraining):
+def _pretrain_source(arch: str, cfg, seed: int, run: Pretraining):
     gen = seed_everything(seed)  # before the model: its initialisation is part of the seeded run
     model, _ = backbone(arch, num_classes=len(class_names("source")))
     if (summary := run.shipped(model) or run.finished(model)) is not None:  # no data to generate, nothing to score
@@ -77,16 +73,16 @@ def _pretrain_source(arch: str, cfg, seed: int, epochs: int, lr: float, progress
     x, y = to_tensors(synth_split(cfg, "source_train"))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=cfg.batch_size,
                                          shuffle=True, generator=gen, drop_last=True)
-    training = Recipe(optimizer="sgd", lr=lr, momentum=0.9, weight_decay=5e-4, schedule="warmup_cosine",
-                    warmup_fraction=0.1, warmup_cap=200, epochs=epochs, max_steps=cfg.max_steps)
+    training = Recipe(optimizer="sgd", lr=run.key["lr"], momentum=0.9, weight_decay=5e-4, schedule="warmup_cosine",
+                    warmup_fraction=0.1, warmup_cap=200, epochs=cfg.pretrain_epochs, max_steps=cfg.max_steps)
     device = resolve_device(cfg.device)
     history = train(model, CrossEntropy(), loader, training, outputs=lambda b: (model(flip_shift(b[0])), None, b[1]),
                     checkpoint=run.checkpoint, checkpoint_key=run.digest, device=device,
-                    desc=f"pretrain {arch} on source", progress=progress)
+                    desc=f"pretrain {arch} on source", progress=cfg.progress)
     model.eval()
     xt, yt = to_tensors(synth_split(cfg, "source_test"))
     logits = outputs(model, batches(xt, 512), device=device)
     return model.cpu(), run.finish({
-        "arch": arch, "epochs": epochs, "seed": seed, "recipe": recipe(run.key), "history": history.to_dict(),
+        "arch": arch, "epochs": cfg.pretrain_epochs, "seed": seed, "recipe": recipe(run.key), "history": history.to_dict(),
         "source_top1": metrics.accuracy(yt, logits), "source_top5": metrics.topk_accuracy(logits, yt, 5),
         "parameters": sum(p.numel() for p in model.parameters())})

@@ -103,9 +103,6 @@ def feature_pairs(student: KASSLStudent, v1: torch.Tensor, v2: torch.Tensor | No
     return s1, student.target(t1), s2, student.target(t2)
 
 
-_REGRESSION = FeatureRegression()
-
-
 def train_kassl(student: KASSLStudent, loader, views, recipe: Recipe, *, device="cpu", **fit_options) -> History:
     """Train `student` by `recipe` on `FeatureRegression` over `views(batch, device)`.
 
@@ -113,8 +110,9 @@ def train_kassl(student: KASSLStudent, loader, views, recipe: Recipe, *, device=
     """
     device = torch.device(device)
     student.trace = LossTrace(recipe.total_steps(loader))
-    return train(student, _REGRESSION, loader, recipe, outputs=lambda b: feature_pairs(student, *views(b, device)),
-                 device=device, on_step=lambda losses: student.trace.record(losses["loss"]), **fit_options)
+    return train(student, FeatureRegression(), loader, recipe,
+                 outputs=lambda b: feature_pairs(student, *views(b, device)), device=device,
+                 on_step=lambda losses: student.trace.record(losses["loss"]), **fit_options)
 
 
 @dataclass(frozen=True)

@@ -175,8 +175,7 @@ def h1_seed(features: dict, labels: dict, hp: HeadParams, alphas, seed: int, *, 
         return teacher_run, students
 
     teacher_run, students = _stored_seed("tlkd-h1-seed", tensors, params, compute)
-    teacher_run.head.to(device)
-    for run in students.values():
+    for run in (teacher_run, *students.values()):
         run.head.to(device)
     return teacher_run, students
 

@@ -92,9 +92,7 @@ class _IndexBatches:
         return math.ceil(len(self.labels) / self.batch_size)
 
     def __iter__(self):
-        order = torch.randperm(len(self.labels), generator=self.generator)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+        for idx in torch.randperm(len(self.labels), generator=self.generator).split(self.batch_size):
             yield idx, self.labels[idx]
 
 

@@ -34,7 +34,6 @@ def _fingerprint(encoder: nn.Module) -> str:
     return _FINGERPRINTS[encoder]
 
 
-@torch.no_grad()
 def frozen_features(encoder: nn.Module, split: Split, views: FixedViews, *, device="cpu", batch_size: int = 256,
                     use_cache: bool = True, progress: bool = False, desc: str = "features") -> torch.Tensor:
     """Features of every view of every image, (V, N, D) on the CPU; cached on disk.

@@ -264,12 +264,12 @@ _COCO_HOW = ("Download the 2017 captions annotations (annotations_trainval2017.z
              "val2017.zip) from https://cocodataset.org/#download.")
 
 
-def coco_captions(annotations_file, image_dir, check_images: bool = True) -> list[CaptionRecord]:
+def coco_captions(annotations_file, image_dir) -> list[CaptionRecord]:
     """Read an official COCO captions JSON (e.g. captions_train2017.json) into records, ordered by image id.
 
-    Every image of the file is kept (its caption list may be empty). With
-    `check_images`, all referenced files must exist in `image_dir`, so a
-    partial download fails here rather than mid-epoch.
+    Every image of the file is kept (its caption list may be empty). All
+    referenced files must exist in `image_dir`, so a partial download fails
+    here rather than mid-epoch.
     """
     annotations_file, image_dir = Path(annotations_file), Path(image_dir)
     if not annotations_file.is_file():
@@ -303,12 +303,10 @@ def coco_captions(annotations_file, image_dir, check_images: bool = True) -> lis
     if orphans:
         raise ConfigError(f"'{annotations_file}': {len(orphans)} captions refer to images not in 'images' "
                           f"(annotation ids {_first(orphans)})")
-    if check_images:
-        present = set(os.listdir(image_dir))
-        missing = [fn for fn in files.values()
-                   if fn not in present and not (image_dir / fn).is_file()]
-        if missing:
-            raise MissingDataError(
-                f"{len(missing)} of {len(files)} images referenced by {annotations_file.name} "
-                f"(first missing: {_first(missing)})", image_dir, _COCO_HOW)
+    present = set(os.listdir(image_dir))
+    missing = [fn for fn in files.values() if fn not in present and not (image_dir / fn).is_file()]
+    if missing:
+        raise MissingDataError(
+            f"{len(missing)} of {len(files)} images referenced by {annotations_file.name} "
+            f"(first missing: {_first(missing)})", image_dir, _COCO_HOW)
     return [CaptionRecord(i, image_dir / files[i], [c for _, c in sorted(caps[i])]) for i in sorted(files)]

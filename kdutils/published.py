@@ -14,7 +14,6 @@ fingerprint) is served, anything else trains in-run and is cached as before.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import io
@@ -118,17 +117,6 @@ class Pretraining:
         return summary
 
 
-@contextlib.contextmanager
-def training_in_run():
-    """Lookups return None inside: the pretraining functions train (or load their cache)."""
-    global _disabled
-    before, _disabled = _disabled, True
-    try:
-        yield
-    finally:
-        _disabled = before
-
-
 def _source(arch):
     def train(cfg):
         from .pretrain import pretrain_source
@@ -176,9 +164,12 @@ def publish(name: str, cfg) -> dict:
         raise ConfigError(f"unknown published network '{name}'; choose from {sorted(REGISTRY)}.")
     if cfg.threads:  # as a notebook of this profile trains (one thread: no OpenMP stalls on a busy machine)
         torch.set_num_threads(cfg.threads)
-    started = time.perf_counter()
-    with training_in_run():
+    global _disabled
+    started, _disabled = time.perf_counter(), True  # lookups return None: the pretraining function trains
+    try:
         module, summary = REGISTRY[name](cfg)
+    finally:
+        _disabled = False
     return ship(name, module, summary, {"trained_by": f"python -m kdutils publish {name} --profile {cfg.profile}",
                                         "commit": _commit(), "publish_seconds": round(time.perf_counter() - started, 1)})
 

@@ -83,16 +83,16 @@ class HeadClassifier(nn.Module):
     def has_text(self) -> bool:
         return self.mode != "linear"
 
-    def forward(self, tokens, pooled, labels, queries=None, return_attention: bool = False):
+    def forward(self, tokens, pooled, labels, queries=None):
         if self.mode == "linear":
             return self.module(pooled)
         if self.mode == "label_free":
-            return self.module.class_scores(tokens, self.class_queries, return_attention)
+            return self.label_free_scores(tokens)
         if self.mode == "prompt":
             queries = self.class_queries[labels]
         elif queries is None:
             raise ValueError("the caption teacher needs each image's caption encoding.")
-        return self.module.own_prompt_logits(tokens, queries, return_attention)
+        return self.module.own_prompt_logits(tokens, queries)
 
     def label_free_scores(self, tokens, return_attention: bool = False):
         if not self.has_text:
@@ -210,7 +210,7 @@ def fit_teacher(mode: str, feats: FrozenFeatures, train_set, recipe: HeadRecipe,
 
 
 def teacher_logits(teacher: HeadClassifier, feats: FrozenFeatures, dataset, how: str = "own",
-                   caption_table: torch.Tensor | None = None, view: int = 0, batch_size: int = 512):
+                   caption_table: torch.Tensor | None = None, view: int = 0):
     """(logits (N, C), labels) of a teacher over a split in one view, on the CPU.
 
     how="own": the teacher as trained (a text head queried with each image's
@@ -228,7 +228,7 @@ def teacher_logits(teacher: HeadClassifier, feats: FrozenFeatures, dataset, how:
         queries = caption_table[view, index].to(feats.device) if caption_table is not None else None
         return teacher(tokens, pooled, labels.to(feats.device), queries)
 
-    return outputs(teacher, in_order(dataset, batch_size), logits), labels_of(dataset)
+    return outputs(teacher, in_order(dataset), logits), labels_of(dataset)
 
 
 def _per_view_table(train_set, views: int, logits_in_view) -> torch.Tensor:
@@ -320,8 +320,7 @@ def _fit_student(spec: dict, train_set, recipe: StudentRecipe, data_key: dict, s
     return student.eval(), history
 
 
-def student_logits(student: Student, dataset, device, view: int = 0, batch_size: int = 512,
-                   features: bool = False):
+def student_logits(student: Student, dataset, device, view: int = 0, features: bool = False):
     """(logits or penultimate features, labels) of a student over a split in one view, on the CPU."""
     forward = student.features if features else student
 
@@ -329,7 +328,7 @@ def student_logits(student: Student, dataset, device, view: int = 0, batch_size:
         x = to_unit(batch[0])
         return forward(x.flip(-1) if view else x)
 
-    return outputs(student, in_order(dataset, batch_size), logits, device=device), labels_of(dataset)
+    return outputs(student, in_order(dataset), logits, device=device), labels_of(dataset)
 
 
 def student_targets(student: Student, train_set, device) -> torch.Tensor:

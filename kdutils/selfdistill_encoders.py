@@ -33,9 +33,6 @@ from .zoo import backbone, clip, text_encoder
 
 __all__ = ["ImageEncoder", "Student", "TextQueries", "Encoders", "pretrain_small_roberta"]
 
-_SYNTH_TEXT_MAX = 32
-
-
 def _texts_digest(texts: Sequence[str]) -> str:
     return hashlib.sha256("\x1f".join(texts).encode()).hexdigest()[:16]
 
@@ -140,7 +137,7 @@ def _masked_lm(tokenizer, model: nn.Module, lm_head: nn.Module):
     mask_id, first_word = tokenizer.mask_token_id, len(ktext.SPECIAL_TOKENS)
 
     def encode(texts):
-        enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=_SYNTH_TEXT_MAX,
+        enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=kclip.SYNTH_MAX_TOKENS,
                         return_tensors="pt")
         return enc["input_ids"], enc["attention_mask"]
 
@@ -165,7 +162,7 @@ def pretrain_small_roberta(cfg, seed: int = 0, progress: bool | None = None):
     progress = cfg.progress if progress is None else progress
     hidden, layers, epochs = cfg.s1_text_hidden, cfg.s1_text_layers, cfg.s1_mlm_epochs
     gen = seed_everything(seed)
-    encoder, card = text_encoder("roberta", hidden=hidden, layers=layers, max_length=_SYNTH_TEXT_MAX)
+    encoder, card = text_encoder("roberta", hidden=hidden, layers=layers, max_length=kclip.SYNTH_MAX_TOKENS)
     tokenizer, model = encoder.tokenizer, encoder.model
     key = {"what": "s1-roberta-mlm", "vocab": len(tokenizer), "hidden": hidden, "layers": layers,
            "heads": model.config.num_attention_heads, "world": asdict(world_config(cfg)),

@@ -88,9 +88,9 @@ class FrozenFeatures:
         return tokens.float(), pooled
 
 
-def features_of(feats: FrozenFeatures, dataset, view: int = 0, batch_size: int = 512):
+def features_of(feats: FrozenFeatures, dataset, view: int = 0):
     """Pooled features (N, P) of the items of `dataset` (a split or a subset) in one view, on the CPU."""
     if feats.in_memory:
         return feats.pooled[view, indices_of(dataset)]
-    return outputs(feats.encoder, in_order(dataset, batch_size),
+    return outputs(feats.encoder, in_order(dataset),
                    lambda b: feats(b[0], b[2], torch.full_like(b[2], view))[1])

@@ -39,7 +39,8 @@ from .pretrain import synth_split, to_tensors, world_config
 from .published import Pretraining, recipe
 from .synthworld import class_prompts, vocabulary
 from .teacher import CLIP_MEAN, CLIP_STD, Normalize
-from .text import build_tokenizer, hf_download_hint, hf_source, local_config_and_tokenizer, quiet_transformers
+from .text import (build_tokenizer, hf_download_hint, hf_source, local_config_and_tokenizer, quiet_transformers,
+                   tokenize)
 from .train import Recipe, resolve_device, seed_everything, train
 
 __all__ = ["SMALL_CLIP_ARCHS", "PAPER_CLIP", "small_clip_config", "preprocess", "image_embeds", "text_embeds",
@@ -116,18 +117,12 @@ def text_embeds(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) ->
     return _embedding(model.get_text_features(input_ids=input_ids, attention_mask=attention_mask), "text_embeds")
 
 
-def _tokenize(tokenizer, texts, max_length: int | None = None) -> dict[str, torch.Tensor]:
-    max_length = max_length or min(int(getattr(tokenizer, "model_max_length", 77)), 512)
-    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-
-
 def encode_texts(model, tokenizer, texts, batch_size: int = 512) -> torch.Tensor:
     """L2-normalised text embeddings of a list of strings, on the CPU (model in eval mode)."""
     device = next(model.parameters()).device
 
     def embed(chunk):
-        enc = _tokenize(tokenizer, chunk)
+        enc = tokenize(tokenizer, chunk)
         return F.normalize(text_embeds(model, enc["input_ids"].to(device), enc["attention_mask"].to(device)).float(),
                            dim=-1)
 
@@ -275,11 +270,11 @@ def _source_pairs(cfg, tokenizer) -> torch.utils.data.TensorDataset:
     """SynthWorld source images with their caption, one-attribute hard negatives and class prompt, tokenised."""
     train = synth_split(cfg, "source_train")
     x, _ = to_tensors(train)
-    enc = _tokenize(tokenizer, train.captions, SYNTH_MAX_TOKENS)
+    enc = tokenize(tokenizer, train.captions, SYNTH_MAX_TOKENS)
     attrs = sorted(train.hard_negatives[0])
-    neg = _tokenize(tokenizer, [h[a] for h in train.hard_negatives for a in attrs], SYNTH_MAX_TOKENS)
+    neg = tokenize(tokenizer, [h[a] for h in train.hard_negatives for a in attrs], SYNTH_MAX_TOKENS)
     neg = {k: v.view(len(train), len(attrs), -1) for k, v in neg.items()}
-    prompts = _tokenize(tokenizer, [class_prompts("source")[k] for k in train.labels], SYNTH_MAX_TOKENS)
+    prompts = tokenize(tokenizer, [class_prompts("source")[k] for k in train.labels], SYNTH_MAX_TOKENS)
     width = enc["input_ids"].shape[1]
     prompts = {k: F.pad(v, (0, width - v.shape[1])) for k, v in prompts.items()}  # [PAD] = 0, mask 0
     return torch.utils.data.TensorDataset(x, enc["input_ids"], enc["attention_mask"], neg["input_ids"],

@@ -23,7 +23,7 @@ from torch import nn
 
 from .errors import ConfigError, MissingDataError
 
-__all__ = ["SPECIAL_TOKENS", "PUNCTUATION", "build_tokenizer", "small_text_model", "mean_pool",
+__all__ = ["SPECIAL_TOKENS", "PUNCTUATION", "build_tokenizer", "small_text_model", "tokenize", "mean_pool",
            "TextEncoder", "load_text_encoder",
            "hf_download_hint", "hf_source", "quiet_transformers"]
 
@@ -88,6 +88,16 @@ def small_text_model(kind: str, vocab_size: int, hidden: int = 128, layers: int 
                         add_pooling_layer=False)
 
 
+def tokenize(tokenizer, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+    """`input_ids` and `attention_mask` (N, L), padded to the longest text, truncated to `max_length` tokens
+    (default: the tokenizer's own limit, at most 512)."""
+    if isinstance(texts, str):
+        raise ValueError("pass a list of texts, not a single string.")
+    max_length = max_length or min(int(getattr(tokenizer, "model_max_length", 77)), 512)
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
 def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean of the hidden states over the tokens whose mask is 1 (sentence-transformers' pooling)."""
     if last_hidden_state.dim() != 3 or attention_mask.shape != last_hidden_state.shape[:2]:
@@ -118,12 +128,7 @@ class TextEncoder(nn.Module):
         return int(self.model.config.hidden_size)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """`input_ids` and `attention_mask` (N, L), padded to the longest text, truncated to `max_length`."""
-        if isinstance(texts, str):
-            raise ValueError("pass a list of texts, not a single string.")
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        return tokenize(self.tokenizer, texts, self.max_length)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         states = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

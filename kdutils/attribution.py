@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import math
 from dataclasses import dataclass
 
@@ -44,6 +43,7 @@ from .cache import cached, model_fingerprint
 from .attribution_regions import pixel_map
 from .errors import ConfigError
 from .frozen import batches, outputs
+from .splits import array_digest
 from .train import single_cpu_thread
 
 __all__ = [
@@ -269,10 +269,8 @@ def explain_deep_cached(model: nn.Module, background: torch.Tensor, images: torc
     DeepExplainer is study 4's costliest step and every seed's heads are explained: a rerun of the same
     heads (a warm run, a sweep's merge) loads the attributions instead of recomputing them.
     """
-    def digest(t: torch.Tensor) -> str:
-        return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
-
-    key = {"model": model_fingerprint(model), "background": digest(background), "images": digest(images),
+    key = {"model": model_fingerprint(model), "background": array_digest(background.detach().cpu().numpy()),
+           "images": array_digest(images.detach().cpu().numpy()),
            "accumulate_maxpool": kwargs.get("accumulate_maxpool", True)}
     return cached("shap", key, lambda: explain_deep(model, background, images, **kwargs), verbose=False)
 

@@ -233,11 +233,9 @@ class PairDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def image(self, i: int) -> torch.Tensor:
-        return self.split[int(self.pairs.image_index[i])][0].float().div_(255)
-
     def __getitem__(self, i: int) -> dict:
-        item = {"image": self.image(i), "label": self.labels[i], "index": i}
+        image = self.split[int(self.pairs.image_index[i])][0].float().div_(255)
+        item = {"image": image, "label": self.labels[i], "index": i}
         for name, tok in self.tokens.items():
             item[f"{name}_ids"], item[f"{name}_mask"] = tok["ids"][i], tok["mask"][i]
         return item

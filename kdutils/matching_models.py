@@ -73,7 +73,6 @@ def student_factory(cfg, seed: int = 0):
         from .synthworld import vocabulary
 
         image_tower, card, summary = source_backbone(cfg.student_arch, cfg, seed=seed)
-        image_dim = card.feature_dim
         tokenizer = build_tokenizer(vocabulary(), max_length=32)
 
         def text_tower(seed):
@@ -84,7 +83,6 @@ def student_factory(cfg, seed: int = 0):
                 "text_tower": f"BERT {cfg.s2_text_layers} layers x {cfg.s2_text_hidden}, random init, mean-pooled"}
     else:
         net, card = backbone(cfg.student_arch, weights=cfg.s2_student_weights, allow_random=cfg.dry_run)
-        image_dim = card.feature_dim
         image_tower = nn.Sequential(card.normalize(), net)
         path = under(cfg.weights_root) / cfg.s2_text_weights
         pretrained_text, _ = text_encoder(MINILM, path=path, allow_random=cfg.dry_run)
@@ -98,6 +96,7 @@ def student_factory(cfg, seed: int = 0):
     def make(head: str, seed: int) -> TwoTowerMatcher:
         text_encoder = text_tower(seed)
         torch.manual_seed(seed)
-        return TwoTowerMatcher(copy.deepcopy(image_tower), image_dim, text_encoder, head=head, width=cfg.s2_head_width)
+        return TwoTowerMatcher(copy.deepcopy(image_tower), card.feature_dim, text_encoder, head=head,
+                               width=cfg.s2_head_width)
 
     return make, tokenizer, info

@@ -160,13 +160,12 @@ def compare(image: torch.Tensor, text: torch.Tensor, unpaired: torch.Tensor, *, 
             "mean teacher": students[best], "weight": best, "validation": validation}
 
 
-def clip_embeddings(model, tokenizer, dataset, captions: list[str], batch_size: int = 512):
+def clip_embeddings(model, tokenizer, dataset, captions: list[str]):
     """Frozen CLIP embeddings (unit length, CPU) of a split's images and of one caption per image."""
     if len(captions) != len(dataset):
         raise ValueError(f"{len(captions)} captions for {len(dataset)} images: one caption per image is needed.")
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
-    images = torch.cat([batch[0] for batch in loader])
-    return encode_images(model, images, batch_size), encode_texts(model, tokenizer, captions, batch_size)
+    images = torch.cat([batch[0] for batch in torch.utils.data.DataLoader(dataset, batch_size=512)])
+    return encode_images(model, images), encode_texts(model, tokenizer, captions)
 
 
 @torch.no_grad()

@@ -83,6 +83,6 @@ def _pretrain_source(arch: str, cfg, seed: int, run: Pretraining):
     xt, yt = to_tensors(synth_split(cfg, "source_test"))
     logits = outputs(model, batches(xt, 512), device=device)
     return model.cpu(), run.finish({
-        "arch": arch, "epochs": cfg.pretrain_epochs, "seed": seed, "recipe": recipe(run.key), "history": history.to_dict(),
-        "source_top1": metrics.accuracy(yt, logits), "source_top5": metrics.topk_accuracy(logits, yt, 5),
+        "arch": arch, "epochs": cfg.pretrain_epochs, "seed": seed, "recipe": recipe(run.key),
+        "history": history.to_dict(), "source_top1": metrics.accuracy(yt, logits), "source_top5": metrics.topk_accuracy(logits, yt, 5),
         "parameters": sum(p.numel() for p in model.parameters())})

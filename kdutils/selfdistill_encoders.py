@@ -119,11 +119,11 @@ class TextQueries:
         self.name, self.model, self._encode, self.dim = name, model, encode, dim
         self.fingerprint, self.description = fingerprint, description
 
-    def __call__(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         texts = list(texts)
         if not texts:
             raise ValueError("no texts to encode.")
-        return outputs(self.model, batches(texts, batch_size), self._encode)
+        return outputs(self.model, batches(texts, 256), self._encode)
 
     def cached(self, texts: Sequence[str]) -> torch.Tensor:
         """Encodings of many texts (captions), cached on disk by encoder and text."""

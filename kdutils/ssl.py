@@ -185,20 +185,19 @@ def make_learner(method: str, encoder: nn.Module, feature_dim: int, *, total_ste
 
 
 def train_ssl(learner: nn.Module, loader, views: tuple[ViewAugment, ViewAugment], *, epochs: int, lr: float,
-              weight_decay: float = 1e-4, warmup_fraction: float = 0.1, device="cpu", checkpoint=None,
-              checkpoint_key: str = "", max_steps: int | None = None, progress: bool = True,
-              desc: str = "ssl") -> History:
+              device="cpu", checkpoint=None, checkpoint_key: str = "", max_steps: int | None = None,
+              progress: bool = True, desc: str = "ssl") -> History:
     """Self-supervised training: two views of each batch (`loader` yields (images, ...)), SGD, warm-up + cosine.
 
     The per-step losses end up in `learner.trace` (a `LossTrace`).
 
-    SGD with momentum 0.9 stands in for BYOL's LARS (not in torch). The
-    training loop is `kdutils.train.train`, so `checkpoint` makes it resumable
-    and doubles as the cache of the finished encoder.
+    SGD with momentum 0.9 and weight decay 1e-4 stands in for BYOL's LARS (not
+    in torch); the first 10% of the steps warm up. The training loop is
+    `kdutils.train.train`, so `checkpoint` makes it resumable and doubles as
+    the cache of the finished encoder.
     """
-
-    recipe = Recipe(optimizer="sgd", lr=lr, momentum=0.9, weight_decay=weight_decay, schedule="warmup_cosine",
-                    warmup_fraction=warmup_fraction, epochs=epochs, max_steps=max_steps)
+    recipe = Recipe(optimizer="sgd", lr=lr, momentum=0.9, weight_decay=1e-4, schedule="warmup_cosine",
+                    warmup_fraction=0.1, epochs=epochs, max_steps=max_steps)
     learner.trace = LossTrace(recipe.total_steps(loader))
     view1, view2 = views
 

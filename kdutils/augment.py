@@ -41,8 +41,6 @@ def random_flip(x: torch.Tensor, p: float = 0.5) -> torch.Tensor:
 
 def random_shift(x: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
     """Translate each image by up to `max_shift` pixels (reflect padding), as a padded random crop."""
-    if max_shift <= 0:
-        return x
     n, _, h, w = x.shape
     padded = F.pad(x, (max_shift,) * 4, mode="reflect")
     dy = torch.randint(0, 2 * max_shift + 1, (n,), device=x.device)

@@ -187,9 +187,8 @@ def tl_vs_kd(student: dict, teacher: dict, labels: dict, hp: HeadParams, alpha: 
     the same (reduced, noisy or corrupted) training data as the students.
     Returns {seed: {"teacher", "tl", "kd"}: classification report in %}; each seed is stored.
     """
-    tensors = {f"{role}_{split}": sources[split].features.table for role, sources in (("student", student),
-                                                                               ("teacher", teacher))
-               for split in ("train", "val", "test")}
+    tensors = {f"{role}_{split}": sources[split].features.table
+               for role, sources in (("student", student), ("teacher", teacher)) for split in ("train", "val", "test")}
     tensors.update({f"labels_{split}": y for split, y in labels.items()})
 
     def one_seed(seed: int) -> dict:

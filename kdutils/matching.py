@@ -235,10 +235,9 @@ def additive_score_analysis(image_part: torch.Tensor, caption_part: torch.Tensor
     labels = np.asarray(labels).astype(bool)
     a, b = image_part.double().numpy(), caption_part.double().numpy()
     s = a + b
-    out = {}
-    for name, x in (("score", s), ("image_part", a), ("caption_part", b)):
-        out[name] = {"mean_match": float(x[labels].mean()), "mean_mismatch": float(x[~labels].mean()),
-                     "std_match": float(x[labels].std()), "std_mismatch": float(x[~labels].std())}
+    out = {name: {"mean_match": float(x[labels].mean()), "mean_mismatch": float(x[~labels].mean()),
+                  "std_match": float(x[labels].std()), "std_mismatch": float(x[~labels].std())}
+           for name, x in (("score", s), ("image_part", a), ("caption_part", b))}
     t = stats.ttest_ind(s[labels], s[~labels], equal_var=False)
     out["welch_t"], out["welch_p"] = float(t.statistic), float(t.pvalue)
     out["auc"] = 100.0 * float(roc_auc_score(labels, s))

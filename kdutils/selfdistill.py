@@ -234,10 +234,9 @@ def teacher_logits(teacher: HeadClassifier, feats: FrozenFeatures, dataset, how:
 def _per_view_table(train_set, views: int, logits_in_view) -> torch.Tensor:
     """(views, N_split, C) float16 of `logits_in_view(v)` over `train_set`; rows outside a subset stay zero."""
     n = len(train_set.dataset) if isinstance(train_set, torch.utils.data.Subset) else len(train_set)
-    per_view = [logits_in_view(v) for v in range(views)]
-    out = torch.zeros(views, n, per_view[0].shape[1], dtype=torch.float16)
-    for v, logits in enumerate(per_view):
-        out[v, indices_of(train_set)] = logits.half()
+    per_view = torch.stack([logits_in_view(v) for v in range(views)]).half()
+    out = torch.zeros(views, n, per_view.shape[2], dtype=torch.float16)
+    out[:, indices_of(train_set)] = per_view
     return out
 
 

@@ -87,9 +87,8 @@ def backbone_state_dict(state_dict: dict) -> tuple[dict, str]:
     fmt = detect_format(state_dict)
     out = {}
     if fmt == "moco":
-        for k, v in state_dict.items():
-            if k.startswith(_MOCO_PREFIX) and not k.startswith(_MOCO_PREFIX + "fc."):
-                out[k[len(_MOCO_PREFIX):]] = v
+        out = {k[len(_MOCO_PREFIX):]: v for k, v in state_dict.items()
+               if k.startswith(_MOCO_PREFIX) and not k.startswith(_MOCO_PREFIX + "fc.")}
     elif fmt == "backbone":
         out = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
     elif fmt == "lightly":

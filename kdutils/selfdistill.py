@@ -133,8 +133,7 @@ class StudentRecipe(RunSettings):
                    **RunSettings.of_profile(cfg))
 
 
-def _train_loader(dataset, generator, recipe: HeadRecipe | StudentRecipe, *, epochs: int, steps: int | None,
-                  batch_size: int):
+def _train_loader(dataset, generator, recipe: HeadRecipe | StudentRecipe, *, steps: int | None, batch_size: int):
     """(loader, epochs, total steps): shuffled epochs, or with a step budget (few-shot) one epoch of `steps`
     batches drawn with replacement, so 10 images and 500 images train for the same number of steps."""
     if steps is None:
@@ -145,14 +144,13 @@ def _train_loader(dataset, generator, recipe: HeadRecipe | StudentRecipe, *, epo
                                                  generator=generator)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                                              num_workers=recipe.num_workers)
-        epochs = 1
-    epochs = 1 if recipe.dry_run else epochs
+    epochs = 1 if recipe.dry_run or steps is not None else recipe.epochs
     return loader, epochs, max(1, epochs * min(len(loader), recipe.max_steps or len(loader)))
 
 
 def fit_teacher(mode: str, feats: FrozenFeatures, train_set, recipe: HeadRecipe, *, seed: int, num_classes: int,
                 class_queries: torch.Tensor | None = None, caption_table: torch.Tensor | None = None,
-                val: tuple | None = None, epochs: int | None = None, steps: int | None = None, desc: str = "teacher"):
+                val: tuple | None = None, steps: int | None = None, desc: str = "teacher"):
     """Train a teacher on frozen features with cross-entropy; return (HeadClassifier, History).
 
     `caption_table` (views, N, text_dim) holds the caption encodings of the
@@ -172,8 +170,7 @@ def fit_teacher(mode: str, feats: FrozenFeatures, train_set, recipe: HeadRecipe,
     # cached features need no pixels: the same sampler draws the same order over (label, index) pairs alone
     items = (torch.utils.data.TensorDataset(labels_of(train_set), indices_of(train_set)) if feats.in_memory
              else train_set)
-    loader, epochs, total = _train_loader(items, gen, recipe, epochs=epochs or recipe.epochs, steps=steps,
-                                          batch_size=recipe.batch_size)
+    loader, epochs, total = _train_loader(items, gen, recipe, steps=steps, batch_size=recipe.batch_size)
     table = caption_table.to(device) if caption_table is not None else None
     distiller = CrossEntropy()
 
@@ -268,8 +265,8 @@ def _student_optimizer(kind: str, *, vit_lr: float, resnet_lr: float) -> tuple[s
 
 
 def fit_student(spec: dict, train_set, recipe: StudentRecipe, *, data_key: dict, seed: int, num_classes: int, device,
-                targets: torch.Tensor | None = None, val_set=None, epochs: int | None = None,
-                steps: int | None = None, batch_size: int | None = None, desc: str = "student"):
+                targets: torch.Tensor | None = None, val_set=None, steps: int | None = None,
+                batch_size: int | None = None, desc: str = "student"):
     """Train a fresh student (`Student(spec)`) on images only; return (Student, History).
 
     With `targets` (views, N, C teacher logits, see `soft_targets`) the loss is
@@ -279,18 +276,17 @@ def fit_student(spec: dict, train_set, recipe: StudentRecipe, *, data_key: dict,
     With `recipe.processes` > 1 it trains data-parallel (`parallel.launch`).
     """
     return launch(_fit_student, (spec, train_set, recipe, data_key, seed, num_classes, device, targets, val_set,
-                                 epochs, steps, batch_size, desc), recipe.processes)
+                                 steps, batch_size, desc), recipe.processes)
 
 
 def _fit_student(spec: dict, train_set, recipe: StudentRecipe, data_key: dict, seed: int, num_classes: int, device,
-                 targets, val_set, epochs, steps, batch_size, desc: str):
+                 targets, val_set, steps, batch_size, desc: str):
     """`fit_student`'s training, run by `launch`."""
     device = torch.device(device)
     gen = seed_everything(seed)
     student = Student(spec, num_classes)
     batch_size = batch_size or recipe.batch_size
-    loader, epochs, total = _train_loader(train_set, gen, recipe, epochs=epochs or recipe.epochs, steps=steps,
-                                          batch_size=batch_size)
+    loader, epochs, total = _train_loader(train_set, gen, recipe, steps=steps, batch_size=batch_size)
     opt_name, lr, wd = _student_optimizer(student.kind, vit_lr=recipe.vit_lr, resnet_lr=recipe.resnet_lr)
     distiller = CrossEntropy() if targets is None else SoftTargetKD()
 

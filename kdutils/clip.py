@@ -183,13 +183,6 @@ def contrastive_loss_with_negatives(image_emb: torch.Tensor, text_emb: torch.Ten
     return 0.5 * (F.cross_entropy(i2t, labels) + F.cross_entropy(t2i, labels))
 
 
-def _clip_arch(cfg) -> dict:
-    name = getattr(cfg, "s2_clip_arch", "clip_s")
-    if name not in SMALL_CLIP_ARCHS:
-        raise ConfigError(f"unknown small CLIP '{name}'; choose one of {sorted(SMALL_CLIP_ARCHS)}.")
-    return {"name": name, **SMALL_CLIP_ARCHS[name]}
-
-
 def pretrain_small_clip(cfg, seed: int = 0, progress: bool | None = None):
     """A small `CLIPModel` pretrained contrastively on SynthWorld source images and captions; cached.
 
@@ -210,13 +203,15 @@ def pretrain_small_clip(cfg, seed: int = 0, progress: bool | None = None):
         raise ConfigError(f"pretrain_small_clip is for the tiny/small profiles; `paper` loads {PAPER_CLIP} "
                           "with load_clip().")
     progress = cfg.progress if progress is None else progress
-    arch = _clip_arch(cfg)
+    if cfg.s2_clip_arch not in SMALL_CLIP_ARCHS:
+        raise ConfigError(f"unknown small CLIP '{cfg.s2_clip_arch}'; choose one of {sorted(SMALL_CLIP_ARCHS)}.")
+    arch = {"name": cfg.s2_clip_arch, **SMALL_CLIP_ARCHS[cfg.s2_clip_arch]}
     epochs, lr, hard_negatives = int(cfg.s2_clip_epochs), float(cfg.s2_clip_lr), bool(cfg.s2_clip_hard_negatives)
     prompt_p = float(cfg.s2_clip_prompt_p)
     tokenizer = build_tokenizer(vocabulary(), max_length=SYNTH_MAX_TOKENS)
     config = small_clip_config(len(tokenizer), image_size=world_config(cfg).size, pad_token_id=tokenizer.pad_token_id,
                                bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-                               **{k: v for k, v in arch.items() if k != "name"})
+                               **SMALL_CLIP_ARCHS[cfg.s2_clip_arch])
     key = {"what": "small-clip", "config": config.to_dict(), "vocab": tokenizer.get_vocab(),
            "world": asdict(world_config(cfg)), "n_train": cfg.n_source_train, "n_test": cfg.n_source_test,
            "n_target_test": cfg.n_target_test, "epochs": epochs, "lr": lr, "batch": cfg.batch_size, "seed": seed,

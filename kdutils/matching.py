@@ -85,7 +85,7 @@ class TwoTowerMatcher(nn.Module):
             self.project_image = nn.Linear(image_dim, width)
             self.project_text = nn.Linear(text_dim, width)
             self.head = nn.Sequential(nn.Linear(4 * width, width), nn.ReLU(), nn.Dropout(dropout), nn.Linear(width, 1))
-        self.image_dim, self.text_dim = image_dim, text_dim
+        self.image_dim = image_dim
 
     def towers(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         u = self.image_encoder(batch["image"])

@@ -94,7 +94,6 @@ class Student(nn.Module):
             self.preprocess = Normalize(CLIP_MEAN, CLIP_STD, spec["config"]["image_size"])
         else:
             raise ConfigError(f"unknown student kind '{self.kind}'.")
-        self.feature_dim = dim
         self.fc = nn.Linear(dim, num_classes)
 
     def features(self, images01: torch.Tensor) -> torch.Tensor:

@@ -267,7 +267,7 @@ def test_students_copy_the_encoders_architecture_fresh():
     res = s1enc.Student({"kind": "torchvision_resnet", "arch": "resnet18", "input_size": 32}, 5)
     assert res(x).shape == (2, 5) and res.features(x).shape == (2, 512)
     small = s1enc.Student(SPEC, 3)
-    assert small(x).shape == (2, 3) and small.feature_dim == 64
+    assert small(x).shape == (2, 3) and small.fc.in_features == 64
     with pytest.raises(ConfigError, match="unknown student kind"):
         s1enc.Student({"kind": "mlp"}, 3)
 

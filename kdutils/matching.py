@@ -50,12 +50,12 @@ class ClipMatcher(nn.Module):
 
     reader = "teacher"
 
-    def __init__(self, clip_model: nn.Module, scale: float | None = None, bias: float = 0.0):
+    def __init__(self, clip_model: nn.Module, scale: float | None = None):
         super().__init__()
         self.clip = clip_model
         init = float(clip_model.logit_scale.detach().exp()) if scale is None else float(scale)
         self.w = nn.Parameter(torch.tensor(init))
-        self.b = nn.Parameter(torch.tensor(float(bias)))
+        self.b = nn.Parameter(torch.tensor(0.0))
 
     def cosine(self, batch: dict) -> torch.Tensor:
         img = F.normalize(image_embeds(self.clip, batch["image"]), dim=-1)

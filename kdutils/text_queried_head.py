@@ -50,8 +50,7 @@ class TextQueriedHead(nn.Module):
     `fc` (dim -> num_classes).
     """
 
-    def __init__(self, image_dim: int, text_dim: int, num_classes: int, dim: int = 128, heads: int = 4,
-                 dropout: float = 0.0):
+    def __init__(self, image_dim: int, text_dim: int, num_classes: int, dim: int = 128, heads: int = 4):
         super().__init__()
         if min(image_dim, text_dim, num_classes, dim, heads) < 1:
             raise ConfigError(f"TextQueriedHead sizes must be >= 1, got image_dim={image_dim}, text_dim={text_dim}, "
@@ -61,7 +60,7 @@ class TextQueriedHead(nn.Module):
         self.image_dim, self.text_dim, self.num_classes = image_dim, text_dim, num_classes
         self.image_in = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, dim))
         self.text_in = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, dim))
-        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.norm = nn.LayerNorm(dim)
         self.fc = nn.Linear(dim, num_classes)
 

@@ -47,19 +47,13 @@ def indices_of(dataset) -> torch.Tensor:
     return torch.arange(len(dataset))
 
 
-def in_order(dataset, batch_size: int = 512, num_workers: int | None = None):
-    """An iterator over in-order batches, for `frozen.outputs`.
-
-    An iterator, not the loader: `outputs`' tqdm.auto bar calls `iter()` on
-    what it wraps, so a loader would be started twice, drawing twice from the
-    global RNG (every later random number would move) and starting its workers
-    twice. By default image files (ImageNet) are decoded by worker processes,
-    tensors in memory are not.
-    """
+def in_order(dataset, batch_size: int = 512, num_workers: int | None = None) -> torch.utils.data.DataLoader:
+    """In-order batches, for `frozen.outputs`. By default image files (ImageNet) are decoded by worker
+    processes, tensors in memory are not."""
     base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
     if num_workers is None:
         num_workers = min(8, os.cpu_count() or 1) if base.lazy else 0
-    return iter(torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers))
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
 
 
 @dataclass

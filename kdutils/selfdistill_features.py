@@ -48,14 +48,13 @@ class FrozenFeatures:
     def __init__(self, encoder: ImageEncoder, dataset, data_key: dict, split: str, views: int, device, *,
                  cache_mb: float, batch_size: int = 256, num_workers: int = 0, progress: bool = False):
         self.encoder, self.views, self.device = encoder, views, torch.device(device)
-        self.key = {"encoder": encoder.fingerprint, "data": data_key, "split": split, "views": views,
-                    "in_memory": None}
         first = to_unit(dataset[0][0].unsqueeze(0)).to(self.device)
         tokens, pooled = encoder(first)
         self.num_tokens, self.token_dim, self.pooled_dim = tokens.shape[1], tokens.shape[2], pooled.shape[1]
         mb = len(dataset) * views * (self.num_tokens * self.token_dim * 2 + self.pooled_dim * 4) / 2**20
         self.in_memory = mb <= cache_mb
-        self.key["in_memory"] = self.in_memory  # stored tokens are float16: teachers trained on them differ slightly
+        self.key = {"encoder": encoder.fingerprint, "data": data_key, "split": split, "views": views,
+                    "in_memory": self.in_memory}  # stored tokens are float16: teachers trained on them differ slightly
         if self.in_memory:
             stored = cached("s1-features", self.key, lambda: self._extract(
                 dataset, max(batch_size, 256), num_workers, split, progress), verbose=False)

@@ -224,7 +224,7 @@ def _strip_shap_attributes(model: nn.Module, before: set) -> None:
 
 
 def explain_deep(model: nn.Module, background: torch.Tensor, images: torch.Tensor, *,
-                 accumulate_maxpool: bool = True, chunk: int = 8, progress: bool = False,
+                 accumulate_maxpool: bool = True, progress: bool = False,
                  desc: str = "DeepExplainer") -> DeepExplanation:
     """shap.DeepExplainer attributions of each image's winning class (`ranked_outputs=1`).
 
@@ -243,8 +243,7 @@ def explain_deep(model: nn.Module, background: torch.Tensor, images: torch.Tenso
         with accumulating_maxpool(accumulate_maxpool), single_cpu_thread(images.device):
             explainer = shap.DeepExplainer(model, background)
             expected_all = np.asarray(explainer.expected_value, dtype=np.float64)
-            for start in tqdm(range(0, len(images), chunk), desc=desc, leave=False, disable=not progress):
-                x = images[start:start + chunk]
+            for x in tqdm(batches(images, 8), desc=desc, leave=False, disable=not progress):
                 # The additivity error is computed below for the class explained
                 # (shap's own check compares it with the wrong classes under ranked_outputs).
                 values, ranks = explainer.shap_values(x, ranked_outputs=1, check_additivity=False)

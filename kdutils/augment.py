@@ -52,9 +52,9 @@ def random_shift(x: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def flip_shift(x: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
-    """The standard CIFAR-style training augmentation."""
-    return random_shift(random_flip(x), max_shift)
+def flip_shift(x: torch.Tensor) -> torch.Tensor:
+    """The standard CIFAR-style training augmentation: a random mirror, then a shift of up to 2 pixels."""
+    return random_shift(random_flip(x), 2)
 
 
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale

@@ -133,21 +133,20 @@ def clip_contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit
 class ClipLoss(nn.Module):
     """CLIP loss with a learnable temperature (state: ``log_scale``).
 
-    Initialised at ``1 / 0.07`` as in CLIP, and clamped at ``max_scale`` (100)
-    in the forward pass as CLIP does, so training cannot blow the logits up.
+    Initialised at ``1 / 0.07`` as in CLIP, and clamped at 100 in the forward
+    pass as CLIP does, so training cannot blow the logits up.
     Put this module's parameters in the optimiser.
     """
 
-    def __init__(self, init_scale: float = 1 / 0.07, max_scale: float = 100.0):
+    def __init__(self, init_scale: float = 1 / 0.07):
         super().__init__()
-        if not init_scale > 0 or not max_scale >= init_scale:
-            raise ConfigError(f"need 0 < init_scale <= max_scale, got {init_scale} and {max_scale}")
+        if not 0 < init_scale <= 100:
+            raise ConfigError(f"need 0 < init_scale <= 100 (the clamp), got {init_scale}")
         self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
-        self.max_log_scale = math.log(max_scale)
 
     @property
     def scale(self) -> torch.Tensor:
-        return self.log_scale.clamp(max=self.max_log_scale).exp()
+        return self.log_scale.clamp(max=math.log(100.0)).exp()
 
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         return clip_contrastive_loss(image_emb, text_emb, self.scale)

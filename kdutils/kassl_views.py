@@ -38,13 +38,13 @@ class AugmentedViewBank:
 
     @classmethod
     def draw(cls, images: torch.Tensor, pair: tuple[ViewAugment, ViewAugment], k: int, seed: int,
-             data_key: dict, batch_size: int = 512) -> AugmentedViewBank:
+             data_key: dict) -> AugmentedViewBank:
         if k < 2 or k % 2:
             raise ConfigError(f"a view bank needs an even number of views >= 2, got {k}.")
         gen_state = torch.get_rng_state()
         torch.manual_seed(seed)
         out = [torch.stack([to_uint8(pair[j * 2 // k](x)) for j in range(k)], 1)
-               for x in map(as_float_images, batches(images, batch_size))]
+               for x in map(as_float_images, batches(images, 512))]
         torch.set_rng_state(gen_state)
         key = {"data": data_key, "views": [asdict(t) for t in pair], "k": k, "seed": seed}
         return cls(torch.cat(out), key)
@@ -56,10 +56,10 @@ class AugmentedViewBank:
     def k(self) -> int:
         return self.views.shape[1]
 
-    def features(self, teacher: nn.Module, device, batch_size: int = 512) -> torch.Tensor:
+    def features(self, teacher: nn.Module, device) -> torch.Tensor:
         """The frozen teacher's features of every view, (N, K, D), cached on disk."""
         def compute():
-            views = map(as_float_images, batches(self.views.flatten(0, 1), batch_size))
+            views = map(as_float_images, batches(self.views.flatten(0, 1), 512))
             return outputs(teacher, views, device=device).view(len(self), self.k, -1)
 
         return cached("kassl_bank", {"teacher": model_fingerprint(teacher), "bank": self.key}, compute)

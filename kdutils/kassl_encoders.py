@@ -88,11 +88,9 @@ def load_teacher(name: str, cfg, device) -> tuple[FrozenTeacher, dict]:
     """
     if name not in TEACHER_LABELS:
         raise ConfigError(f"unknown teacher '{name}'; choose from {sorted(TEACHER_LABELS)}.")
-    if len(set(cfg.backbone_seeds)) > 1:
-        raise ConfigError(f"study 3 replicates over its students and baselines with one set of frozen teachers; got "
-                          f"backbone_seeds={cfg.backbone_seeds}. Run it once per backbone seed instead "
-                          f"(-p backbone_seeds=[1], ...).")
-    arch, (mean, std), seed = cfg.teacher_arch, NO_NORMALISATION, cfg.backbone_seeds[0]
+    seed = cfg.shared_backbone_seed("study 3 replicates over its students and baselines with one set of frozen "
+                                    "teachers")
+    arch, (mean, std) = cfg.teacher_arch, NO_NORMALISATION
     if cfg.profile == "paper":
         arch, mean, std, weights = cfg.s3_checkpoint_arch, IMAGENET_MEAN, IMAGENET_STD, cfg.s3_supervised_weights
         path = weights_file(arch, weights) if name == "supervised" else paper_paths(cfg)[name]

@@ -34,9 +34,10 @@ import torch
 from .errors import ConfigError
 from .paths import under
 from .splits import Split, from_synth, image_files
+from .text import tokenize
 
 __all__ = ["PairSet", "choose_captions", "split_halves", "random_negative_pairs", "hard_negative_pairs",
-           "attribute_negatives", "jaccard_neighbours", "split_images", "PairDataset", "tokenize_captions", "PAIR_SEED",
+           "attribute_negatives", "jaccard_neighbours", "split_images", "PairDataset", "PAIR_SEED",
            "synth_pair_sets", "coco_pair_sets", "coco_paths", "load_pair_sets"]
 
 
@@ -207,13 +208,6 @@ def split_images(n: int, fractions: Sequence[float], seed: int) -> list[np.ndarr
     return parts
 
 
-def tokenize_captions(tokenizer, captions: Sequence[str]) -> dict[str, torch.Tensor]:
-    """`input_ids`/`attention_mask` for every caption, padded to the longest (computed once per data set)."""
-    max_length = min(int(getattr(tokenizer, "model_max_length", 77)), 512)
-    enc = tokenizer(list(captions), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    return {"ids": enc["input_ids"], "mask": enc["attention_mask"]}
-
-
 class PairDataset(torch.utils.data.Dataset):
     """Items `{"image", "label", "index", "<reader>_ids", "<reader>_mask"...}` for one PairSet.
 
@@ -227,7 +221,7 @@ class PairDataset(torch.utils.data.Dataset):
         if int(pairs.image_index.max()) >= len(split):
             raise ValueError(f"PairSet '{pairs.name}' indexes image {int(pairs.image_index.max())} of {len(split)}.")
         self.pairs, self.split = pairs, split
-        self.tokens = {name: tokenize_captions(tok, pairs.captions) for name, tok in readers.items()}
+        self.tokens = {name: tokenize(tok, pairs.captions) for name, tok in readers.items()}  # once per reader
         self.labels = torch.from_numpy(pairs.labels).float()
 
     def __len__(self) -> int:
@@ -237,7 +231,7 @@ class PairDataset(torch.utils.data.Dataset):
         image = self.split[int(self.pairs.image_index[i])][0].float().div_(255)
         item = {"image": image, "label": self.labels[i], "index": i}
         for name, tok in self.tokens.items():
-            item[f"{name}_ids"], item[f"{name}_mask"] = tok["ids"][i], tok["mask"][i]
+            item[f"{name}_ids"], item[f"{name}_mask"] = tok["input_ids"][i], tok["attention_mask"][i]
         return item
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from .errors import ConfigError
 from .models import SMALL_ARCHS
 from .teacher import CIFAR10_MEAN, CIFAR10_STD, FrozenTeacher, Normalize, freeze
 from .zoo import backbone, source_backbone
@@ -28,11 +27,8 @@ def load_encoder(arch: str, cfg, *, weights: str = "", input_size: int = 0, teac
     (`attribution.shap_safe_resnet`), teachers are wrapped in `FrozenTeacher`.
     """
     if arch in SMALL_ARCHS:
-        if len(set(cfg.backbone_seeds)) > 1:
-            raise ConfigError(f"study 4 replicates over its trained heads with one pair of frozen backbones; got "
-                              f"backbone_seeds={cfg.backbone_seeds}. Run it once per backbone seed instead "
-                              f"(-p backbone_seeds=[1], ...).")
-        net, card, summary = source_backbone(arch, cfg, seed=cfg.backbone_seeds[0])
+        seed = cfg.shared_backbone_seed("study 4 replicates over its trained heads with one pair of frozen backbones")
+        net, card, summary = source_backbone(arch, cfg, seed=seed)
         info = {"arch": arch, "weights": "pretrained here on the SynthWorld source task (60 classes)",
                 "source_top1": summary["source_top1"], "input_size": cfg.image_size, "parameters": card.parameters}
         return (FrozenTeacher(net, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)) if teacher else freeze(net)), info

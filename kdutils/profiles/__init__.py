@@ -115,6 +115,14 @@ def _backbone_seed(self, seed: int) -> int:
     return self.backbone_seeds[self.seeds.index(seed)]
 
 
+def _shared_backbone_seed(self, reason: str) -> int:
+    """The one backbone seed of a study that freezes its backbones once for all its replicates (`reason` says how)."""
+    if len(set(self.backbone_seeds)) > 1:
+        raise ConfigError(f"{reason}; got backbone_seeds={self.backbone_seeds}. Run it once per backbone seed instead "
+                          f"(-p backbone_seeds=[1], ...).")
+    return self.backbone_seeds[0]
+
+
 def _max_steps(self) -> int | None:
     """Steps per epoch for the training loop: 2 in dry-run mode, else no cap."""
     return 2 if self.dry_run else None
@@ -123,7 +131,7 @@ def _max_steps(self) -> int | None:
 Config = dataclasses.make_dataclass(
     "Config", [(name, spec[0]) for name, spec in ALL_FIELDS.items()], frozen=True,
     namespace={"to_dict": _to_dict, "replace": _replace, "max_steps": property(_max_steps),
-               "backbone_seed": _backbone_seed,
+               "backbone_seed": _backbone_seed, "shared_backbone_seed": _shared_backbone_seed,
                "__doc__": "Every size and path a notebook may need; build it with load_profile()."},
 )
 _HINTS = {name: spec[0] for name, spec in ALL_FIELDS.items()}

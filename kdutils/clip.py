@@ -44,7 +44,7 @@ from .text import (build_tokenizer, hf_download_hint, hf_source, local_config_an
 from .train import Recipe, resolve_device, seed_everything, train
 
 __all__ = ["SMALL_CLIP_ARCHS", "PAPER_CLIP", "small_clip_config", "preprocess", "image_embeds", "text_embeds",
-           "contrastive_loss_with_negatives", "encode_texts", "encode_images", "retrieval_recalls", "zero_shot_accuracy",
+           "encode_texts", "encode_images", "retrieval_recalls", "zero_shot_accuracy",
            "pretrain_small_clip", "load_clip"]
 
 #: Named small CLIP sizes (like `models.SMALL_ARCHS`): 32x32 images in 8x8 patches -> 16 patch tokens.
@@ -160,29 +160,6 @@ def zero_shot_accuracy(model, tokenizer, images01: torch.Tensor, labels: torch.T
     return metrics.accuracy(labels, scores)
 
 
-def contrastive_loss_with_negatives(image_emb: torch.Tensor, text_emb: torch.Tensor,
-                                    negative_text_emb: torch.Tensor | None, logit_scale) -> torch.Tensor:
-    """CLIP's symmetric loss, with extra caption negatives on the image->text side (NegCLIP).
-
-    Row i of `negative_text_emb` is a caption that is *almost* right for image i
-    (one attribute changed). Each image must then pick its caption among the
-    batch's captions and these near misses, so the towers cannot ignore an
-    attribute that in-batch negatives alone rarely need (in SynthWorld, the
-    shape: colour, position and background already tell 128 captions apart).
-    Text->image is CLIP's term. Without negatives this is `clip_contrastive_loss`.
-    """
-    if negative_text_emb is None:
-        return clip_contrastive_loss(image_emb, text_emb, logit_scale)
-    img, txt = F.normalize(image_emb, dim=1), F.normalize(text_emb, dim=1)
-    neg = F.normalize(negative_text_emb, dim=1)
-    scale = logit_scale if isinstance(logit_scale, torch.Tensor) else torch.tensor(float(logit_scale))
-    scale = scale.to(img.device, img.dtype).reshape(())
-    labels = torch.arange(img.shape[0], device=img.device)
-    i2t = scale * img @ torch.cat([txt, neg]).T
-    t2i = scale * txt @ img.T
-    return 0.5 * (F.cross_entropy(i2t, labels) + F.cross_entropy(t2i, labels))
-
-
 def pretrain_small_clip(cfg, seed: int = 0, progress: bool | None = None):
     """A small `CLIPModel` pretrained contrastively on SynthWorld source images and captions; cached.
 
@@ -246,8 +223,8 @@ def pretrain_small_clip(cfg, seed: int = 0, progress: bool | None = None):
             ids = torch.cat([ids, neg_ids[rows, pick]])
             mask = torch.cat([mask, neg_mask[rows, pick]])
         texts = text_embeds(model, ids, mask)
-        loss = contrastive_loss_with_negatives(image_embeds(model, images), texts[:len(images)],
-                                               texts[len(images):] if hard_negatives else None, scale)
+        loss = clip_contrastive_loss(image_embeds(model, images), texts[:len(images)], scale,
+                                     texts[len(images):] if hard_negatives else None)
         return {"loss": loss, "scale": scale.detach()}
 
     history = train(model, compute_loss, loader, training, parameters=[

@@ -107,13 +107,21 @@ def info_nce(query: torch.Tensor, keys_pos: torch.Tensor, keys_neg: torch.Tensor
     return F.cross_entropy(logits, labels)
 
 
-def clip_contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale) -> torch.Tensor:
+def clip_contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale,
+                          negative_text_emb: torch.Tensor | None = None) -> torch.Tensor:
     """CLIP's symmetric loss: mean of image->text and text->image cross-entropy.
 
     Embeddings are L2-normalised here; ``logits = logit_scale * img @ txt.T``,
     the matching pair of row i is column i. ``logit_scale`` is the multiplier
     itself (CLIP's ``logit_scale.exp()``, i.e. 1 / temperature), a float or a
     scalar tensor; ``ClipLoss`` keeps it as a learnable log-parameter.
+
+    ``negative_text_emb`` (NegCLIP): row i is a caption *almost* right for
+    image i (one attribute changed), added to the image->text side only. Each
+    image must then pick its caption among the batch's and these near misses,
+    so the towers cannot ignore an attribute that in-batch negatives alone
+    rarely need (in SynthWorld, the shape: colour, position and background
+    already tell 128 captions apart).
     """
     check_pair(image_emb, text_emb, "image_emb", "text_emb")
     scale = logit_scale if isinstance(logit_scale, torch.Tensor) else torch.tensor(float(logit_scale))
@@ -125,9 +133,13 @@ def clip_contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit
         )
     img = F.normalize(image_emb, dim=1)
     txt = F.normalize(text_emb, dim=1)
-    logits = scale.to(img.device, img.dtype).reshape(()) * img @ txt.T
+    scale = scale.to(img.device, img.dtype).reshape(())
     labels = torch.arange(img.shape[0], device=img.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    if negative_text_emb is None:
+        logits = scale * img @ txt.T
+        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    i2t = scale * img @ torch.cat([txt, F.normalize(negative_text_emb, dim=1)]).T
+    return 0.5 * (F.cross_entropy(i2t, labels) + F.cross_entropy(scale * txt @ img.T, labels))
 
 
 class ClipLoss(nn.Module):

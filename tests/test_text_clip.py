@@ -200,11 +200,10 @@ def test_retrieval_recalls_hand_computed():
         clip.retrieval_recalls(torch.eye(3), torch.eye(4))
 
 
-def test_contrastive_loss_with_negatives():
+def test_clip_loss_with_hard_negatives():
     torch.manual_seed(0)
     img, txt, neg = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8)
-    torch.testing.assert_close(clip.contrastive_loss_with_negatives(img, txt, None, 10.0),
-                               clip_contrastive_loss(img, txt, 10.0))
+    torch.testing.assert_close(clip_contrastive_loss(img, txt, 10.0, None), clip_contrastive_loss(img, txt, 10.0))
     # by hand for two pairs in 1-D directions: i2t sees 4 captions, t2i sees 2 images
     img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     txt = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -214,7 +213,7 @@ def test_contrastive_loss_with_negatives():
            -torch.log(torch.tensor(torch.e ** s / (torch.e ** s + 3)))) / 2
     t2i = -torch.log(torch.tensor(torch.e ** s / (torch.e ** s + 1)))
     expected = 0.5 * (i2t + t2i)
-    torch.testing.assert_close(clip.contrastive_loss_with_negatives(img, txt, neg, s), expected)
+    torch.testing.assert_close(clip_contrastive_loss(img, txt, s, neg), expected)
 
 
 def test_zero_shot_accuracy_uses_the_most_similar_prompt(tokenizer, monkeypatch):

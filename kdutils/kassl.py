@@ -23,7 +23,7 @@ from .cache import cache_root, cached, code_fingerprint, key_digest, model_finge
 from .checkpoint import History
 from .distillers import FeatureRegression
 from .errors import ConfigError
-from .kassl_config import TARGET_NORMS, VARIANTS, phase_epochs
+from .kassl_config import TARGET_NORMS, VARIANTS
 from .kassl_data import KASSLData, data_loader
 from .kassl_encoders import student_backbone
 from .kassl_probe import plain_features
@@ -137,7 +137,7 @@ class StudentRecipe(RunSettings):
     def of(cls, cfg, **changes) -> StudentRecipe:
         recipe = cls(cfg.student_arch, cfg.profile == "paper", cfg.s3_extension_hidden, cfg.s3_reduced_dim,
                      cfg.s3_fr_trainable, cfg.s3_target_norm, cfg.s3_view_preset, cfg.s3_kassl_lr,
-                     cfg.s3_kassl_weight_decay, cfg.s3_kassl_warmup_epochs, phase_epochs(cfg, cfg.s3_kassl_epochs),
+                     cfg.s3_kassl_weight_decay, cfg.s3_kassl_warmup_epochs, cfg.phase_epochs(cfg.s3_kassl_epochs),
                      cfg.s3_kassl_batch, **RunSettings.of_profile(cfg))
         return replace(recipe, **changes)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .errors import ConfigError
 
-__all__ = ["VARIANTS", "TEACHER_LABELS", "TARGET_NORMS", "SSL_TEACHERS", "check_config", "ssl_epochs", "phase_epochs",
+__all__ = ["VARIANTS", "TEACHER_LABELS", "TARGET_NORMS", "SSL_TEACHERS", "check_config", "ssl_epochs",
            "grid", "probe_args"]
 
 
@@ -54,11 +54,6 @@ def ssl_epochs(cfg, method: str) -> int:
     return getattr(cfg, _SSL_EPOCH_FIELDS[method])
 
 
-def phase_epochs(cfg, n: int) -> int:
-    """Epochs of a training phase: `n`, or 1 in a dry run (whose epochs stop after two steps)."""
-    return 1 if cfg.dry_run else n
-
-
 def grid(cfg) -> list[tuple[str, str]]:
     """(teacher, variant) pairs to train: all `s3_variants` for the first teacher, the others' list for the rest."""
     return [(t, v) for i, t in enumerate(cfg.s3_teachers)
@@ -67,5 +62,5 @@ def grid(cfg) -> list[tuple[str, str]]:
 
 def probe_args(cfg) -> dict:
     """The profile's linear-probe settings, for `probe(..., **probe_args(cfg))`."""
-    return {"epochs": phase_epochs(cfg, cfg.s3_probe_epochs), "max_steps": cfg.max_steps,
+    return {"epochs": cfg.phase_epochs(cfg.s3_probe_epochs), "max_steps": cfg.max_steps,
             "num_workers": cfg.num_workers}

@@ -12,7 +12,7 @@ from .augment import view_pair
 from .cache import cache_root, code_fingerprint, key_digest
 from .errors import ConfigError
 from .frozen import outputs
-from .kassl_config import TEACHER_LABELS, phase_epochs, probe_args, ssl_epochs
+from .kassl_config import TEACHER_LABELS, probe_args, ssl_epochs
 from .kassl_data import KASSLData, data_loader, load_data, paper_paths, synth_key
 from .kassl_probe import probe, random_init_probe
 from .kassl_views import to_uint8
@@ -70,7 +70,7 @@ class SSLRecipe(RunSettings):
                  "queue_size": cfg.s3_moco_queue, "temperature": cfg.s3_moco_temperature,
                  "bn_splits": cfg.s3_moco_bn_splits if method == "moco_v2" else 1}
         return cls(method=method, arch=cfg.student_arch if baseline else cfg.teacher_arch, paper=cfg.profile == "paper",
-                   epochs=phase_epochs(cfg, cfg.s3_baseline_epochs if baseline else ssl_epochs(cfg, method)),
+                   epochs=cfg.phase_epochs(cfg.s3_baseline_epochs if baseline else ssl_epochs(cfg, method)),
                    lr=cfg.s3_ssl_lr, batch=cfg.s3_ssl_batch, views=cfg.s3_view_preset, hyper=hyper,
                    **RunSettings.of_profile(cfg))
 

@@ -177,7 +177,7 @@ def pretrain_small_roberta(cfg, seed: int = 0, progress: bool | None = None):
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids, attention), batch_size=cfg.batch_size,
                                          shuffle=True, generator=gen, drop_last=True)
     training = Recipe(optimizer="adamw", lr=1e-3, weight_decay=0.01, schedule="warmup_cosine", warmup_fraction=0.1,
-                    warmup_cap=100, epochs=1 if cfg.dry_run else epochs,  # dry runs: one epoch of two steps
+                    warmup_cap=100, epochs=cfg.phase_epochs(epochs),
                     max_steps=cfg.max_steps)
     history = train(mlm, lambda b: {"loss": loss_of(*b)[0]}, loader, training,
                     checkpoint=run.checkpoint, checkpoint_key=run.digest,

@@ -52,14 +52,14 @@ class HeadParams:
     def from_config(cls, cfg) -> "HeadParams":
         """The H1 recipe of a profile (one epoch in dry runs)."""
         return cls(lr=cfg.s4_lr, momentum=cfg.s4_momentum, weight_decay=cfg.s4_weight_decay,
-                   batch_size=cfg.s4_batch_size, epochs=1 if cfg.dry_run else cfg.s4_epochs,
+                   batch_size=cfg.s4_batch_size, epochs=cfg.phase_epochs(cfg.s4_epochs),
                    patience=cfg.s4_patience, plateau_factor=cfg.s4_plateau_factor,
                    plateau_patience=cfg.s4_plateau_patience, dropout=cfg.s4_dropout,
                    temperature=cfg.s4_temperature, alpha=0.0)
 
     def h4(self, cfg) -> "HeadParams":
         """H4's changes: its own learning rate and epochs, no early stopping, final weights."""
-        return replace(self, lr=cfg.s4_h4_lr, epochs=1 if cfg.dry_run else cfg.s4_h4_epochs, patience=None,
+        return replace(self, lr=cfg.s4_h4_lr, epochs=cfg.phase_epochs(cfg.s4_h4_epochs), patience=None,
                        restore_best=False)
 
     def replace(self, **changes) -> "HeadParams":

@@ -128,10 +128,16 @@ def _max_steps(self) -> int | None:
     return 2 if self.dry_run else None
 
 
+def _phase_epochs(self, n: int) -> int:
+    """Epochs of a training phase: `n`, or 1 in a dry run (whose epochs stop after `max_steps` steps)."""
+    return 1 if self.dry_run else n
+
+
 Config = dataclasses.make_dataclass(
     "Config", [(name, spec[0]) for name, spec in ALL_FIELDS.items()], frozen=True,
     namespace={"to_dict": _to_dict, "replace": _replace, "max_steps": property(_max_steps),
                "backbone_seed": _backbone_seed, "shared_backbone_seed": _shared_backbone_seed,
+               "phase_epochs": _phase_epochs,
                "__doc__": "Every size and path a notebook may need; build it with load_profile()."},
 )
 _HINTS = {name: spec[0] for name, spec in ALL_FIELDS.items()}

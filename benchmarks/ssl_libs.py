@@ -25,7 +25,7 @@ from kdutils.models import small_resnet
 from kdutils.augment import _chance, _grayscale, _hue_rotation, _uniform, view_pair
 from kdutils.ssl import BYOL, MLPHead, MoCoV2
 
-#: the rows whose library call `kdutils.augment` or `kdutils.ssl` uses (their outputs must stay equal to the hand-written code's)
+#: the rows whose library call `kdutils.augment` or `kdutils.ssl` uses (outputs equal to the hand-written code's)
 ADOPTED = ("solarize", "blur", "BYOL head, biases kept", "MoCo head", "EMA update", "cosine momentum")
 
 

@@ -25,7 +25,7 @@ def _bench(name: str) -> None:
     from .paths import REPO_ROOT
 
     if not (REPO_ROOT / "benchmarks" / "__init__.py").is_file():
-        raise KDError(f"`bench` runs the benchmarks/ folder of a clone of the repository; there is none in {REPO_ROOT}.")
+        raise KDError(f"`bench` runs the benchmarks/ folder of a clone of the repository; none in {REPO_ROOT}.")
     sys.path.insert(0, str(REPO_ROOT))
     from benchmarks import BENCHMARKS
 

@@ -84,5 +84,6 @@ def _pretrain_source(arch: str, cfg, seed: int, run: Pretraining):
     logits = outputs(model, batches(xt, 512), device=device)
     return model.cpu(), run.finish({
         "arch": arch, "epochs": cfg.pretrain_epochs, "seed": seed, "recipe": recipe(run.key),
-        "history": history.to_dict(), "source_top1": metrics.accuracy(yt, logits), "source_top5": metrics.topk_accuracy(logits, yt, 5),
+        "history": history.to_dict(), "source_top1": metrics.accuracy(yt, logits),
+        "source_top5": metrics.topk_accuracy(logits, yt, 5),
         "parameters": sum(p.numel() for p in model.parameters())})

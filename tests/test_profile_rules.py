@@ -92,3 +92,12 @@ def test_a_notebook_runs_torch_on_the_profiles_threads(tmp_path):
 def test_published_weights_at_paper_have_no_backbone_seeds():
     with pytest.raises(ConfigError, match="published weights"):
         load_profile("paper", backbone_seeds=[1])
+
+
+def test_profile_rules_shared_by_the_studies():
+    """A dry run trains one epoch per phase; studies with frozen backbones take their one backbone seed or say why not."""
+    assert load_profile("tiny").phase_epochs(7) == 7
+    assert load_profile("tiny", dry_run=True).phase_epochs(7) == 1
+    assert load_profile("tiny", seeds=[0, 1], backbone_seeds=[3]).shared_backbone_seed("study 9 freezes once") == 3
+    with pytest.raises(ConfigError, match=r"study 9 freezes once; got backbone_seeds=\[0, 1\]\. Run it once per"):
+        load_profile("tiny", seeds=[0, 1], backbone_seeds=[0, 1]).shared_backbone_seed("study 9 freezes once")

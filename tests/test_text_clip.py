@@ -201,9 +201,11 @@ def test_retrieval_recalls_hand_computed():
 
 
 def test_clip_loss_with_hard_negatives():
-    torch.manual_seed(0)
     img, txt, neg = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8)
-    torch.testing.assert_close(clip_contrastive_loss(img, txt, 10.0, None), clip_contrastive_loss(img, txt, 10.0))
+    with pytest.raises(ConfigError, match="logit_scale must be > 0"):  # the negatives' path checks its inputs too
+        clip_contrastive_loss(img, txt, 0.0, neg)
+    with pytest.raises(ValueError):
+        clip_contrastive_loss(img, txt[:3], 10.0, neg)
     # by hand for two pairs in 1-D directions: i2t sees 4 captions, t2i sees 2 images
     img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     txt = torch.tensor([[1.0, 0.0], [0.0, 1.0]])

@@ -37,6 +37,7 @@ from .frozen import batches, outputs
 from .losses import clip_contrastive_loss
 from .pretrain import synth_split, to_tensors, world_config
 from .published import Pretraining, recipe
+from .splits import tensor_loader
 from .synthworld import class_prompts, vocabulary
 from .teacher import CLIP_MEAN, CLIP_STD, Normalize
 from .text import (build_tokenizer, hf_download_hint, hf_source, local_config_and_tokenizer, quiet_transformers,
@@ -204,8 +205,8 @@ def pretrain_small_clip(cfg, seed: int = 0, progress: bool | None = None):
     if (summary := run.shipped(model) or run.finished(model)) is not None:  # skip generating the training data
         return model.eval(), tokenizer, summary
 
-    loader = torch.utils.data.DataLoader(_source_pairs(cfg, tokenizer), batch_size=cfg.batch_size, shuffle=True,
-                                         generator=gen, drop_last=True)
+    loader = tensor_loader(*_source_pairs(cfg, tokenizer), batch_size=cfg.batch_size, shuffle=True, generator=gen,
+                           drop_last=True)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     training = Recipe(optimizer="adamw", lr=lr, betas=(0.9, 0.98), eps=1e-6, schedule="warmup_cosine",
@@ -238,7 +239,7 @@ def pretrain_small_clip(cfg, seed: int = 0, progress: bool | None = None):
     return model.cpu().eval(), tokenizer, summary
 
 
-def _source_pairs(cfg, tokenizer) -> torch.utils.data.TensorDataset:
+def _source_pairs(cfg, tokenizer) -> tuple[torch.Tensor, ...]:
     """SynthWorld source images with their caption, one-attribute hard negatives and class prompt, tokenised."""
     train = synth_split(cfg, "source_train")
     x, _ = to_tensors(train)
@@ -249,8 +250,8 @@ def _source_pairs(cfg, tokenizer) -> torch.utils.data.TensorDataset:
     prompts = tokenize(tokenizer, [class_prompts("source")[k] for k in train.labels], SYNTH_MAX_TOKENS)
     width = enc["input_ids"].shape[1]
     prompts = {k: F.pad(v, (0, width - v.shape[1])) for k, v in prompts.items()}  # [PAD] = 0, mask 0
-    return torch.utils.data.TensorDataset(x, enc["input_ids"], enc["attention_mask"], neg["input_ids"],
-                                          neg["attention_mask"], prompts["input_ids"], prompts["attention_mask"])
+    return (x, enc["input_ids"], enc["attention_mask"], neg["input_ids"], neg["attention_mask"], prompts["input_ids"],
+            prompts["attention_mask"])
 
 
 def _clip_evaluation(model, tokenizer, cfg) -> dict:

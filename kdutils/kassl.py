@@ -25,6 +25,7 @@ from .distillers import FeatureRegression
 from .errors import ConfigError
 from .kassl_config import TARGET_NORMS, VARIANTS
 from .kassl_data import KASSLData, data_loader
+from .splits import TensorRows
 from .kassl_encoders import student_backbone
 from .kassl_probe import plain_features
 from .kassl_views import AugmentedViewBank, BankViews, FreshViews, SameImage
@@ -178,7 +179,7 @@ def _student_views(teacher: FrozenTeacher, data: KASSLData, *, augmented: bool, 
     """(views, dataset) of a student: the bank's cached teacher features, fresh views, or the plain image."""
     if augmented and bank is not None:
         return (BankViews(bank, features=bank.features(teacher, device)),
-                torch.utils.data.TensorDataset(torch.arange(len(bank))))
+                TensorRows(torch.arange(len(bank))))
     if augmented:
         return FreshViews(view_pair(view_preset, out_size=data.size), teacher), data.train
     if data.train.lazy:

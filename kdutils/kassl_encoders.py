@@ -19,6 +19,7 @@ from .kassl_views import to_uint8
 from .models import weights_file
 from .ssl import make_learner, train_ssl
 from .ssl_checkpoints import CHECKPOINT_SOURCES, load_ssl_resnet
+from .splits import tensor_loader
 from .teacher import IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher
 from .parallel import launch
 from .train import RunSettings, resolve_device, seed_everything
@@ -139,8 +140,7 @@ def ssl_teacher(method: str, cfg, probe_it: bool = False, seed: int = 0) -> tupl
     if (shipped := run.shipped(encoder)) is not None:
         return encoder.eval(), shipped
     x, _ = to_tensors(synth_split(cfg, "source_train"))
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(to_uint8(x)), batch_size=recipe.batch,
-                                         shuffle=True, drop_last=True, generator=gen)
+    loader = tensor_loader(to_uint8(x), batch_size=recipe.batch, shuffle=True, drop_last=True, generator=gen)
     device = resolve_device(cfg.device)
     encoder, history = _train_ssl_encoder(recipe, encoder, encoder.feature_dim, loader, run.checkpoint, run.digest,
                                           size=x.shape[-1], device=device, desc=f"{method} teacher")

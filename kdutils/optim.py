@@ -14,18 +14,22 @@ __all__ = ["make_optimizer", "warmup_cosine", "make_scheduler"]
 
 def make_optimizer(params: Iterable, name: str, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
                    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.Optimizer:
-    """The optimisers the four studies use: SGD (with momentum), Adam, AdamW; `params` may be groups."""
+    """The optimisers the four studies use: SGD (with momentum), Adam, AdamW; `params` may be groups.
+
+    All take PyTorch's multi-tensor ("foreach") step, also on the CPU where it is not the default: the same
+    arithmetic in one call per step instead of one per tensor, which a small head's step notices.
+    """
     params = list(params)
     if not all(isinstance(p, dict) for p in params):
         params = [p for p in params if p.requires_grad]
     if not params:
         raise ConfigError("make_optimizer got no trainable parameters (is everything frozen?).")
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps, foreach=True)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps, foreach=True)
     raise ConfigError(f"optimizer '{name}' is unknown; choose sgd, adam or adamw.")
 
 

@@ -20,7 +20,7 @@ from .augment import flip_shift
 from .cache import code_fingerprint, entry_lock
 from .frozen import batches, outputs
 from .published import Pretraining, recipe
-from .splits import nchw, to_float
+from .splits import nchw, tensor_loader, to_float
 from .synthworld import SynthBatch, WorldConfig, class_names, generate
 from .distillers import CrossEntropy
 from .train import Recipe, resolve_device, seed_everything, train
@@ -71,8 +71,7 @@ def _pretrain_source(arch: str, cfg, seed: int, run: Pretraining):
         return model.eval(), summary
 
     x, y = to_tensors(synth_split(cfg, "source_train"))
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=cfg.batch_size,
-                                         shuffle=True, generator=gen, drop_last=True)
+    loader = tensor_loader(x, y, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=True)
     training = Recipe(optimizer="sgd", lr=run.key["lr"], momentum=0.9, weight_decay=5e-4, schedule="warmup_cosine",
                     warmup_fraction=0.1, warmup_cap=200, epochs=cfg.pretrain_epochs, max_steps=cfg.max_steps)
     device = resolve_device(cfg.device)

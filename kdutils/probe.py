@@ -14,6 +14,7 @@ from torch import nn
 
 from . import metrics
 from .distillers import CrossEntropy
+from .splits import tensor_loader
 from .train import Recipe, seed_everything, train
 
 
@@ -32,8 +33,7 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     tr, te = (train_x - mean) / std, (test_x - mean) / std
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     head = nn.Linear(tr.shape[1], num_classes)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tr, train_y), batch_size=batch_size,
-                                         shuffle=True, generator=gen)
+    loader = tensor_loader(tr, train_y, batch_size=batch_size, shuffle=True, generator=gen)
     recipe = Recipe(optimizer="sgd", lr=lr, weight_decay=weight_decay, schedule="cosine", epochs=epochs,
                     max_steps=max_steps)
     history = train(head, CrossEntropy(), loader, recipe, outputs=lambda b: (head(b[0]), None, b[1]), progress=False)

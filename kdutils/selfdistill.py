@@ -49,6 +49,7 @@ from .errors import ConfigError
 from .frozen import outputs
 from .selfdistill_data import in_order, indices_of, labels_of
 from .selfdistill_encoders import Student
+from .splits import TensorRows, as_batch
 from .selfdistill_features import VIEWS, FrozenFeatures, flip_where, tensor_digest, to_unit
 from .text_queried_head import TextQueriedHead
 from .parallel import launch, per_example
@@ -136,14 +137,15 @@ class StudentRecipe(RunSettings):
 def _train_loader(dataset, generator, recipe: HeadRecipe | StudentRecipe, *, steps: int | None, batch_size: int):
     """(loader, epochs, total steps): shuffled epochs, or with a step budget (few-shot) one epoch of `steps`
     batches drawn with replacement, so 10 images and 500 images train for the same number of steps."""
+    common = {"batch_size": batch_size, "num_workers": recipe.num_workers,
+              "collate_fn": as_batch if isinstance(dataset, TensorRows) else None}
     if steps is None:
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
-                                             num_workers=recipe.num_workers, drop_last=len(dataset) >= 4 * batch_size)
+        loader = torch.utils.data.DataLoader(dataset, shuffle=True, generator=generator,
+                                             drop_last=len(dataset) >= 4 * batch_size, **common)
     else:
         sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=steps * batch_size,
                                                  generator=generator)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                                             num_workers=recipe.num_workers)
+        loader = torch.utils.data.DataLoader(dataset, sampler=sampler, **common)
     epochs = 1 if recipe.dry_run or steps is not None else recipe.epochs
     return loader, epochs, max(1, epochs * min(len(loader), recipe.max_steps or len(loader)))
 
@@ -168,7 +170,7 @@ def fit_teacher(mode: str, feats: FrozenFeatures, train_set, recipe: HeadRecipe,
                                heads=recipe.heads)
     teacher = HeadClassifier(mode, module, None if class_queries is None else class_queries.float()).to(device)
     # cached features need no pixels: the same sampler draws the same order over (label, index) pairs alone
-    items = (torch.utils.data.TensorDataset(labels_of(train_set), indices_of(train_set)) if feats.in_memory
+    items = (TensorRows(labels_of(train_set), indices_of(train_set)) if feats.in_memory
              else train_set)
     loader, epochs, total = _train_loader(items, gen, recipe, steps=steps, batch_size=recipe.batch_size)
     table = caption_table.to(device) if caption_table is not None else None

@@ -14,6 +14,7 @@ from .errors import ConfigError
 from .losses import ClipLoss
 from .selfdistill import HeadClassifier
 from .selfdistill_features import FrozenFeatures
+from .splits import tensor_loader
 from .train import Recipe, seed_everything, train
 
 __all__ = ["topk", "few_shot_indices", "retrieval_recalls", "attention_maps"]
@@ -60,8 +61,8 @@ def retrieval_recalls(train_image: torch.Tensor, train_text: torch.Tensor, test_
     proj = nn.Linear(train_image.shape[1], train_text.shape[1])
     loss_fn = ClipLoss(init_scale=10.0)
     model = nn.ModuleDict({"proj": proj, "loss": loss_fn})
-    data = torch.utils.data.TensorDataset((train_image - mean) / std, train_text)
-    loader = torch.utils.data.DataLoader(data, batch_size=256, shuffle=True, generator=gen, drop_last=len(data) >= 512)
+    loader = tensor_loader((train_image - mean) / std, train_text, batch_size=256, shuffle=True, generator=gen,
+                           drop_last=len(train_image) >= 512)
     recipe = Recipe(optimizer="adamw", lr=1e-2, weight_decay=1e-4, schedule="warmup_cosine", warmup_fraction=0.1,
                     warmup_cap=100, epochs=epochs, max_steps=max_steps)
     train(model, lambda b: {"loss": loss_fn(proj(b[0]), b[1])}, loader, recipe, device=device,

@@ -27,6 +27,7 @@ from .paths import under
 from .pretrain import pretrain_source, synth_split, world_config
 from .published import Pretraining, recipe
 from .selfdistill_data import clip_path
+from .splits import tensor_loader
 from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher, Normalize
 from .train import Recipe, seed_everything, train
 from .zoo import backbone, clip, text_encoder
@@ -174,8 +175,7 @@ def pretrain_small_roberta(cfg, seed: int = 0, progress: bool | None = None):
         return encoder.eval(), shipped
     encode, loss_of = _masked_lm(tokenizer, model, lm_head)
     ids, attention = encode(synth_split(cfg, "source_train").captions)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids, attention), batch_size=cfg.batch_size,
-                                         shuffle=True, generator=gen, drop_last=True)
+    loader = tensor_loader(ids, attention, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=True)
     training = Recipe(optimizer="adamw", lr=1e-3, weight_decay=0.01, schedule="warmup_cosine", warmup_fraction=0.1,
                     warmup_cap=100, epochs=cfg.phase_epochs(epochs),
                     max_steps=cfg.max_steps)

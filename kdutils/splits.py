@@ -17,7 +17,7 @@ import torch
 from .cache import key_digest
 from .paths import under
 
-__all__ = ["nchw", "to_float", "array_digest", "Split", "from_synth", "synthworld", "cifar", "image_folder",
+__all__ = ["nchw", "to_float", "array_digest", "Split", "TensorRows", "as_batch", "tensor_loader", "from_synth", "synthworld", "cifar", "image_folder",
            "image_files", "PAPER_DATA", "paper_data"]
 
 
@@ -109,6 +109,35 @@ class Split(torch.utils.data.Dataset):
                        key=f"{self.key}[{array_digest(idx.numpy())}]", masks=pick(self.masks),
                        has_mask=pick(self.has_mask),
                        captions=None if self.captions is None else [self.captions[i] for i in idx.tolist()])
+
+
+class TensorRows(torch.utils.data.TensorDataset):
+    """A TensorDataset that gathers a batch with one index per tensor; load it with `collate_fn=as_batch`.
+
+    The default loader indexes and stacks row by row: on cached features that
+    costs about as much as a small head's own step. The batches and their
+    order are the same (the same samplers draw the same indices), and so is
+    the layout: contiguous, as stacking makes it (a convolution rounds
+    differently on channels-last).
+    """
+
+    def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
+        idx = torch.as_tensor(indices)
+        return [t[idx].contiguous() for t in self.tensors]
+
+
+def as_batch(batch):
+    """The collate function of a `TensorRows` loader: its batch is already gathered."""
+    return batch
+
+
+def tensor_loader(*tensors: torch.Tensor, **loader_args) -> torch.utils.data.DataLoader:
+    """`DataLoader(TensorDataset(*tensors), **loader_args)`'s batches, gathered a batch at a time (`TensorRows`).
+
+    >>> [b.tolist() for b in next(iter(tensor_loader(torch.arange(4), batch_size=2)))]
+    [[0, 1]]
+    """
+    return torch.utils.data.DataLoader(TensorRows(*tensors), collate_fn=as_batch, **loader_args)
 
 
 # ------------------------------------------------------------------ loaders

@@ -79,3 +79,27 @@ def test_paper_table_names_every_download(tmp_path):
     assert all(how for _, how in need.values())
     with pytest.raises(ConfigError, match="no paper data set"):
         splits.paper_data(cfg, "mnist")
+
+
+@pytest.mark.parametrize("sampling", ["shuffled", "with replacement", "in order"])
+def test_tensor_loader_gives_the_default_loaders_batches_order_and_layout(sampling):
+    images = splits.to_float(torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8))  # channels-last, as cached
+    tensors = (images, torch.arange(10), torch.randn(10, 2, 5).half())
+
+    def batches(make):
+        gen = torch.Generator().manual_seed(3)
+        args = {"shuffled": {"shuffle": True, "generator": gen, "drop_last": True},
+                "with replacement": {"sampler": torch.utils.data.RandomSampler(range(10), replacement=True,
+                                                                              num_samples=12, generator=gen)},
+                "in order": {}}[sampling]
+        return list(make(batch_size=4, **args))
+
+    default = batches(lambda **a: torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*tensors), **a))
+    gathered = batches(lambda **a: splits.tensor_loader(*tensors, **a))
+    assert len(gathered) == len(default) == {"shuffled": 2, "with replacement": 3, "in order": 3}[sampling]
+    for ours, theirs in zip(gathered, default):
+        assert type(ours) is type(theirs) and len(ours) == 3
+        for a, b in zip(ours, theirs):
+            assert a.dtype == b.dtype and a.stride() == b.stride() and torch.equal(a, b)
+    order = [i for batch in gathered for i in batch[1].tolist()]
+    assert (order == list(range(10))) == (sampling == "in order")  # the samplers really drew

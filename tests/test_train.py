@@ -213,3 +213,24 @@ def test_recipe_warm_up_and_parameter_groups_reach_the_optimiser_and_schedule():
             opt.step()
             sched.step()
     assert torch.equal(manual.weight, model.weight) and torch.equal(manual.bias, model.bias)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_multi_tensor_optimizers_step_bit_for_bit_like_the_per_tensor_ones(name):
+    def trained(**optimizer):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 3))
+        opt = optimizer.pop("make")(model.parameters(), lr=0.05, weight_decay=0.01, **optimizer)
+        x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+        for _ in range(20):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        return opt, [p.detach().clone() for p in model.parameters()]
+
+    ours, ours_params = trained(make=lambda params, **a: make_optimizer(params, name, **a))
+    per_tensor = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
+    extra = {"momentum": 0.9} if name == "sgd" else {}
+    _, reference = trained(make=lambda params, **a: per_tensor(params, foreach=False, **a, **extra))
+    assert ours.defaults["foreach"] is True
+    assert all(torch.equal(a, b) for a, b in zip(ours_params, reference))

@@ -17,8 +17,8 @@ import torch
 from .cache import key_digest
 from .paths import under
 
-__all__ = ["nchw", "to_float", "array_digest", "Split", "TensorRows", "as_batch", "tensor_loader", "from_synth", "synthworld", "cifar", "image_folder",
-           "image_files", "PAPER_DATA", "paper_data"]
+__all__ = ["nchw", "to_float", "array_digest", "Split", "TensorRows", "as_batch", "tensor_loader", "from_synth",
+           "synthworld", "cifar", "image_folder", "image_files", "PAPER_DATA", "paper_data"]
 
 
 def nchw(images_nhwc) -> torch.Tensor:

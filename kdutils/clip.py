@@ -80,7 +80,8 @@ def small_clip_config(vocab_size: int, image_size: int = 32, patch_size: int = 4
         if hidden % heads:
             raise ConfigError(f"{name} ({hidden}) must be divisible by heads ({heads}).")
     text = CLIPTextConfig(vocab_size=vocab_size, hidden_size=text_hidden, intermediate_size=4 * text_hidden,
-                          num_hidden_layers=text_layers, num_attention_heads=heads, max_position_embeddings=max_positions,
+                          num_hidden_layers=text_layers, num_attention_heads=heads,
+                          max_position_embeddings=max_positions,
                           projection_dim=projection_dim, pad_token_id=pad_token_id, bos_token_id=bos_token_id,
                           eos_token_id=eos_token_id)
     vision = CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=4 * vision_hidden,

@@ -133,4 +133,5 @@ def view_bank(data: KASSLData, *, views: int, preset: str, seed: int) -> Augment
     """
     if not views or data.train.lazy:
         return None
-    return AugmentedViewBank.draw(data.train.images, view_pair(preset, out_size=data.size), views, seed, data.keys["train"])
+    return AugmentedViewBank.draw(data.train.images, view_pair(preset, out_size=data.size), views, seed,
+                                  data.keys["train"])

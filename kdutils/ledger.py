@@ -62,7 +62,8 @@ def counts(rows: list[dict], kind: str = "claim") -> dict[str, int]:
 def markdown(rows: list[dict]) -> str:
     """The findings table the README shows: the papers' claims, then the lab's preconditions."""
     def table(kind):
-        lines = ["| study | claim | paper | ours: mean +- std (n) | 95% interval | verdict |", "|---|---|---|---|---|---|"]
+        lines = ["| study | claim | paper | ours: mean +- std (n) | 95% interval | verdict |",
+                 "|---|---|---|---|---|---|"]
         for r in rows:
             if r["kind"] == kind:
                 verdict = f"{r['verdict']} (stale: {r['stale']})" if r["stale"] else r["verdict"]

@@ -78,7 +78,8 @@ def bars_html(result: dict) -> str:
     rows = "".join(
         f'<div style="display:flex;align-items:center;gap:6px;margin:2px 0">'
         f'<span style="width:60px">{name}</span>'
-        f'<span style="display:inline-block;height:14px;width:{3 * result[name]:.0f}px;background:{role_color(ROLES[name])}">'
+        f'<span style="display:inline-block;height:14px;width:{3 * result[name]:.0f}px;'
+        f'background:{role_color(ROLES[name])}">'
         f'</span><span>{result[name]:.2f}%</span></div>'
         for name in ("teacher", "TL", "TL+KD"))
     return f'<div class="kd-live-bars">{rows}</div>'

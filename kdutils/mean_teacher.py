@@ -132,7 +132,8 @@ def train_retrieval(image: torch.Tensor, text: torch.Tensor, unpaired: torch.Ten
                                   "text": torch.stack([b for _, b, _ in items]),
                                   "unpaired": torch.cat([c for _, _, c in items])})
     recipe = Recipe(optimizer="adamw", lr=lr, weight_decay=1e-4, epochs=epochs, max_steps=max_steps)
-    train(model, model, loader, recipe, device=device, desc="mean teacher" if mean_teacher else "pairs only", progress=progress)
+    train(model, model, loader, recipe, device=device, desc="mean teacher" if mean_teacher else "pairs only",
+          progress=progress)
     return model.eval()
 
 

@@ -62,7 +62,8 @@ class PairSet:
 
     def summary(self) -> dict:
         kinds, counts = np.unique(self.kind, return_counts=True)
-        return {"pairs": len(self), "positives": int(self.labels.sum()), "images": int(len(np.unique(self.image_index))),
+        return {"pairs": len(self), "positives": int(self.labels.sum()),
+                "images": int(len(np.unique(self.image_index))),
                 "kinds": {str(k): int(c) for k, c in zip(kinds, counts)}}
 
 
@@ -178,7 +179,8 @@ def jaccard_neighbours(captions: Sequence[str], chunk: int = 2048) -> np.ndarray
     try:
         x = vec.fit_transform(captions).astype(np.float32).tocsr()
     except ValueError:  # every word is a stop word
-        x = CountVectorizer(binary=True, token_pattern=r"(?u)\b\w+\b").fit_transform(captions).astype(np.float32).tocsr()
+        words = CountVectorizer(binary=True, token_pattern=r"(?u)\b\w+\b")
+        x = words.fit_transform(captions).astype(np.float32).tocsr()
     sizes = np.asarray(x.sum(1)).ravel()
     text_id = _text_ids(captions)
     out = np.empty(n, dtype=np.int64)

@@ -171,7 +171,8 @@ def publish(name: str, cfg) -> dict:
     finally:
         _disabled = False
     return ship(name, module, summary, {"trained_by": f"python -m kdutils publish {name} --profile {cfg.profile}",
-                                        "commit": _commit(), "publish_seconds": round(time.perf_counter() - started, 1)})
+                                        "commit": _commit(),
+                                        "publish_seconds": round(time.perf_counter() - started, 1)})
 
 
 def ship(name: str, module, summary: dict, provenance: dict) -> dict:

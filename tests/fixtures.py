@@ -108,7 +108,8 @@ def write_image_folder(root, classes, n_per_class: int = 2, size=8, seed: int = 
         written[c] = []
         for i in range(n_per_class):
             arr = _image(rng, size)
-            Image.fromarray(arr).save(d / f"{c}_{i:04d}.{ext}", format="JPEG" if ext.lower() in ("jpg", "jpeg") else None)
+            jpeg = ext.lower() in ("jpg", "jpeg")
+            Image.fromarray(arr).save(d / f"{c}_{i:04d}.{ext}", format="JPEG" if jpeg else None)
             written[c].append(arr)
     return written
 

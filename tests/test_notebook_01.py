@@ -111,7 +111,8 @@ def write_paper_fixtures(root):
                                 eos_token_id=tok.sep_token_id)).save_pretrained(clip_dir)
     tok.save_pretrained(clip_dir)
     roberta_dir = weights / "roberta-base"
-    text.small_text_model("roberta", len(tok), hidden=32, layers=1, heads=2, max_positions=24).save_pretrained(roberta_dir)
+    roberta = text.small_text_model("roberta", len(tok), hidden=32, layers=1, heads=2, max_positions=24)
+    roberta.save_pretrained(roberta_dir)
     tok.save_pretrained(roberta_dir)
     blip_dir = weights / "Salesforce" / "blip-image-captioning-base"
     blip_dir.mkdir(parents=True)
@@ -181,7 +182,8 @@ def _planted_runs(seeds=(0, 1, 2)):
         add("resnet", "clip", "student of the label-free head", 51.0 + 5 * i + wobble + 4.0 + wobble)
         add("resnet", "clip", "student of the caption head", 51.0 + 5 * i + 2 * wobble + 1.0 - 3.0)
         for chain in ("with text", "without text"):
-            gens += [{"seed": seed, "chain": chain, "generation": g, "top1": 50.0 + g * (1 + wobble)} for g in (0, 1, 2)]
+            gens += [{"seed": seed, "chain": chain, "generation": g, "top1": 50.0 + g * (1 + wobble)}
+                     for g in (0, 1, 2)]
         for k in (1, 50):
             few.append({"seed": seed, "k": k, "student without text": 30.0, "student with text": 30.0 + k + wobble})
         retrieval += [{"seed": seed, "model": "student without text", "i2t_r10": 20.0},

@@ -95,7 +95,7 @@ def test_published_weights_at_paper_have_no_backbone_seeds():
 
 
 def test_profile_rules_shared_by_the_studies():
-    """A dry run trains one epoch per phase; studies with frozen backbones take their one backbone seed or say why not."""
+    """A dry run trains one epoch per phase; frozen-backbone studies take their one backbone seed or say why not."""
     assert load_profile("tiny").phase_epochs(7) == 7
     assert load_profile("tiny", dry_run=True).phase_epochs(7) == 1
     assert load_profile("tiny", seeds=[0, 1], backbone_seeds=[3]).shared_backbone_seed("study 9 freezes once") == 3

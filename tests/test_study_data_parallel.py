@@ -1,8 +1,8 @@
-"""Study 3's KASSL student and BYOL baseline (and study 2's CLIP teacher fine-tuning) trained with the profile's `num_processes=2` (CPU, gloo, through
-`parallel.launch`) equal the `num_processes=1` run: per-step losses and final weights within float tolerance
-(batch-norm over the global batch, the views and crops of one process), and the main process alone wrote the
-checkpoints. The trainings are short because float rounding grows step by step in them (the same run on one
-and on two CPU threads drifts apart as fast)."""
+"""Study 3's KASSL student and BYOL baseline (and study 2's CLIP teacher fine-tuning) trained with the profile's
+`num_processes=2` (CPU, gloo, through `parallel.launch`) equal the `num_processes=1` run: per-step losses and final
+weights within float tolerance (batch-norm over the global batch, the views and crops of one process), and the main
+process alone wrote the checkpoints. The trainings are short because float rounding grows step by step in them
+(the same run on one and on two CPU threads drifts apart as fast)."""
 
 import subprocess
 import sys
@@ -17,8 +17,8 @@ MATCHER_SCRIPT = Path(__file__).parent / "matcher_data_parallel_script.py"
 
 def _run(out: Path, processes: int, script: Path = SCRIPT) -> dict:
     out.mkdir()
-    done = subprocess.run([sys.executable, str(script), str(out), str(processes)], capture_output=True, text=True, check=False,
-                          timeout=240)
+    done = subprocess.run([sys.executable, str(script), str(out), str(processes)], capture_output=True, text=True,
+                          check=False, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
     return torch.load(out / "result.pt", weights_only=False)
 

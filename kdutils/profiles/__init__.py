@@ -192,7 +192,8 @@ def _build(base: dict, overrides: dict):
                           f"got {values['backbone_seeds']!r}.")
     if values["profile"] == "paper" and values["backbone_seeds"] != [0]:
         raise ConfigError(f"parameter 'backbone_seeds' must be [0] at the paper profile, got "
-                          f"{values['backbone_seeds']!r}: its backbones are the published weights, which have no seeds.")
+                          f"{values['backbone_seeds']!r}: its backbones are the published weights, "
+                          "which have no seeds.")
     return Config(**values)
 
 

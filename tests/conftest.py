@@ -30,6 +30,11 @@ SEALED_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_O
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+def fail_if_recomputed(*args, **kwargs):
+    """Patched over a compute path for a cache's second call: the entry must be read, not recomputed."""
+    raise AssertionError("recomputed: the cache entry was not read")
+
+
 class NetworkBlocked(OSError):
     """A test tried to reach a non-loopback address (an OSError, so libraries' offline fallbacks still run)."""
 

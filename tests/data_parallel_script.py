@@ -2,7 +2,8 @@
 
 Usage: python data_parallel_script.py OUT_DIR PROCESSES EPOCHS. The launching process writes OUT_DIR/result.pt
 (loss per epoch and final weights as `launch` returns them, whether accelerate was imported); a process that
-writes a checkpoint leaves OUT_DIR/saved-by-rank-R-of-N.
+writes a checkpoint leaves OUT_DIR/saved-by-rank-R-of-N; the main trainer appends the number of batches it
+trained to OUT_DIR/steps-of-rank-0.txt.
 """
 
 import os
@@ -26,8 +27,17 @@ def run(out_dir: str, epochs: int) -> None:
                                          generator=gen)
     model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2))
     opt = optim.make_optimizer(model.parameters(), "sgd", lr=0.2, momentum=0.9)
-    history = train.fit(model, loader, lambda b: {"loss": nn.functional.cross_entropy(model(b[0]), b[1])}, opt,
-                        epochs, checkpoint=out / "checkpoint.pt", checkpoint_key="data-parallel", progress=False)
+    steps = []
+
+    def compute_loss(batch):
+        steps.append(1)
+        return {"loss": nn.functional.cross_entropy(model(batch[0]), batch[1])}
+
+    history = train.fit(model, loader, compute_loss, opt, epochs, checkpoint=out / "checkpoint.pt",
+                        checkpoint_key="data-parallel", progress=False)
+    if os.environ.get("RANK") == "0":  # the main trainer: how many batches this launch trained
+        with open(out / "steps-of-rank-0.txt", "a") as f:
+            f.write(f"{len(steps)}\n")
     if "WORLD_SIZE" not in os.environ:  # the notebook's own process: what `launch` returns
         torch.save({"losses": history.series("train_loss"), "weights": model.state_dict(),
                     "accelerate_imported": "accelerate" in sys.modules}, out / "result.pt")

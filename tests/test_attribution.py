@@ -160,7 +160,7 @@ def test_accumulating_maxpool_is_scoped_and_restores_shap():
     from shap.explainers._deep import deep_pytorch
 
     before = dict(deep_pytorch.op_handler)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="^inside$"):
         with attribution.accumulating_maxpool():
             assert deep_pytorch.op_handler["MaxPool2d"] is not before["MaxPool2d"]
             assert deep_pytorch.op_handler["MaxPool2d"].__name__ == "maxpool"  # shap stores x/y by this name

@@ -27,6 +27,9 @@ def test_two_processes_equal_one_with_the_same_global_batch_and_resume(tmp_path)
     parallel = _run(tmp_path / "parallel", 2, 4)  # ... and a second launch resumes it to epoch 4
     # trained by 2 processes, checkpoints written by the main one only; `launch` returned its result
     assert sorted(p.name for p in (tmp_path / "parallel").glob("saved-by-*")) == ["saved-by-rank-0-of-2"]
+    assert parallel["accelerate_imported"]
+    first, second = map(int, (tmp_path / "parallel" / "steps-of-rank-0.txt").read_text().split())
+    assert first > 0 and second == first  # the second launch trained epochs 3 and 4 only: it resumed
 
     assert len(parallel["losses"]) == 4
     torch.testing.assert_close(torch.tensor(parallel["losses"]), torch.tensor(single["losses"]),

@@ -121,7 +121,7 @@ def test_hinton_validation_errors():
         D.HintonKD(2, 0.5)(zs, zt, y.double())
     with pytest.raises(ValueError, match=r"\[0, 2\]"):
         D.HintonKD(2, 0.5)(zs, zt, torch.tensor([0, 3]))
-    with pytest.raises(ConfigError, match="T"):
+    with pytest.raises(ConfigError, match="temperature T must be a finite number > 0, got 0"):
         D.HintonKD(0, 0.5)(zs, zt, y)
     with pytest.raises(ConfigError, match="alpha"):
         D.HintonKD(2, 1.5)(zs, zt, y)

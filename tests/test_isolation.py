@@ -43,6 +43,17 @@ def test_the_network_is_blocked(address):
         socket.create_connection(address, timeout=1)
 
 
+@pytest.mark.parametrize("family, address", [(socket.AF_INET, ("93.184.215.14", 443)),
+                                             (socket.AF_INET6, ("2606:4700::1", 443))])
+@pytest.mark.parametrize("method", ["connect", "connect_ex"])
+def test_a_raw_socket_cannot_connect_either(family, address, method):
+    """No name lookup on this path: the connect guard, not the lookup guard, stops it."""
+    from conftest import NetworkBlocked
+
+    with socket.socket(family) as raw, pytest.raises(NetworkBlocked, match="network blocked in tests"):
+        getattr(raw, method)(address)
+
+
 def test_loopback_is_allowed():
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]

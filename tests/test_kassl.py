@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import fail_if_recomputed
 import torch.nn.functional as F
 from torch import nn
 
@@ -98,7 +99,9 @@ def test_cached_teacher_features_give_the_same_training_as_a_live_teacher(tmp_pa
                             (0, 0, 0), (1, 1, 1))
     features = bank.features(teacher, "cpu")
     assert features.shape == (16, 4, 5)
-    assert torch.equal(bank.features(teacher, "cpu"), features)  # second call: from the cache
+    with monkeypatch.context() as patch:
+        patch.setattr(teacher, "forward", fail_if_recomputed)
+        assert torch.equal(bank.features(teacher, "cpu"), features)  # second call: from the cache
     with torch.no_grad():
         assert torch.allclose(features[3, 1], teacher(bank.views[3:4, 1].float() / 255)[0], atol=1e-6)
 

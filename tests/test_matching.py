@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import fail_if_recomputed
 import torch.nn.functional as F
 from torch import nn
 
@@ -119,6 +120,7 @@ def test_train_matcher_learns_and_resumes(tmp_path, monkeypatch, data):
                                 cache_tag="unit", progress=False)
     assert [e["epoch"] for e in h1.epochs] == [1, 2, 3]
     assert {"train_loss", "train_hard", "train_kd", "train_acc", "val_loss", "val_acc"} <= set(h1.epochs[0])
+    assert h1.epochs[-1]["train_loss"] < h1.epochs[0]["train_loss"]  # it learns
     # same seed, same numbers; a second call returns the cached run without training
     m2 = make()
     h2 = matching.train_matcher(m2, data, data, loss=spec, teacher=teacher, epochs=3, lr=1e-2, batch_size=8, seed=0,
@@ -141,8 +143,10 @@ def test_teacher_logits_are_cached(tmp_path, monkeypatch, tokenizer, data):
     first = matching.teacher_logits(m, data)
     assert first.shape == (len(data),)
     assert len(list((tmp_path / "study2").glob("*.pt"))) == 1
-    torch.testing.assert_close(matching.teacher_logits(m, data), first)
     torch.testing.assert_close(first, matching.predict_logits(m, data))
+    with monkeypatch.context() as patch:
+        patch.setattr(matching, "predict_logits", fail_if_recomputed)
+        torch.testing.assert_close(matching.teacher_logits(m, data), first)  # read from the cache
 
 
 def test_matching_report_by_kind():

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import fail_if_recomputed
 from torch import nn
 
 from kdutils import selfdistill as sd
@@ -115,11 +116,13 @@ def test_cached_features_equal_the_encoder_computed_per_batch(cache):
     assert t1.shape == (16, cached.num_tokens, cached.token_dim)
 
 
-def test_features_are_cached_on_disk_by_encoder_and_data(cache):
+def test_features_are_cached_on_disk_by_encoder_and_data(cache, monkeypatch):
     data, enc = _data(), _encoder()
     a = s1feat.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     assert len(list((cache / "s1-features").glob("*.pt"))) == 1
-    b = s1feat.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
+    with monkeypatch.context() as patch:
+        patch.setattr(s1feat.FrozenFeatures, "_extract", fail_if_recomputed)  # (one image still sizes the tokens)
+        b = s1feat.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     assert torch.equal(a.tokens, b.tokens)
     s1feat.FrozenFeatures(_encoder(seed=1), data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     assert len(list((cache / "s1-features").glob("*.pt"))) == 2
@@ -169,7 +172,7 @@ def test_teacher_training_learns_separable_features(cache):
         assert history.epochs[-1]["train_loss"] < history.epochs[0]["train_loss"]
 
 
-def test_soft_targets_hold_the_teachers_logits_per_view_and_only_for_the_subset(cache):
+def test_soft_targets_hold_the_teachers_logits_per_view_and_only_for_the_subset(cache, monkeypatch):
     data, enc = _data(), _encoder()
     feats = s1feat.FrozenFeatures(enc, data, KEY, "train", 2, "cpu", cache_mb=CACHE_MB)
     q = _queries()
@@ -183,7 +186,8 @@ def test_soft_targets_hold_the_teachers_logits_per_view_and_only_for_the_subset(
         torch.testing.assert_close(targets[v, [1, 4, 9, 30]].float(), expected, rtol=2e-3, atol=2e-3)
     assert targets[:, 0].abs().sum() == 0  # not in the subset
     assert not torch.equal(targets[0, [1, 4]], targets[1, [1, 4]])  # the flipped view differs
-    assert torch.equal(sd.soft_targets(teacher, feats, sub), targets)  # cached
+    monkeypatch.setattr(sd, "teacher_logits", fail_if_recomputed)
+    assert torch.equal(sd.soft_targets(teacher, feats, sub), targets)  # read from the cache
 
 
 def test_caption_teacher_reads_each_images_own_query(cache):

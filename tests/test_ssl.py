@@ -119,7 +119,8 @@ def test_byol_loss_matches_hand_computation_and_target_is_ema():
         assert torch.allclose(t, m * o0 + (1 - m) * o, atol=1e-6)
 
 
-def test_moco_queue_and_key_alignment():
+def test_moco_queue_advances_by_the_batch_and_holds_unit_keys():
+    """The keys' order under the shuffled batch norm is checked by the permutation test below."""
     torch.manual_seed(0)
     model = MoCoV2(_encoder(), 4, hidden_dim=8, proj_dim=3, queue_size=16, momentum=0.99, temperature=0.2,
                    bn_splits=2)
@@ -127,14 +128,8 @@ def test_moco_queue_and_key_alignment():
     out = model(x, x)
     assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
     assert int(model.queue.ptr) == 8
-    # keys were computed in shuffled halves but enqueued in the batch's order:
-    model.eval()
-    with torch.no_grad():
-        ref = torch.cat([model.target(x[:4]), model.target(x[4:])])
-    model.train()
     assert model.queue.keys[:8].shape == (8, 3)
     assert torch.allclose(model.queue.keys[:8].norm(dim=1), torch.ones(8), atol=1e-5)
-    assert ref.shape == (8, 3)
     with pytest.raises(ValueError, match="bn_splits"):
         model(torch.rand(7, 3, 6, 6), torch.rand(7, 3, 6, 6))
 

@@ -204,7 +204,7 @@ def test_clip_loss_with_hard_negatives():
     img, txt, neg = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8)
     with pytest.raises(ConfigError, match="logit_scale must be > 0"):  # the negatives' path checks its inputs too
         clip_contrastive_loss(img, txt, 0.0, neg)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must have the same shape"):
         clip_contrastive_loss(img, txt[:3], 10.0, neg)
     # by hand for two pairs in 1-D directions: i2t sees 4 captions, t2i sees 2 images
     img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])

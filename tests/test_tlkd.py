@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import fail_if_recomputed
 
 from kdutils import models, tlkd, tlkd_analysis, tlkd_backbones, tlkd_data
 from benchmarks import tlkd as bench_tlkd
-from kdutils.errors import ConfigError
+from kdutils.errors import ConfigError, MissingDataError
 from kdutils.models import small_resnet
 from kdutils.profiles import load_profile
 from kdutils.teacher import FrozenTeacher, freeze
@@ -84,7 +85,7 @@ def test_corrupted_share_matches_p_and_draws_are_fixed():
 
 # --------------------------------------------------------------- cached features
 
-def test_frozen_features_are_the_encoder_on_each_view_and_are_cached(networks, cache_dir):
+def test_frozen_features_are_the_encoder_on_each_view_and_are_cached(networks, cache_dir, monkeypatch):
     student, _ = networks
     data = split(10, 0)
     views = FixedViews.mirrored(10)
@@ -94,7 +95,9 @@ def test_frozen_features_are_the_encoder_on_each_view_and_are_cached(networks, c
         assert torch.allclose(feats[1], student(data.float_images().flip(-1)), atol=1e-6)
     files = list(cache_dir.rglob("*.pt"))
     assert len(files) == 1
-    again = frozen_features(student, data, views, batch_size=4)
+    with monkeypatch.context() as patch:
+        patch.setattr(student, "forward", fail_if_recomputed)
+        again = frozen_features(student, data, views, batch_size=4)
     assert torch.equal(feats, again) and list(cache_dir.rglob("*.pt")) == files
     other = FixedViews.corrupted("quarter_black", 10, p=0.5, draws=1, seed=0)
     frozen_features(student, data, other)
@@ -275,7 +278,7 @@ def test_paper_data_from_cifar_batches_with_polygon_masks(tmp_path):
     assert torch.equal(data.test.images[0], torch.from_numpy(test_images[0]).permute(2, 0, 1))
     assert data.test.has_mask.tolist() == [i == 3 for i in range(12)]
     assert data.test.masks[3].sum() == 16 * 16 and data.test.masks[3][:16, :16].all()  # 64 px polygon -> 32 px
-    with pytest.raises(Exception, match="MD5|checksum"):
+    with pytest.raises(MissingDataError, match="MD5 mismatch"):
         tlkd_data.load_data(load_profile("paper", data_root=str(tmp_path)))
 
 

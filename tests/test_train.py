@@ -69,6 +69,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     b = json.loads((tmp_path / "b.json").read_text())
     assert a["epochs"] == b["epochs"]
     assert a["weights"] == b["weights"]
+    assert a["steps_run"] == 5 * a["batches"] and b["steps_run"] == 3 * b["batches"]  # it resumed at epoch 3
 
 
 def test_finished_checkpoint_returns_without_training(tmp_path):

@@ -36,7 +36,7 @@ def main():
     ckpt, out = sys.argv[1], sys.argv[2]
     kill = tuple(int(v) for v in sys.argv[3:5]) if len(sys.argv) > 3 else None
     model, loader, opt, sched, evaluate = make_run()
-    calls = {"epoch": 0, "step": 0}
+    calls = {"step": 0}
 
     def compute_loss(batch):
         xb, yb = batch
@@ -50,7 +50,7 @@ def main():
     weights = torch.cat([p.detach().flatten() for p in model.parameters()]).tolist()
     epochs = [{k: v for k, v in e.items() if k != "seconds"} for e in hist.epochs]
     with open(out, "w") as f:
-        json.dump({"epochs": epochs, "weights": weights}, f)
+        json.dump({"epochs": epochs, "weights": weights, "steps_run": calls["step"], "batches": len(loader)}, f)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,11 @@ def _ours(row: dict) -> str:
     return "" if not ours else f"{ours['mean']:+.2f} +- {ours['std']:.2f} (n = {ours['n']})"
 
 
+def _inside(row: dict) -> str:
+    inside = row.get("paper_inside")
+    return "" if inside is None else "yes" if inside else "no"
+
+
 def _interval(row: dict) -> str:
     interval = row.get("interval")
     if not interval:
@@ -49,7 +54,7 @@ def collect(root: str | Path, studies: list[str], profile: str) -> list[dict]:
         stale = staleness(results, study, profile)
         for row in results.get("claims", []):
             rows.append({"study": study, **row, "kind": row.get("kind", "claim"), "ours": _ours(row),
-                         "interval": _interval(row), "stale": stale})
+                         "interval": _interval(row), "inside": _inside(row), "stale": stale})
     return rows
 
 
@@ -60,15 +65,23 @@ def counts(rows: list[dict], kind: str = "claim") -> dict[str, int]:
 
 
 def markdown(rows: list[dict]) -> str:
-    """The findings table the README shows: the papers' claims, then the lab's preconditions."""
+    """The findings table the README shows: the papers' claims, then the lab's preconditions.
+
+    "measured" is the value itself (in the paper's terms); the gain columns are the per-seed paired
+    differences the verdict is computed from, with the note saying how they are formed, so a paper's
+    number is never read against a number in other units.
+    """
     def table(kind):
-        lines = ["| study | claim | paper | ours: mean +- std (n) | 95% interval | verdict |",
-                 "|---|---|---|---|---|---|"]
+        lines = ["| study | claim | paper | measured | gain per seed: mean +- std (n), how formed | 95% interval "
+                 "| paper's size in interval | verdict |", "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             if r["kind"] == kind:
                 verdict = f"{r['verdict']} (stale: {r['stale']})" if r["stale"] else r["verdict"]
-                cells = (r["study"], r["claim"], r["paper"], r["ours"] or r["measured"], r["interval"], verdict)
-                lines.append("| " + " | ".join(str(c).replace("|", "/").replace("\n", " ") for c in cells) + " |")
+                gain = "; ".join(part for part in (r["ours"], r.get("note", "")) if part)
+                cells = (r["study"], r["claim"], r["paper"], r.get("value", r["measured"]), gain, r["interval"],
+                         r.get("inside", ""), verdict)
+                lines.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells)
+                             + " |")
         return "\n".join(lines)
 
     summary = ", ".join(f"{n} {v}" for v, n in counts(rows).items() if n)

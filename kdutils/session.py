@@ -89,9 +89,10 @@ def claim(text: str, paper, measured: str | None = None, reproduced: bool | None
           gains=None, paper_size: float | None = None, precondition: bool = False, unit: str = "") -> dict:
     """One row of the claims ledger: the paper's number beside ours, and a verdict from `stats.VERDICTS`.
 
-    With `gains` (per-seed paired differences, positive when the claim holds) the verdict is
-    `stats.paired_verdict(gains)`: mean +- sample std (n), a 95% t-interval over seeds, and, when the
-    paper states a size (`paper_size`, in the units of the gains), whether it lies inside that interval.
+    With `gains` (per-seed paired differences, positive when the claim holds; `note` says how they are
+    formed) the verdict is `stats.paired_verdict(gains)`: mean +- sample std (n), a 95% t-interval over
+    seeds, and, when the paper states a size (`paper_size`, in the units of the gains), whether it lies
+    inside that interval. `measured` is then what was measured before the gains were formed (`value`).
     Without gains, `reproduced` is one computed comparison (`basis: "one comparison"`, no interval), and
     `None` means not measured at this profile. `precondition=True` marks a lab check (a teacher beats
     random weights, SHAP additivity), kept apart from the papers' claims. The overview collects the rows.
@@ -105,13 +106,15 @@ def claim(text: str, paper, measured: str | None = None, reproduced: bool | None
         per_seed = [float(g) for g in np.asarray(gains, dtype=float).ravel()]
         interval = f"[{v.low:+.2f}, {v.high:+.2f}]" if v.n > 1 else "(one seed: no interval)"
         ours = f"{v.mean:+.2f} +- {v.std:.2f}{unit} (n = {v.n}), 95% CI {interval}"
-        row.update(measured=f"{measured}; {ours}" if measured else ours, verdict=v.name, basis="seeds",
+        row.update(measured=f"{measured}; {ours}" if measured else ours, value=measured or "", verdict=v.name,
+                   basis="seeds",
                    ours={"mean": v.mean, "std": v.std, "n": v.n, "per_seed": per_seed},
                    interval=[v.low, v.high], confidence=v.confidence,
                    paper_inside=None if paper_size is None else v.contains(paper_size))
         return row
     verdict = VERDICTS[3] if reproduced is None else VERDICTS[0] if reproduced else VERDICTS[1]
     row.update(measured=measured if measured is not None else "not measured", verdict=verdict,
+               value=measured if measured is not None else "",
                basis="not measured" if reproduced is None else "one comparison", ours=None, interval=None,
                paper_inside=None)
     return row

@@ -54,7 +54,8 @@ def test_bad_gains_fail_loudly():
 
 
 def test_claim_row_from_seeds_with_paper_size():
-    row = claim("KD beats TL", "+3.56", gains=[0.9, 1.4, 1.1], paper_size=3.56, unit=" pts")
+    row = claim("KD beats TL", "+3.56", "85.1 -> 86.2", gains=[0.9, 1.4, 1.1], paper_size=3.56, unit=" pts")
+    assert row["value"] == "85.1 -> 86.2" and row["measured"].startswith("85.1 -> 86.2; +1.13 +- 0.25 pts")
     assert row["verdict"] == "reproduced" and row["basis"] == "seeds" and row["kind"] == "claim"
     assert row["ours"]["per_seed"] == [0.9, 1.4, 1.1] and row["ours"]["n"] == 3
     assert row["paper_inside"] is False  # +3.56 lies far above our interval
@@ -94,6 +95,8 @@ def test_collect_marks_other_profiles_and_changed_code_stale(tmp_path):
     assert "other code" in by_study["02_coco_binary_kd"]["stale"]
     assert "profile 'small'" in by_study["03_kassl"]["stale"]
     assert by_study["04_tl_kd_shap"]["stale"] == "" and by_study["04_tl_kd_shap"]["ours"] == "+1.10 +- 0.10 (n = 3)"
+    assert by_study["04_tl_kd_shap"]["inside"] == "no"  # +3.56 is far above [+0.85, +1.35]
+    assert "| no | reproduced |" in markdown([by_study["04_tl_kd_shap"]])
     assert counts(rows) == {"reproduced": 1, "not reproduced": 0, "within noise": 0,
                             "not measured at this profile": 1}
     assert counts(rows, "precondition")["reproduced"] == 1
@@ -101,9 +104,11 @@ def test_collect_marks_other_profiles_and_changed_code_stale(tmp_path):
 
 def test_readme_findings_block_is_regenerated(tmp_path):
     rows = [{"study": "04", "kind": "claim", "claim": "KD | helps", "paper": "+3.56", "ours": "+1.10 +- 0.10 (n = 3)",
-             "measured": "", "interval": "[+0.85, +1.35]", "verdict": "reproduced", "stale": ""}]
+             "value": "85.5 -> 86.6", "note": "gain = KD - TL", "measured": "", "interval": "[+0.85, +1.35]",
+             "inside": "no", "verdict": "reproduced", "stale": ""}]
     table = markdown(rows)
-    assert "| 04 | KD / helps | +3.56 | +1.10 +- 0.10 (n = 3) | [+0.85, +1.35] | reproduced |" in table
+    assert ("| 04 | KD \\| helps | +3.56 | 85.5 -> 86.6 | +1.10 +- 0.10 (n = 3); gain = KD - TL | [+0.85, +1.35] "
+            "| no | reproduced |") in table
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{README_START}\nold\n{README_END}\noutro\n")
     assert write_readme(rows, readme) and not write_readme(rows, readme)

@@ -4,8 +4,9 @@
   `DeepExplainer` on a network from input pixels to class logits and returns,
   per image, the attribution of the winning class and its *additivity error*
   |sum of attributions - (f(x) - E[f(background)])|, always computed and
-  reported. Two problems of shap 0.51 with ResNets (STUDIES.md section 5) are
-  fixed here rather than hidden:
+  reported, and judged relative to the mean |f(x) - E f| (scale-free).
+  Two problems of shap 0.51 with ResNets (STUDIES.md section 5) are fixed
+  here rather than hidden:
     - torchvision's ResNet blocks use in-place ReLUs, an in-place residual add
       and one ReLU module twice per block, which corrupts the activations
       DeepExplainer stores; `shap_safe_resnet` rebuilds the blocks with
@@ -213,6 +214,19 @@ class DeepExplanation:
     expected: np.ndarray
     additivity_error: np.ndarray
     method: str
+
+    @property
+    def relative_additivity_error(self) -> float:
+        """The largest additivity error over the images / the mean |f(x) - E f| of the same images.
+
+        Scale-free, so a verdict on it does not change when a model's logits are rescaled (attributions,
+        errors and output differences all scale together); the absolute error would.
+        """
+        scale = float(np.abs(self.outputs - self.expected).mean())
+        if scale == 0.0:
+            raise ValueError("every explained output equals its expected value: the relative additivity error "
+                             "is undefined; explain images the model does not map to its background mean.")
+        return float(self.additivity_error.max()) / scale
 
 
 def _strip_shap_attributes(model: nn.Module, before: set) -> None:

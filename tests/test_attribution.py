@@ -1,5 +1,6 @@
 """Shapley values, region sums, polygon masks and SHAP explanations that add up."""
 
+import copy
 import itertools
 import json
 
@@ -195,6 +196,26 @@ def test_deep_explanations_add_up_with_the_accumulating_rule_only(small_cnn):
     # shap leaves tensors on nested modules; explain_deep removes them
     assert model_fingerprint(net) == fingerprint
     assert not [n for n, _ in net.named_parameters() if n.endswith((".x", ".y"))]
+
+
+def test_relative_additivity_error_does_not_change_when_the_logits_are_scaled_by_10(small_cnn):
+    net, background, images = small_cnn
+    scaled = copy.deepcopy(net)
+    with torch.no_grad():
+        scaled.fc.weight.mul_(10)
+        scaled.fc.bias.mul_(10)
+    # shap's own max-pool rule: errors are the rule's, not float rounding, so they scale with the logits
+    plain, tenfold = (attribution.explain_deep(m, background, images, accumulate_maxpool=False)
+                      for m in (net, scaled))
+    assert tenfold.additivity_error.max() == pytest.approx(10 * plain.additivity_error.max(), rel=1e-3)
+    assert tenfold.relative_additivity_error == pytest.approx(plain.relative_additivity_error, rel=1e-3)
+    assert plain.relative_additivity_error == pytest.approx(
+        plain.additivity_error.max() / np.abs(plain.outputs - plain.expected).mean())
+    assert attribution.explain_deep(scaled, background, images).relative_additivity_error < 1e-4  # the fix
+    flat = attribution.DeepExplanation(plain.values, plain.classes, plain.expected, plain.expected,
+                                       plain.additivity_error, plain.method)
+    with pytest.raises(ValueError, match="undefined"):
+        _ = flat.relative_additivity_error
 
 
 def test_cached_explanations_equal_live_ones_and_are_reused(small_cnn, monkeypatch, tmp_path):

@@ -35,6 +35,10 @@ def check_results(results: dict, n_explained: int, seeds: list, h4_seeds: list) 
             assert len(errors) == n_explained and max(errors) < 1e-4
         assert all(-1.0 <= r <= 1.0 for r in shap["crosscheck"]["spearman_rho"][name])
     assert shap["additivity_error_max"] < 1e-4 < max(shap["shap_rule_demo_error"])  # the fix, measured
+    # the precondition's verdict is scale-free: the largest error over the mean |f(x) - E f|
+    tolerance = shap["additivity_relative_tolerance"]
+    assert max(shap["additivity_relative_error"].values()) == shap["additivity_relative_error_max"] < tolerance
+    assert shap["shap_rule_demo_relative_error"] > tolerance
     h2 = m["h2"]
     assert h2["images"] >= 2
     assert set(h2["per_image"]) == {"A", "B", "C", "D", "A/B", "C/D", "(A/B)/(C/D)"}
@@ -51,6 +55,12 @@ def check_results(results: dict, n_explained: int, seeds: list, h4_seeds: list) 
         for per_seed in m["h4"]["per_seed"][sweep].values():
             assert set(per_seed) == {str(s) for s in h4_seeds}
     claims = results["claims"]
+    for sweep, label in (("fraction", "training fraction"), ("label_noise", "label-noise fraction")):
+        # "a gain at every level": per seed, the smallest gain over the levels, not their mean
+        levels = m["h4"]["per_seed"][sweep].values()
+        smallest = [min(r[str(s)]["kd"]["accuracy"] - r[str(s)]["tl"]["accuracy"] for r in levels) for s in h4_seeds]
+        row = next(c for c in claims if c["claim"].startswith(f"H4: TL+KD >= TL under {label}"))
+        assert row["ours"]["per_seed"] == pytest.approx(smallest)
     assert len(claims) == 13 and sum(c["kind"] == "precondition" for c in claims) == 2
     assert {c["verdict"] for c in claims} <= set(VERDICTS)
     for c in claims:

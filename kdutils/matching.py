@@ -225,7 +225,7 @@ def matching_report(logits: torch.Tensor, pairs) -> dict:
 def additive_score_analysis(image_part: torch.Tensor, caption_part: torch.Tensor, labels) -> dict:
     """Is the additive score a(image) + b(caption) different between matched and mismatched pairs?
 
-    Means and standard deviations per class of the score and of its two parts,
+    Means and sample standard deviations (ddof=1) per class of the score and of its two parts,
     Welch's t-test on the score, and the ROC AUC of the score (50 = no
     separation). Equal means with random negatives are the paper's 49%.
     """
@@ -236,7 +236,7 @@ def additive_score_analysis(image_part: torch.Tensor, caption_part: torch.Tensor
     a, b = image_part.double().numpy(), caption_part.double().numpy()
     s = a + b
     out = {name: {"mean_match": float(x[labels].mean()), "mean_mismatch": float(x[~labels].mean()),
-                  "std_match": float(x[labels].std()), "std_mismatch": float(x[~labels].std())}
+                  "std_match": float(x[labels].std(ddof=1)), "std_mismatch": float(x[~labels].std(ddof=1))}
            for name, x in (("score", s), ("image_part", a), ("caption_part", b))}
     t = stats.ttest_ind(s[labels], s[~labels], equal_var=False)
     out["welch_t"], out["welch_p"] = float(t.statistic), float(t.pvalue)

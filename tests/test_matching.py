@@ -165,6 +165,7 @@ def test_additive_score_analysis():
     b = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     out = matching.additive_score_analysis(a, b, labels)
     assert out["score"]["mean_match"] == out["score"]["mean_mismatch"] == 2.0
+    assert out["score"]["std_match"] == out["score"]["std_mismatch"] == pytest.approx(1.0)  # sample std, ddof=1
     assert out["auc"] == pytest.approx(50.0) and out["welch_p"] == pytest.approx(1.0)
     shifted = matching.additive_score_analysis(a + torch.tensor([10.0, 10, 10, 0, 0, 0]), b, labels)
     assert shifted["auc"] == 100.0 and shifted["welch_p"] < 1e-3

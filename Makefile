@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine:
-#   make run   - create .venv, install, run every notebook at the `small` profile
+#   make run   - create .venv, install, run every notebook at the `small` profile whose results are not
+#                of this code and parameters (FORCE=1: every notebook)
 #   make test  - create .venv, install, run the tests
 #   make lab    - same set-up, then JupyterLab on notebooks/ (kernel "kd-studies (.venv)")
 #   make report - the executed notebooks of the last run as a static site (runs/<profile>/report/)
@@ -24,7 +25,7 @@ install: $(STAMP)
 
 run: install
 	@start=$$(date +%s); \
-	$(PY) -m kdutils run --profile small --jobs 2 && \
+	$(PY) -m kdutils run --profile small --jobs 2 $(if $(FORCE),--force) && \
 	echo "make run: all notebooks at small in $$(( $$(date +%s) - start )) s"
 
 test: install

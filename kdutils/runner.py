@@ -85,7 +85,7 @@ def validate(path: Path, profile: str, params: dict) -> dict:
     """Check `params` against the notebook's parameters cell and the profile; return them complete.
 
     A name the notebook declares is passed as is; a profile field the notebook
-    does not declare (`epochs`, `batch_size`...) goes into its `overrides`
+    does not declare (`s4_epochs`, `batch_size`...) goes into its `overrides`
     dict; anything else is an error naming the parameter.
     """
     declared = notebook_parameters(path)

@@ -64,14 +64,14 @@ def test_profiles_load(profile):
 
 def test_profile_sizes_grow_from_tiny_to_small():
     tiny, small = load_profile("tiny"), load_profile("small")
-    assert tiny.n_target_train < small.n_target_train and tiny.epochs < small.epochs
+    assert tiny.n_target_train < small.n_target_train and tiny.pretrain_epochs < small.pretrain_epochs
 
 
 @pytest.mark.parametrize("overrides, message", [
     ({"seeds": "abc"}, "'seeds'"),
     ({"seeds": [1, "a"]}, "'seeds\\[1\\]'"),
     ({"no_such_key": 1}, "'no_such_key'"),
-    ({"epochs": 1.5}, "'epochs'"),
+    ({"pretrain_epochs": 1.5}, "'pretrain_epochs'"),
     ({"dry_run": 1}, "'dry_run'"),
     ({"context_p": 2.0}, "'context_p'"),
     ({"batch_size": 0}, "'batch_size'"),
@@ -82,8 +82,9 @@ def test_profile_errors_name_the_key(overrides, message):
 
 
 def test_profile_overrides_and_none_passthrough():
-    cfg = load_profile("small", seeds=(0, 7, 42), context_p=1, epochs=None)
-    assert cfg.seeds == [0, 7, 42] and cfg.context_p == 1.0 and cfg.epochs == load_profile("small").epochs
+    cfg = load_profile("small", seeds=(0, 7, 42), context_p=1, pretrain_epochs=None)
+    assert cfg.seeds == [0, 7, 42] and cfg.context_p == 1.0
+    assert cfg.pretrain_epochs == load_profile("small").pretrain_epochs
     assert cfg.replace(dry_run=True).max_steps == 2
     with pytest.raises(ConfigError):
         load_profile("huge")

@@ -39,7 +39,7 @@ def test_overview_runs_last():
     ({"seeds": "abc"}, "'seeds'"),
     ({"no_such_key": 1}, "'no_such_key'"),
     ({"dry_run": "yes"}, "'dry_run'"),
-    ({"epochs": 0}, "'epochs'"),
+    ({"batch_size": 0}, "'batch_size'"),
 ])
 def test_validate_names_the_bad_parameter(params, message):
     with pytest.raises(ConfigError, match=message):
@@ -47,8 +47,8 @@ def test_validate_names_the_bad_parameter(params, message):
 
 
 def test_profile_fields_go_into_overrides():
-    full = runner.validate(runner.resolve("00_overview"), "tiny", {"epochs": 3, "seeds": [1]})
-    assert full == {"seeds": [1], "overrides": {"epochs": 3}, "profile": "tiny"}
+    full = runner.validate(runner.resolve("00_overview"), "tiny", {"batch_size": 3, "seeds": [1]})
+    assert full == {"seeds": [1], "overrides": {"batch_size": 3}, "profile": "tiny"}
 
 
 @pytest.mark.parametrize("arg, name", [("seeds=abc", "seeds"), ("no_such_key=1", "no_such_key")])

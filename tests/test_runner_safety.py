@@ -177,7 +177,7 @@ commit = "abc+dirty" if tag == "dirty" else "abc"
 
     assert runs({}) == 1
     assert runs({}) == 1  # current: the same code, profile and configuration
-    assert runs({"epochs": 3}) == 2  # another configuration
-    assert runs({"epochs": 3}, force=True) == 3
-    assert runs({"epochs": 3, "tag": "dirty"}, force=True) == 4  # writes results of uncommitted code ...
-    assert runs({"epochs": 3, "tag": "dirty"}) == 5  # ... which are never current
+    assert runs({"batch_size": 3}) == 2  # another configuration
+    assert runs({"batch_size": 3}, force=True) == 3
+    assert runs({"batch_size": 3, "tag": "dirty"}, force=True) == 4  # writes results of uncommitted code ...
+    assert runs({"batch_size": 3, "tag": "dirty"}) == 5  # ... which are never current

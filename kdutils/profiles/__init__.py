@@ -73,7 +73,6 @@ COMMON_FIELDS: dict[str, tuple] = {
     "n_target_test": (int, per_profile(200, 2000, 0), SYNTH_SIZE),
     # generic training sizes
     "batch_size": (int, per_profile(64, 128, 64), POSITIVE),
-    "epochs": (int, per_profile(2, 10, 200), POSITIVE),
     # supervised pretraining of SynthWorld backbones on the source task (cached)
     "pretrain_epochs": (int, per_profile(1, 12, 0), NON_NEGATIVE),
     "student_arch": (str, per_profile("resnet_xs", "resnet_s", "resnet18"), NAME),

@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import os
 
 import matplotlib
 import nbformat
@@ -58,6 +59,28 @@ def test_report_pages_and_index(tmp_path):
     assert page.index("Prose first.") < page.index("<details")
     assert page.count('src="data:image/png;base64,') == 1  # the figure, embedded
     assert "cdnjs" not in page and "unpkg" not in page  # opens offline
+
+
+def test_report_defaults_to_the_newest_run_folder(tmp_path, monkeypatch):
+    """Without --from, `make report` reads the `runs/<profile>/` whose executed notebooks were written last."""
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("KD_RUNS_DIR", str(runs))  # the default root, read at each call
+    for profile in ("tiny", "small"):
+        for name in ("00_overview", "04_study"):
+            (runs / profile).mkdir(parents=True, exist_ok=True)
+            nbformat.write(nbformat.v4.new_notebook(), runs / profile / f"{name}.ipynb")
+    (runs / "tiny" / "notes.txt").write_text("not an executed notebook: its time does not count")
+
+    def written_at(path, seconds):
+        os.utime(path, (seconds, seconds))
+
+    for name in ("00_overview", "04_study"):
+        written_at(runs / "tiny" / f"{name}.ipynb", 1_000)
+        written_at(runs / "small" / f"{name}.ipynb", 2_000)
+    written_at(runs / "tiny" / "notes.txt", 9_000)
+    assert report.last_run_folder() == runs / "small"
+    written_at(runs / "tiny" / "04_study.ipynb", 3_000)  # one notebook re-run at tiny makes it the last run
+    assert report.last_run_folder() == runs / "tiny"
 
 
 def test_report_without_runs_says_what_to_do(tmp_path):

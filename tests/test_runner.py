@@ -1,14 +1,20 @@
 """The runner checks parameters before any kernel starts, and reports failures usefully."""
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
+from papermill.cli import papermill as papermill_cli
 
 from kdutils import runner
+from kdutils.__main__ import _parser as cli_parser
 from kdutils.errors import ConfigError
 from kdutils.paths import NOTEBOOKS_DIR, REPO_ROOT
 
@@ -77,6 +83,32 @@ def test_failing_cell_is_reported_with_the_executed_copy(tmp_path, monkeypatch):
     text = str(info.value)
     assert "boom at cell 1" in text and "ValueError" in text and "raise ValueError" in text
     assert info.value.executed.exists()
+
+
+STUDIES = [p.stem for p in runner.notebooks() if not p.stem.startswith("00")]
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_try_it_commands_pass_the_runners_checks(study):
+    """Each study's Try it commands parse and validate as `kdutils run` (and papermill) would take them, so a
+    renamed or removed parameter cannot linger in the teaching material; each runs into runs/try/."""
+    path = runner.resolve(study)
+    cells = [c for c in nbformat.read(path, as_version=4).cells if c.get("id") == "try-it"]
+    assert len(cells) == 1, f"{study} has no markdown cell with id 'try-it'"
+    commands = re.findall(r"`(python -m kdutils run [^`]+)`", cells[0].source)
+    assert commands, f"{study}'s Try it gives no `python -m kdutils run` command"
+    for command in commands:
+        args = cli_parser().parse_args(shlex.split(command)[3:])
+        assert [runner.resolve(n) for n in args.notebooks] == [path], command
+        assert args.output_root == Path("runs/try"), f"{command} would not write into runs/try/"
+        runner.validate(path, args.profile, runner.parse_assignments(args.param))
+    for command in re.findall(r"`(papermill [^`]+)`", cells[0].source):
+        params = papermill_cli.make_context("papermill", shlex.split(command)[1:]).params
+        assert runner.resolve(params["notebook_path"]) == path, command
+        values = {name: runner.parse_value(value) for name, value in params["parameters"]}
+        for text in params["parameters_yaml"]:
+            values.update(yaml.safe_load(text))
+        runner.validate(path, values.pop("profile"), values)
 
 
 def test_list_shows_parameters():

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 
 import torch
+from conftest import fail_if_recomputed
 
 from kdutils import runner, tlkd
 from kdutils.errors import ConfigError
 from kdutils.sweep import parse_grid, parse_seeds, plan
+from kdutils.tlkd_features import HeadInputs
 
 NOTEBOOK = "04_tl_kd_shap"
 SEEDS = [0, 7]
@@ -155,3 +157,23 @@ def test_h1_seeds_are_stored_and_reused_not_retrained(tmp_path, monkeypatch):
         tlkd.h1_seed(seed=8, **args)  # another seed is another entry
     with pytest.raises(AssertionError, match="trained again"):
         tlkd.h1_seed(seed=7, **{**args, "hp": hp.replace(lr=0.02)})  # so is another recipe
+
+
+def test_h4_seeds_are_stored_and_reused_not_retrained(tmp_path, monkeypatch):
+    """H4's conditions (`tl_vs_kd`) too: a second identical call reads each seed's reports from the store."""
+    monkeypatch.setenv("KD_RESULTS_STORE", str(tmp_path / "store"))
+    g = torch.Generator().manual_seed(0)
+    sources = lambda d: {"train": HeadInputs.cached(torch.randn(2, 24, d, generator=g)),  # noqa: E731
+                         "val": HeadInputs.cached(torch.randn(1, 9, d, generator=g)),
+                         "test": HeadInputs.cached(torch.randn(1, 9, d, generator=g))}
+    labels = {"train": torch.arange(24) % 3, "val": torch.arange(9) % 3, "test": torch.arange(9) % 3}
+    hp = tlkd.HeadParams(epochs=1, patience=None)
+    args = dict(student=sources(5), teacher=sources(7), labels=labels, hp=hp, alpha=0.1, num_classes=3)
+    first = tlkd.tl_vs_kd(seeds=[1, 7], **args)
+    monkeypatch.setattr(tlkd, "train_head", fail_if_recomputed)
+    assert tlkd.tl_vs_kd(seeds=[1, 7], **args) == first
+    assert tlkd.tl_vs_kd(seeds=[7], **args) == {7: first[7]}  # each seed is its own entry
+    with pytest.raises(AssertionError, match="recomputed"):
+        tlkd.tl_vs_kd(seeds=[8], **args)  # another seed is another entry
+    with pytest.raises(AssertionError, match="recomputed"):
+        tlkd.tl_vs_kd(seeds=[7], **{**args, "alpha": 0.5})  # so is another condition

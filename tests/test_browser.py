@@ -78,7 +78,7 @@ def lab(tmp_path_factory):
     token, port = secrets.token_hex(16), free_port()
     env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(work / "settings"),
            "JUPYTERLAB_WORKSPACES_DIR": str(work / "workspaces"), "JUPYTER_RUNTIME_DIR": str(work / "runtime"),
-           "KD_CACHE_DIR": os.environ.get("KD_CACHE_DIR") or str(work / "cache")}
+           "KD_CACHE_DIR": str(work / "cache")}  # its own, always cold: every study must draw its bars
     command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
                f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={served}"]
     if os.geteuid() == 0:
@@ -228,7 +228,7 @@ def test_notebook_runs_in_jupyterlab(tabs, lab, name):
     assert not [o.text for o in outputs if o.output_type == "stream" and "%|" in o.text], "a progress bar as text"
     bars = page.evaluate("() => window.kdProgressBars")
     assert (bars > 0) == (widgets > 0), f"{widgets} widget outputs, {bars} progress bars drawn as widgets"
-    if name != "00_overview":  # each study trains or extracts features (this session's cache is new to them)
+    if name != "00_overview":  # each study trains or extracts features (the lab's cache is its own and cold)
         assert bars > 0, f"{name} drew no progress bar as a widget (prepared with progress=True)"
     assert page.locator(".jp-OutputArea-output").filter(has_text="Error displaying widget").count() == 0
     assert page.locator(".jp-RenderedText").filter(has_text="FloatProgress(").count() == 0  # a widget as text

@@ -10,7 +10,7 @@ from . import splits
 from .kassl_config import SSL_TEACHERS, TEACHER_LABELS
 from .models import weights_requirement
 from .paths import under
-from .splits import Split, TensorRows, as_batch
+from .splits import Split
 
 __all__ = ["KASSLData", "paper_paths", "required_files", "synth_key", "load_data", "data_loader"]
 
@@ -107,7 +107,6 @@ def data_loader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_w
     """Batches in a `seed`ed random order without the last partial one (training), or all in order."""
     gen = torch.Generator()
     gen.manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
-                                       generator=gen if shuffle else None, num_workers=num_workers,
-                                       pin_memory=torch.cuda.is_available(),
-                                       collate_fn=as_batch if isinstance(dataset, TensorRows) else None)
+    return splits.loader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
+                         generator=gen if shuffle else None, num_workers=num_workers,
+                         pin_memory=torch.cuda.is_available())

@@ -42,14 +42,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import metrics
+from . import metrics, splits
 from .cache import cache_root, cached, code_fingerprint, key_digest, model_fingerprint
 from .distillers import CrossEntropy, SoftTargetKD
 from .errors import ConfigError
 from .frozen import outputs
 from .selfdistill_data import in_order, indices_of, labels_of
 from .selfdistill_encoders import Student
-from .splits import TensorRows, as_batch
+from .splits import TensorRows
 from .selfdistill_features import VIEWS, FrozenFeatures, flip_where, tensor_digest, to_unit
 from .text_queried_head import TextQueriedHead
 from .parallel import launch, per_example
@@ -137,17 +137,16 @@ class StudentRecipe(RunSettings):
 def _train_loader(dataset, generator, recipe: HeadRecipe | StudentRecipe, *, steps: int | None, batch_size: int):
     """(loader, epochs, total steps): shuffled epochs, or with a step budget (few-shot) one epoch of `steps`
     batches drawn with replacement, so 10 images and 500 images train for the same number of steps."""
-    common = {"batch_size": batch_size, "num_workers": recipe.num_workers,
-              "collate_fn": as_batch if isinstance(dataset, TensorRows) else None}
+    common = {"batch_size": batch_size, "num_workers": recipe.num_workers}
     if steps is None:
-        loader = torch.utils.data.DataLoader(dataset, shuffle=True, generator=generator,
-                                             drop_last=len(dataset) >= 4 * batch_size, **common)
+        batches = splits.loader(dataset, shuffle=True, generator=generator,
+                                drop_last=len(dataset) >= 4 * batch_size, **common)
     else:
         sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=steps * batch_size,
                                                  generator=generator)
-        loader = torch.utils.data.DataLoader(dataset, sampler=sampler, **common)
+        batches = splits.loader(dataset, sampler=sampler, **common)
     epochs = 1 if recipe.dry_run or steps is not None else recipe.epochs
-    return loader, epochs, max(1, epochs * min(len(loader), recipe.max_steps or len(loader)))
+    return batches, epochs, max(1, epochs * min(len(batches), recipe.max_steps or len(batches)))
 
 
 def fit_teacher(mode: str, feats: FrozenFeatures, train_set, recipe: HeadRecipe, *, seed: int, num_classes: int,

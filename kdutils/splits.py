@@ -17,8 +17,8 @@ import torch
 from .cache import key_digest
 from .paths import under
 
-__all__ = ["nchw", "to_float", "array_digest", "Split", "TensorRows", "as_batch", "tensor_loader", "from_synth",
-           "synthworld", "cifar", "image_folder", "image_files", "PAPER_DATA", "paper_data"]
+__all__ = ["nchw", "to_float", "array_digest", "Split", "TensorRows", "as_batch", "loader", "tensor_loader",
+           "from_synth", "synthworld", "cifar", "image_folder", "image_files", "PAPER_DATA", "paper_data"]
 
 
 def nchw(images_nhwc) -> torch.Tensor:
@@ -131,13 +131,20 @@ def as_batch(batch):
     return batch
 
 
+def loader(dataset, **loader_args) -> torch.utils.data.DataLoader:
+    """`DataLoader(dataset, **loader_args)`; a `TensorRows` dataset keeps its gathered batches (`as_batch`)."""
+    if isinstance(dataset, TensorRows):
+        loader_args = {"collate_fn": as_batch, **loader_args}
+    return torch.utils.data.DataLoader(dataset, **loader_args)
+
+
 def tensor_loader(*tensors: torch.Tensor, **loader_args) -> torch.utils.data.DataLoader:
     """`DataLoader(TensorDataset(*tensors), **loader_args)`'s batches, gathered a batch at a time (`TensorRows`).
 
     >>> [b.tolist() for b in next(iter(tensor_loader(torch.arange(4), batch_size=2)))]
     [[0, 1]]
     """
-    return torch.utils.data.DataLoader(TensorRows(*tensors), collate_fn=as_batch, **loader_args)
+    return loader(TensorRows(*tensors), **loader_args)
 
 
 # ------------------------------------------------------------------ loaders

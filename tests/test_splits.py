@@ -96,6 +96,8 @@ def test_tensor_loader_gives_the_default_loaders_batches_order_and_layout(sampli
 
     default = batches(lambda **a: torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*tensors), **a))
     gathered = batches(lambda **a: splits.tensor_loader(*tensors, **a))
+    assert [[t.tolist() for t in b] for b in gathered] == [[t.tolist() for t in b] for b in batches(
+        lambda **a: splits.loader(splits.TensorRows(*tensors), **a))]  # the one place that picks the collation
     assert len(gathered) == len(default) == {"shuffled": 2, "with replacement": 3, "in order": 3}[sampling]
     for ours, theirs in zip(gathered, default):
         assert type(ours) is type(theirs) and len(ours) == 3

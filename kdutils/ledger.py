@@ -38,7 +38,9 @@ def _interval(row: dict) -> str:
     if not interval:
         return ""
     low, high = interval
-    return "(one seed)" if low == float("-inf") or str(low) == "-inf" else f"[{low:+.2f}, {high:+.2f}]"
+    if low == float("-inf") or str(low) == "-inf":
+        return "(one seed)" if row["ours"]["n"] == 1 else "(no spread over seeds)"
+    return f"[{low:+.2f}, {high:+.2f}]"
 
 
 def collect(root: str | Path, studies: list[str], profile: str) -> list[dict]:

@@ -8,6 +8,7 @@ JSON with its provenance. Notebooks stay about their study.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +105,8 @@ def claim(text: str, paper, measured: str | None = None, reproduced: bool | None
     if gains is not None:
         v = paired_verdict(gains)
         per_seed = [float(g) for g in np.asarray(gains, dtype=float).ravel()]
-        interval = f"[{v.low:+.2f}, {v.high:+.2f}]" if v.n > 1 else "(one seed: no interval)"
+        interval = (f"[{v.low:+.2f}, {v.high:+.2f}]" if math.isfinite(v.low) else
+                    "(one seed: no interval)" if v.n == 1 else "(the same gain on every seed: no interval)")
         ours = f"{v.mean:+.2f} +- {v.std:.2f}{unit} (n = {v.n}), 95% CI {interval}"
         row.update(measured=f"{measured}; {ours}" if measured else ours, value=measured or "", verdict=v.name,
                    basis="seeds",

@@ -39,8 +39,10 @@ class PairedVerdict:
     """The verdict on "gain > 0" from per-seed gains, with its t-interval over seeds.
 
     `name` is one of `VERDICTS`; `low`/`high` bound the mean gain at
-    `confidence` (infinite with one seed: one replicate cannot separate a
-    gain from noise); `std` is the sample standard deviation (ddof=1).
+    `confidence` (infinite with one seed, or with seeds that all gave the
+    same gain: then the seeds did not vary the measurement, and no spread
+    was measured to judge it by); `std` is the sample standard deviation
+    (ddof=1).
     """
 
     name: str
@@ -63,7 +65,10 @@ def paired_verdict(gains, confidence: float = 0.95) -> PairedVerdict:
     """Judge the claim "gain > 0" from per-seed paired gains (e.g. student with KD minus without, same seed).
 
     Reproduced when the two-sided t-interval of the mean gain lies above zero, not reproduced when it
-    lies below, within noise when it contains zero (always so with a single seed).
+    lies below, within noise when it contains zero. A single seed, or seeds that all gave exactly the
+    same gain, is one replicate: within noise. Identical gains say the measurement's noise lies below
+    its resolution (whole epochs, one test image), not that it is zero; a zero-width interval would
+    call any such gain a finding.
 
     >>> paired_verdict([1.2, 0.8, 1.0]).name
     'reproduced'
@@ -78,9 +83,9 @@ def paired_verdict(gains, confidence: float = 0.95) -> PairedVerdict:
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}.")
     mean = float(g.mean())
-    if g.size == 1:
-        return PairedVerdict("within noise", mean, 0.0, 1, -math.inf, math.inf, confidence)
-    std = float(g.std(ddof=1))
+    std = float(g.std(ddof=1)) if g.size > 1 else 0.0
+    if std == 0:
+        return PairedVerdict(VERDICTS[2], mean, 0.0, int(g.size), -math.inf, math.inf, confidence)
     half = float(sps.t.ppf(0.5 + confidence / 2, df=g.size - 1)) * std / math.sqrt(g.size)
     low, high = mean - half, mean + half
     name = VERDICTS[0] if low > 0 else VERDICTS[1] if high < 0 else VERDICTS[2]

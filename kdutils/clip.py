@@ -25,7 +25,7 @@ projected embedding (older versions returned the tensor itself).
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ from .cache import code_fingerprint
 from .errors import ConfigError, MissingDataError
 from .frozen import batches, outputs
 from .losses import clip_contrastive_loss
-from .pretrain import synth_split, to_tensors, world_config
+from .pretrain import SynthData, SynthPretraining, to_tensors
 from .published import Pretraining, recipe
 from .splits import tensor_loader
 from .synthworld import class_prompts, vocabulary
@@ -46,7 +46,7 @@ from .train import Recipe, resolve_device, seed_everything, train
 
 __all__ = ["SMALL_CLIP_ARCHS", "PAPER_CLIP", "small_clip_config", "preprocess", "image_embeds", "text_embeds",
            "encode_texts", "encode_images", "retrieval_recalls", "zero_shot_accuracy",
-           "pretrain_small_clip", "load_clip"]
+           "ClipPretraining", "pretrain_small_clip", "load_clip"]
 
 #: Named small CLIP sizes (like `models.SMALL_ARCHS`): 32x32 images in 8x8 patches -> 16 patch tokens.
 #: Patch 4 (64 tokens) learned less in the same CPU time (measured: worse recall and zero-shot).
@@ -162,43 +162,62 @@ def zero_shot_accuracy(model, tokenizer, images01: torch.Tensor, labels: torch.T
     return metrics.accuracy(labels, scores)
 
 
-def pretrain_small_clip(cfg, seed: int = 0, progress: bool | None = None):
+@dataclass(frozen=True, kw_only=True)
+class ClipPretraining(SynthPretraining):
+    """How `pretrain_small_clip` trains: the small CLIP `arch` (`SMALL_CLIP_ARCHS`) for `epochs` at `lr` on
+    `device`, with attribute-changed captions as extra negatives (`hard_negatives`) and a share `prompt_p` of
+    images captioned by their class prompt (the profile's `s2_clip_*`)."""
+
+    arch: str
+    epochs: int
+    lr: float
+    hard_negatives: bool
+    prompt_p: float
+    device: str
+
+    def __post_init__(self):
+        if self.arch not in SMALL_CLIP_ARCHS:
+            raise ConfigError(f"unknown small CLIP '{self.arch}'; choose one of {sorted(SMALL_CLIP_ARCHS)}.")
+
+    @classmethod
+    def of(cls, cfg) -> ClipPretraining:
+        if cfg.profile == "paper":
+            raise ConfigError(f"the small CLIP is for the tiny/small profiles; `paper` loads {PAPER_CLIP} "
+                              "with load_clip().")
+        return cls(arch=cfg.s2_clip_arch, epochs=int(cfg.s2_clip_epochs), lr=float(cfg.s2_clip_lr),
+                   hard_negatives=bool(cfg.s2_clip_hard_negatives), prompt_p=float(cfg.s2_clip_prompt_p),
+                   device=cfg.device, **SynthPretraining.of_profile(cfg))
+
+
+def pretrain_small_clip(pretraining: ClipPretraining, seed: int = 0):
     """A small `CLIPModel` pretrained contrastively on SynthWorld source images and captions; cached.
 
     Returns `(model, tokenizer, summary)`: the model in eval mode on the CPU,
     the word-level tokenizer it reads, and a summary with the training
     history, the retrieval recalls on the source test split and the zero-shot
     accuracy on the target test split with the class prompts (a sanity
-    number: far above the 10% of chance when the towers learned). Knobs come
-    from the profile (`s2_clip_arch`, `s2_clip_epochs`, `s2_clip_lr`,
-    `s2_clip_hard_negatives`, `s2_clip_prompt_p`); the cache key holds them,
-    the SynthWorld data, the seed and `dry_run`. AdamW (weight decay 0.1 on
-    matrices), warm-up then cosine, batch `cfg.batch_size`, no augmentation
-    (a flip or shift would falsify the captions' position words).
+    number: far above the 10% of chance when the towers learned). The cache
+    key holds the recipe `pretraining`, the SynthWorld data, the seed and
+    `dry_run`. AdamW (weight decay 0.1 on matrices), warm-up then cosine, no
+    augmentation (a flip or shift would falsify the captions' position words).
     """
     from transformers import CLIPModel
 
-    if cfg.profile == "paper":
-        raise ConfigError(f"pretrain_small_clip is for the tiny/small profiles; `paper` loads {PAPER_CLIP} "
-                          "with load_clip().")
-    progress = cfg.progress if progress is None else progress
-    if cfg.s2_clip_arch not in SMALL_CLIP_ARCHS:
-        raise ConfigError(f"unknown small CLIP '{cfg.s2_clip_arch}'; choose one of {sorted(SMALL_CLIP_ARCHS)}.")
-    arch = {"name": cfg.s2_clip_arch, **SMALL_CLIP_ARCHS[cfg.s2_clip_arch]}
-    epochs, lr, hard_negatives = int(cfg.s2_clip_epochs), float(cfg.s2_clip_lr), bool(cfg.s2_clip_hard_negatives)
-    prompt_p = float(cfg.s2_clip_prompt_p)
+    data, epochs, lr = pretraining.data, pretraining.epochs, pretraining.lr
+    hard_negatives, prompt_p = pretraining.hard_negatives, pretraining.prompt_p
+    arch = {"name": pretraining.arch, **SMALL_CLIP_ARCHS[pretraining.arch]}
     tokenizer = build_tokenizer(vocabulary(), max_length=SYNTH_MAX_TOKENS)
-    config = small_clip_config(len(tokenizer), image_size=world_config(cfg).size, pad_token_id=tokenizer.pad_token_id,
+    config = small_clip_config(len(tokenizer), image_size=data.world.size, pad_token_id=tokenizer.pad_token_id,
                                bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-                               **SMALL_CLIP_ARCHS[cfg.s2_clip_arch])
+                               **SMALL_CLIP_ARCHS[pretraining.arch])
     key = {"what": "small-clip", "config": config.to_dict(), "vocab": tokenizer.get_vocab(),
-           "world": asdict(world_config(cfg)), "n_train": cfg.n_source_train, "n_test": cfg.n_source_test,
-           "n_target_test": cfg.n_target_test, "epochs": epochs, "lr": lr, "batch": cfg.batch_size, "seed": seed,
-           "hard_negatives": hard_negatives, "prompt_p": prompt_p, "dry_run": cfg.dry_run,
+           "world": asdict(data.world), "n_train": data.sizes["source_train"], "n_test": data.sizes["source_test"],
+           "n_target_test": data.sizes["target_test"], "epochs": epochs, "lr": lr, "batch": pretraining.batch_size,
+           "seed": seed, "hard_negatives": hard_negatives, "prompt_p": prompt_p, "dry_run": pretraining.dry_run,
            "code": code_fingerprint(__name__)}
     key["config"].pop("transformers_version", None)
     run = Pretraining(f"clip-{arch['name']}", key)
-    device = resolve_device(cfg.device)
+    device = resolve_device(pretraining.device)
 
     gen = seed_everything(seed)
     with quiet_transformers():
@@ -206,12 +225,12 @@ def pretrain_small_clip(cfg, seed: int = 0, progress: bool | None = None):
     if (summary := run.shipped(model) or run.finished(model)) is not None:  # skip generating the training data
         return model.eval(), tokenizer, summary
 
-    loader = tensor_loader(*_source_pairs(cfg, tokenizer), batch_size=cfg.batch_size, shuffle=True, generator=gen,
-                           drop_last=True)
+    loader = tensor_loader(*_source_pairs(data, tokenizer), batch_size=pretraining.batch_size, shuffle=True,
+                           generator=gen, drop_last=True)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     training = Recipe(optimizer="adamw", lr=lr, betas=(0.9, 0.98), eps=1e-6, schedule="warmup_cosine",
-                    warmup_fraction=0.1, warmup_cap=200, epochs=epochs, max_steps=cfg.max_steps)
+                      warmup_fraction=0.1, warmup_cap=200, epochs=epochs, max_steps=pretraining.max_steps)
 
     def compute_loss(batch):
         images, ids, mask, neg_ids, neg_mask, prompt_ids, prompt_mask = batch
@@ -231,18 +250,19 @@ def pretrain_small_clip(cfg, seed: int = 0, progress: bool | None = None):
 
     history = train(model, compute_loss, loader, training, parameters=[
         {"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], checkpoint=run.checkpoint,
-        checkpoint_key=run.digest, device=device, desc=f"pretrain {arch['name']} (CLIP) on source", progress=progress)
+        checkpoint_key=run.digest, device=device, desc=f"pretrain {arch['name']} (CLIP) on source",
+        progress=pretraining.progress)
     model.eval()
 
     summary = run.finish({
         "arch": arch, "epochs": epochs, "lr": lr, "seed": seed, "recipe": recipe(key), "history": history.to_dict(),
-        **_clip_evaluation(model, tokenizer, cfg), "parameters": sum(p.numel() for p in model.parameters())})
+        **_clip_evaluation(model, tokenizer, data), "parameters": sum(p.numel() for p in model.parameters())})
     return model.cpu().eval(), tokenizer, summary
 
 
-def _source_pairs(cfg, tokenizer) -> tuple[torch.Tensor, ...]:
+def _source_pairs(data: SynthData, tokenizer) -> tuple[torch.Tensor, ...]:
     """SynthWorld source images with their caption, one-attribute hard negatives and class prompt, tokenised."""
-    train = synth_split(cfg, "source_train")
+    train = data.split("source_train")
     x, _ = to_tensors(train)
     enc = tokenize(tokenizer, train.captions, SYNTH_MAX_TOKENS)
     attrs = sorted(train.hard_negatives[0])
@@ -255,12 +275,12 @@ def _source_pairs(cfg, tokenizer) -> tuple[torch.Tensor, ...]:
             prompts["attention_mask"])
 
 
-def _clip_evaluation(model, tokenizer, cfg) -> dict:
+def _clip_evaluation(model, tokenizer, data: SynthData) -> dict:
     """Retrieval recalls on the source test split and zero-shot top-1 on the target test split."""
-    test = synth_split(cfg, "source_test")
+    test = data.split("source_test")
     xt, _ = to_tensors(test)
     recalls = retrieval_recalls(encode_images(model, xt), encode_texts(model, tokenizer, test.captions), ks=(1, 5))
-    xz, yz = to_tensors(synth_split(cfg, "target_test"))
+    xz, yz = to_tensors(data.split("target_test"))
     return {"source_test_recalls": recalls, "target_zero_shot_top1": zero_shot_accuracy(
         model, tokenizer, xz, yz, class_prompts("target")), "n_source_test": len(test)}
 

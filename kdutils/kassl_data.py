@@ -68,10 +68,10 @@ def required_files(cfg) -> dict:
 
 
 def synth_key(cfg, split: str) -> dict:
-    from .pretrain import DATA_SEEDS, world_config
+    from .pretrain import DATA_SEEDS, SynthData
 
-    return {"split": split, "n": getattr(cfg, f"n_{split}"), "seed": DATA_SEEDS[split],
-            "world": asdict(world_config(cfg))}
+    data = SynthData.of(cfg)
+    return {"split": split, "n": data.sizes[split], "seed": DATA_SEEDS[split], "world": asdict(data.world)}
 
 
 def load_data(cfg) -> KASSLData:

@@ -22,6 +22,7 @@ from .ssl_checkpoints import CHECKPOINT_SOURCES, load_ssl_resnet
 from .splits import tensor_loader
 from .teacher import IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher
 from .parallel import launch
+from .pretrain import SourcePretraining, SynthData, to_tensors
 from .train import RunSettings, resolve_device, seed_everything
 from .zoo import NO_NORMALISATION, backbone, source_backbone
 
@@ -105,7 +106,7 @@ def load_teacher(name: str, cfg, device) -> tuple[FrozenTeacher, dict]:
                                           trust_pickle=cfg.s3_trust_pickled_checkpoints)
             info["source"] = f"{path.name} ({info['format']} format)"
     elif name == "supervised":
-        model, _, summary = source_backbone(arch, cfg, seed=seed)
+        model, _, summary = source_backbone(arch, SourcePretraining.of(cfg), seed=seed)
         info = {"source": f"supervised on the SynthWorld source task ({cfg.pretrain_epochs} epochs, "
                           f"{_where(summary)})", "source_top1": summary["source_top1"]}
     else:
@@ -129,7 +130,6 @@ def ssl_teacher(method: str, cfg, probe_it: bool = False, seed: int = 0) -> tupl
     probes of the encoder and of its random initialisation on the target task (what `publish` records).
     """
     from . import published
-    from .pretrain import synth_split, to_tensors
 
     recipe = SSLRecipe.of(cfg, method)
     key = {"what": "kassl-ssl-teacher", "method": method, **recipe.key(), "data": synth_key(cfg, "source_train"),
@@ -139,7 +139,7 @@ def ssl_teacher(method: str, cfg, probe_it: bool = False, seed: int = 0) -> tupl
     encoder, _ = backbone(recipe.arch)
     if (shipped := run.shipped(encoder)) is not None:
         return encoder.eval(), shipped
-    x, _ = to_tensors(synth_split(cfg, "source_train"))
+    x, _ = to_tensors(SynthData.of(cfg).split("source_train"))
     loader = tensor_loader(to_uint8(x), batch_size=recipe.batch, shuffle=True, drop_last=True, generator=gen)
     device = resolve_device(cfg.device)
     encoder, history = _train_ssl_encoder(recipe, encoder, encoder.feature_dim, loader, run.checkpoint, run.digest,

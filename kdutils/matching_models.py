@@ -37,18 +37,20 @@ def paper_inputs(cfg) -> dict:
     return need
 
 
-def build_teacher(cfg, progress: bool | None = None, seed: int = 0):
+def build_teacher(cfg, seed: int = 0):
     """(CLIPModel, tokenizer, info): the small CLIP pretrained here with `seed` (tiny/small) or the published one
     (paper, which has no seeds)."""
+    from .clip import ClipPretraining
     from .zoo import clip
 
-    path = under(cfg.weights_root) / cfg.s2_clip_weights if cfg.profile == "paper" else None
-    model, tokenizer, card, summary = clip(cfg, seed=seed, path=path, progress=progress)
     if cfg.profile != "paper":
+        model, tokenizer, card, summary = clip(ClipPretraining.of(cfg), seed=seed)
         kept = ("source_test_recalls", "target_zero_shot_top1", "parameters")
         return model, tokenizer, {"source": f"small CLIP ({summary['arch']['name']}) pretrained on SynthWorld source",
                                   **{k: summary[k] for k in kept},
                                   "pretrain_loss": [e["train_loss"] for e in summary["history"]["epochs"]]}
+    path = under(cfg.weights_root) / cfg.s2_clip_weights
+    model, tokenizer, card, _ = clip(path=path, allow_random=cfg.dry_run)
     return model, tokenizer, {"source": str(path), "parameters": card.parameters}
 
 
@@ -70,9 +72,10 @@ def student_factory(cfg, seed: int = 0):
     from .zoo import backbone, source_backbone, text_encoder
 
     if cfg.profile != "paper":
+        from .pretrain import SourcePretraining
         from .synthworld import vocabulary
 
-        image_tower, card, summary = source_backbone(cfg.student_arch, cfg, seed=seed)
+        image_tower, card, summary = source_backbone(cfg.student_arch, SourcePretraining.of(cfg), seed=seed)
         tokenizer = build_tokenizer(vocabulary(), max_length=32)
 
         def text_tower(seed):

@@ -249,11 +249,11 @@ def synth_pair_sets(cfg, seed: int = PAIR_SEED) -> dict[str, tuple[Split, PairSe
     "test_hard" reuses the test split and positives, with one-attribute-changed
     captions as negatives.
     """
-    from .pretrain import synth_split
+    from .pretrain import SynthData
 
-    out = {}
+    data, out = SynthData.of(cfg), {}
     for split in ("train", "val", "test"):
-        batch = synth_split(cfg, f"target_{split}")
+        batch = data.split(f"target_{split}")
         images = from_synth(batch)
         s = seed + {"train": 0, "val": 1, "test": 2}[split]
         out[split] = (images, random_negative_pairs(batch.captions, s, name=split))

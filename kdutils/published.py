@@ -119,23 +119,23 @@ class Pretraining:
 
 def _source(arch):
     def train(cfg):
-        from .pretrain import pretrain_source
+        from .pretrain import SourcePretraining, pretrain_source
 
-        return pretrain_source(arch, cfg, seed=0)
+        return pretrain_source(arch, SourcePretraining.of(cfg), seed=0)
     return train
 
 
 def _clip(cfg):
-    from .clip import pretrain_small_clip
+    from .clip import ClipPretraining, pretrain_small_clip
 
-    model, _, summary = pretrain_small_clip(cfg, seed=0)
+    model, _, summary = pretrain_small_clip(ClipPretraining.of(cfg), seed=0)
     return model, summary
 
 
 def _roberta(cfg):
-    from .selfdistill_encoders import pretrain_small_roberta
+    from .selfdistill_encoders import TextPretraining, pretrain_small_roberta
 
-    encoder, summary = pretrain_small_roberta(cfg, seed=0)
+    encoder, summary = pretrain_small_roberta(TextPretraining.of(cfg), seed=0)
     return encoder.model, summary
 
 

@@ -24,7 +24,7 @@ from .cache import cached, model_fingerprint
 from .errors import ConfigError, MissingDataError
 from .models import weights_requirement
 from .paths import under
-from .pretrain import DATA_SEEDS, world_config
+from .pretrain import DATA_SEEDS, SynthData
 
 __all__ = [
     "ImageData", "load_data", "synthworld_data", "cifar_data", "imagenet_data",
@@ -87,7 +87,7 @@ def prompt(class_name: str) -> str:
 def synthworld_data(cfg) -> ImageData:
     splits = {split: ksplits.synthworld(cfg, f"target_{split}") for split in ("train", "val", "test")}
     sizes = {split: len(s) for split, s in splits.items()}
-    key = {"data": "synthworld-target", "world": asdict(world_config(cfg)), "sizes": sizes,
+    key = {"data": "synthworld-target", "world": asdict(SynthData.of(cfg).world), "sizes": sizes,
            "seeds": {s: DATA_SEEDS[f"target_{s}"] for s in sizes}}
     return ImageData("synthworld", list(sw.TARGET_CLASSES), sw.class_prompts("target"), splits, key)
 

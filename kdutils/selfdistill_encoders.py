@@ -10,7 +10,7 @@ encoder's architecture plus a linear layer over the classes.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
@@ -24,7 +24,7 @@ from .errors import ConfigError
 from .frozen import batches, outputs
 from .models import torchvision_model
 from .paths import under
-from .pretrain import pretrain_source, synth_split, world_config
+from .pretrain import SourcePretraining, SynthPretraining, pretrain_source
 from .published import Pretraining, recipe
 from .selfdistill_data import clip_path
 from .splits import tensor_loader
@@ -32,7 +32,7 @@ from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, FrozenTea
 from .train import Recipe, seed_everything, train
 from .zoo import backbone, clip, text_encoder
 
-__all__ = ["ImageEncoder", "Student", "TextQueries", "Encoders", "pretrain_small_roberta"]
+__all__ = ["ImageEncoder", "Student", "TextQueries", "Encoders", "TextPretraining", "pretrain_small_roberta"]
 
 def _texts_digest(texts: Sequence[str]) -> str:
     return hashlib.sha256("\x1f".join(texts).encode()).hexdigest()[:16]
@@ -150,7 +150,22 @@ def _masked_lm(tokenizer, model: nn.Module, lm_head: nn.Module):
     return encode, loss_of
 
 
-def pretrain_small_roberta(cfg, seed: int = 0, progress: bool | None = None):
+@dataclass(frozen=True, kw_only=True)
+class TextPretraining(SynthPretraining):
+    """How `pretrain_small_roberta` trains: a `hidden`-wide, `layers`-deep encoder for `epochs` (one in a dry
+    run) of masked language modelling (the profile's `s1_text_hidden`, `s1_text_layers`, `s1_mlm_epochs`)."""
+
+    hidden: int
+    layers: int
+    epochs: int
+
+    @classmethod
+    def of(cls, cfg) -> TextPretraining:
+        return cls(hidden=cfg.s1_text_hidden, layers=cfg.s1_text_layers, epochs=cfg.s1_mlm_epochs,
+                   **SynthPretraining.of_profile(cfg))
+
+
+def pretrain_small_roberta(pretraining: TextPretraining, seed: int = 0):
     """A small RoBERTa-style encoder trained as a masked language model on SynthWorld source captions; cached.
 
     The zoo's `roberta` (`zoo.text_encoder`: word-level tokenizer over
@@ -159,33 +174,32 @@ def pretrain_small_roberta(cfg, seed: int = 0, progress: bool | None = None):
     (mean-pooled) and a summary with the masked-word accuracy on source test
     captions. Cached via the training loop's checkpoint.
     """
-    progress = cfg.progress if progress is None else progress
-    hidden, layers, epochs = cfg.s1_text_hidden, cfg.s1_text_layers, cfg.s1_mlm_epochs
+    data, hidden, layers, epochs = pretraining.data, pretraining.hidden, pretraining.layers, pretraining.epochs
     gen = seed_everything(seed)
     encoder, card = text_encoder("roberta", hidden=hidden, layers=layers, max_length=kclip.SYNTH_MAX_TOKENS)
     tokenizer, model = encoder.tokenizer, encoder.model
     key = {"what": "s1-roberta-mlm", "vocab": len(tokenizer), "hidden": hidden, "layers": layers,
-           "heads": model.config.num_attention_heads, "world": asdict(world_config(cfg)),
-           "n_train": cfg.n_source_train, "epochs": epochs, "batch": cfg.batch_size, "seed": seed,
-           "dry_run": cfg.dry_run, "code": code_fingerprint(__name__)}
+           "heads": model.config.num_attention_heads, "world": asdict(data.world),
+           "n_train": data.sizes["source_train"], "epochs": epochs, "batch": pretraining.batch_size, "seed": seed,
+           "dry_run": pretraining.dry_run, "code": code_fingerprint(__name__)}
     run = Pretraining("roberta-small", key)
     lm_head = nn.Linear(hidden, len(tokenizer))
     mlm = nn.ModuleDict({"encoder": model, "lm_head": lm_head})
     if (shipped := run.shipped(model)) is not None:  # published weights (kdutils.published)
         return encoder.eval(), shipped
     encode, loss_of = _masked_lm(tokenizer, model, lm_head)
-    ids, attention = encode(synth_split(cfg, "source_train").captions)
-    loader = tensor_loader(ids, attention, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=True)
+    ids, attention = encode(data.split("source_train").captions)
+    loader = tensor_loader(ids, attention, batch_size=pretraining.batch_size, shuffle=True, generator=gen,
+                           drop_last=True)
     training = Recipe(optimizer="adamw", lr=1e-3, weight_decay=0.01, schedule="warmup_cosine", warmup_fraction=0.1,
-                    warmup_cap=100, epochs=cfg.phase_epochs(epochs),
-                    max_steps=cfg.max_steps)
+                      warmup_cap=100, epochs=1 if pretraining.dry_run else epochs, max_steps=pretraining.max_steps)
     history = train(mlm, lambda b: {"loss": loss_of(*b)[0]}, loader, training,
                     checkpoint=run.checkpoint, checkpoint_key=run.digest,
-                    desc="MLM small RoBERTa on source captions", progress=progress)
+                    desc="MLM small RoBERTa on source captions", progress=pretraining.progress)
     mlm.eval()
     with torch.no_grad():
         torch.manual_seed(seed + 1)
-        _, logits, targets = loss_of(*encode(synth_split(cfg, "source_test").captions))
+        _, logits, targets = loss_of(*encode(data.split("source_test").captions))
         chosen = targets != -100
         masked_acc = 100.0 * float((logits.argmax(-1)[chosen] == targets[chosen]).float().mean())
     summary = {"hidden": hidden, "layers": layers, "epochs": epochs, "recipe": recipe(key),
@@ -223,14 +237,14 @@ class Encoders:
         cfg = self.cfg
         if cfg.profile != "paper":
             if "small" not in self._clips:
-                model, tokenizer, _, summary = clip(cfg, seed=self.seed)
+                model, tokenizer, _, summary = clip(kclip.ClipPretraining.of(cfg), seed=self.seed)
                 self.summaries["small_clip"] = summary
                 self._clips["small"] = (model.to(self.device).eval(), tokenizer, "small CLIP pretrained on "
                                         f"SynthWorld source captions ({summary['arch']['name']})")
             return self._clips["small"]
         path, repo = clip_path(cfg, image_encoder or "vit_b_32")
         if repo not in self._clips:
-            model, tokenizer, _, _ = clip(cfg, path=path, repo_id=repo)
+            model, tokenizer, _, _ = clip(path=path, repo_id=repo, allow_random=cfg.dry_run)
             self._clips[repo] = (model.to(self.device).eval(), tokenizer, f"CLIP {repo}")
         return self._clips[repo]
 
@@ -240,7 +254,7 @@ class Encoders:
         cfg = self.cfg
         small = cfg.profile != "paper"
         if small and name == "resnet":
-            net, summary = pretrain_source(cfg.s1_resnet_arch, cfg, seed=self.seed)
+            net, summary = pretrain_source(cfg.s1_resnet_arch, SourcePretraining.of(cfg), seed=self.seed)
             self.summaries["resnet"] = summary
             enc = ImageEncoder(name, "small_resnet", net, {"kind": "small_resnet", "arch": cfg.s1_resnet_arch},
                                f"SmallResNet {cfg.s1_resnet_arch} pretrained on SynthWorld source "
@@ -285,7 +299,7 @@ class Encoders:
                                               allow_random=cfg.dry_run)
                     description = f"{cfg.s1_roberta} (mean-pooled)"
                 else:
-                    encoder, summary = pretrain_small_roberta(cfg, seed=self.seed)
+                    encoder, summary = pretrain_small_roberta(TextPretraining.of(cfg), seed=self.seed)
                     self.summaries["roberta"] = summary
                     description = (f"small RoBERTa ({summary['hidden']}-d, {summary['layers']} layers), MLM on "
                                    "source captions (masked-word top-1 "

@@ -157,9 +157,9 @@ def from_synth(batch) -> Split:
 
 def synthworld(cfg, split: str) -> Split:
     """A fixed SynthWorld split of this profile ('target_train', 'source_test'...), with masks and captions."""
-    from .pretrain import synth_split
+    from .pretrain import SynthData
 
-    return from_synth(synth_split(cfg, split))
+    return from_synth(SynthData.of(cfg).split(split))
 
 
 def cifar(root, name: str = "cifar10", *, verify: bool = True) -> dict[str, Split]:

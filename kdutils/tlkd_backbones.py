@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from .models import SMALL_ARCHS
+from .pretrain import SourcePretraining
 from .teacher import CIFAR10_MEAN, CIFAR10_STD, FrozenTeacher, Normalize, freeze
 from .zoo import backbone, source_backbone
 
@@ -28,7 +29,7 @@ def load_encoder(arch: str, cfg, *, weights: str = "", input_size: int = 0, teac
     """
     if arch in SMALL_ARCHS:
         seed = cfg.shared_backbone_seed("study 4 replicates over its trained heads with one pair of frozen backbones")
-        net, card, summary = source_backbone(arch, cfg, seed=seed)
+        net, card, summary = source_backbone(arch, SourcePretraining.of(cfg), seed=seed)
         info = {"arch": arch, "weights": "pretrained here on the SynthWorld source task (60 classes)",
                 "source_top1": summary["source_top1"], "input_size": cfg.image_size, "parameters": card.parameters}
         return (FrozenTeacher(net, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)) if teacher else freeze(net)), info

@@ -13,6 +13,7 @@ Text encoders (`text_encoder`: small BERT/RoBERTa built here, or a published che
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -20,6 +21,10 @@ from torch import nn
 from .errors import ConfigError
 from .models import SMALL_ARCHS, SmallResNet, small_resnet, torchvision_model
 from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize
+
+if TYPE_CHECKING:  # the pretrainings import the zoo
+    from .clip import ClipPretraining
+    from .pretrain import SourcePretraining
 
 __all__ = ["ModelCard", "TextCard", "backbone", "headless", "source_backbone", "text_encoder", "clip"]
 
@@ -106,14 +111,14 @@ def backbone(name: str, *, weights: str | None = None, input_size: int | None = 
     return net, ModelCard(name, dim, _parameters(net), input_size or None, IMAGENET_MEAN, IMAGENET_STD, origin)
 
 
-def source_backbone(arch: str, cfg, seed: int) -> tuple[nn.Module, ModelCard, dict]:
-    """SynthWorld `arch` pretrained on the source task (cached; `pretrain.pretrain_source`), headless, on [0, 1]
-    images; with its card and the pretraining summary."""
+def source_backbone(arch: str, pretraining: SourcePretraining, seed: int) -> tuple[nn.Module, ModelCard, dict]:
+    """SynthWorld `arch` pretrained on the source task by `pretraining` (cached; `pretrain.pretrain_source`),
+    headless, on [0, 1] images; with its card and the pretraining summary."""
     from .pretrain import pretrain_source
 
-    net, summary = pretrain_source(arch, cfg, seed=seed)
+    net, summary = pretrain_source(arch, pretraining, seed=seed)
     net, dim = headless(net)
-    card = ModelCard(arch, dim, _parameters(net), cfg.image_size, *NO_NORMALISATION,
+    card = ModelCard(arch, dim, _parameters(net), pretraining.data.world.size, *NO_NORMALISATION,
                      f"pretrained here on the SynthWorld source task (60 classes, seed {seed}, "
                      f"top-1 {summary['source_top1']:.1f}%)")
     return net, card, summary
@@ -166,22 +171,24 @@ def text_encoder(name: str, *, hidden: int = 128, layers: int = 2, max_length: i
     return encoder, card
 
 
-def clip(cfg, *, seed: int = 0, path=None, repo_id: str | None = None, progress: bool | None = None):
-    """(CLIPModel, tokenizer, card of its image tower, pretraining summary) by profile.
+def clip(pretraining: ClipPretraining | None = None, *, seed: int = 0, path=None, repo_id: str | None = None,
+         allow_random: bool = False):
+    """(CLIPModel, tokenizer, card of its image tower, pretraining summary).
 
-    tiny/small: the small CLIP pretrained here on SynthWorld source captions (`clip.pretrain_small_clip`,
-    cached, seed `seed`); paper: the published checkpoint in the folder `path` (`repo_id`, the name a missing
-    folder is downloaded as; random weights in dry runs) and an empty summary.
+    With `pretraining` (tiny/small): the small CLIP pretrained here by it on SynthWorld source captions
+    (`clip.pretrain_small_clip`, cached, seed `seed`). Without (paper): the published checkpoint in the folder
+    `path` (`repo_id`, the name a missing folder is downloaded as; `allow_random`: random weights in dry runs)
+    and an empty summary.
     """
     from . import clip as kclip
 
-    if cfg.profile != "paper":
-        model, tokenizer, summary = kclip.pretrain_small_clip(cfg, seed=seed, progress=progress)
+    if pretraining is not None:
+        model, tokenizer, summary = kclip.pretrain_small_clip(pretraining, seed=seed)
         name, weights = summary["arch"]["name"], f"pretrained here on SynthWorld source captions (seed {seed})"
     else:
         name = repo_id or kclip.PAPER_CLIP
-        model, tokenizer = kclip.load_clip(path, allow_random=cfg.dry_run, repo_id=name)
-        summary, weights = {}, f"{name}{' (random: dry run)' if cfg.dry_run else ''}"
+        model, tokenizer = kclip.load_clip(path, allow_random=allow_random, repo_id=name)
+        summary, weights = {}, f"{name}{' (random: dry run)' if allow_random else ''}"
     vision = model.config.vision_config
     card = ModelCard(f"clip:{name}",
                      model.config.projection_dim, _parameters(model), vision.image_size, CLIP_MEAN, CLIP_STD, weights)

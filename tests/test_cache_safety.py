@@ -52,13 +52,14 @@ def test_source_pretraining_retrains_after_its_code_changed(tmp_path, monkeypatc
     from kdutils import pretrain
 
     monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path))
-    cfg = load_profile("tiny", n_source_train=64, n_source_test=32, batch_size=32, progress=False, dry_run=True)
-    pretrain.pretrain_source("resnet_xs", cfg, seed=0)
-    monkeypatch.setattr(pretrain, "synth_split", lambda *a, **k: _never())
-    pretrain.pretrain_source("resnet_xs", cfg, seed=0)  # same code: the cached weights
+    pretraining = pretrain.SourcePretraining.of(load_profile("tiny", n_source_train=64, n_source_test=32,
+                                                             batch_size=32, progress=False, dry_run=True))
+    pretrain.pretrain_source("resnet_xs", pretraining, seed=0)
+    monkeypatch.setattr(pretrain.SynthData, "split", lambda *a, **k: _never())
+    pretrain.pretrain_source("resnet_xs", pretraining, seed=0)  # same code: the cached weights
     monkeypatch.setattr(pretrain, "code_fingerprint", lambda module: "other code")
     with pytest.raises(AssertionError, match="the cache was not used"):
-        pretrain.pretrain_source("resnet_xs", cfg, seed=0)
+        pretrain.pretrain_source("resnet_xs", pretraining, seed=0)
 
 
 def test_a_truncated_entry_is_discarded_and_recomputed_with_a_warning_naming_it(tmp_path):
@@ -127,7 +128,7 @@ cfg = load_profile("tiny", n_source_train=64, n_source_test=32, batch_size=32, p
 (log.parent / f"ready-{os.getpid()}").touch()
 while not go.exists():
     time.sleep(0.01)
-pretrain.pretrain_source("resnet_xs", cfg, seed=0)
+pretrain.pretrain_source("resnet_xs", pretrain.SourcePretraining.of(cfg), seed=0)
 """
 
 

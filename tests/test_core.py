@@ -111,13 +111,14 @@ def test_source_pretraining_is_cached_with_its_summary(tmp_path, monkeypatch):
 
     monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path))
     cfg = load_profile("tiny", n_source_train=128, n_source_test=64, batch_size=32, progress=False)
-    model, summary = pretrain.pretrain_source("resnet_xs", cfg, seed=0)
+    pretraining = pretrain.SourcePretraining.of(cfg)
+    model, summary = pretrain.pretrain_source("resnet_xs", pretraining, seed=0)
 
     def no_data(*args, **kwargs):
         raise AssertionError("a cached pretraining must not generate data")
 
-    monkeypatch.setattr(pretrain, "synth_split", no_data)
-    again, summary_again = pretrain.pretrain_source("resnet_xs", cfg, seed=0)
+    monkeypatch.setattr(pretrain.SynthData, "split", no_data)
+    again, summary_again = pretrain.pretrain_source("resnet_xs", pretraining, seed=0)
     assert json.loads(json.dumps(summary)) == summary_again
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     assert not again.training and 0 <= summary_again["source_top1"] <= 100
@@ -132,7 +133,7 @@ def test_source_pretraining_does_not_depend_on_earlier_random_draws(tmp_path, mo
     for i, draws in enumerate((0, 17)):
         monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path / str(i)))
         torch.rand(draws)
-        model, _ = pretrain.pretrain_source("resnet_xs", cfg, seed=3)
+        model, _ = pretrain.pretrain_source("resnet_xs", pretrain.SourcePretraining.of(cfg), seed=3)
         states.append(model.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(states[0].values(), states[1].values()))
 

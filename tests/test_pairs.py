@@ -136,9 +136,9 @@ def test_synth_pair_sets_tiny():
     assert images.images.shape == (40, 3, 32, 32) and images.images.dtype == torch.uint8
     assert np.array_equal(hard.labels, rnd.labels) and np.array_equal(hard.image_index, rnd.image_index)
     assert hard.summary()["kinds"] == {"match": 20, "background": 5, "color": 5, "position": 5, "shape": 5}
-    from kdutils.pretrain import synth_split
+    from kdutils.pretrain import SynthData
 
-    batch = synth_split(cfg, "target_test")
+    batch = SynthData.of(cfg).split("target_test")
     for i, cap, kind in zip(hard.image_index, hard.captions, hard.kind):
         assert cap == (batch.captions[i] if kind == "match" else batch.hard_negatives[i][kind])
 

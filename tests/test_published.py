@@ -54,7 +54,7 @@ def test_round_trip_serves_the_published_weights_without_training(tiny_published
     empty_cache = published.FOLDER.parent / "empty-cache"  # nothing to fall back on
     monkeypatch.setattr(pretrain, "train", no_training)
     monkeypatch.setattr(published, "cache_root", lambda: empty_cache)  # where Pretraining names its files
-    model, summary = pretrain.pretrain_source("resnet_s", cfg)
+    model, summary = pretrain.pretrain_source("resnet_s", pretrain.SourcePretraining.of(cfg))
     assert not model.training and summary["published"]["file"] == "source-resnet_s.pt.gz"
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k

@@ -89,8 +89,8 @@ def test_synthworld_data_matches_the_shared_splits():
     assert data.num_classes == 10 and len(data.prompts) == 10
     assert data.prompts[3] == "This is an image of a star."
     assert len(data.splits["train"]) == cfg.n_target_train and len(data.splits["test"].captions) == cfg.n_target_test
-    from kdutils.pretrain import synth_split
-    batch = synth_split(cfg, "target_val")
+    from kdutils.pretrain import SynthData
+    batch = SynthData.of(cfg).split("target_val")
     assert torch.equal(data.splits["val"].images[5].permute(1, 2, 0), torch.from_numpy(batch.images[5]))
     assert data.splits["val"].captions[5] == batch.captions[5]
 
@@ -344,24 +344,25 @@ def test_captioning_hook_fails_clearly_without_the_model(tmp_path):
 
 def test_small_roberta_is_pretrained_once_and_reads_prompts(cache, monkeypatch):
     cfg = _cfg()
-    enc, summary = s1enc.pretrain_small_roberta(cfg)
+    pretraining = s1enc.TextPretraining.of(cfg)
+    enc, summary = s1enc.pretrain_small_roberta(pretraining)
     assert 0 <= summary["masked_word_top1_source_test"] <= 100
     assert summary["hidden"] == cfg.s1_text_hidden
     v = enc.encode(["This is an image of a star.", "This is an image of a heart."])
     assert v.shape == (2, cfg.s1_text_hidden) and not torch.allclose(v[0], v[1])
     monkeypatch.setattr(torch.amp.GradScaler, "step", _no_training)
-    enc2, _ = s1enc.pretrain_small_roberta(cfg)
+    enc2, _ = s1enc.pretrain_small_roberta(pretraining)
     assert torch.equal(enc2.encode(["a star"]), enc.encode(["a star"]))
 
 
 def test_encoders_are_pretrained_with_their_backbone_seed(monkeypatch):
     seen = []
 
-    def fake_source(arch, cfg, seed=0, **kw):
+    def fake_source(arch, pretraining, seed=0, **kw):
         seen.append(("resnet", seed))
         return small_resnet(arch), {"source_top1": 50.0}
 
-    def fake_roberta(cfg, seed=0, **kw):
+    def fake_roberta(pretraining, seed=0, **kw):
         seen.append(("roberta", seed))
         raise RuntimeError("stop")
 

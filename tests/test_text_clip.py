@@ -231,20 +231,21 @@ def test_pretrain_small_clip_is_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path))
     cfg = load_profile("tiny", n_source_train=128, n_source_test=64, n_target_test=40, s2_clip_epochs=1,
                        batch_size=32)
-    model, tok, summary = clip.pretrain_small_clip(cfg, seed=0)
+    pretraining = clip.ClipPretraining.of(cfg)
+    model, tok, summary = clip.pretrain_small_clip(pretraining, seed=0)
     assert summary["arch"]["name"] == "clip_xs" and len(summary["history"]["epochs"]) == 1
     assert set(summary["source_test_recalls"]) == {"i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5"}
     assert 0.0 <= summary["target_zero_shot_top1"] <= 100.0
     assert summary["history"]["epochs"][0]["train_loss"] > 0
     with monkeypatch.context() as m:  # the cached CLIP must not generate (or train on) data again
-        m.setattr(clip, "synth_split", lambda *a, **k: pytest.fail("the cached CLIP was computed again"))
-        again, _, summary2 = clip.pretrain_small_clip(cfg, seed=0)
+        m.setattr(clip.SynthData, "split", lambda *a, **k: pytest.fail("the cached CLIP was computed again"))
+        again, _, summary2 = clip.pretrain_small_clip(pretraining, seed=0)
     assert summary2 == summary
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
     assert not again.training and len(tok) == len(text.build_tokenizer(synthworld.vocabulary()))
     with pytest.raises(ConfigError, match="load_clip"):
-        clip.pretrain_small_clip(load_profile("paper"), seed=0)
+        clip.ClipPretraining.of(load_profile("paper"))
 
 
 def test_load_clip_round_trip_and_errors(tokenizer, tmp_path):

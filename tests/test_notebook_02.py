@@ -134,14 +134,15 @@ def test_the_claims_cell_judges_planted_runs():
     planted = {"teacher (CLIP)": (90, 84, 90), "additive (paper baseline)": (50, 50, 50),
                "additive + softmax kd": (51, 50, 52), "additive + sigmoid kd": (88, 82, 94),
                "interaction": (80, 80, 80), "interaction + softmax kd (best: T=3, a=0.5)": (86, 84, 86),
-               "interaction + sigmoid kd (best: T=3, a=0.5)": (84, 78, 92)}  # (accuracy, precision, recall)
+               "interaction + sigmoid kd (best: T=3, a=0.5)": (84, 81, 92)}  # (accuracy, precision, recall)
+    # each model's jitter scaled differently, so that every difference varies over seeds
     runs, jitter = {}, {0: -0.3, 1: 0.1, 2: 0.2}
-    for name, (acc, prec, rec) in planted.items():
+    for k, (name, (acc, prec, rec)) in enumerate(planted.items()):
         for s in cfg.seeds:
-            report = {"accuracy": acc + jitter[s], "precision": prec + jitter[s], "recall": rec - jitter[s],
-                      "f1": acc + jitter[s]}
+            j = jitter[s] * (1 + k / 4)
+            report = {"accuracy": acc + j, "precision": prec + j, "recall": rec - j, "f1": acc + j}
             runs[(name, s)] = {"random": report, "hard": report}
-    sweep = pd.DataFrame([{"loss": "sigmoid_kd", "T": T, "alpha": 0.5, "seed": s, "test_acc": acc + jitter[s]}
+    sweep = pd.DataFrame([{"loss": "sigmoid_kd", "T": T, "alpha": 0.5, "seed": s, "test_acc": acc + T * jitter[s]}
                           for T, acc in ((1.5, 80.0), (3.0, 84.0), (5.0, 81.0)) for s in cfg.seeds])
     namespace = {"np": np, "pd": pd, "session": session, "stats": stats, "cfg": cfg, "runs": runs, "sweep": sweep,
                  "display": lambda *args, **kwargs: None,
@@ -158,7 +159,7 @@ def test_the_claims_cell_judges_planted_runs():
         "comes within 1 point of its teacher": "not reproduced",  # 2 points below its teacher: outside the 1 allowed
         "sigmoid KD works (additive student)": "reproduced",  # sigmoid 88 vs softmax 51
         "sigmoid KD works (interaction student, best cells)": "not reproduced",  # sigmoid 84 vs softmax 86
-        "raises recall more than precision": "reproduced",  # teacher -> student: recall +2, precision -6
+        "raises recall more than precision": "reproduced",  # teacher -> student: recall +2, precision -3
         "better at T = 3 than at T = 1.5": "reproduced",  # 84 against 80 (T = 5, beyond the paper's grid, not tested)
     }
     assert len(verdicts) == len(expected)
@@ -167,7 +168,7 @@ def test_the_claims_cell_judges_planted_runs():
         assert verdicts[claim] == word, (claim, verdicts[claim])
     sizes = {c["claim"]: c for c in namespace["claims"]}
     recall = next(c for text, c in sizes.items() if "raises recall more than precision" in text)
-    assert recall["ours"]["mean"] == pytest.approx(2 + 6)  # against the teacher, as the paper reads it
+    assert recall["ours"]["mean"] == pytest.approx(2 + 3)  # against the teacher, as the paper reads it
     assert recall["paper"].startswith("+8.28 pts") and recall["paper_inside"] is False
     temperature = next(c for text, c in sizes.items() if "better at T = 3 than at T = 1.5" in text)
     assert temperature["ours"]["mean"] == pytest.approx(84 - 80)

@@ -8,7 +8,7 @@ from torch import nn
 
 from kdutils import metrics
 from kdutils.tlkd import HeadParams, train_head
-from kdutils.tlkd_backbones import load_encoder
+from kdutils.tlkd_backbones import FrozenBackbones, load_encoder
 from kdutils.tlkd_data import load_data
 from kdutils.frozen import FixedViews
 from kdutils.tlkd_features import HeadInputs, frozen_features, head_logits
@@ -26,9 +26,10 @@ def run(profile: str = "small", epochs: int = 3, seed: int = 0) -> dict:
 
     cfg = load_profile(profile, progress=False)
     data = load_data(cfg)
-    student, _ = load_encoder(cfg.student_arch, cfg, weights=cfg.s4_student_weights,
+    backbones = FrozenBackbones.of(cfg)
+    student, _ = load_encoder(cfg.student_arch, backbones, weights=cfg.s4_student_weights,
                               input_size=cfg.s4_student_input_size)
-    teacher, _ = load_encoder(cfg.teacher_arch, cfg, weights=cfg.s4_teacher_weights,
+    teacher, _ = load_encoder(cfg.teacher_arch, backbones, weights=cfg.s4_teacher_weights,
                               input_size=cfg.s4_teacher_input_size, teacher=True)
     hp = HeadParams.from_config(cfg).replace(epochs=epochs, patience=None, restore_best=False)
     n_cls = data.num_classes

@@ -283,18 +283,18 @@ def test_paper_data_from_cifar_batches_with_polygon_masks(tmp_path):
 
 
 def test_dry_run_torchvision_encoders_are_the_real_architectures():
-    cfg = load_profile("paper", dry_run=True)
-    student, info = tlkd_backbones.load_encoder("resnet18", cfg, weights="IMAGENET1K_V1", input_size=32)
+    backbones = tlkd_backbones.FrozenBackbones.of(load_profile("paper", dry_run=True))
+    student, info = tlkd_backbones.load_encoder("resnet18", backbones, weights="IMAGENET1K_V1", input_size=32)
     assert info["weights"] == "random (dry run)" and info["parameters"] == 11_176_512
     x = torch.rand(2, 3, 16, 16)
     from kdutils.attribution import check_shap_safe
 
     check_shap_safe(student, x)  # the student is explained with DeepExplainer
     assert student(x).shape == (2, 512) and not any(p.requires_grad for p in student.parameters())
-    teacher, tinfo = tlkd_backbones.load_encoder("vit_b_16", cfg, weights="IMAGENET1K_SWAG_E2E_V1", input_size=32,
+    teacher, tinfo = tlkd_backbones.load_encoder("vit_b_16", backbones, weights="IMAGENET1K_SWAG_E2E_V1", input_size=32,
                                        teacher=True)
     assert teacher(x).shape == (2, 768) and tinfo["input_size"] == 32
-    again, _ = tlkd_backbones.load_encoder("resnet18", cfg, weights="IMAGENET1K_V1", input_size=32)
+    again, _ = tlkd_backbones.load_encoder("resnet18", backbones, weights="IMAGENET1K_V1", input_size=32)
     assert torch.equal(student(x), again(x))  # seeded random weights
 
 
@@ -310,7 +310,7 @@ def test_benchmark_runs_both_paths_at_tiny(capsys):
 def test_study4_takes_one_backbone_seed_and_says_so_for_several():
     cfg = load_profile("tiny", seeds=[0, 1], backbone_seeds=[0, 1])
     with pytest.raises(ConfigError, match="once per backbone seed"):
-        tlkd_backbones.load_encoder(cfg.student_arch, cfg)
-    one, _ = tlkd_backbones.load_encoder(cfg.student_arch, load_profile("tiny", backbone_seeds=[1]))
-    zero, _ = tlkd_backbones.load_encoder(cfg.student_arch, load_profile("tiny"))
+        tlkd_backbones.FrozenBackbones.of(cfg)
+    one, zero = (tlkd_backbones.load_encoder(cfg.student_arch, tlkd_backbones.FrozenBackbones.of(load_profile(
+        "tiny", backbone_seeds=seeds)))[0] for seeds in ([1], [0]))
     assert any(not torch.equal(a, b) for a, b in zip(one.parameters(), zero.parameters()))

@@ -1,8 +1,8 @@
-"""Study 3's KASSL student and BYOL baseline (and study 2's CLIP teacher fine-tuning) trained with the profile's
-`num_processes=2` (CPU, gloo, through `parallel.launch`) equal the `num_processes=1` run: per-step losses and final
-weights within float tolerance (batch-norm over the global batch, the views and crops of one process), and the main
-process alone wrote the checkpoints. The trainings are short because float rounding grows step by step in them
-(the same run on one and on two CPU threads drifts apart as fast)."""
+"""Study 3's KASSL student and BYOL baseline, study 1's self-distilled student (and study 2's CLIP teacher
+fine-tuning) trained with the profile's `num_processes=2` (CPU, gloo, through `parallel.launch`) equal the
+`num_processes=1` run: per-step losses and final weights within float tolerance (batch-norm over the global batch, the
+views and crops of one process), and the main process alone wrote the checkpoints. The trainings are short because
+float rounding grows step by step in them (the same run on one and on two CPU threads drifts apart as fast)."""
 
 import subprocess
 import sys
@@ -13,6 +13,7 @@ import torch
 
 SCRIPT = Path(__file__).parent / "study_data_parallel_script.py"
 MATCHER_SCRIPT = Path(__file__).parent / "matcher_data_parallel_script.py"
+SELFDISTILL_SCRIPT = Path(__file__).parent / "selfdistill_data_parallel_script.py"
 
 
 def _run(out: Path, processes: int, script: Path = SCRIPT) -> dict:
@@ -24,11 +25,23 @@ def _run(out: Path, processes: int, script: Path = SCRIPT) -> dict:
 
 
 def test_kassl_student_and_baseline_with_two_processes_equal_one(tmp_path):
-    single = _run(tmp_path / "single", 1)
-    parallel = _run(tmp_path / "parallel", 2)
+    _assert_two_processes_train_as_one(tmp_path, SCRIPT, ("student", "baseline"))
+
+
+def test_selfdistill_student_with_two_processes_equals_one(tmp_path):
+    """Study 1's student through `selfdistill.fit_student`, alone (cross-entropy) and against soft teacher targets
+    in the view each image is shown (drawn through `per_example`)."""
+    _assert_two_processes_train_as_one(tmp_path, SELFDISTILL_SCRIPT, ("plain", "soft"))
+
+
+def _assert_two_processes_train_as_one(tmp_path: Path, script: Path, names: tuple) -> None:
+    """`script` with 1 and with 2 processes: accelerate only in the second, checkpoints by its main process alone,
+    and each named training took as many steps (3 an epoch) with the same losses to the same weights."""
+    single = _run(tmp_path / "single", 1, script)
+    parallel = _run(tmp_path / "parallel", 2, script)
     assert not single["accelerate_imported"] and parallel["accelerate_imported"]
     assert sorted(p.name for p in (tmp_path / "parallel").glob("saved-by-*")) == ["saved-by-rank-0-of-2"]
-    for name in ("student", "baseline"):
+    for name in names:
         one, two = single[f"{name}_history"], parallel[f"{name}_history"]
         assert len(two["steps"]) == len(one["steps"]) == 3 * len(one["epochs"])
         torch.testing.assert_close(torch.tensor(two["steps"]), torch.tensor(one["steps"]), rtol=1e-4, atol=1e-5)

@@ -190,8 +190,9 @@ def test_cached_teacher_logits_train_exactly_like_the_live_teacher():
 
 def test_each_backbone_seed_pretrains_its_own_encoders():
     cfg = load_profile("tiny", seeds=[0, 1], backbone_seeds=[0, 1])
-    (clip0, _, _), (clip1, _, _) = (matching_models.build_teacher(cfg, seed=cfg.backbone_seed(s)) for s in cfg.seeds)
-    make0, make1 = (matching_models.student_factory(cfg, seed=cfg.backbone_seed(s))[0] for s in cfg.seeds)
+    models = matching_models.MatchingModels.of(cfg)
+    (clip0, _, _), (clip1, _, _) = (matching_models.build_teacher(models, seed=cfg.backbone_seed(s)) for s in cfg.seeds)
+    make0, make1 = (matching_models.student_factory(models, seed=cfg.backbone_seed(s))[0] for s in cfg.seeds)
     assert any(not torch.equal(a, b) for a, b in zip(clip0.parameters(), clip1.parameters()))
     image0, image1 = make0("additive", 0).image_encoder, make1("additive", 0).image_encoder
     assert any(not torch.equal(a, b) for a, b in zip(image0.parameters(), image1.parameters()))

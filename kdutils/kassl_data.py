@@ -10,6 +10,7 @@ from . import splits
 from .kassl_config import SSL_TEACHERS, TEACHER_LABELS
 from .models import weights_requirement
 from .paths import under
+from .pretrain import DATA_SEEDS, SynthData
 from .splits import Split
 
 __all__ = ["KASSLData", "paper_paths", "required_files", "synth_key", "load_data", "data_loader"]
@@ -67,10 +68,8 @@ def required_files(cfg) -> dict:
     return need
 
 
-def synth_key(cfg, split: str) -> dict:
-    from .pretrain import DATA_SEEDS, SynthData
-
-    data = SynthData.of(cfg)
+def synth_key(data: SynthData, split: str) -> dict:
+    """The cache key of one of `data`'s SynthWorld splits: its size, data seed and world."""
     return {"split": split, "n": data.sizes[split], "seed": DATA_SEEDS[split], "world": asdict(data.world)}
 
 
@@ -78,9 +77,9 @@ def load_data(cfg) -> KASSLData:
     """SynthWorld target train/test (tiny, small) or ImageNet-100 train/val (paper)."""
     if cfg.profile != "paper":
         train, test = (splits.synthworld(cfg, name) for name in ("target_train", "target_test"))
-        size = train.images.shape[-1]
+        size, synth = train.images.shape[-1], SynthData.of(cfg)
         return KASSLData(train, train, test, size, size,
-                         {"train": synth_key(cfg, "target_train"), "test": synth_key(cfg, "target_test")},
+                         {"train": synth_key(synth, "target_train"), "test": synth_key(synth, "target_test")},
                          train.class_names)
 
     from torchvision.transforms import v2

@@ -12,8 +12,8 @@ from .augment import view_pair
 from .cache import cache_root, code_fingerprint, key_digest
 from .errors import ConfigError
 from .frozen import outputs
-from .kassl_config import TEACHER_LABELS, probe_args, ssl_epochs
-from .kassl_data import KASSLData, data_loader, load_data, paper_paths, synth_key
+from .kassl_config import TEACHER_LABELS, ssl_epochs
+from .kassl_data import KASSLData, data_loader, paper_paths, synth_key
 from .kassl_probe import probe, random_init_probe
 from .kassl_views import to_uint8
 from .models import weights_file
@@ -27,7 +27,7 @@ from .train import RunSettings, resolve_device, seed_everything
 from .zoo import NO_NORMALISATION, backbone, source_backbone
 
 __all__ = ["student_backbone", "teacher_architecture", "feature_dim_of", "SSLRecipe", "load_teacher",
-           "ssl_teacher", "train_baseline"]
+           "ssl_teacher", "teacher_probes", "train_baseline"]
 
 
 def student_backbone(arch: str, *, paper: bool) -> tuple[nn.Module, int]:
@@ -86,7 +86,8 @@ def load_teacher(name: str, cfg, device) -> tuple[FrozenTeacher, dict]:
 
     SynthWorld profiles: the shared source-task pretraining ('supervised') or `ssl_teacher`, with the
     one backbone seed; paper: the published ResNet-50 checkpoints or torchvision's supervised weights
-    (random weights, said in the summary, for a file a dry run lacks).
+    (random weights, said in the summary, for a file a dry run lacks). Notebook 03 calls it with the profile,
+    which says where each teacher comes from (different fields per profile and teacher).
     """
     if name not in TEACHER_LABELS:
         raise ConfigError(f"unknown teacher '{name}'; choose from {sorted(TEACHER_LABELS)}.")
@@ -110,7 +111,7 @@ def load_teacher(name: str, cfg, device) -> tuple[FrozenTeacher, dict]:
         info = {"source": f"supervised on the SynthWorld source task ({cfg.pretrain_epochs} epochs, "
                           f"{_where(summary)})", "source_top1": summary["source_top1"]}
     else:
-        model, summary = ssl_teacher(name, cfg, seed=seed)
+        model, summary = ssl_teacher(SSLRecipe.of(cfg, name), SynthData.of(cfg), seed=seed, device=cfg.device)
         info = {"source": f"{TEACHER_LABELS[name]} on {cfg.n_source_train} SynthWorld source images, "
                           f"{summary['epochs']} epochs ({_where(summary)})", "history": summary["history"]}
     teacher = FrozenTeacher(model, mean, std).to(device)
@@ -122,36 +123,37 @@ def _where(summary: dict) -> str:
     return f"published/{summary['published']['file']}" if "published" in summary else "trained in-run"
 
 
-def ssl_teacher(method: str, cfg, probe_it: bool = False, seed: int = 0) -> tuple[nn.Module, dict]:
-    """Study 3's `method` ('byol', 'moco_v2') teacher at tiny/small: the `teacher_arch` encoder and a summary.
+def ssl_teacher(recipe: SSLRecipe, data: SynthData, *, seed: int = 0, device="auto") -> tuple[nn.Module, dict]:
+    """Study 3's `recipe.method` ('byol', 'moco_v2') teacher at tiny/small: the `recipe.arch` encoder and a summary.
 
-    Self-supervised on the SynthWorld source images with `seed` by `SSLRecipe.of(cfg, method)`: loaded from
-    `published/` when that recipe is shipped there, else trained in-run and cached. `probe_it` adds the linear
-    probes of the encoder and of its random initialisation on the target task (what `publish` records).
+    Self-supervised on `data`'s source images with `seed` by `recipe` (`SSLRecipe.of(cfg, method)`): loaded from
+    `published/` when that recipe is shipped there, else trained in-run on `device` and cached.
     """
     from . import published
 
-    recipe = SSLRecipe.of(cfg, method)
-    key = {"what": "kassl-ssl-teacher", "method": method, **recipe.key(), "data": synth_key(cfg, "source_train"),
-           "seed": seed, "code": code_fingerprint(__name__)}
-    run = published.Pretraining(f"ssl-{method}-{recipe.arch}", key)
+    key = {"what": "kassl-ssl-teacher", "method": recipe.method, **recipe.key(),
+           "data": synth_key(data, "source_train"), "seed": seed, "code": code_fingerprint(__name__)}
+    run = published.Pretraining(f"ssl-{recipe.method}-{recipe.arch}", key)
     gen = seed_everything(seed)
     encoder, _ = backbone(recipe.arch)
     if (shipped := run.shipped(encoder)) is not None:
         return encoder.eval(), shipped
-    x, _ = to_tensors(SynthData.of(cfg).split("source_train"))
+    x, _ = to_tensors(data.split("source_train"))
     loader = tensor_loader(to_uint8(x), batch_size=recipe.batch, shuffle=True, drop_last=True, generator=gen)
-    device = resolve_device(cfg.device)
     encoder, history = _train_ssl_encoder(recipe, encoder, encoder.feature_dim, loader, run.checkpoint, run.digest,
-                                          size=x.shape[-1], device=device, desc=f"{method} teacher")
-    summary = {"method": method, "arch": recipe.arch, "epochs": recipe.epochs, "recipe": published.recipe(key),
-               "history": {"epochs": history["epochs"], "steps": [round(v, 4) for v in history["steps"]]}}
-    if probe_it:
-        data = load_data(cfg)
-        summary["probe"] = probe(encoder, data, seed=0, device=device, **probe_args(cfg))
-        summary["random_init_probe"] = random_init_probe(lambda: backbone(recipe.arch)[0], data, seed=0,
-                                                         device=device, **probe_args(cfg))
-    return encoder, summary
+                                          size=x.shape[-1], device=resolve_device(device),
+                                          desc=f"{recipe.method} teacher")
+    return encoder, {"method": recipe.method, "arch": recipe.arch, "epochs": recipe.epochs,
+                     "recipe": published.recipe(key),
+                     "history": {"epochs": history["epochs"], "steps": [round(v, 4) for v in history["steps"]]}}
+
+
+def teacher_probes(encoder: nn.Module, arch: str, data: KASSLData, *, device, **probe_settings) -> dict:
+    """What `publish` records of an SSL teacher besides its training: linear probes of `encoder` and of a random
+    `arch` on the target task (`probe_settings`: `kassl_config.probe_args(cfg)`), the floor it must beat."""
+    return {"probe": probe(encoder, data, seed=0, device=device, **probe_settings),
+            "random_init_probe": random_init_probe(lambda: backbone(arch)[0], data, seed=0, device=device,
+                                                   **probe_settings)}
 
 
 def train_baseline(recipe: SSLRecipe, data: KASSLData, seed: int, device) -> tuple[nn.Module, dict]:

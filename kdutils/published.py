@@ -141,9 +141,16 @@ def _roberta(cfg):
 
 def _ssl(method):
     def train(cfg):
-        from .kassl_encoders import ssl_teacher
+        from .kassl_config import probe_args
+        from .kassl_data import load_data
+        from .kassl_encoders import SSLRecipe, ssl_teacher, teacher_probes
+        from .pretrain import SynthData
+        from .train import resolve_device
 
-        return ssl_teacher(method, cfg, probe_it=True)
+        recipe = SSLRecipe.of(cfg, method)
+        encoder, summary = ssl_teacher(recipe, SynthData.of(cfg), seed=0, device=cfg.device)
+        return encoder, {**summary, **teacher_probes(encoder, recipe.arch, load_data(cfg),
+                                                     device=resolve_device(cfg.device), **probe_args(cfg))}
     return train
 
 

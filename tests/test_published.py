@@ -6,6 +6,7 @@ import torch
 from kdutils import published
 from kdutils.__main__ import main
 from kdutils.errors import CorruptFileError
+from kdutils.pretrain import SynthData
 from kdutils.profiles import load_profile
 
 SHIPPED = published.manifest()
@@ -87,7 +88,8 @@ def test_the_small_profile_loads_the_shipped_ssl_teachers_without_training(metho
         raise AssertionError("trained in-run: the shipped recipe no longer matches the small profile")
 
     monkeypatch.setattr(kassl_encoders, "_train_ssl_encoder", no_training)
-    encoder, summary = kassl_encoders.ssl_teacher(method, load_profile("small"))
+    cfg = load_profile("small")
+    encoder, summary = kassl_encoders.ssl_teacher(kassl_encoders.SSLRecipe.of(cfg, method), SynthData.of(cfg))
     assert summary["published"]["file"] == f"ssl-{method}-resnet_m.pt.gz" and not encoder.training
 
 

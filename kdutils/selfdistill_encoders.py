@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -32,7 +33,8 @@ from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, FrozenTea
 from .train import Recipe, seed_everything, train
 from .zoo import backbone, clip, text_encoder
 
-__all__ = ["ImageEncoder", "Student", "TextQueries", "Encoders", "TextPretraining", "pretrain_small_roberta"]
+__all__ = ["ImageEncoder", "Student", "TextQueries", "EncoderSources", "Encoders", "TextPretraining",
+           "pretrain_small_roberta"]
 
 def _texts_digest(texts: Sequence[str]) -> str:
     return hashlib.sha256("\x1f".join(texts).encode()).hexdigest()[:16]
@@ -208,11 +210,41 @@ def pretrain_small_roberta(pretraining: TextPretraining, seed: int = 0):
     return encoder.eval(), summary
 
 
+@dataclass(frozen=True, kw_only=True)
+class EncoderSources:
+    """Where study 1's encoders come from, read from a profile once. tiny/small: pretrained here by `source` (the
+    SmallResNet `resnet_arch`), `clip` and `text`; paper (those three None): the CLIP folders `clips` ({image
+    encoder: (folder, Hub id)}), torchvision ResNet-50 with `resnet50_weights` at `image_size` and the text encoder
+    `roberta` (a Hub id, read from `roberta_path`), random in a `dry_run`."""
+
+    resnet_arch: str
+    source: SourcePretraining | None
+    clip: kclip.ClipPretraining | None
+    text: TextPretraining | None
+    clips: dict[str, tuple[Path, str]]
+    resnet50_weights: str
+    roberta: str
+    roberta_path: Path
+    image_size: int
+    dry_run: bool
+
+    @classmethod
+    def of(cls, cfg) -> EncoderSources:
+        synthworld = cfg.profile != "paper"
+        return cls(resnet_arch=cfg.s1_resnet_arch, source=SourcePretraining.of(cfg) if synthworld else None,
+                   clip=kclip.ClipPretraining.of(cfg) if synthworld else None,
+                   text=TextPretraining.of(cfg) if synthworld else None,
+                   clips={e: clip_path(cfg, e) for e in ("vit_b_32", "vit_b_16")},
+                   resnet50_weights=cfg.s1_resnet50_weights, roberta=cfg.s1_roberta,
+                   roberta_path=under(cfg.weights_root, cfg.s1_roberta), image_size=cfg.image_size,
+                   dry_run=cfg.dry_run)
+
+
 class Encoders:
-    """The run's pretrained encoders, each loaded (or pretrained and cached) once, frozen, on `device`.
+    """The run's pretrained encoders from `sources`, each loaded (or pretrained and cached) once, frozen, on `device`.
 
     tiny/small: `resnet` is the SmallResNet pretrained on SynthWorld's source
-    task (`s1_resnet_arch`), `vit` the small CLIP's vision tower (study 2's
+    task (`resnet_arch`), `vit` the small CLIP's vision tower (study 2's
     `pretrain_small_clip`); text `clip` is that CLIP's text tower and
     `roberta` a small RoBERTa trained by MLM (`pretrain_small_roberta`).
     paper: `vit_b_32`/`vit_b_16` are CLIP's vision towers, `resnet50` is
@@ -224,40 +256,37 @@ class Encoders:
     distinct backbone seed; at `paper` the weights are the downloaded ones.
     """
 
-    def __init__(self, cfg, device, seed: int = 0):
-        if cfg.profile == "paper" and len(set(cfg.backbone_seeds)) > 1:
-            raise ConfigError(f"backbone_seeds {cfg.backbone_seeds} at paper: the encoders are downloaded weights, "
-                              "the same for every seed; use one backbone seed.")
-        self.cfg, self.device, self.seed = cfg, torch.device(device), seed
+    def __init__(self, sources: EncoderSources, device, seed: int = 0):
+        self.sources, self.device, self.seed = sources, torch.device(device), seed
+        self.paper = sources.source is None
         self._images, self._texts, self._clips = {}, {}, {}
         self.summaries: dict = {}
 
     def clip(self, image_encoder: str | None = None):
         """(CLIPModel, tokenizer) of the small CLIP, or the paper checkpoint paired with `image_encoder`."""
-        cfg = self.cfg
-        if cfg.profile != "paper":
+        sources = self.sources
+        if not self.paper:
             if "small" not in self._clips:
-                model, tokenizer, _, summary = clip(kclip.ClipPretraining.of(cfg), seed=self.seed)
+                model, tokenizer, _, summary = clip(sources.clip, seed=self.seed)
                 self.summaries["small_clip"] = summary
                 self._clips["small"] = (model.to(self.device).eval(), tokenizer, "small CLIP pretrained on "
                                         f"SynthWorld source captions ({summary['arch']['name']})")
             return self._clips["small"]
-        path, repo = clip_path(cfg, image_encoder or "vit_b_32")
+        path, repo = sources.clips[image_encoder or "vit_b_32"]
         if repo not in self._clips:
-            model, tokenizer, _, _ = clip(path=path, repo_id=repo, allow_random=cfg.dry_run)
+            model, tokenizer, _, _ = clip(path=path, repo_id=repo, allow_random=sources.dry_run)
             self._clips[repo] = (model.to(self.device).eval(), tokenizer, f"CLIP {repo}")
         return self._clips[repo]
 
     def image(self, name: str) -> ImageEncoder:
         if name in self._images:
             return self._images[name]
-        cfg = self.cfg
-        small = cfg.profile != "paper"
+        sources, small = self.sources, not self.paper
         if small and name == "resnet":
-            net, summary = pretrain_source(cfg.s1_resnet_arch, SourcePretraining.of(cfg), seed=self.seed)
+            net, summary = pretrain_source(sources.resnet_arch, sources.source, seed=self.seed)
             self.summaries["resnet"] = summary
-            enc = ImageEncoder(name, "small_resnet", net, {"kind": "small_resnet", "arch": cfg.s1_resnet_arch},
-                               f"SmallResNet {cfg.s1_resnet_arch} pretrained on SynthWorld source "
+            enc = ImageEncoder(name, "small_resnet", net, {"kind": "small_resnet", "arch": sources.resnet_arch},
+                               f"SmallResNet {sources.resnet_arch} pretrained on SynthWorld source "
                                f"(source top-1 {summary['source_top1']:.1f}%)")
         elif (small and name == "vit") or (not small and name in ("vit_b_32", "vit_b_16")):
             model, _, description = self.clip(name)
@@ -267,24 +296,25 @@ class Encoders:
             enc = ImageEncoder(name, "clip_vision", model.vision_model, spec, f"vision tower of {description}",
                                mean=CLIP_MEAN, std=CLIP_STD, input_size=vc.image_size)
         elif not small and name == "resnet50":
-            net = torchvision_model("resnet50", cfg.s1_resnet50_weights, allow_random=cfg.dry_run)
+            net = torchvision_model("resnet50", sources.resnet50_weights, allow_random=sources.dry_run)
             enc = ImageEncoder(name, "torchvision_resnet", net,
-                               {"kind": "torchvision_resnet", "arch": "resnet50", "input_size": cfg.image_size},
-                               f"torchvision resnet50 {cfg.s1_resnet50_weights}"
-                               f"{' (random weights: dry run)' if cfg.dry_run else ''}; open_clip RN50 not used "
+                               {"kind": "torchvision_resnet", "arch": "resnet50", "input_size": sources.image_size},
+                               f"torchvision resnet50 {sources.resnet50_weights}"
+                               f"{' (random weights: dry run)' if sources.dry_run else ''}; open_clip RN50 not used "
                                "(not a dependency of the lab)",
-                               mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=cfg.image_size)
+                               mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=sources.image_size)
         else:
             known = "resnet, vit" if small else "vit_b_32, vit_b_16, resnet50"
-            raise ConfigError(f"unknown image encoder '{name}' at profile {cfg.profile}; choose {known}.")
+            raise ConfigError(f"unknown image encoder '{name}' at profile {'tiny/small' if small else 'paper'}; "
+                              f"choose {known}.")
         self._images[name] = enc.to(self.device)
         return enc
 
     def text(self, name: str, image_encoder: str | None = None) -> TextQueries:
         """Text encoder `name` ('clip' or 'roberta'); CLIP's text tower is paired with `image_encoder` at paper."""
-        cfg = self.cfg
+        sources = self.sources
         if name == "clip":
-            model, tokenizer, description = self.clip(image_encoder if cfg.profile == "paper" else None)
+            model, tokenizer, description = self.clip(image_encoder if self.paper else None)
             tag = f"clip:{description}"
             if tag not in self._texts:
                 fp = model_fingerprint(model.text_model) + model_fingerprint(model.text_projection)
@@ -294,12 +324,12 @@ class Encoders:
             return self._texts[tag]
         if name == "roberta":
             if "roberta" not in self._texts:
-                if cfg.profile == "paper":
-                    encoder, _ = text_encoder(cfg.s1_roberta, path=under(cfg.weights_root, cfg.s1_roberta),
-                                              allow_random=cfg.dry_run)
-                    description = f"{cfg.s1_roberta} (mean-pooled)"
+                if self.paper:
+                    encoder, _ = text_encoder(sources.roberta, path=sources.roberta_path,
+                                              allow_random=sources.dry_run)
+                    description = f"{sources.roberta} (mean-pooled)"
                 else:
-                    encoder, summary = pretrain_small_roberta(TextPretraining.of(cfg), seed=self.seed)
+                    encoder, summary = pretrain_small_roberta(sources.text, seed=self.seed)
                     self.summaries["roberta"] = summary
                     description = (f"small RoBERTa ({summary['hidden']}-d, {summary['layers']} layers), MLM on "
                                    "source captions (masked-word top-1 "

@@ -369,13 +369,13 @@ def test_encoders_are_pretrained_with_their_backbone_seed(monkeypatch):
     monkeypatch.setattr(s1enc, "pretrain_source", fake_source)
     monkeypatch.setattr(s1enc, "pretrain_small_roberta", fake_roberta)
     cfg = _cfg(seeds=[0, 1], backbone_seeds=[3, 4])
-    zoo = s1enc.Encoders(cfg, "cpu", seed=cfg.backbone_seed(1))
+    zoo = s1enc.Encoders(s1enc.EncoderSources.of(cfg), "cpu", seed=cfg.backbone_seed(1))
     zoo.image("resnet")
     with pytest.raises(RuntimeError, match="stop"):
         zoo.text("roberta")
     assert seen == [("resnet", 4), ("roberta", 4)]
-    with pytest.raises(ConfigError, match="backbone_seeds"):
-        s1enc.Encoders(load_profile("paper", seeds=[0, 1], backbone_seeds=[0, 1]), "cpu")
+    with pytest.raises(ConfigError, match="backbone_seeds"):  # paper's encoders are downloaded: one set, no seeds
+        load_profile("paper", seeds=[0, 1], backbone_seeds=[0, 1])
 
 def test_benchmark_compares_cached_and_streamed_features_on_the_same_run(capsys):
     out = bench_selfdistill.run(n_train=64, epochs=1, paper_n_train=8)

@@ -25,10 +25,11 @@ from .errors import ConfigError, MissingDataError
 from .models import weights_requirement
 from .paths import under
 from .pretrain import DATA_SEEDS, SynthData
+from .train import RunSettings
 
 __all__ = [
     "ImageData", "load_data", "synthworld_data", "cifar_data", "imagenet_data",
-    "imagenet_class_names", "prompt", "paper_requirements", "image_captions", "mirror_text", "labels_of",
+    "imagenet_class_names", "prompt", "paper_requirements", "Captioner", "image_captions", "mirror_text", "labels_of",
     "indices_of", "in_order", "clip_path",
 ]
 
@@ -184,36 +185,53 @@ def mirror_text(text: str) -> str:
     return re.sub(r"\b(left|right)\b", lambda m: _MIRROR[m.group(1)], text)
 
 
-def image_captions(cfg, data: ImageData, split: str, device) -> list[str]:
-    """One caption per image of `split`: SynthWorld's true captions, else a captioning model's (cached).
+@dataclass(frozen=True, kw_only=True)
+class Captioner(RunSettings):
+    """The `paper` captioning model: the BLIP checkpoint `name` in the folder `path`, run over a split in batches
+    of `batch_size`. SynthWorld's splits carry their true captions and need none of it."""
 
-    The `paper` hook reads a BLIP checkpoint (`s1_captioner`, a folder written
-    by `save_pretrained`) through transformers; a missing checkpoint raises
+    name: str
+    path: Path
+    batch_size: int
+
+    @classmethod
+    def of(cls, cfg) -> Captioner:
+        return cls(name=cfg.s1_captioner, path=under(cfg.weights_root, cfg.s1_captioner), batch_size=cfg.batch_size,
+                   **RunSettings.of_profile(cfg))
+
+
+def image_captions(data: ImageData, split: str, device, *, captioner: Captioner) -> list[str]:
+    """One caption per image of `split`: SynthWorld's true captions, else `captioner`'s (cached).
+
+    The `paper` hook reads a BLIP checkpoint (a folder written by
+    `save_pretrained`) through transformers; a missing checkpoint raises
     MissingDataError naming the folder and the download command.
     """
     if data.splits[split].captions is not None:
         return data.splits[split].captions
     from transformers import AutoProcessor, BlipForConditionalGeneration
 
-    path = under(cfg.weights_root, cfg.s1_captioner)
-    hint = ktext.hf_download_hint(cfg.s1_captioner, path) + " Or set s1_captions=False."
+    path = captioner.path
+    hint = ktext.hf_download_hint(captioner.name, path) + " Or set s1_captions=False."
     with ktext.quiet_transformers():
         try:
             processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
             model = BlipForConditionalGeneration.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError) as err:
-            raise MissingDataError(f"captioning model {cfg.s1_captioner}", path,
+            raise MissingDataError(f"captioning model {captioner.name}", path,
                                    f"{hint} [{type(err).__name__}]") from None
     model.eval().to(device)
     dataset = data.splits[split]
     key = {"what": "s1-captions", "model": model_fingerprint(model), "data": data.key, "split": split,
-           "n": len(dataset), "dry_run": cfg.dry_run}
+           "n": len(dataset), "dry_run": captioner.dry_run}
 
     @torch.no_grad()
     def compute():
         out = []
-        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
-        for images, _, _ in tqdm(loader, desc=f"caption {data.name} {split}", leave=False, disable=not cfg.progress):
+        loader = torch.utils.data.DataLoader(dataset, batch_size=captioner.batch_size,
+                                             num_workers=captioner.num_workers)
+        for images, _, _ in tqdm(loader, desc=f"caption {data.name} {split}", leave=False,
+                                 disable=not captioner.progress):
             inputs = processor(images=list(images), return_tensors="pt").to(device)
             ids = model.generate(**inputs, max_new_tokens=30)
             out += [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]

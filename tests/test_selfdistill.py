@@ -339,7 +339,7 @@ def test_captioning_hook_fails_clearly_without_the_model(tmp_path):
     cfg = load_profile("paper", weights_root=str(tmp_path))
     data = s1data.ImageData("cifar10", ["cat"], ["x"], {"train": _data(n=4, classes=1)}, KEY)
     with pytest.raises(MissingDataError, match="captioning model Salesforce/blip-image-captioning-base"):
-        s1data.image_captions(cfg, data, "train", "cpu")
+        s1data.image_captions(data, "train", "cpu", captioner=s1data.Captioner.of(cfg))
 
 
 def test_small_roberta_is_pretrained_once_and_reads_prompts(cache, monkeypatch):

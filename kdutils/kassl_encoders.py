@@ -4,6 +4,7 @@ in-run, published, or the paper's checkpoints) and the BYOL baseline, each self-
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -12,7 +13,7 @@ from .augment import view_pair
 from .cache import cache_root, code_fingerprint, key_digest
 from .errors import ConfigError
 from .frozen import outputs
-from .kassl_config import TEACHER_LABELS, ssl_epochs
+from .kassl_config import SSL_TEACHERS, TEACHER_LABELS, ssl_epochs
 from .kassl_data import KASSLData, data_loader, paper_paths, synth_key
 from .kassl_probe import probe, random_init_probe
 from .kassl_views import to_uint8
@@ -26,8 +27,8 @@ from .pretrain import SourcePretraining, SynthData, to_tensors
 from .train import RunSettings, resolve_device, seed_everything
 from .zoo import NO_NORMALISATION, backbone, source_backbone
 
-__all__ = ["student_backbone", "teacher_architecture", "feature_dim_of", "SSLRecipe", "load_teacher",
-           "ssl_teacher", "teacher_probes", "train_baseline"]
+__all__ = ["student_backbone", "teacher_architecture", "feature_dim_of", "SSLRecipe", "TeacherSources",
+           "load_teacher", "frozen_teacher", "ssl_teacher", "teacher_probes", "train_baseline"]
 
 
 def student_backbone(arch: str, *, paper: bool) -> tuple[nn.Module, int]:
@@ -81,41 +82,73 @@ class SSLRecipe(RunSettings):
                 "hyper": self.hyper, "dry_run": self.dry_run}
 
 
+@dataclass(frozen=True, kw_only=True)
+class TeacherSources:
+    """Where study 3's frozen teachers come from, read from a profile once. tiny/small: the `arch` encoder pretrained
+    here with the study's one backbone `seed` (its replicates are its students and baselines, so `of(cfg)` refuses
+    several), supervised by `source` or self-supervised by `ssl` ({method: recipe}); paper (`source`, `ssl` None):
+    the `arch` checkpoints ({method: file}) or torchvision's `supervised_weights`, random for a file a `dry_run`
+    lacks (`trust_pickle`: may unpickle a checkpoint). `image_size`: the side the feature size is read at."""
+
+    arch: str
+    seed: int
+    image_size: int
+    source: SourcePretraining | None
+    ssl: dict[str, SSLRecipe] | None
+    checkpoints: dict[str, Path]
+    supervised_weights: str
+    trust_pickle: bool
+    dry_run: bool
+
+    @classmethod
+    def of(cls, cfg) -> TeacherSources:
+        seed = cfg.shared_backbone_seed("study 3 replicates over its students and baselines with one set of frozen "
+                                        "teachers")
+        synthworld, paths = cfg.profile != "paper", paper_paths(cfg)
+        return cls(arch=cfg.teacher_arch if synthworld else cfg.s3_checkpoint_arch, seed=seed,
+                   image_size=cfg.image_size, source=SourcePretraining.of(cfg) if synthworld else None,
+                   ssl={m: SSLRecipe.of(cfg, m) for m in SSL_TEACHERS} if synthworld else None,
+                   checkpoints={m: paths[m] for m in SSL_TEACHERS}, supervised_weights=cfg.s3_supervised_weights,
+                   trust_pickle=cfg.s3_trust_pickled_checkpoints, dry_run=cfg.dry_run)
+
+
 def load_teacher(name: str, cfg, device) -> tuple[FrozenTeacher, dict]:
-    """A frozen teacher (pooled features out) and a summary of where it came from.
+    """`frozen_teacher` with the profile's `TeacherSources`: notebook 03's call."""
+    return frozen_teacher(name, TeacherSources.of(cfg), device)
+
+
+def frozen_teacher(name: str, sources: TeacherSources, device) -> tuple[FrozenTeacher, dict]:
+    """A frozen teacher (pooled features out) on `device` and a summary of where it came from.
 
     SynthWorld profiles: the shared source-task pretraining ('supervised') or `ssl_teacher`, with the
     one backbone seed; paper: the published ResNet-50 checkpoints or torchvision's supervised weights
-    (random weights, said in the summary, for a file a dry run lacks). Notebook 03 calls it with the profile,
-    which says where each teacher comes from (different fields per profile and teacher).
+    (random weights, said in the summary, for a file a dry run lacks).
     """
     if name not in TEACHER_LABELS:
         raise ConfigError(f"unknown teacher '{name}'; choose from {sorted(TEACHER_LABELS)}.")
-    seed = cfg.shared_backbone_seed("study 3 replicates over its students and baselines with one set of frozen "
-                                    "teachers")
-    arch, (mean, std) = cfg.teacher_arch, NO_NORMALISATION
-    if cfg.profile == "paper":
-        arch, mean, std, weights = cfg.s3_checkpoint_arch, IMAGENET_MEAN, IMAGENET_STD, cfg.s3_supervised_weights
-        path = weights_file(arch, weights) if name == "supervised" else paper_paths(cfg)[name]
-        if cfg.dry_run and not path.exists():
+    arch, (mean, std), source = sources.arch, NO_NORMALISATION, sources.source
+    if source is None:
+        mean, std, weights = IMAGENET_MEAN, IMAGENET_STD, sources.supervised_weights
+        path = weights_file(arch, weights) if name == "supervised" else sources.checkpoints[name]
+        if sources.dry_run and not path.exists():
             model, info = backbone(arch)[0], {"source": f"RANDOM {arch} weights (dry run; {path} is missing)"}
         elif name == "supervised":
             model = backbone(arch, weights=weights)[0]
             info = {"source": f"torchvision {arch} {weights} (supervised ImageNet-1k)"}
         else:
             model, info = load_ssl_resnet(path, arch, how_to_get=f"Download {CHECKPOINT_SOURCES[name]}.",
-                                          trust_pickle=cfg.s3_trust_pickled_checkpoints)
+                                          trust_pickle=sources.trust_pickle)
             info["source"] = f"{path.name} ({info['format']} format)"
     elif name == "supervised":
-        model, _, summary = source_backbone(arch, SourcePretraining.of(cfg), seed=seed)
-        info = {"source": f"supervised on the SynthWorld source task ({cfg.pretrain_epochs} epochs, "
+        model, _, summary = source_backbone(arch, source, seed=sources.seed)
+        info = {"source": f"supervised on the SynthWorld source task ({source.epochs} epochs, "
                           f"{_where(summary)})", "source_top1": summary["source_top1"]}
     else:
-        model, summary = ssl_teacher(SSLRecipe.of(cfg, name), SynthData.of(cfg), seed=seed, device=cfg.device)
-        info = {"source": f"{TEACHER_LABELS[name]} on {cfg.n_source_train} SynthWorld source images, "
+        model, summary = ssl_teacher(sources.ssl[name], source.data, seed=sources.seed, device=source.device)
+        info = {"source": f"{TEACHER_LABELS[name]} on {source.data.sizes['source_train']} SynthWorld source images, "
                           f"{summary['epochs']} epochs ({_where(summary)})", "history": summary["history"]}
     teacher = FrozenTeacher(model, mean, std).to(device)
-    info.update({"name": name, "arch": arch, "feature_dim": feature_dim_of(teacher, cfg.image_size)})
+    info.update({"name": name, "arch": arch, "feature_dim": feature_dim_of(teacher, sources.image_size)})
     return teacher, info
 
 

@@ -28,7 +28,7 @@ from .train import RunSettings, resolve_device, seed_everything
 from .zoo import NO_NORMALISATION, backbone, source_backbone
 
 __all__ = ["student_backbone", "teacher_architecture", "feature_dim_of", "SSLRecipe", "TeacherSources",
-           "load_teacher", "frozen_teacher", "ssl_teacher", "teacher_probes", "train_baseline"]
+           "frozen_teacher", "ssl_teacher", "teacher_probes", "train_baseline"]
 
 
 def student_backbone(arch: str, *, paper: bool) -> tuple[nn.Module, int]:
@@ -110,11 +110,6 @@ class TeacherSources:
                    ssl={m: SSLRecipe.of(cfg, m) for m in SSL_TEACHERS} if synthworld else None,
                    checkpoints={m: paths[m] for m in SSL_TEACHERS}, supervised_weights=cfg.s3_supervised_weights,
                    trust_pickle=cfg.s3_trust_pickled_checkpoints, dry_run=cfg.dry_run)
-
-
-def load_teacher(name: str, cfg, device) -> tuple[FrozenTeacher, dict]:
-    """`frozen_teacher` with the profile's `TeacherSources`: notebook 03's call."""
-    return frozen_teacher(name, TeacherSources.of(cfg), device)
 
 
 def frozen_teacher(name: str, sources: TeacherSources, device) -> tuple[FrozenTeacher, dict]:

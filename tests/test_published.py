@@ -95,10 +95,10 @@ def test_the_small_profile_loads_the_shipped_ssl_teachers_without_training(metho
 
 def test_study3_takes_one_backbone_seed_and_says_so_for_several():
     from kdutils.errors import ConfigError
-    from kdutils.kassl_encoders import load_teacher
+    from kdutils.kassl_encoders import TeacherSources
 
     with pytest.raises(ConfigError, match="once per backbone seed"):
-        load_teacher("byol", load_profile("tiny", seeds=[0, 1], backbone_seeds=[0, 1]), "cpu")
+        TeacherSources.of(load_profile("tiny", seeds=[0, 1], backbone_seeds=[0, 1]))
 
 
 def test_a_pretraining_keeps_its_checkpoint_and_summary_under_its_name_and_key(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from kdutils.optim import make_optimizer
 from kdutils.train import seed_everything
 
 
-def run(n_pairs: int = 1024, epochs: int = 2, batch_size: int = 128, rounds: int = 3) -> dict:
+def run(n_pairs: int = 1024, epochs: int = 2, batch_size: int = 128, rounds: int = 5) -> dict:
     """KD with the teacher run at every step vs with its cached logits: same losses, time ratio.
 
     `python -m kdutils bench matching`. Uses the tiny-profile models (random

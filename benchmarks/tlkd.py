@@ -33,25 +33,26 @@ def run(profile: str = "small", epochs: int = 3, seed: int = 0) -> dict:
                               input_size=cfg.s4_teacher_input_size, teacher=True)
     hp = HeadParams.from_config(cfg).replace(epochs=epochs, patience=None, restore_best=False)
     n_cls = data.num_classes
-    flips, plain = FixedViews.mirrored(len(data.train)), FixedViews.plain
+    train, val, test = (data.splits[role] for role in ("train", "val", "test"))
+    flips, plain = FixedViews.mirrored(len(train)), FixedViews.plain
     t0 = time.perf_counter()
-    s_tr = frozen_features(student, data.train, flips, use_cache=False)
-    s_va = frozen_features(student, data.val, plain(len(data.val)), use_cache=False)
-    s_te = frozen_features(student, data.test, plain(len(data.test)), use_cache=False)
-    t_tr = frozen_features(teacher, data.train, flips, use_cache=False)
-    t_va = frozen_features(teacher, data.val, plain(len(data.val)), use_cache=False)
+    s_tr = frozen_features(student, train, flips, use_cache=False)
+    s_va = frozen_features(student, val, plain(len(val)), use_cache=False)
+    s_te = frozen_features(student, test, plain(len(test)), use_cache=False)
+    t_tr = frozen_features(teacher, train, flips, use_cache=False)
+    t_va = frozen_features(teacher, val, plain(len(val)), use_cache=False)
     t_extract = time.perf_counter() - t0
-    y, yv, yt = data.train.labels, data.val.labels, data.test.labels
+    y, yv, yt = train.labels, val.labels, test.labels
     common = dict(num_classes=n_cls, seed=seed)
     teacher_head = train_head(HeadInputs.cached(t_tr), y, HeadInputs.cached(t_va), yv, hp, **common).head
     kd = hp.replace(alpha=cfg.s4_alpha)
     distill = HeadInputs.cached(s_tr).with_teacher(teacher_head, t_tr)
     cached_run = train_head(distill, y, HeadInputs.cached(s_va), yv, kd, **common)
     teacher_net = nn.Sequential(teacher, teacher_head).eval()
-    plain_run = train_head(HeadInputs.live(student, data.train, flips, teacher_net), y,
-                           HeadInputs.live(student, data.val, plain(len(data.val))), yv, kd, **common)
+    plain_run = train_head(HeadInputs.live(student, train, flips, teacher_net), y,
+                           HeadInputs.live(student, val, plain(len(val))), yv, kd, **common)
     logits_c = head_logits(cached_run.head, HeadInputs.cached(s_te))
-    logits_p = head_logits(plain_run.head, HeadInputs.live(student, data.test, plain(len(data.test))))
+    logits_p = head_logits(plain_run.head, HeadInputs.live(student, test, plain(len(test))))
     saved_per_epoch = (plain_run.seconds - cached_run.seconds) / epochs
     result = {
         "profile": profile, "epochs": epochs, "train_images": len(y),

@@ -1,5 +1,7 @@
 """One data split for every study: uint8 NCHW images, int64 labels, optional masks and captions, a stable key.
 
+A study's data set is a `StudyData`: its splits by role ("train", "val", "test", "probe_train"...).
+
 A `Split` is also a torch Dataset whose items are (uint8 image, label, index), so frozen outputs and
 per-image targets are looked up by index. Big real sets (ImageNet) keep their images on disk
 (`source`, an ImageFolder whose transform gives uint8 tensors) and are read lazily. `PAPER_DATA` is the
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -17,8 +20,9 @@ import torch
 from .cache import key_digest
 from .paths import under
 
-__all__ = ["nchw", "to_float", "array_digest", "Split", "TensorRows", "as_batch", "loader", "tensor_loader",
-           "from_synth", "synthworld", "cifar", "image_folder", "image_files", "PAPER_DATA", "paper_data"]
+__all__ = ["nchw", "to_float", "array_digest", "Split", "StudyData", "TensorRows", "as_batch", "loader",
+           "tensor_loader", "from_synth", "synthworld", "cifar", "image_folder", "image_files", "PAPER_DATA",
+           "paper_data"]
 
 
 def nchw(images_nhwc) -> torch.Tensor:
@@ -90,6 +94,14 @@ class Split(torch.utils.data.Dataset):
         """Whether images are read from files item by item (worth worker processes)."""
         return self.source is not None
 
+    @cached_property
+    def side(self) -> int:
+        """The images' side in pixels; a split read from files reads its first image to know it."""
+        height, width = (self.images if self.source is None else self.source[0][0]).shape[-2:]
+        if height != width:
+            raise ValueError(f"images are {height}x{width}, not square: use their shape, not `side`.")
+        return int(width)
+
     def float_images(self, idx=slice(None)) -> torch.Tensor:
         """Images `idx` as float in [0, 1] (`to_float`; in-memory splits)."""
         return to_float(self.images[idx])
@@ -109,6 +121,27 @@ class Split(torch.utils.data.Dataset):
                        key=f"{self.key}[{array_digest(idx.numpy())}]", masks=pick(self.masks),
                        has_mask=pick(self.has_mask),
                        captions=None if self.captions is None else [self.captions[i] for i in idx.tolist()])
+
+
+@dataclass(eq=False)
+class StudyData:
+    """One data set of a study: its splits by role, its class names and what its caches hash.
+
+    `name` says what the images are, as titles and tables print it ("SynthWorld
+    target task", "CIFAR-10"). Roles that share images share the `Split` (a real
+    set without a validation split uses its test split as "val"). `key` is what
+    a study's caches hash for the whole set (its name, sizes, seeds) where they
+    do not hash each split's own content `key`.
+    """
+
+    name: str
+    splits: dict[str, Split]
+    class_names: list[str]
+    key: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
 
 class TensorRows(torch.utils.data.TensorDataset):

@@ -6,7 +6,6 @@ Splits are `splits.Split`s keyed by a content hash, so the frozen-feature cache
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,28 +14,13 @@ from . import splits
 from .errors import ConfigError
 from .models import weights_requirement
 from .paths import under
-from .splits import Split
+from .splits import StudyData
 
-__all__ = ["StudyData", "load_data", "paper_requirements"]
-
-
-@dataclass
-class StudyData:
-    """The three splits of one dataset, with its class names and where it came from."""
-
-    train: Split
-    val: Split
-    test: Split
-    class_names: list[str]
-    source: str
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
+__all__ = ["load_data", "paper_requirements"]
 
 
 def load_data(cfg) -> StudyData:
-    """The study's train / validation / test splits.
+    """The study's "train", "val" and "test" splits.
 
     tiny / small: the SynthWorld target task (10 shapes) with its exact masks.
     paper: CIFAR-10 from the official python batches under `data_root`; the
@@ -46,7 +30,7 @@ def load_data(cfg) -> StudyData:
     """
     if cfg.profile != "paper":
         parts = {name: splits.synthworld(cfg, f"target_{name}") for name in ("train", "val", "test")}
-        return StudyData(**parts, class_names=parts["train"].class_names, source="SynthWorld target task")
+        return StudyData("SynthWorld target task", parts, parts["train"].class_names)
 
     parts = splits.cifar(under(cfg.data_root), "cifar10", verify=cfg.s4_verify_data)
     train, test = parts["train"], parts["test"]
@@ -56,8 +40,8 @@ def load_data(cfg) -> StudyData:
         raise ConfigError(f"s4_val_fraction={cfg.s4_val_fraction} leaves no training or validation images.")
     if cfg.s4_mask_annotations:
         test.masks, test.has_mask = _annotated_masks(under(cfg.s4_mask_annotations), len(test), test.images.shape[2:])
-    return StudyData(train.part(np.sort(order[:-n_val])), train.part(np.sort(order[-n_val:])), test,
-                     class_names=train.class_names, source="CIFAR-10")
+    parts = {"train": train.part(np.sort(order[:-n_val])), "val": train.part(np.sort(order[-n_val:])), "test": test}
+    return StudyData("CIFAR-10", parts, train.class_names)
 
 
 def _annotated_masks(path: Path, n: int, size) -> tuple[np.ndarray, np.ndarray]:

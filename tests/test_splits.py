@@ -24,7 +24,7 @@ def test_from_nhwc_converts_once_keys_by_content_and_yields_indexed_items():
     assert s.images.dtype == torch.uint8 and s.images.shape == (6, 3, 4, 4) and s.images.is_contiguous()
     assert torch.equal(s.images[2].permute(1, 2, 0), torch.from_numpy(x[2]))
     assert s.key == splits.array_digest(x, y.astype(np.int64)) and s.has_mask.all()
-    assert s.key != splits.Split.from_nhwc(x[::-1].copy(), y).key
+    assert s.key != splits.Split.from_nhwc(x[::-1].copy(), y).key and s.side == 4
     image, label, index = s[4]
     assert torch.equal(image, s.images[4]) and int(label) == 1 and index == 4
     f = s.float_images([0, 5])  # exactly the old NHWC -> float conversion, layout included
@@ -49,6 +49,8 @@ def test_bad_splits_fail_loudly():
         splits.Split(torch.zeros(2, 3, 4, 4), torch.zeros(2), key="float")
     with pytest.raises(ValueError, match="2 images but 3 labels"):
         splits.Split(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(3), key="short")
+    with pytest.raises(ValueError, match="not square"):
+        splits.Split(torch.zeros(2, 3, 4, 5, dtype=torch.uint8), torch.zeros(2), key="wide").side
 
 
 def test_cifar_and_lazy_image_folder_loaders(tmp_path):
@@ -65,7 +67,7 @@ def test_cifar_and_lazy_image_folder_loaders(tmp_path):
     assert lazy.lazy and lazy.images is None and len(lazy) == 4 and lazy.class_names == ["cat", "dog"]
     image, label, index = lazy[3]
     assert image.dtype == torch.uint8 and int(label) == 1 and index == 3
-    assert torch.equal(image.permute(1, 2, 0), torch.from_numpy(pixels["dog"][1]))
+    assert torch.equal(image.permute(1, 2, 0), torch.from_numpy(pixels["dog"][1])) and lazy.side == 5
     with pytest.raises(ValueError, match="Subset"):
         lazy.subset([0])
 

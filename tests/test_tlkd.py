@@ -271,13 +271,14 @@ def test_paper_data_from_cifar_batches_with_polygon_masks(tmp_path):
     cfg = load_profile("paper", data_root=str(tmp_path), s4_verify_data=False, s4_val_fraction=0.25,
                        s4_mask_annotations=str(tmp_path / "masks.json"))
     data = tlkd_data.load_data(cfg)
-    assert (len(data.train), len(data.val), len(data.test)) == (30, 10, 12)
-    assert data.class_names[0] == "airplane" and data.source == "CIFAR-10"
+    test = data.splits["test"]
+    assert [len(data.splits[role]) for role in ("train", "val", "test")] == [30, 10, 12]
+    assert data.class_names[0] == "airplane" and data.name == "CIFAR-10"
     test_images, test_labels = written["test"]
-    assert torch.equal(data.test.labels, torch.tensor(test_labels))
-    assert torch.equal(data.test.images[0], torch.from_numpy(test_images[0]).permute(2, 0, 1))
-    assert data.test.has_mask.tolist() == [i == 3 for i in range(12)]
-    assert data.test.masks[3].sum() == 16 * 16 and data.test.masks[3][:16, :16].all()  # 64 px polygon -> 32 px
+    assert torch.equal(test.labels, torch.tensor(test_labels))
+    assert torch.equal(test.images[0], torch.from_numpy(test_images[0]).permute(2, 0, 1))
+    assert test.has_mask.tolist() == [i == 3 for i in range(12)]
+    assert test.masks[3].sum() == 16 * 16 and test.masks[3][:16, :16].all()  # 64 px polygon -> 32 px
     with pytest.raises(MissingDataError, match="MD5 mismatch"):
         tlkd_data.load_data(load_profile("paper", data_root=str(tmp_path)))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from kdutils.kassl import KASSLStudent, train_kassl
-from kdutils.kassl_data import load_data
+from kdutils.kassl_data import input_side, load_data
 from kdutils.kassl_encoders import feature_dim_of
 from kdutils.kassl_views import AugmentedViewBank, BankViews
 from kdutils.augment import view_pair
@@ -29,8 +29,9 @@ def run(n_images: int = 1024, views: int = 4, epochs: int = 4, students: int = 2
     data = load_data(cfg)
     torch.manual_seed(0)
     teacher = FrozenTeacher(small_resnet(cfg.teacher_arch), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    bank = AugmentedViewBank.draw(data.train.images, view_pair(cfg.s3_view_preset), views, 0, data.keys["train"])
-    teacher_dim = feature_dim_of(teacher, data.size)
+    bank = AugmentedViewBank.draw(data.splits["train"].images, view_pair(cfg.s3_view_preset), views, 0,
+                                  data.key["train"])
+    teacher_dim = feature_dim_of(teacher, input_side(data))
 
     def train_once(source, n_epochs=epochs):
         seed_everything(0)

@@ -24,8 +24,8 @@ from .checkpoint import History
 from .distillers import FeatureRegression
 from .errors import ConfigError
 from .kassl_config import TARGET_NORMS, VARIANTS
-from .kassl_data import KASSLData, data_loader
-from .splits import TensorRows
+from .kassl_data import data_loader, input_side
+from .splits import StudyData, TensorRows
 from .kassl_encoders import student_backbone
 from .kassl_probe import plain_features
 from .kassl_views import AugmentedViewBank, BankViews, FreshViews, SameImage
@@ -144,7 +144,7 @@ class StudentRecipe(RunSettings):
 
 
 def train_student(teacher: FrozenTeacher, teacher_info: dict, variant: str, recipe: StudentRecipe,
-                  data: KASSLData, seed: int, device, bank: AugmentedViewBank | None = None):
+                  data: StudyData, seed: int, device, bank: AugmentedViewBank | None = None):
     """One KASSL student and its history {"epochs": per-epoch records, "steps": per-step losses}.
 
     Views and teacher features come from `bank` (cached) or are fresh with a live teacher; checkpointed
@@ -160,7 +160,7 @@ def train_student(teacher: FrozenTeacher, teacher_info: dict, variant: str, reci
                                     device=device, num_workers=recipe.num_workers)
     key = {"what": "kassl-student", "teacher": model_fingerprint(teacher), "variant": variant,
            "trainable_reduction": trainable if reduced else None, "arch": recipe.arch,
-           "data": data.keys["train"], "bank": bank.key if (bank is not None and augmented) else None,
+           "data": data.key["train"], "bank": bank.key if (bank is not None and augmented) else None,
            "views": recipe.view_preset, "epochs": recipe.epochs, "warmup": recipe.warmup_epochs,
            "lr": recipe.lr, "batch": recipe.batch_size, "wd": recipe.weight_decay,
            "hidden": recipe.hidden, "reduced": recipe.reduced_dim if reduced else None,
@@ -174,19 +174,20 @@ def train_student(teacher: FrozenTeacher, teacher_info: dict, variant: str, reci
                   recipe.processes)
 
 
-def _student_views(teacher: FrozenTeacher, data: KASSLData, *, augmented: bool, bank: AugmentedViewBank | None,
+def _student_views(teacher: FrozenTeacher, data: StudyData, *, augmented: bool, bank: AugmentedViewBank | None,
                    view_preset: str, device, num_workers: int) -> tuple:
     """(views, dataset) of a student: the bank's cached teacher features, fresh views, or the plain image."""
     if augmented and bank is not None:
         return (BankViews(bank, features=bank.features(teacher, device)),
                 TensorRows(torch.arange(len(bank))))
+    train, size = data.splits["train"], input_side(data)
     if augmented:
-        return FreshViews(view_pair(view_preset, out_size=data.size), teacher), data.train
-    if data.train.lazy:
-        return SameImage(data.size, teacher=teacher), data.train
-    plain = cached("kassl_plain", {"teacher": model_fingerprint(teacher), "data": data.keys["train"]},
-                   lambda: plain_features(teacher, data.train, data.size, device, num_workers))
-    return SameImage(data.size, features=plain), data.train
+        return FreshViews(view_pair(view_preset, out_size=size), teacher), train
+    if train.lazy:
+        return SameImage(size, teacher=teacher), train
+    plain = cached("kassl_plain", {"teacher": model_fingerprint(teacher), "data": data.key["train"]},
+                   lambda: plain_features(teacher, train, size, device, num_workers))
+    return SameImage(size, features=plain), train
 
 
 def _fit_student(recipe: StudentRecipe, teacher_dim: int, reduced: bool, dataset, views, seed: int, device,

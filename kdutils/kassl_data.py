@@ -1,8 +1,13 @@
-"""Study 3's images at each scale: SynthWorld's target task (tiny, small) or ImageNet-100 (paper), and loaders."""
+"""Study 3's images at each scale: SynthWorld's target task (tiny, small) or ImageNet-100 (paper), and loaders.
+
+Its `StudyData` has a "train" split (labels unused; in memory for SynthWorld, where the view bank draws from
+it, or read lazily at paper) and the linear probe's labelled "probe_train" and "probe_test". Its `key` holds
+the cache keys of the training ("train", also the probe's) and test ("test") images.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 
@@ -11,32 +16,15 @@ from .kassl_config import SSL_TEACHERS, TEACHER_LABELS
 from .models import weights_requirement
 from .paths import under
 from .pretrain import DATA_SEEDS, SynthData
-from .splits import Split
+from .splits import StudyData
 
-__all__ = ["KASSLData", "paper_paths", "required_files", "synth_key", "load_data", "data_loader"]
+__all__ = ["input_side", "paper_paths", "required_files", "synth_key", "load_data", "data_loader"]
 
 
-@dataclass
-class KASSLData:
-    """The images of one scale: the training split (labels unused) and the probe's labelled splits.
-
-    `canvas` is the side of the training images (views are cropped from it and
-    resampled to `size`, the models' input side); probe images are already
-    `size`. `keys` are the splits' cache keys. The training images are in
-    memory (SynthWorld: the view bank draws from them) or read lazily (paper).
-    """
-
-    train: Split
-    probe_train: Split
-    probe_test: Split
-    size: int
-    canvas: int
-    keys: dict
-    class_names: list
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
+def input_side(data: StudyData) -> int:
+    """The models' input side: the probe images' (training views are cropped from the larger training
+    images, the canvas, and resampled to it)."""
+    return data.splits["probe_test"].side
 
 
 def paper_paths(cfg) -> dict:
@@ -73,14 +61,14 @@ def synth_key(data: SynthData, split: str) -> dict:
     return {"split": split, "n": data.sizes[split], "seed": DATA_SEEDS[split], "world": asdict(data.world)}
 
 
-def load_data(cfg) -> KASSLData:
+def load_data(cfg) -> StudyData:
     """SynthWorld target train/test (tiny, small) or ImageNet-100 train/val (paper)."""
     if cfg.profile != "paper":
         train, test = (splits.synthworld(cfg, name) for name in ("target_train", "target_test"))
-        size, synth = train.images.shape[-1], SynthData.of(cfg)
-        return KASSLData(train, train, test, size, size,
-                         {"train": synth_key(synth, "target_train"), "test": synth_key(synth, "target_test")},
-                         train.class_names)
+        synth = SynthData.of(cfg)
+        return StudyData("SynthWorld target task", {"train": train, "probe_train": train, "probe_test": test},
+                         train.class_names, {"train": synth_key(synth, "target_train"),
+                                             "test": synth_key(synth, "target_test")})
 
     from torchvision.transforms import v2
 
@@ -98,8 +86,8 @@ def load_data(cfg) -> KASSLData:
     def key(split, name):
         return {"imagenet100": str(root), "split": name, "n": len(split), "size": size}
 
-    return KASSLData(train, probe_train, probe_test, size, canvas,
-                     {"train": key(train, "train"), "test": key(probe_test, "val")}, train.class_names)
+    return StudyData("ImageNet-100", {"train": train, "probe_train": probe_train, "probe_test": probe_test},
+                     train.class_names, {"train": key(train, "train"), "test": key(probe_test, "val")})
 
 
 def data_loader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0):

@@ -14,13 +14,13 @@ from .cache import cache_root, code_fingerprint, key_digest
 from .errors import ConfigError
 from .frozen import outputs
 from .kassl_config import SSL_TEACHERS, TEACHER_LABELS, ssl_epochs
-from .kassl_data import KASSLData, data_loader, paper_paths, synth_key
+from .kassl_data import data_loader, input_side, paper_paths, synth_key
 from .kassl_probe import probe, random_init_probe
 from .kassl_views import to_uint8
 from .models import weights_file
 from .ssl import make_learner, train_ssl
 from .ssl_checkpoints import CHECKPOINT_SOURCES, load_ssl_resnet
-from .splits import tensor_loader
+from .splits import StudyData, tensor_loader
 from .teacher import IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher
 from .parallel import launch
 from .pretrain import SourcePretraining, SynthData, to_tensors
@@ -176,7 +176,7 @@ def ssl_teacher(recipe: SSLRecipe, data: SynthData, *, seed: int = 0, device="au
                      "history": {"epochs": history["epochs"], "steps": [round(v, 4) for v in history["steps"]]}}
 
 
-def teacher_probes(encoder: nn.Module, arch: str, data: KASSLData, *, device, **probe_settings) -> dict:
+def teacher_probes(encoder: nn.Module, arch: str, data: StudyData, *, device, **probe_settings) -> dict:
     """What `publish` records of an SSL teacher besides its training: linear probes of `encoder` and of a random
     `arch` on the target task (`probe_settings`: `kassl_config.probe_args(cfg)`), the floor it must beat."""
     return {"probe": probe(encoder, data, seed=0, device=device, **probe_settings),
@@ -184,13 +184,14 @@ def teacher_probes(encoder: nn.Module, arch: str, data: KASSLData, *, device, **
                                                    **probe_settings)}
 
 
-def train_baseline(recipe: SSLRecipe, data: KASSLData, seed: int, device) -> tuple[nn.Module, dict]:
+def train_baseline(recipe: SSLRecipe, data: StudyData, seed: int, device) -> tuple[nn.Module, dict]:
     """The paper's baseline: the student architecture trained with BYOL on the training images by `recipe`
     (`SSLRecipe.of(cfg, "byol", baseline=True)`); the backbone and its history {"epochs": [...], "steps": [losses]}.
     Data-parallel with `recipe.processes` > 1 (`parallel.launch`)."""
-    key = {"what": "kassl-baseline", **recipe.key(), "data": data.keys["train"], "seed": seed,
+    key = {"what": "kassl-baseline", **recipe.key(), "data": data.key["train"], "seed": seed,
            "code": code_fingerprint(__name__)}
-    return launch(_fit_baseline, (recipe, data.train, data.size, seed, key_digest(key), device), recipe.processes)
+    return launch(_fit_baseline, (recipe, data.splits["train"], input_side(data), seed, key_digest(key), device),
+                  recipe.processes)
 
 
 def _fit_baseline(recipe: SSLRecipe, dataset, size: int, seed: int, digest: str, device):

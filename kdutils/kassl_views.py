@@ -12,7 +12,8 @@ from .augment import ViewAugment, as_float_images, view_pair
 from .cache import cached, model_fingerprint
 from .errors import ConfigError
 from .frozen import ViewTargets, batches, outputs
-from .kassl_data import KASSLData
+from .kassl_data import input_side
+from .splits import StudyData
 from .parallel import per_example
 
 __all__ = ["to_uint8", "AugmentedViewBank", "BankViews", "FreshViews", "SameImage", "center_crop", "view_bank"]
@@ -124,14 +125,15 @@ def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     return x[..., top:top + size, left:left + size]
 
 
-def view_bank(data: KASSLData, *, views: int, preset: str, seed: int) -> AugmentedViewBank | None:
+def view_bank(data: StudyData, *, views: int, preset: str, seed: int) -> AugmentedViewBank | None:
     """`views` views of every training image from `preset`'s pair, drawn with `seed`; None: fresh views every step.
 
     None for 0 views or images not held in memory (`paper`). The notebook draws one per backbone seed: like
     the frozen teacher, the bank is shared by the replicates, each of which draws its own view pairs from it,
     its initialisation and its order.
     """
-    if not views or data.train.lazy:
+    train = data.splits["train"]
+    if not views or train.lazy:
         return None
-    return AugmentedViewBank.draw(data.train.images, view_pair(preset, out_size=data.size), views, seed,
-                                  data.keys["train"])
+    return AugmentedViewBank.draw(train.images, view_pair(preset, out_size=input_side(data)), views, seed,
+                                  data.key["train"])

@@ -17,11 +17,10 @@ import torch
 from torch import nn
 
 from kdutils import kassl
-from kdutils.kassl_data import KASSLData
 from kdutils.kassl_encoders import SSLRecipe, train_baseline
 from kdutils.kassl_views import AugmentedViewBank
 from kdutils.profiles import load_profile
-from kdutils.splits import Split
+from kdutils.splits import Split, StudyData
 from kdutils.augment import view_pair
 from kdutils.teacher import FrozenTeacher
 
@@ -32,11 +31,12 @@ gen = torch.Generator().manual_seed(3)
 images = (torch.rand(45, 3, 16, 16, generator=gen) * 255).to(torch.uint8)
 labels = torch.arange(45) % 3
 dataset = Split(images, labels, key="toy-45")
-data = KASSLData(dataset, dataset, dataset, 16, 16, {"train": {"toy": 45}, "test": {"toy": 45}}, ["a", "b", "c"])
+data = StudyData("toy", {"train": dataset, "probe_train": dataset, "probe_test": dataset}, ["a", "b", "c"],
+                 {"train": {"toy": 45}, "test": {"toy": 45}})
 torch.manual_seed(4)
 teacher = FrozenTeacher(nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
                         (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-bank = AugmentedViewBank.draw(images, view_pair(cfg.s3_view_preset, out_size=16), 4, 0, data.keys["train"])
+bank = AugmentedViewBank.draw(images, view_pair(cfg.s3_view_preset, out_size=16), 4, 0, data.key["train"])
 student, student_history = kassl.train_student(teacher, {"name": "toy", "feature_dim": 8}, "feature_reduction",
                                                kassl.StudentRecipe.of(cfg), data, 0, "cpu", bank)
 baseline, baseline_history = train_baseline(SSLRecipe.of(cfg, "byol", baseline=True), data, 0, "cpu")

@@ -234,7 +234,7 @@ class EncoderSources:
         return cls(resnet_arch=cfg.s1_resnet_arch, source=SourcePretraining.of(cfg) if synthworld else None,
                    clip=kclip.ClipPretraining.of(cfg) if synthworld else None,
                    text=TextPretraining.of(cfg) if synthworld else None,
-                   clips={e: clip_path(cfg, e) for e in ("vit_b_32", "vit_b_16")},
+                   clips={e: clip_path(cfg, e) for e in ("vit_b_32", "vit_b_16", "resnet50")},
                    resnet50_weights=cfg.s1_resnet50_weights, roberta=cfg.s1_roberta,
                    roberta_path=under(cfg.weights_root, cfg.s1_roberta), image_size=cfg.image_size,
                    dry_run=cfg.dry_run)

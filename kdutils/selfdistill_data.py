@@ -1,17 +1,20 @@
-"""Study 1's data: the grid's data sets as `splits.Split`s (items (uint8 image, label, index)), and their texts.
+"""Study 1's data: the grid's data sets as `splits.StudyData` ("train", "val", "test"), and their texts.
 
 SynthWorld's target task at tiny/small (with its true captions); CIFAR-10,
 CIFAR-100 and ImageNet at `paper`, whose captions come from a captioning
 model (`image_captions`). An item carries its index into the split, so the
 frozen features and the teacher's soft targets of every item and view are
-looked up by index (`kdutils.selfdistill`).
+looked up by index (`kdutils.selfdistill`). `val` drives the training curves
+only (nothing is selected on it); the real data sets have no validation split,
+so there it is the test split itself. A data set's `key` names it for the
+feature and caption caches (its name, sizes and seeds, not its pixels).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -25,10 +28,11 @@ from .errors import ConfigError, MissingDataError
 from .models import weights_requirement
 from .paths import under
 from .pretrain import DATA_SEEDS, SynthData
+from .splits import StudyData
 from .train import RunSettings
 
 __all__ = [
-    "ImageData", "load_data", "synthworld_data", "cifar_data", "imagenet_data",
+    "load_data", "synthworld_data", "cifar_data", "imagenet_data",
     "imagenet_class_names", "prompt", "paper_requirements", "Captioner", "image_captions", "mirror_text", "labels_of",
     "indices_of", "in_order", "clip_path",
 ]
@@ -57,51 +61,28 @@ def in_order(dataset, batch_size: int = 512, num_workers: int | None = None) -> 
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
 
 
-@dataclass
-class ImageData:
-    """One data set of the grid: its `Split`s by name, class names, prompts and the cache key of the data.
-
-    `val` drives the training curves only (nothing is selected on it); the
-    real data sets have no validation split, so there it is the test split.
-    SynthWorld's splits carry their true captions; at `paper` they come from a
-    captioning model (`image_captions`).
-    """
-
-    name: str
-    class_names: list[str]
-    prompts: list[str]
-    splits: dict
-    key: dict
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-
 def prompt(class_name: str) -> str:
     """The thesis's prompt: "This is an image of a [class]."."""
     name = class_name.replace("_", " ")
     return f"This is an image of {'an' if name[0].lower() in 'aeiou' else 'a'} {name}."
 
 
-def synthworld_data(cfg) -> ImageData:
+def synthworld_data(cfg) -> StudyData:
     splits = {split: ksplits.synthworld(cfg, f"target_{split}") for split in ("train", "val", "test")}
     sizes = {split: len(s) for split, s in splits.items()}
     key = {"data": "synthworld-target", "world": asdict(SynthData.of(cfg).world), "sizes": sizes,
            "seeds": {s: DATA_SEEDS[f"target_{s}"] for s in sizes}}
-    return ImageData("synthworld", list(sw.TARGET_CLASSES), sw.class_prompts("target"), splits, key)
+    return StudyData("SynthWorld target task", splits, list(sw.TARGET_CLASSES), key)
 
 
-def cifar_data(cfg, name: str) -> ImageData:
+def cifar_data(cfg, name: str) -> StudyData:
     root = under(cfg.data_root)
     parts = ksplits.cifar(root, name, verify=not cfg.dry_run)  # dry runs read fixture batches in the official format
     train, test = parts["train"], parts["test"]
     classes = [c.replace("_", " ") for c in train.class_names]
     splits = {"train": train, "val": test, "test": test}
     key = {"data": name, "root": str(root), "sizes": {"train": len(train), "test": len(test)}}
-    return ImageData(name, classes, [prompt(c) for c in classes], splits, key,
-                     notes=[f"{name}: no validation split; the curves use the test split (nothing is selected on it)."])
+    return StudyData({"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}[name], splits, classes, key)
 
 
 def imagenet_class_names() -> list[str]:
@@ -111,7 +92,7 @@ def imagenet_class_names() -> list[str]:
     return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
 
 
-def imagenet_data(cfg) -> ImageData:
+def imagenet_data(cfg) -> StudyData:
     import torchvision.transforms as T
 
     root = under(cfg.data_root, cfg.s1_imagenet_dir)
@@ -129,11 +110,10 @@ def imagenet_data(cfg) -> ImageData:
     splits = {"train": ksplits.image_folder(train), "val": test_set, "test": test_set}
     key = {"data": "imagenet", "root": str(root), "size": size,
            "sizes": {"train": len(train), "val": len(val)}}
-    return ImageData("imagenet", names, [prompt(c) for c in names], splits, key,
-                     notes=["imagenet: the curves use the validation split, which is also the test split."])
+    return StudyData("ImageNet", splits, names, key)
 
 
-def load_data(cfg, name: str) -> ImageData:
+def load_data(cfg, name: str) -> StudyData:
     """One data set of the grid: 'synthworld' (tiny/small) or 'cifar10', 'cifar100', 'imagenet' (paper)."""
     if name == "synthworld":
         return synthworld_data(cfg)
@@ -200,7 +180,7 @@ class Captioner(RunSettings):
                    **RunSettings.of_profile(cfg))
 
 
-def image_captions(data: ImageData, split: str, device, *, captioner: Captioner) -> list[str]:
+def image_captions(data: StudyData, split: str, device, *, captioner: Captioner) -> list[str]:
     """One caption per image of `split`: SynthWorld's true captions, else `captioner`'s (cached).
 
     The `paper` hook reads a BLIP checkpoint (a folder written by

@@ -9,7 +9,7 @@ from kdutils import selfdistill as sd
 from kdutils import selfdistill_analysis as s1an
 from kdutils import selfdistill_features as s1feat
 from kdutils import selfdistill_data as s1data
-from kdutils.splits import Split
+from kdutils.splits import Split, StudyData
 from kdutils import selfdistill_encoders as s1enc
 from benchmarks import selfdistill as bench_selfdistill
 from kdutils.errors import ConfigError
@@ -86,8 +86,8 @@ def test_few_shot_indices_are_k_per_class_nested_and_fixed():
 def test_synthworld_data_matches_the_shared_splits():
     cfg = _cfg()
     data = s1data.load_data(cfg, "synthworld")
-    assert data.num_classes == 10 and len(data.prompts) == 10
-    assert data.prompts[3] == "This is an image of a star."
+    assert data.num_classes == 10 and data.name == "SynthWorld target task"
+    assert s1data.prompt(data.class_names[3]) == "This is an image of a star."
     assert len(data.splits["train"]) == cfg.n_target_train and len(data.splits["test"].captions) == cfg.n_target_test
     from kdutils.pretrain import SynthData
     batch = SynthData.of(cfg).split("target_val")
@@ -337,7 +337,7 @@ def test_captioning_hook_fails_clearly_without_the_model(tmp_path):
     from kdutils.errors import MissingDataError
 
     cfg = load_profile("paper", weights_root=str(tmp_path))
-    data = s1data.ImageData("cifar10", ["cat"], ["x"], {"train": _data(n=4, classes=1)}, KEY)
+    data = StudyData("CIFAR-10", {"train": _data(n=4, classes=1)}, ["cat"], KEY)
     with pytest.raises(MissingDataError, match="captioning model Salesforce/blip-image-captioning-base"):
         s1data.image_captions(data, "train", "cpu", captioner=s1data.Captioner.of(cfg))
 

@@ -106,13 +106,13 @@ def claim(text: str, paper, measured: str | None = None, reproduced: bool | None
         v = paired_verdict(gains)
         per_seed = [float(g) for g in np.asarray(gains, dtype=float).ravel()]
         interval = (f"[{v.low:+.2f}, {v.high:+.2f}]" if math.isfinite(v.low) else
-                    "(one seed: no interval)" if v.n == 1 else "(the same gain on every seed: no interval)")
+                    "(one seed: no interval)" if v.n == 1 else "(no spread over seeds: no interval)")
         ours = f"{v.mean:+.2f} +- {v.std:.2f}{unit} (n = {v.n}), 95% CI {interval}"
         row.update(measured=f"{measured}; {ours}" if measured else ours, value=measured or "", verdict=v.name,
                    basis="seeds",
                    ours={"mean": v.mean, "std": v.std, "n": v.n, "per_seed": per_seed},
                    interval=[v.low, v.high], confidence=v.confidence,
-                   paper_inside=None if paper_size is None else v.contains(paper_size))
+                   paper_inside=None if paper_size is None or not math.isfinite(v.low) else v.contains(paper_size))
         return row
     verdict = VERDICTS[3] if reproduced is None else VERDICTS[0] if reproduced else VERDICTS[1]
     row.update(measured=measured if measured is not None else "not measured", verdict=verdict,

@@ -131,7 +131,9 @@ class StudyData:
     target task", "CIFAR-10"). Roles that share images share the `Split` (a real
     set without a validation split uses its test split as "val"). `key` is what
     a study's caches hash for the whole set (its name, sizes, seeds) where they
-    do not hash each split's own content `key`.
+    do not hash each split's own content `key`: one description of the set
+    (study 1), one per split it trains or probes on ({"train", "test"}, study 3),
+    or none (study 4, whose caches hash each split).
     """
 
     name: str

@@ -83,9 +83,9 @@ def paired_verdict(gains, confidence: float = 0.95) -> PairedVerdict:
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}.")
     mean = float(g.mean())
-    std = float(g.std(ddof=1)) if g.size > 1 else 0.0
-    if std == 0:
+    if np.ptp(g) <= 1e-9 * np.abs(g).max():  # one seed, or identical gains (their float mean may not be exact)
         return PairedVerdict(VERDICTS[2], mean, 0.0, int(g.size), -math.inf, math.inf, confidence)
+    std = float(g.std(ddof=1))
     half = float(sps.t.ppf(0.5 + confidence / 2, df=g.size - 1)) * std / math.sqrt(g.size)
     low, high = mean - half, mean + half
     name = VERDICTS[0] if low > 0 else VERDICTS[1] if high < 0 else VERDICTS[2]

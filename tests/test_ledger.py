@@ -31,6 +31,8 @@ def test_interval_is_the_t_interval_over_seeds():
     ([3.0], "within noise"),                     # one seed cannot separate a gain from noise
     ([0.5, 0.5, 0.5], "within noise"),           # the seeds did not vary the gain: one replicate
     ([-2.0, -2.0], "within noise"),
+    ([0.1, 0.1, 0.1], "within noise"),           # identical, though their float mean is not exactly 0.1
+    ([0.7, 0.7, 0.7], "within noise"),
 ])
 def test_each_verdict_word(gains, word):
     assert paired_verdict(gains).name == word
@@ -40,9 +42,11 @@ def test_identical_gains_have_no_interval(tmp_path):
     """Seeds that all give the same gain measured no spread: the interval is unbounded, as with one seed."""
     v = paired_verdict([1.0, 1.0, 1.0])
     assert (v.low, v.high, v.std, v.n) == (-math.inf, math.inf, 0.0, 3) and not v.contains(math.nan)
-    assert paired_verdict([1.0, 1.0, 1.0 + 1e-9]).name == "reproduced"  # a measured spread, however small
-    row = claim("fewer epochs", "-", gains=[1.0, 1.0, 1.0])
-    assert row["verdict"] == "within noise" and row["measured"].endswith("(the same gain on every seed: no interval)")
+    assert paired_verdict([1.0, 1.0, 1.0 + 1e-6]).name == "reproduced"  # a measured spread, however small
+    assert paired_verdict([1e-12, 1e-12, 1.000001e-12]).name == "reproduced"  # the same at any scale
+    row = claim("fewer epochs", "-", gains=[1.0, 1.0, 1.0], paper_size=1.0)
+    assert row["verdict"] == "within noise" and row["measured"].endswith("(no spread over seeds: no interval)")
+    assert row["paper_inside"] is None  # no interval for the paper's size to lie in
     _plant(tmp_path, "04_tl_kd_shap", "tiny", notebook_fingerprint(NOTEBOOKS_DIR / "04_tl_kd_shap.ipynb"), [row])
     assert "| (no spread over seeds) |" in markdown(collect(tmp_path, ["04_tl_kd_shap"], "tiny"))
 

@@ -23,7 +23,7 @@ from .published import Pretraining, recipe
 from .splits import nchw, tensor_loader, to_float
 from .synthworld import SynthBatch, WorldConfig, class_names, generate
 from .distillers import CrossEntropy
-from .train import Recipe, resolve_device, seed_everything, train
+from .train import Recipe, RunSettings, resolve_device, seed_everything, train
 from .zoo import backbone
 
 # Fixed data seeds: every study sees the same SynthWorld images for a profile,
@@ -51,21 +51,17 @@ class SynthData:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SynthPretraining:
-    """What every pretraining on SynthWorld reads from a profile: its data and batch size, a dry run's step cap
-    (`dry_run` is part of each cache key: a dry run never serves a real run) and progress bars. Each pretraining
-    extends it; `of_profile(cfg)` reads it from a profile."""
+class SynthPretraining(RunSettings):
+    """What every pretraining on SynthWorld reads from a profile: its data and batch size, and how the run
+    executes (`RunSettings`; `dry_run` is part of each cache key: a dry run never serves a real run). Each
+    pretraining extends it; `of_profile(cfg)` reads it from a profile."""
 
     data: SynthData
     batch_size: int
-    max_steps: int | None
-    dry_run: bool
-    progress: bool
 
     @staticmethod
     def of_profile(cfg) -> dict:
-        return {"data": SynthData.of(cfg), "batch_size": cfg.batch_size, "max_steps": cfg.max_steps,
-                "dry_run": cfg.dry_run, "progress": cfg.progress}
+        return {"data": SynthData.of(cfg), "batch_size": cfg.batch_size, **RunSettings.of_profile(cfg)}
 
 
 @dataclass(frozen=True, kw_only=True)

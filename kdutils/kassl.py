@@ -35,7 +35,7 @@ from .teacher import FrozenTeacher
 from .train import Recipe, RunSettings, seed_everything, train
 
 __all__ = ["EncoderExtension", "KASSLStudent", "mean_direction_cosine", "feature_pairs", "train_kassl",
-           "StudentRecipe", "train_student"]
+           "KASSLStudentRecipe", "train_student"]
 
 
 class EncoderExtension(nn.Sequential):
@@ -117,7 +117,7 @@ def train_kassl(student: KASSLStudent, loader, views, recipe: Recipe, *, device=
 
 
 @dataclass(frozen=True)
-class StudentRecipe(RunSettings):
+class KASSLStudentRecipe(RunSettings):
     """How a KASSL student trains (the profile's `s3_*` settings): its backbone, extension and optimiser,
     the views, the target normalisation, and how many data-parallel processes share its batches."""
 
@@ -135,7 +135,7 @@ class StudentRecipe(RunSettings):
     batch_size: int
 
     @classmethod
-    def of(cls, cfg, **changes) -> StudentRecipe:
+    def of(cls, cfg, **changes) -> KASSLStudentRecipe:
         recipe = cls(cfg.student_arch, cfg.profile == "paper", cfg.s3_extension_hidden, cfg.s3_reduced_dim,
                      cfg.s3_fr_trainable, cfg.s3_target_norm, cfg.s3_view_preset, cfg.s3_kassl_lr,
                      cfg.s3_kassl_weight_decay, cfg.s3_kassl_warmup_epochs, cfg.phase_epochs(cfg.s3_kassl_epochs),
@@ -143,7 +143,7 @@ class StudentRecipe(RunSettings):
         return replace(recipe, **changes)
 
 
-def train_student(teacher: FrozenTeacher, teacher_info: dict, variant: str, recipe: StudentRecipe,
+def train_student(teacher: FrozenTeacher, teacher_info: dict, variant: str, recipe: KASSLStudentRecipe,
                   data: StudyData, seed: int, device, bank: AugmentedViewBank | None = None):
     """One KASSL student and its history {"epochs": per-epoch records, "steps": per-step losses}.
 
@@ -190,7 +190,7 @@ def _student_views(teacher: FrozenTeacher, data: StudyData, *, augmented: bool, 
     return SameImage(size, features=plain), train
 
 
-def _fit_student(recipe: StudentRecipe, teacher_dim: int, reduced: bool, dataset, views, seed: int, device,
+def _fit_student(recipe: KASSLStudentRecipe, teacher_dim: int, reduced: bool, dataset, views, seed: int, device,
                  checkpoint, digest: str, desc: str):
     """`train_student`'s training (views and teacher features already cached), run by `launch`."""
     seed_everything(seed)

@@ -55,8 +55,8 @@ from .text_queried_head import TextQueriedHead
 from .parallel import launch, per_example
 from .train import Recipe, RunSettings, seed_everything, train
 
-__all__ = ["HeadClassifier", "HeadRecipe", "StudentRecipe", "fit_teacher", "teacher_logits", "soft_targets",
-           "fit_student", "student_logits", "student_targets"]
+__all__ = ["HeadClassifier", "HeadRecipe", "SelfDistillStudentRecipe", "fit_teacher", "teacher_logits",
+           "soft_targets", "fit_student", "student_logits", "student_targets"]
 
 # ----------------------------------------------------------------------------- teachers
 
@@ -119,9 +119,10 @@ class HeadRecipe(RunSettings):
 
 
 @dataclass(frozen=True)
-class StudentRecipe(RunSettings):
-    """How a student trains: `_student_optimizer` by architecture (`vit_lr`, `resnet_lr`) with warm-up and
-    cosine decay for `epochs` (one in a dry run) of `batch_size`, on `processes` data-parallel processes."""
+class SelfDistillStudentRecipe(RunSettings):
+    """How a study-1 student trains, on the head's soft targets or alone: `_student_optimizer` by architecture
+    (`vit_lr`, `resnet_lr`) with warm-up and cosine decay for `epochs` (one in a dry run) of `batch_size`, on
+    `processes` data-parallel processes."""
 
     epochs: int
     batch_size: int
@@ -129,12 +130,13 @@ class StudentRecipe(RunSettings):
     resnet_lr: float
 
     @classmethod
-    def of(cls, cfg) -> StudentRecipe:
+    def of(cls, cfg) -> SelfDistillStudentRecipe:
         return cls(cfg.s1_student_epochs, cfg.s1_student_batch_size, cfg.s1_vit_student_lr, cfg.s1_resnet_student_lr,
                    **RunSettings.of_profile(cfg))
 
 
-def _train_loader(dataset, generator, recipe: HeadRecipe | StudentRecipe, *, steps: int | None, batch_size: int):
+def _train_loader(dataset, generator, recipe: HeadRecipe | SelfDistillStudentRecipe, *, steps: int | None,
+                  batch_size: int):
     """(loader, epochs, total steps): shuffled epochs, or with a step budget (few-shot) one epoch of `steps`
     batches drawn with replacement, so 10 images and 500 images train for the same number of steps."""
     common = {"batch_size": batch_size, "num_workers": recipe.num_workers}
@@ -265,8 +267,8 @@ def _student_optimizer(kind: str, *, vit_lr: float, resnet_lr: float) -> tuple[s
     return "sgd", resnet_lr, 5e-4
 
 
-def fit_student(spec: dict, train_set, recipe: StudentRecipe, *, data_key: dict, seed: int, num_classes: int, device,
-                targets: torch.Tensor | None = None, val_set=None, steps: int | None = None,
+def fit_student(spec: dict, train_set, recipe: SelfDistillStudentRecipe, *, data_key: dict, seed: int,
+                num_classes: int, device, targets: torch.Tensor | None = None, val_set=None, steps: int | None = None,
                 batch_size: int | None = None, desc: str = "student"):
     """Train a fresh student (`Student(spec)`) on images only; return (Student, History).
 
@@ -280,8 +282,8 @@ def fit_student(spec: dict, train_set, recipe: StudentRecipe, *, data_key: dict,
                                  steps, batch_size, desc), recipe.processes)
 
 
-def _fit_student(spec: dict, train_set, recipe: StudentRecipe, data_key: dict, seed: int, num_classes: int, device,
-                 targets, val_set, steps, batch_size, desc: str):
+def _fit_student(spec: dict, train_set, recipe: SelfDistillStudentRecipe, data_key: dict, seed: int, num_classes: int,
+                 device, targets, val_set, steps, batch_size, desc: str):
     """`fit_student`'s training, run by `launch`."""
     device = torch.device(device)
     gen = seed_everything(seed)

@@ -41,8 +41,8 @@ def fit_recording_steps(*args, desc: str, **kwargs):
 
 train.fit = fit_recording_steps
 
-recipe = selfdistill.StudentRecipe.of(load_profile("tiny", num_processes=processes, progress=False,
-                                                   s1_student_epochs=2, s1_student_batch_size=15))
+recipe = selfdistill.SelfDistillStudentRecipe.of(load_profile("tiny", num_processes=processes, progress=False,
+                                                              s1_student_epochs=2, s1_student_batch_size=15))
 gen = torch.Generator().manual_seed(4)
 images = (torch.rand(45, 3, 16, 16, generator=gen) * 255).to(torch.uint8)
 dataset = Split(images, torch.arange(45) % 3, key="toy-45")

@@ -38,7 +38,7 @@ teacher = FrozenTeacher(nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1
                         (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 bank = AugmentedViewBank.draw(images, view_pair(cfg.s3_view_preset, out_size=16), 4, 0, data.key["train"])
 student, student_history = kassl.train_student(teacher, {"name": "toy", "feature_dim": 8}, "feature_reduction",
-                                               kassl.StudentRecipe.of(cfg), data, 0, "cpu", bank)
+                                               kassl.KASSLStudentRecipe.of(cfg), data, 0, "cpu", bank)
 baseline, baseline_history = train_baseline(SSLRecipe.of(cfg, "byol", baseline=True), data, 0, "cpu")
 torch.save({"student": student.state_dict(), "student_history": student_history,
             "baseline": baseline.state_dict(), "baseline_history": baseline_history,

@@ -149,8 +149,8 @@ def test_student_backbones_at_each_scale():
     net, dim = student_backbone(load_profile("paper").student_arch, paper=True)
     assert dim == 512 and net(torch.rand(2, 3, 32, 32)).shape == (2, 512)
     with pytest.raises(ConfigError):
-        kassl.train_student(None, {"feature_dim": 4}, "no_such_variant", kassl.StudentRecipe.of(load_profile("tiny")),
-                            None, 0, "cpu")
+        kassl.train_student(None, {"feature_dim": 4}, "no_such_variant",
+                            kassl.KASSLStudentRecipe.of(load_profile("tiny")), None, 0, "cpu")
     assert copy.deepcopy(VARIANTS)["no_aug_fr"] == (False, True)
 
 

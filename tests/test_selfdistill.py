@@ -208,11 +208,11 @@ SPEC = {"kind": "small_resnet", "arch": "resnet_xs"}
 
 def test_soft_cross_entropy_on_one_hot_targets_trains_exactly_like_cross_entropy(cache):
     data = _data()
-    cfg = _cfg(s1_student_epochs=2, batch_size=16)
+    recipe = sd.SelfDistillStudentRecipe.of(_cfg(s1_student_epochs=2, batch_size=16))
     one_hot = torch.zeros(2, len(data), 4, dtype=torch.float16)
     one_hot[:, torch.arange(len(data)), data.labels] = 100.0  # softmax is exactly one-hot
-    a, ha = sd.fit_student(SPEC, data, sd.StudentRecipe.of(cfg), data_key=KEY, seed=3, num_classes=4, device="cpu")
-    b, hb = sd.fit_student(SPEC, data, sd.StudentRecipe.of(cfg), data_key=KEY, seed=3, num_classes=4, device="cpu",
+    a, ha = sd.fit_student(SPEC, data, recipe, data_key=KEY, seed=3, num_classes=4, device="cpu")
+    b, hb = sd.fit_student(SPEC, data, recipe, data_key=KEY, seed=3, num_classes=4, device="cpu",
                            targets=one_hot)
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
@@ -225,21 +225,21 @@ def _no_training(*args, **kwargs):
 
 def test_student_training_is_seeded_and_checkpointed(cache, monkeypatch):
     data = _data()
-    cfg = _cfg(s1_student_epochs=1, batch_size=16)
+    recipe = sd.SelfDistillStudentRecipe.of(_cfg(s1_student_epochs=1, batch_size=16))
     targets = torch.randn(2, len(data), 4).half()
-    a, _ = sd.fit_student(SPEC, data, sd.StudentRecipe.of(cfg), data_key=KEY, seed=0, num_classes=4, device="cpu",
+    a, _ = sd.fit_student(SPEC, data, recipe, data_key=KEY, seed=0, num_classes=4, device="cpu",
                           targets=targets, val_set=data)
     files = list((cache / "s1" / "students").glob("*.pt"))
     assert len(files) == 1
     with monkeypatch.context() as m:
         m.setattr(torch.amp.GradScaler, "step", _no_training)  # every optimisation step of fit goes through it
-        b, hist = sd.fit_student(SPEC, data, sd.StudentRecipe.of(cfg), data_key=KEY, seed=0, num_classes=4,
+        b, hist = sd.fit_student(SPEC, data, recipe, data_key=KEY, seed=0, num_classes=4,
                                  device="cpu", targets=targets, val_set=data)
     assert "val_top1" in hist.epochs[0]
     for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(pa, pb)
     files[0].unlink()  # retrain from scratch: same seed, same numbers
-    c, _ = sd.fit_student(SPEC, data, sd.StudentRecipe.of(cfg), data_key=KEY, seed=0, num_classes=4, device="cpu",
+    c, _ = sd.fit_student(SPEC, data, recipe, data_key=KEY, seed=0, num_classes=4, device="cpu",
                           targets=targets, val_set=data)
     la, _ = sd.student_logits(a, data, "cpu")
     lc, _ = sd.student_logits(c, data, "cpu")

@@ -36,7 +36,7 @@ from .errors import ConfigError, MissingDataError
 from .frozen import batches, outputs
 from .losses import clip_contrastive_loss
 from .pretrain import SynthData, SynthPretraining, to_tensors
-from .published import Pretraining, recipe
+from .published import PretrainingFiles, recipe
 from .splits import tensor_loader
 from .synthworld import class_prompts, vocabulary
 from .teacher import CLIP_MEAN, CLIP_STD, Normalize
@@ -216,7 +216,7 @@ def pretrain_small_clip(pretraining: ClipPretraining, seed: int = 0):
            "seed": seed, "hard_negatives": hard_negatives, "prompt_p": prompt_p, "dry_run": pretraining.dry_run,
            "code": code_fingerprint(__name__)}
     key["config"].pop("transformers_version", None)
-    run = Pretraining(f"clip-{arch['name']}", key)
+    run = PretrainingFiles(f"clip-{arch['name']}", key)
     device = resolve_device(pretraining.device)
 
     gen = seed_everything(seed)

@@ -161,7 +161,7 @@ def ssl_teacher(recipe: SSLRecipe, data: SynthData, *, seed: int = 0, device="au
 
     key = {"what": "kassl-ssl-teacher", "method": recipe.method, **recipe.key(),
            "data": synth_key(data, "source_train"), "seed": seed, "code": code_fingerprint(__name__)}
-    run = published.Pretraining(f"ssl-{recipe.method}-{recipe.arch}", key)
+    run = published.PretrainingFiles(f"ssl-{recipe.method}-{recipe.arch}", key)
     gen = seed_everything(seed)
     encoder, _ = backbone(recipe.arch)
     if (shipped := run.shipped(encoder)) is not None:

@@ -19,7 +19,7 @@ from . import metrics
 from .augment import flip_shift
 from .cache import code_fingerprint, entry_lock
 from .frozen import batches, outputs
-from .published import Pretraining, recipe
+from .published import PretrainingFiles, recipe
 from .splits import nchw, tensor_loader, to_float
 from .synthworld import SynthBatch, WorldConfig, class_names, generate
 from .distillers import CrossEntropy
@@ -92,12 +92,12 @@ def pretrain_source(arch: str, pretraining: SourcePretraining, seed: int = 0) ->
     key = {"what": "source-pretrain", "arch": arch, "world": asdict(data.world), "n_train": data.sizes["source_train"],
            "epochs": pretraining.epochs, "lr": 0.1, "batch": pretraining.batch_size, "seed": seed,
            "dry_run": pretraining.dry_run, "code": code_fingerprint(__name__)}
-    run = Pretraining(f"source-{arch}", key)
+    run = PretrainingFiles(f"source-{arch}", key)
     with entry_lock(run.checkpoint):  # notebooks or sweep jobs at once: one pretrains, the others wait
         return _pretrain_source(arch, pretraining, seed, run)
 
 
-def _pretrain_source(arch: str, pretraining: SourcePretraining, seed: int, run: Pretraining):
+def _pretrain_source(arch: str, pretraining: SourcePretraining, seed: int, run: PretrainingFiles):
     gen = seed_everything(seed)  # before the model: its initialisation is part of the seeded run
     model, _ = backbone(arch, num_classes=len(class_names("source")))
     if (summary := run.shipped(model) or run.finished(model)) is not None:  # no data to generate, nothing to score

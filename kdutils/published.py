@@ -73,8 +73,9 @@ def lookup(name: str, key: dict) -> tuple[dict, dict] | None:
 
 
 @dataclass(frozen=True)
-class Pretraining:
-    """Where one pretraining lives, named by its published `name` and its cache `key` (recipe plus code version).
+class PretrainingFiles:
+    """The files of one pretraining, named by its published `name` and its cache `key` (recipe plus code version);
+    how it trains is its recipe's business (a `pretrain.SynthPretraining`).
 
     `published/` is asked first (`shipped`); else `checkpoint`, `<cache>/pretrain/<name>-<digest>.pt`, is fit's
     checkpoint (an interrupted run resumes from it) and `summary_file` beside it is written when the run has

@@ -26,7 +26,7 @@ from .frozen import batches, outputs
 from .models import torchvision_model
 from .paths import under
 from .pretrain import SourcePretraining, SynthPretraining, pretrain_source
-from .published import Pretraining, recipe
+from .published import PretrainingFiles, recipe
 from .selfdistill_data import clip_path
 from .splits import tensor_loader
 from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher, Normalize
@@ -184,7 +184,7 @@ def pretrain_small_roberta(pretraining: TextPretraining, seed: int = 0):
            "heads": model.config.num_attention_heads, "world": asdict(data.world),
            "n_train": data.sizes["source_train"], "epochs": epochs, "batch": pretraining.batch_size, "seed": seed,
            "dry_run": pretraining.dry_run, "code": code_fingerprint(__name__)}
-    run = Pretraining("roberta-small", key)
+    run = PretrainingFiles("roberta-small", key)
     lm_head = nn.Linear(hidden, len(tokenizer))
     mlm = nn.ModuleDict({"encoder": model, "lm_head": lm_head})
     if (shipped := run.shipped(model)) is not None:  # published weights (kdutils.published)

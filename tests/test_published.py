@@ -54,7 +54,7 @@ def test_round_trip_serves_the_published_weights_without_training(tiny_published
 
     empty_cache = published.FOLDER.parent / "empty-cache"  # nothing to fall back on
     monkeypatch.setattr(pretrain, "train", no_training)
-    monkeypatch.setattr(published, "cache_root", lambda: empty_cache)  # where Pretraining names its files
+    monkeypatch.setattr(published, "cache_root", lambda: empty_cache)  # where PretrainingFiles names its files
     model, summary = pretrain.pretrain_source("resnet_s", pretrain.SourcePretraining.of(cfg))
     assert not model.training and summary["published"]["file"] == "source-resnet_s.pt.gz"
     for k, v in model.state_dict().items():
@@ -105,9 +105,9 @@ def test_a_pretraining_keeps_its_checkpoint_and_summary_under_its_name_and_key(t
     from kdutils.checkpoint import save_checkpoint
 
     monkeypatch.setattr(published, "cache_root", lambda: tmp_path)
-    run = published.Pretraining("demo", {"what": "demo", "seed": 0, "code": "v1"})
+    run = published.PretrainingFiles("demo", {"what": "demo", "seed": 0, "code": "v1"})
     assert run.checkpoint == tmp_path / "pretrain" / f"demo-{run.digest}.pt"
-    assert run.digest != published.Pretraining("demo", {"what": "demo", "seed": 0, "code": "v2"}).digest
+    assert run.digest != published.PretrainingFiles("demo", {"what": "demo", "seed": 0, "code": "v2"}).digest
     trained, fresh = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     assert run.shipped(fresh) is None and run.finished(fresh) is None  # not published, not trained
     save_checkpoint({"model": trained.state_dict()}, run.checkpoint)

@@ -17,7 +17,8 @@ same positives, where each negative caption is a near miss instead:
   the content words (lower-cased words minus English stop words; ties go to
   the lower index; identical captions are never chosen).
 
-Every pair set indexes the images of one `splits.Split`. `PairDataset` serves
+The study's data is one `splits.StudyData` whose `pairs` index the split of
+their role ("test_hard" shares the test split). `PairDataset` serves
 pairs to PyTorch with the captions tokenized once per model that reads them (a
 teacher and a student usually have different tokenizers).
 """
@@ -33,12 +34,12 @@ import torch
 
 from .errors import ConfigError
 from .paths import under
-from .splits import Split, from_synth, image_files
+from .splits import Split, StudyData, from_synth, image_files
 from .text import tokenize
 
 __all__ = ["PairSet", "choose_captions", "split_halves", "random_negative_pairs", "hard_negative_pairs",
            "attribute_negatives", "jaccard_neighbours", "split_images", "PairDataset", "PAIR_SEED",
-           "synth_pair_sets", "coco_pair_sets", "coco_paths", "load_pair_sets"]
+           "synthworld_data", "coco_data", "coco_paths", "load_data"]
 
 
 @dataclass
@@ -243,29 +244,29 @@ class PairDataset(torch.utils.data.Dataset):
 PAIR_SEED = 2024
 
 
-def synth_pair_sets(cfg, seed: int = PAIR_SEED) -> dict[str, tuple[Split, PairSet]]:
-    """SynthWorld target splits as matching pairs: {"train", "val", "test", "test_hard"} -> (split, pairs).
+def synthworld_data(cfg, seed: int = PAIR_SEED) -> StudyData:
+    """SynthWorld target splits and their matching pairs by role: "train", "val", "test", "test_hard".
 
-    "test_hard" reuses the test split and positives, with one-attribute-changed
+    "test_hard" shares the test split and positives, with one-attribute-changed
     captions as negatives.
     """
     from .pretrain import SynthData
 
-    data, out = SynthData.of(cfg), {}
-    for split in ("train", "val", "test"):
-        batch = data.split(f"target_{split}")
-        images = from_synth(batch)
-        s = seed + {"train": 0, "val": 1, "test": 2}[split]
-        out[split] = (images, random_negative_pairs(batch.captions, s, name=split))
-        if split == "test":
-            near, kinds = attribute_negatives(batch.hard_negatives, s, balance_over=split_halves(len(batch), s)[1])
-            out["test_hard"] = (images, hard_negative_pairs(batch.captions, near, kinds, s, name="test_hard"))
-    return out
+    data, splits, pair_sets = SynthData.of(cfg), {}, {}
+    for role, s in zip(("train", "val", "test"), (seed, seed + 1, seed + 2)):
+        batch = data.split(f"target_{role}")
+        splits[role] = from_synth(batch)
+        pair_sets[role] = random_negative_pairs(batch.captions, s, name=role)
+    # the test split's batch and seed, the loop's last
+    near, kinds = attribute_negatives(batch.hard_negatives, s, balance_over=split_halves(len(batch), s)[1])
+    splits["test_hard"] = splits["test"]
+    pair_sets["test_hard"] = hard_negative_pairs(batch.captions, near, kinds, s, name="test_hard")
+    return StudyData("SynthWorld target task", splits, splits["train"].class_names, pairs=pair_sets)
 
 
-def coco_pair_sets(records, image_size: int, fractions=(0.8, 0.1, 0.1), max_images: int = 0,
-                   seed: int = PAIR_SEED) -> dict[str, tuple[Split, PairSet]]:
-    """COCO captions records (`datasets.coco_captions`) as matching pairs, split by image.
+def coco_data(records, image_size: int, fractions=(0.8, 0.1, 0.1), max_images: int = 0,
+              seed: int = PAIR_SEED) -> StudyData:
+    """COCO captions records (`datasets.coco_captions`) as unlabelled splits by image and their matching pairs.
 
     Images without captions are dropped; `max_images` > 0 keeps a seeded
     random subset. One caption per image is drawn, then the paper's pairs are
@@ -277,17 +278,17 @@ def coco_pair_sets(records, image_size: int, fractions=(0.8, 0.1, 0.1), max_imag
         keep = np.sort(np.random.default_rng([seed, 3]).choice(len(records), max_images, replace=False))
         records = [records[i] for i in keep]
     captions = choose_captions([r.captions for r in records], seed)
-    out = {}
-    for split, idx, s in zip(("train", "val", "test"), split_images(len(records), fractions, seed),
-                             (seed, seed + 1, seed + 2)):
+    splits, pair_sets = {}, {}
+    for role, idx, s in zip(("train", "val", "test"), split_images(len(records), fractions, seed),
+                            (seed, seed + 1, seed + 2)):
         caps = [captions[i] for i in idx]
-        files = image_files([records[i].path for i in idx], image_size, captions=caps)
-        out[split] = (files, random_negative_pairs(caps, s, name=split))
-        if split == "test":
-            near = jaccard_neighbours(caps)
-            out["test_hard"] = (files, hard_negative_pairs(caps, [caps[j] for j in near], ["jaccard"] * len(caps), s,
-                                                           name="test_hard"))
-    return out
+        splits[role] = image_files([records[i].path for i in idx], image_size, captions=caps)
+        pair_sets[role] = random_negative_pairs(caps, s, name=role)
+    near = jaccard_neighbours(caps)  # the test split's captions, the loop's last
+    splits["test_hard"] = splits["test"]
+    pair_sets["test_hard"] = hard_negative_pairs(caps, [caps[j] for j in near], ["jaccard"] * len(caps), s,
+                                                 name="test_hard")
+    return StudyData("MS-COCO captions", splits, [], pairs=pair_sets)
 
 
 def coco_paths(cfg) -> tuple[Path, Path]:
@@ -296,12 +297,12 @@ def coco_paths(cfg) -> tuple[Path, Path]:
     return root / cfg.s2_coco_annotations, root / cfg.s2_coco_images
 
 
-def load_pair_sets(cfg) -> dict:
-    """The study's pairs at this profile: SynthWorld (tiny/small) or MS-COCO captions (paper)."""
+def load_data(cfg) -> StudyData:
+    """The study's splits and pairs at this profile: SynthWorld (tiny/small) or MS-COCO captions (paper)."""
     if cfg.profile != "paper":
-        return synth_pair_sets(cfg)
+        return synthworld_data(cfg)
     from .datasets import coco_captions
 
     annotations, images = coco_paths(cfg)
-    return coco_pair_sets(coco_captions(annotations, images), image_size=cfg.image_size,
-                          max_images=cfg.s2_coco_max_images)
+    return coco_data(coco_captions(annotations, images), image_size=cfg.image_size,
+                     max_images=cfg.s2_coco_max_images)

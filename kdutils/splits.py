@@ -133,13 +133,15 @@ class StudyData:
     a study's caches hash for the whole set (its name, sizes, seeds) where they
     do not hash each split's own content `key`: one description of the set
     (study 1), one per split it trains or probes on ({"train", "test"}, study 3),
-    or none (study 4, whose caches hash each split).
+    or none (studies 2 and 4, whose caches hash each split). `pairs` (study 2)
+    holds each role's image-caption pairs (`pairs.PairSet`) over that role's split.
     """
 
     name: str
     splits: dict[str, Split]
     class_names: list[str]
     key: dict = field(default_factory=dict)
+    pairs: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:

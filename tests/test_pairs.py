@@ -127,12 +127,12 @@ def test_pair_dataset_items():
         pairs.PairDataset(p, Split(images[:10], torch.zeros(10, dtype=torch.long), key="short"), {})
 
 
-def test_synth_pair_sets_tiny():
+def test_synthworld_data_tiny():
     cfg = load_profile("tiny", n_target_train=40, n_target_val=20, n_target_test=40)
-    sets = pairs.synth_pair_sets(cfg)
-    assert set(sets) == {"train", "val", "test", "test_hard"}
-    images, hard = sets["test_hard"]
-    _, rnd = sets["test"]
+    study = pairs.synthworld_data(cfg)
+    assert set(study.splits) == set(study.pairs) == {"train", "val", "test", "test_hard"}
+    images, hard, rnd = study.splits["test_hard"], study.pairs["test_hard"], study.pairs["test"]
+    assert images is study.splits["test"] and study.name == "SynthWorld target task" and study.num_classes > 1
     assert images.images.shape == (40, 3, 32, 32) and images.images.dtype == torch.uint8
     assert np.array_equal(hard.labels, rnd.labels) and np.array_equal(hard.image_index, rnd.image_index)
     assert hard.summary()["kinds"] == {"match": 20, "background": 5, "color": 5, "position": 5, "shape": 5}
@@ -143,21 +143,22 @@ def test_synth_pair_sets_tiny():
         assert cap == (batch.captions[i] if kind == "match" else batch.hard_negatives[i][kind])
 
 
-def test_coco_pair_sets_from_fixture(tmp_path):
+def test_coco_data_from_fixture(tmp_path):
     fx = write_coco_captions(tmp_path, n_images=20, captions_per_image=3, seed=1)
     records = coco_captions(fx["annotations_file"], fx["image_dir"])
-    sets = pairs.coco_pair_sets(records, image_size=16, fractions=(0.6, 0.2, 0.2))
-    files, train = sets["train"]
+    study = pairs.coco_data(records, image_size=16, fractions=(0.6, 0.2, 0.2))
+    files, train = study.splits["train"], study.pairs["train"]
     assert len(files) == 12 and len(train) == 12 and train.labels.sum() == 6
     image, label, _ = files[0]
     assert files.lazy and image.shape == (3, 16, 16) and image.dtype == torch.uint8 and label == -1
     assert files.captions[0] in records[[r.path for r in records].index(Path(files.source.paths[0]))].captions
-    hard_files, hard = sets["test_hard"]
+    hard_files, hard = study.splits["test_hard"], study.pairs["test_hard"]
+    assert hard_files is study.splits["test"] and study.name == "MS-COCO captions" and study.class_names == []
     assert hard.summary()["kinds"] == {"match": 2, "jaccard": 2}
     # the fixture's captions end in "#<image id>.": a positive names its image, a near miss another test image
     test_ids = {int(Path(f).stem) for f in hard_files.source.paths}
     for i, cap, y in zip(hard.image_index, hard.captions, hard.labels):
         named = int(cap.rsplit("#", 1)[1].rstrip("."))
         assert (named == int(Path(hard_files.source.paths[i]).stem)) == bool(y) and named in test_ids
-    small = pairs.coco_pair_sets(records, image_size=16, fractions=(0.6, 0.2, 0.2), max_images=10)
-    assert sum(len(v[1]) for k, v in small.items() if k != "test_hard") == 10
+    small = pairs.coco_data(records, image_size=16, fractions=(0.6, 0.2, 0.2), max_images=10)
+    assert sum(len(p) for role, p in small.pairs.items() if role != "test_hard") == 10

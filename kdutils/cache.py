@@ -27,6 +27,8 @@ import torch
 from filelock import FileLock
 from torch import nn
 
+from .paths import write_atomically
+
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 __all__ = ["cache_root", "results_root", "key_digest", "code_fingerprint", "notebook_fingerprint",
@@ -187,9 +189,7 @@ def cached(kind: str, key: dict, compute: Callable[[], object], root: Path | Non
             value = _read_entry(path)  # another process may have filled it while this one waited
             if value is _MISSING:
                 value = compute()
-                tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-                torch.save(value, tmp)
-                os.replace(tmp, path)
+                write_atomically(path, lambda tmp: torch.save(value, tmp))
                 (path.with_suffix(".json")).write_text(json.dumps(key, sort_keys=True, default=str, indent=1))
                 if verbose:
                     print(f"[cache] miss {kind}/{path.name} (computed and saved)")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, CorruptFileError
+from .paths import write_atomically
 
 __all__ = ["History", "save_checkpoint", "load_checkpoint", "save_training", "resume_training"]
 
@@ -66,11 +67,7 @@ def _set_rng_state(state: dict, loader) -> None:
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     """Write `state` to a temporary file, then rename it: a run killed mid-write keeps the previous checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -21,6 +22,20 @@ def shared_data_dir() -> Path:
     """`$KD_SHARED_DATA`, else the `shared/data` folder beside the repository."""
     env = os.environ.get("KD_SHARED_DATA")
     return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """`write(tmp)` to a temporary file beside `path` (same suffix: savefig reads the format from it), then
+    rename it to `path`: a crash never leaves a half-written file, and a failed write leaves no temporary."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def under(root: str | os.PathLike, path: str | os.PathLike = ".") -> Path:

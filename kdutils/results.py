@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import notebook_fingerprint
-from .paths import NOTEBOOKS_DIR
+from .paths import NOTEBOOKS_DIR, write_atomically
 
 __all__ = ["environment", "git_commit", "write_json", "write_results", "save_figure", "read_results",
            "staleness"]
@@ -80,13 +80,9 @@ def _plain(obj):
 
 
 def write_json(path: str | os.PathLike, data: dict) -> Path:
-    """Write JSON atomically: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(_plain(data), indent=2, sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    """Write JSON atomically (`write_atomically`)."""
+    text = json.dumps(_plain(data), indent=2, sort_keys=False)
+    return write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def write_results(path: str | os.PathLike, *, notebook: str, metrics: dict, config: dict,
@@ -132,10 +128,4 @@ def staleness(results: dict, study: str, profile: str) -> str:
 
 def save_figure(fig, out_dir: str | os.PathLike, name: str, dpi: int = 110) -> Path:
     """Save a figure as PNG atomically under `out_dir/name.png` and return the path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.png"
-    tmp = out_dir / f".{name}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    return write_atomically(Path(out_dir) / f"{name}.png", lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight"))

@@ -8,6 +8,7 @@ from torch import nn
 
 from kdutils.cache import cached
 from kdutils.errors import ConfigError
+from kdutils.paths import write_atomically
 from kdutils.profiles import PROFILE_NAMES, load_profile
 from kdutils.results import read_results, write_json, write_results
 from kdutils.teacher import FrozenTeacher
@@ -54,6 +55,18 @@ def test_cache_computes_once_and_reuses(tmp_path):
     cached("logits", {"model": "m", "seed": 2}, compute, root=tmp_path, verbose=False)
     assert calls["n"] == 2
     assert not list(tmp_path.rglob("*.tmp*"))
+
+
+def test_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = write_atomically(tmp_path / "sub" / "a.json", lambda tmp: tmp.write_text("old"))
+
+    def crash(tmp):
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_atomically(path, crash)
+    assert path.read_text() == "old" and [p.name for p in path.parent.iterdir()] == ["a.json"]
 
 
 @pytest.mark.parametrize("profile", PROFILE_NAMES)

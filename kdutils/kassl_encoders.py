@@ -24,7 +24,7 @@ from .splits import StudyData, tensor_loader
 from .teacher import IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher
 from .parallel import launch
 from .pretrain import SourcePretraining, SynthData, to_tensors
-from .train import RunSettings, resolve_device, seed_everything
+from .train import FrozenDict, RunSettings, resolve_device, seed_everything
 from .zoo import NO_NORMALISATION, backbone, source_backbone
 
 __all__ = ["student_backbone", "teacher_architecture", "feature_dim_of", "SSLRecipe", "TeacherSources",
@@ -64,14 +64,14 @@ class SSLRecipe(RunSettings):
     lr: float
     batch: int
     views: str
-    hyper: dict
+    hyper: FrozenDict
 
     @classmethod
     def of(cls, cfg, method: str, *, baseline: bool = False) -> SSLRecipe:
-        hyper = {"hidden_dim": cfg.s3_ssl_hidden, "proj_dim": cfg.s3_ssl_proj_dim,
-                 "byol_momentum": cfg.s3_byol_momentum, "moco_momentum": cfg.s3_moco_momentum,
-                 "queue_size": cfg.s3_moco_queue, "temperature": cfg.s3_moco_temperature,
-                 "bn_splits": cfg.s3_moco_bn_splits if method == "moco_v2" else 1}
+        hyper = FrozenDict({"hidden_dim": cfg.s3_ssl_hidden, "proj_dim": cfg.s3_ssl_proj_dim,
+                            "byol_momentum": cfg.s3_byol_momentum, "moco_momentum": cfg.s3_moco_momentum,
+                            "queue_size": cfg.s3_moco_queue, "temperature": cfg.s3_moco_temperature,
+                            "bn_splits": cfg.s3_moco_bn_splits if method == "moco_v2" else 1})
         return cls(method=method, arch=cfg.student_arch if baseline else cfg.teacher_arch, paper=cfg.profile == "paper",
                    epochs=cfg.phase_epochs(cfg.s3_baseline_epochs if baseline else ssl_epochs(cfg, method)),
                    lr=cfg.s3_ssl_lr, batch=cfg.s3_ssl_batch, views=cfg.s3_view_preset, hyper=hyper,
@@ -94,8 +94,8 @@ class TeacherSources:
     seed: int
     image_size: int
     source: SourcePretraining | None
-    ssl: dict[str, SSLRecipe] | None
-    checkpoints: dict[str, Path]
+    ssl: FrozenDict | None  # method -> SSLRecipe
+    checkpoints: FrozenDict  # method -> Path
     supervised_weights: str
     trust_pickle: bool
     dry_run: bool
@@ -107,9 +107,10 @@ class TeacherSources:
         synthworld, paths = cfg.profile != "paper", paper_paths(cfg)
         return cls(arch=cfg.teacher_arch if synthworld else cfg.s3_checkpoint_arch, seed=seed,
                    image_size=cfg.image_size, source=SourcePretraining.of(cfg) if synthworld else None,
-                   ssl={m: SSLRecipe.of(cfg, m) for m in SSL_TEACHERS} if synthworld else None,
-                   checkpoints={m: paths[m] for m in SSL_TEACHERS}, supervised_weights=cfg.s3_supervised_weights,
-                   trust_pickle=cfg.s3_trust_pickled_checkpoints, dry_run=cfg.dry_run)
+                   ssl=FrozenDict({m: SSLRecipe.of(cfg, m) for m in SSL_TEACHERS}) if synthworld else None,
+                   checkpoints=FrozenDict({m: paths[m] for m in SSL_TEACHERS}),
+                   supervised_weights=cfg.s3_supervised_weights, trust_pickle=cfg.s3_trust_pickled_checkpoints,
+                   dry_run=cfg.dry_run)
 
 
 def frozen_teacher(name: str, sources: TeacherSources, device) -> tuple[FrozenTeacher, dict]:

@@ -23,7 +23,7 @@ from .published import PretrainingFiles, recipe
 from .splits import nchw, tensor_loader, to_float
 from .synthworld import SynthBatch, WorldConfig, class_names, generate
 from .distillers import CrossEntropy
-from .train import Recipe, RunSettings, resolve_device, seed_everything, train
+from .train import FrozenDict, Recipe, RunSettings, resolve_device, seed_everything, train
 from .zoo import backbone
 
 # Fixed data seeds: every study sees the same SynthWorld images for a profile,
@@ -38,12 +38,13 @@ class SynthData:
     (`sizes["source_train"]`...); with `DATA_SEEDS` they are the whole description of the images."""
 
     world: WorldConfig
-    sizes: dict[str, int]
+    sizes: FrozenDict  # split -> number of images
 
     @classmethod
     def of(cls, cfg) -> SynthData:
         size = cfg.image_size if cfg.profile != "paper" else 32  # `paper` images are real; SynthWorld stays 32x32
-        return cls(WorldConfig(size=size, context_p=cfg.context_p), {s: getattr(cfg, f"n_{s}") for s in DATA_SEEDS})
+        sizes = FrozenDict({s: getattr(cfg, f"n_{s}") for s in DATA_SEEDS})
+        return cls(WorldConfig(size=size, context_p=cfg.context_p), sizes)
 
     def split(self, name: str) -> SynthBatch:
         """One split: 'source_train', 'target_test'..."""

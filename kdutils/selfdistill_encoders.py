@@ -30,7 +30,7 @@ from .published import PretrainingFiles, recipe
 from .selfdistill_data import clip_path
 from .splits import tensor_loader
 from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher, Normalize
-from .train import Recipe, seed_everything, train
+from .train import FrozenDict, Recipe, seed_everything, train
 from .zoo import backbone, clip, text_encoder
 
 __all__ = ["ImageEncoder", "Student", "TextQueries", "EncoderSources", "Encoders", "TextPretraining",
@@ -221,7 +221,7 @@ class EncoderSources:
     source: SourcePretraining | None
     clip: kclip.ClipPretraining | None
     text: TextPretraining | None
-    clips: dict[str, tuple[Path, str]]
+    clips: FrozenDict  # image encoder -> (folder, Hub id)
     resnet50_weights: str
     roberta: str
     roberta_path: Path
@@ -234,7 +234,7 @@ class EncoderSources:
         return cls(resnet_arch=cfg.s1_resnet_arch, source=SourcePretraining.of(cfg) if synthworld else None,
                    clip=kclip.ClipPretraining.of(cfg) if synthworld else None,
                    text=TextPretraining.of(cfg) if synthworld else None,
-                   clips={e: clip_path(cfg, e) for e in ("vit_b_32", "vit_b_16", "resnet50")},
+                   clips=FrozenDict({e: clip_path(cfg, e) for e in ("vit_b_32", "vit_b_16", "resnet50")}),
                    resnet50_weights=cfg.s1_resnet50_weights, roberta=cfg.s1_roberta,
                    roberta_path=under(cfg.weights_root, cfg.s1_roberta), image_size=cfg.image_size,
                    dry_run=cfg.dry_run)

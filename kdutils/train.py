@@ -42,7 +42,7 @@ from .errors import ConfigError, NonFiniteLossError
 from .optim import make_optimizer, make_scheduler
 from .parallel import all_reduce_sum, batch_rows, data_parallel, global_batch_norms, sharing
 
-__all__ = ["seed_everything", "resolve_device", "Recipe", "RunSettings", "train", "fit", "to_device",
+__all__ = ["seed_everything", "resolve_device", "Recipe", "FrozenDict", "RunSettings", "train", "fit", "to_device",
            "single_cpu_thread"]
 
 
@@ -138,6 +138,22 @@ class Recipe:
             return min(self.warmup_epochs, self.epochs) * steps_per_epoch
         warmup = int(self.warmup_fraction * (self.epochs * steps_per_epoch))
         return warmup if self.warmup_cap is None else min(warmup, self.warmup_cap)
+
+
+class FrozenDict(dict):
+    """The dict a frozen recipe holds: read and serialised as a dict (its cache keys keep their bytes), but hashable,
+    and read-only, so a recipe shared by several trainings stays the one they were keyed by."""
+
+    def __hash__(self):
+        return hash(frozenset(self.items()))
+
+    def __reduce__(self):  # copy and pickle rebuild it whole, not item by item through __setitem__
+        return type(self), (dict(self),)
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError(f"a {type(self).__name__} is read-only; build a new one")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _read_only
 
 
 @dataclass(frozen=True, kw_only=True)

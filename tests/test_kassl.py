@@ -1,7 +1,9 @@
 """KASSL pieces: extension, loss, collapse check, view bank (cached = live), standardised targets."""
 
 import copy
+import json
 import math
+import pickle
 
 import pytest
 import torch
@@ -14,7 +16,8 @@ from kdutils.distillers import FeatureRegression, spread
 from kdutils.errors import ConfigError
 from kdutils.kassl import EncoderExtension, KASSLStudent, feature_pairs, train_kassl
 from kdutils.kassl_config import VARIANTS
-from kdutils.kassl_encoders import student_backbone
+from kdutils.kassl_encoders import TeacherSources, student_backbone
+from kdutils.profiles import load_profile
 from kdutils.kassl_views import AugmentedViewBank, BankViews, SameImage
 from kdutils.augment import ViewAugment
 from kdutils.teacher import FrozenTeacher
@@ -142,8 +145,6 @@ def test_same_image_path_uses_index_lookup_and_center_crop():
 
 
 def test_student_backbones_at_each_scale():
-    from kdutils.profiles import load_profile
-
     net, dim = student_backbone(load_profile("tiny").student_arch, paper=False)
     assert dim == net.feature_dim and net(torch.rand(2, 3, 32, 32)).shape == (2, dim)
     net, dim = student_backbone(load_profile("paper").student_arch, paper=True)
@@ -167,6 +168,21 @@ def test_standardised_targets_and_the_mean_direction_reference():
     assert kassl.mean_direction_cosine(torch.cat([torch.eye(3), -torch.eye(3)])) == pytest.approx(0.0, abs=1e-6)
     assert kassl.mean_direction_cosine(t.view(4, 8, 5)) == pytest.approx(kassl.mean_direction_cosine(t))
 
+
+
+def test_recipes_holding_dicts_are_hashable_read_only_and_keyed_as_before():
+    """TeacherSources holds dicts at three depths (ssl recipes and their hyper-parameters, checkpoints, the source
+    pretraining's SynthData sizes): it hashes, survives copy and pickle, refuses changes, and a key still
+    serialises the dict it held."""
+    sources = TeacherSources.of(load_profile("tiny"))
+    assert hash(copy.deepcopy(sources)) == hash(sources) and pickle.loads(pickle.dumps(sources)) == sources
+    recipe = sources.ssl["byol"]
+    for change in (lambda: recipe.hyper.update(proj_dim=1), lambda: sources.source.data.sizes.pop("source_train"),
+                   lambda: sources.checkpoints.__setitem__("byol", None)):
+        with pytest.raises(TypeError, match="read-only"):
+            change()
+    assert json.dumps(recipe.key(), sort_keys=True) == json.dumps({**recipe.key(), "hyper": dict(recipe.hyper)},
+                                                                   sort_keys=True)
 
 def test_benchmark_cached_bank_trains_like_the_live_teacher():
     from benchmarks import kassl as bench_kassl

@@ -18,7 +18,6 @@ import importlib
 import math
 import pkgutil
 import typing
-from dataclasses import dataclass
 
 from ..errors import ConfigError
 from .rules import DEVICE, FLAG, NAME, NON_NEGATIVE, POSITIVE, SYNTH_SIZE, UNIT, one_of
@@ -26,20 +25,9 @@ from .rules import DEVICE, FLAG, NAME, NON_NEGATIVE, POSITIVE, SYNTH_SIZE, UNIT,
 PROFILE_NAMES = ("tiny", "small", "paper")
 
 
-@dataclass(frozen=True)
-class PerProfile:
-    """A value that differs between the scales."""
-
-    tiny: object
-    small: object
-    paper: object
-
-    def get(self, profile: str):
-        return getattr(self, profile)
-
-
-def per_profile(tiny, small, paper) -> PerProfile:
-    return PerProfile(tiny, small, paper)
+def per_profile(tiny, small, paper) -> dict:
+    """A value that differs between the scales, in the study files' form."""
+    return {"tiny": tiny, "small": small, "paper": paper}
 
 
 # name -> (type, value or per_profile(...), allowed values). Shared by every notebook.
@@ -202,9 +190,8 @@ def profile_values(profile: str) -> dict:
         raise ConfigError(f"unknown profile '{profile}'; choose one of {PROFILE_NAMES}.")
     out = {}
     for name, (_, value, _) in ALL_FIELDS.items():
-        if isinstance(value, dict) and set(value) == set(PROFILE_NAMES):  # study files' plain form
+        if isinstance(value, dict) and set(value) == set(PROFILE_NAMES):  # `per_profile`
             value = value[profile]
-        value = value.get(profile) if isinstance(value, PerProfile) else value
         out[name] = list(value) if isinstance(value, list) else value
     return out
 

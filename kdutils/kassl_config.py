@@ -20,26 +20,16 @@ SSL_TEACHERS = ("byol", "moco_v2")
 
 
 def check_config(cfg) -> None:
-    """Refuse unknown teachers / variants and impossible sizes before any work."""
-    bad = [t for t in cfg.s3_teachers if t not in TEACHER_LABELS]
-    if bad or not cfg.s3_teachers or len(set(cfg.s3_teachers)) != len(cfg.s3_teachers):
-        raise ConfigError(f"s3_teachers must be distinct names from {sorted(TEACHER_LABELS)}, got {cfg.s3_teachers}.")
-    for field in ("s3_variants", "s3_variants_other_teachers"):
-        bad = [v for v in getattr(cfg, field) if v not in VARIANTS]
-        if bad:
-            raise ConfigError(f"{field} has unknown variants {bad}; choose from {list(VARIANTS)}.")
-    if cfg.s3_target_norm not in TARGET_NORMS:
-        raise ConfigError(f"s3_target_norm must be one of {TARGET_NORMS}, got '{cfg.s3_target_norm}'.")
-    if cfg.s3_view_bank < 0 or cfg.s3_view_bank % 2:
+    """Refuse what the profile's field rules cannot see, one field at a time, before any work."""
+    if len(set(cfg.s3_teachers)) != len(cfg.s3_teachers):
+        raise ConfigError(f"s3_teachers must be distinct, got {cfg.s3_teachers}.")
+    if cfg.s3_view_bank % 2:
         raise ConfigError(f"s3_view_bank must be 0 (fresh views) or an even number >= 2, got {cfg.s3_view_bank}.")
     if cfg.profile == "paper" and cfg.s3_view_bank:
         raise ConfigError("s3_view_bank > 0 keeps every view in memory: only for SynthWorld; use 0 at paper.")
-    if cfg.s3_moco_bn_splits < 1 or cfg.s3_ssl_batch % cfg.s3_moco_bn_splits:
+    if cfg.s3_ssl_batch % cfg.s3_moco_bn_splits:
         raise ConfigError(f"s3_ssl_batch ({cfg.s3_ssl_batch}) must be a multiple of s3_moco_bn_splits "
                           f"({cfg.s3_moco_bn_splits}).")
-    for field in ("s3_baseline_epochs", "s3_kassl_epochs", "s3_probe_epochs"):
-        if getattr(cfg, field) < 1:
-            raise ConfigError(f"{field} must be >= 1, got {getattr(cfg, field)}.")
     for t in cfg.s3_teachers:
         if t in SSL_TEACHERS and cfg.profile != "paper" and ssl_epochs(cfg, t) < 1:
             raise ConfigError(f"{_SSL_EPOCH_FIELDS[t]} must be >= 1 to pretrain the {TEACHER_LABELS[t]} teacher "

@@ -101,3 +101,20 @@ def test_profile_rules_shared_by_the_studies():
     assert load_profile("tiny", seeds=[0, 1], backbone_seeds=[3]).shared_backbone_seed("study 9 freezes once") == 3
     with pytest.raises(ConfigError, match=r"study 9 freezes once; got backbone_seeds=\[0, 1\]\. Run it once per"):
         load_profile("tiny", seeds=[0, 1], backbone_seeds=[0, 1]).shared_backbone_seed("study 9 freezes once")
+
+
+@pytest.mark.parametrize("profile, overrides, message", [
+    ("tiny", {"s3_teachers": ["byol", "byol"]}, "s3_teachers must be distinct"),
+    ("tiny", {"s3_view_bank": 3}, "s3_view_bank must be 0 .fresh views. or an even number"),
+    ("paper", {"s3_view_bank": 2}, "use 0 at paper"),
+    ("tiny", {"s3_ssl_batch": 63}, r"s3_ssl_batch \(63\) must be a multiple of s3_moco_bn_splits \(2\)"),
+    ("tiny", {"s3_moco_epochs": 0}, "s3_moco_epochs must be >= 1 to pretrain the MoCo-v2 teacher in-run"),
+])
+def test_study3_refuses_what_one_field_rule_cannot_see(profile, overrides, message):
+    """Study 3's cross-field checks; each field alone is valid, so `load_profile` accepts it."""
+    from kdutils.kassl_config import check_config
+
+    cfg = load_profile(profile, **overrides)
+    with pytest.raises(ConfigError, match=message):
+        check_config(cfg)
+    check_config(load_profile(profile))

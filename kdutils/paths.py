@@ -18,12 +18,6 @@ def runs_dir() -> Path:
     return Path(env) if env else RUNS_DIR
 
 
-def shared_data_dir() -> Path:
-    """`$KD_SHARED_DATA`, else the `shared/data` folder beside the repository."""
-    env = os.environ.get("KD_SHARED_DATA")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
-
-
 def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """`write(tmp)` to a temporary file beside `path` (same suffix: savefig reads the format from it), then
     rename it to `path`: a crash never leaves a half-written file, and a failed write leaves no temporary."""

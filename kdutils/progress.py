@@ -9,11 +9,13 @@ a cell bar whose postfix shows the same two times.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from .results import read_results
+
 
 def section_titles(cells) -> list[str]:
     """For each cell, the last markdown heading at or above it ('' before the first heading)."""
@@ -29,10 +31,7 @@ def section_titles(cells) -> list[str]:
 
 def expected_seconds(results_json: Path, profile: str) -> float | None:
     """The wall time of the last run at `profile` that wrote `results_json`; None if there is none."""
-    try:
-        results = json.loads(Path(results_json).read_text())
-    except (OSError, ValueError):
-        return None
+    results = read_results(results_json) or {}
     wall = results.get("wall_time_s")
     return float(wall) if results.get("profile") == profile and isinstance(wall, (int, float)) else None
 

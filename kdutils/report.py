@@ -11,13 +11,13 @@ loaded from the internet: the pages open offline.
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import nbformat
 
 from .errors import ConfigError
 from .paths import REPO_ROOT, runs_dir
+from .results import read_results
 
 # The lab template with code folded away and its CDN scripts (RequireJS, MathJax, Mermaid, widgets) left out.
 PAGE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
@@ -82,10 +82,7 @@ def results_of(nb, executed: Path) -> dict | None:
         output_dir = Path(output_dir) if Path(output_dir).is_absolute() else REPO_ROOT / output_dir
         candidates += [output_dir, output_dir.parent / executed.stem]
     candidates.append(executed.parent / executed.stem)
-    for folder in candidates:
-        if (folder / "results.json").is_file():
-            return json.loads((folder / "results.json").read_text())
-    return None
+    return next(filter(None, (read_results(folder / "results.json") for folder in candidates)), None)
 
 
 def render_page(nb, destination: Path) -> None:

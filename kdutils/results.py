@@ -105,8 +105,12 @@ def write_results(path: str | os.PathLike, *, notebook: str, metrics: dict, conf
     return write_json(path, data)
 
 
-def read_results(path: str | os.PathLike) -> dict:
-    return json.loads(Path(path).read_text())
+def read_results(path: str | os.PathLike) -> dict | None:
+    """A results.json, or None when there is none or it does not parse (atomic writes never leave half a file)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def staleness(results: dict, study: str, profile: str) -> str:

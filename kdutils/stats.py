@@ -57,9 +57,6 @@ class PairedVerdict:
         """Whether `value` (a paper's size, say) lies inside the interval."""
         return bool(self.low <= value <= self.high)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def paired_verdict(gains, confidence: float = 0.95) -> PairedVerdict:
     """Judge the claim "gain > 0" from per-seed paired gains (e.g. student with KD minus without, same seed).

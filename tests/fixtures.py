@@ -9,6 +9,7 @@ values, not just shapes.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 import tarfile
@@ -18,7 +19,14 @@ import numpy as np
 from PIL import Image
 
 from kdutils.errors import ConfigError, MissingDataError
-from kdutils.paths import shared_data_dir
+from kdutils.paths import REPO_ROOT
+
+
+def shared_data_dir() -> Path:
+    """`$KD_SHARED_DATA`, else the `shared/data` folder beside the repository (the real CIFAR-10 JPEGs)."""
+    env = os.environ.get("KD_SHARED_DATA")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]

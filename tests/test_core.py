@@ -116,6 +116,8 @@ def test_results_json_has_provenance_and_is_atomic(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["results.json"]
     write_json(tmp_path / "x.json", {"t": torch.tensor([1, 2])})
     assert json.loads((tmp_path / "x.json").read_text()) == {"t": [1, 2]}
+    (tmp_path / "edited.json").write_text("{not json")
+    assert read_results(tmp_path / "edited.json") is None and read_results(tmp_path / "absent.json") is None
 
 
 def test_source_pretraining_is_cached_with_its_summary(tmp_path, monkeypatch):

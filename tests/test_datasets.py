@@ -15,13 +15,13 @@ from fixtures import (
     CIFAR100_FINE,
     cifar10_jpg_archive,
     extract_cifar10_jpg,
+    shared_data_dir,
     write_cifar,
     write_coco_captions,
     write_image_folder,
 )
 from kdutils import datasets as D
 from kdutils.errors import ConfigError, MissingDataError
-from kdutils.paths import shared_data_dir
 
 
 # ------------------------------------------------------------------- CIFAR

@@ -42,11 +42,10 @@ class AugmentedViewBank:
              data_key: dict) -> AugmentedViewBank:
         if k < 2 or k % 2:
             raise ConfigError(f"a view bank needs an even number of views >= 2, got {k}.")
-        gen_state = torch.get_rng_state()
-        torch.manual_seed(seed)
-        out = [torch.stack([to_uint8(pair[j * 2 // k](x)) for j in range(k)], 1)
-               for x in map(as_float_images, batches(images, 512))]
-        torch.set_rng_state(gen_state)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out = [torch.stack([to_uint8(pair[j * 2 // k](x)) for j in range(k)], 1)
+                   for x in map(as_float_images, batches(images, 512))]
         key = {"data": data_key, "views": [asdict(t) for t in pair], "k": k, "seed": seed}
         return cls(torch.cat(out), key)
 

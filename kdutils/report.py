@@ -11,6 +11,7 @@ loaded from the internet: the pages open offline.
 from __future__ import annotations
 
 import html
+from collections import Counter
 from pathlib import Path
 
 import nbformat
@@ -115,9 +116,7 @@ def study_section(page: str, name: str, heading: str, results: dict | None) -> s
              f"seeds {html.escape(str(results.get('seeds')))}, {results.get('wall_time_s', 0):.0f} s, "
              f"commit <code>{html.escape(str(results.get('git_commit', ''))[:10])}</code></p>")
     if name.startswith("00"):
-        counts = {}
-        for c in claims:
-            counts[c.get("verdict")] = counts.get(c.get("verdict"), 0) + 1
+        counts = Counter(c.get("verdict") for c in claims)
         summary = ", ".join(f"{n} {html.escape(str(v))}" for v, n in sorted(counts.items(), key=str))
         return link + about + f"<p>Every study's claims beside this run's numbers ({summary}): read it first.</p>"
     return link + about + (claims_table(claims) if claims else "<p>No claims recorded.</p>")

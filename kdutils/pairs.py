@@ -252,15 +252,14 @@ def synthworld_data(cfg, seed: int = PAIR_SEED) -> StudyData:
     """
     from .pretrain import SynthData
 
-    data, splits, pair_sets = SynthData.of(cfg), {}, {}
-    for role, s in zip(("train", "val", "test"), (seed, seed + 1, seed + 2)):
-        batch = data.split(f"target_{role}")
-        splits[role] = from_synth(batch)
-        pair_sets[role] = random_negative_pairs(batch.captions, s, name=role)
-    # the test split's batch and seed, the loop's last
-    near, kinds = attribute_negatives(batch.hard_negatives, s, balance_over=split_halves(len(batch), s)[1])
+    data, seeds = SynthData.of(cfg), {"train": seed, "val": seed + 1, "test": seed + 2}
+    batches = {role: data.split(f"target_{role}") for role in seeds}
+    splits = {role: from_synth(b) for role, b in batches.items()}
+    pair_sets = {role: random_negative_pairs(b.captions, seeds[role], name=role) for role, b in batches.items()}
+    test, s = batches["test"], seeds["test"]
+    near, kinds = attribute_negatives(test.hard_negatives, s, balance_over=split_halves(len(test), s)[1])
     splits["test_hard"] = splits["test"]
-    pair_sets["test_hard"] = hard_negative_pairs(batch.captions, near, kinds, s, name="test_hard")
+    pair_sets["test_hard"] = hard_negative_pairs(test.captions, near, kinds, s, name="test_hard")
     return StudyData("SynthWorld target task", splits, splits["train"].class_names, pairs=pair_sets)
 
 
@@ -278,16 +277,15 @@ def coco_data(records, image_size: int, fractions=(0.8, 0.1, 0.1), max_images: i
         keep = np.sort(np.random.default_rng([seed, 3]).choice(len(records), max_images, replace=False))
         records = [records[i] for i in keep]
     captions = choose_captions([r.captions for r in records], seed)
-    splits, pair_sets = {}, {}
-    for role, idx, s in zip(("train", "val", "test"), split_images(len(records), fractions, seed),
-                            (seed, seed + 1, seed + 2)):
-        caps = [captions[i] for i in idx]
-        splits[role] = image_files([records[i].path for i in idx], image_size, captions=caps)
-        pair_sets[role] = random_negative_pairs(caps, s, name=role)
-    near = jaccard_neighbours(caps)  # the test split's captions, the loop's last
+    indices = dict(zip(("train", "val", "test"), split_images(len(records), fractions, seed)))
+    caps = {role: [captions[i] for i in idx] for role, idx in indices.items()}
+    splits = {role: image_files([records[i].path for i in idx], image_size, captions=caps[role])
+              for role, idx in indices.items()}
+    pair_sets = {role: random_negative_pairs(caps[role], seed + k, name=role) for k, role in enumerate(indices)}
+    test = caps["test"]
     splits["test_hard"] = splits["test"]
-    pair_sets["test_hard"] = hard_negative_pairs(caps, [caps[j] for j in near], ["jaccard"] * len(caps), s,
-                                                 name="test_hard")
+    pair_sets["test_hard"] = hard_negative_pairs(test, [test[j] for j in jaccard_neighbours(test)],
+                                                 ["jaccard"] * len(test), seed + 2, name="test_hard")
     return StudyData("MS-COCO captions", splits, [], pairs=pair_sets)
 
 

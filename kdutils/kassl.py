@@ -32,7 +32,7 @@ from .kassl_views import AugmentedViewBank, BankViews, FreshViews, SameImage
 from .parallel import launch
 from .ssl import LossTrace
 from .teacher import FrozenTeacher
-from .train import Recipe, RunSettings, seed_everything, train
+from .train import ParallelRunSettings, Recipe, seed_everything, train
 
 __all__ = ["EncoderExtension", "KASSLStudent", "mean_direction_cosine", "feature_pairs", "train_kassl",
            "KASSLStudentRecipe", "train_student"]
@@ -117,7 +117,7 @@ def train_kassl(student: KASSLStudent, loader, views, recipe: Recipe, *, device=
 
 
 @dataclass(frozen=True)
-class KASSLStudentRecipe(RunSettings):
+class KASSLStudentRecipe(ParallelRunSettings):
     """How a KASSL student trains (the profile's `s3_*` settings): its backbone, extension and optimiser,
     the views, the target normalisation, and how many data-parallel processes share its batches."""
 
@@ -139,7 +139,7 @@ class KASSLStudentRecipe(RunSettings):
         recipe = cls(cfg.student_arch, cfg.profile == "paper", cfg.s3_extension_hidden, cfg.s3_reduced_dim,
                      cfg.s3_fr_trainable, cfg.s3_target_norm, cfg.s3_view_preset, cfg.s3_kassl_lr,
                      cfg.s3_kassl_weight_decay, cfg.s3_kassl_warmup_epochs, cfg.phase_epochs(cfg.s3_kassl_epochs),
-                     cfg.s3_kassl_batch, **RunSettings.of_profile(cfg))
+                     cfg.s3_kassl_batch, **ParallelRunSettings.of_profile(cfg))
         return replace(recipe, **changes)
 
 

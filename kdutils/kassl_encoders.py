@@ -24,7 +24,7 @@ from .splits import StudyData, tensor_loader
 from .teacher import IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher
 from .parallel import launch
 from .pretrain import SourcePretraining, SynthData, to_tensors
-from .train import FrozenDict, RunSettings, resolve_device, seed_everything
+from .train import FrozenDict, ParallelRunSettings, resolve_device, seed_everything
 from .zoo import NO_NORMALISATION, backbone, source_backbone
 
 __all__ = ["student_backbone", "teacher_architecture", "feature_dim_of", "SSLRecipe", "TeacherSources",
@@ -53,9 +53,10 @@ def feature_dim_of(model: nn.Module, size: int) -> int:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SSLRecipe(RunSettings):
+class SSLRecipe(ParallelRunSettings):
     """How an SSL teacher (tiny/small) or the BYOL baseline (`baseline=True`: the student architecture) self-supervises;
-    `key()` is the recipe part of its cache key, so a checkpoint's name and the training it holds stay in step."""
+    `key()` is the recipe part of its cache key, so a checkpoint's name and the training it holds stay in step.
+    `processes` shares the baseline's batches (`train_baseline`); a teacher pretrains in one process."""
 
     method: str
     arch: str
@@ -75,7 +76,7 @@ class SSLRecipe(RunSettings):
         return cls(method=method, arch=cfg.student_arch if baseline else cfg.teacher_arch, paper=cfg.profile == "paper",
                    epochs=cfg.phase_epochs(cfg.s3_baseline_epochs if baseline else ssl_epochs(cfg, method)),
                    lr=cfg.s3_ssl_lr, batch=cfg.s3_ssl_batch, views=cfg.s3_view_preset, hyper=hyper,
-                   **RunSettings.of_profile(cfg))
+                   **ParallelRunSettings.of_profile(cfg))
 
     def key(self) -> dict:
         return {"arch": self.arch, "epochs": self.epochs, "lr": self.lr, "batch": self.batch, "views": self.views,

@@ -53,7 +53,7 @@ from .splits import TensorRows
 from .selfdistill_features import VIEWS, FrozenFeatures, flip_where, tensor_digest, to_unit
 from .text_queried_head import TextQueriedHead
 from .parallel import launch, per_example
-from .train import Recipe, RunSettings, seed_everything, train
+from .train import ParallelRunSettings, Recipe, RunSettings, seed_everything, train
 
 __all__ = ["HeadClassifier", "HeadRecipe", "SelfDistillStudentRecipe", "fit_teacher", "teacher_logits",
            "soft_targets", "fit_student", "student_logits", "student_targets"]
@@ -119,7 +119,7 @@ class HeadRecipe(RunSettings):
 
 
 @dataclass(frozen=True)
-class SelfDistillStudentRecipe(RunSettings):
+class SelfDistillStudentRecipe(ParallelRunSettings):
     """How a study-1 student trains, on the head's soft targets or alone: `_student_optimizer` by architecture
     (`vit_lr`, `resnet_lr`) with warm-up and cosine decay for `epochs` (one in a dry run) of `batch_size`, on
     `processes` data-parallel processes."""
@@ -132,7 +132,7 @@ class SelfDistillStudentRecipe(RunSettings):
     @classmethod
     def of(cls, cfg) -> SelfDistillStudentRecipe:
         return cls(cfg.s1_student_epochs, cfg.s1_student_batch_size, cfg.s1_vit_student_lr, cfg.s1_resnet_student_lr,
-                   **RunSettings.of_profile(cfg))
+                   **ParallelRunSettings.of_profile(cfg))
 
 
 def _train_loader(dataset, generator, recipe: HeadRecipe | SelfDistillStudentRecipe, *, steps: int | None,

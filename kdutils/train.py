@@ -42,8 +42,8 @@ from .errors import ConfigError, NonFiniteLossError
 from .optim import make_optimizer, make_scheduler
 from .parallel import all_reduce_sum, batch_rows, data_parallel, global_batch_norms, sharing
 
-__all__ = ["seed_everything", "resolve_device", "Recipe", "FrozenDict", "RunSettings", "train", "fit", "to_device",
-           "single_cpu_thread"]
+__all__ = ["seed_everything", "resolve_device", "Recipe", "FrozenDict", "RunSettings", "ParallelRunSettings", "train",
+           "fit", "to_device", "single_cpu_thread"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -158,19 +158,30 @@ class FrozenDict(dict):
 
 @dataclass(frozen=True, kw_only=True)
 class RunSettings:
-    """How a study's run executes, apart from what it learns: loader workers, a step cap (dry runs), progress
-    bars and data-parallel processes. Study recipes extend it; `of_profile(cfg)` reads it from a profile."""
+    """How a study's run executes, apart from what it learns: loader workers, a step cap (dry runs) and progress
+    bars. Study recipes extend it; `of_profile(cfg)` reads it from a profile."""
 
     num_workers: int = 0
     max_steps: int | None = None
     dry_run: bool = False
     progress: bool = False
-    processes: int = 1
 
     @staticmethod
     def of_profile(cfg) -> dict:
         return {"num_workers": cfg.num_workers, "max_steps": cfg.max_steps, "dry_run": cfg.dry_run,
-                "progress": cfg.progress, "processes": cfg.num_processes}
+                "progress": cfg.progress}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParallelRunSettings(RunSettings):
+    """`RunSettings` of a training that `parallel.launch` can share among `processes` data-parallel processes (the
+    profile's `num_processes`); the others have no use for it."""
+
+    processes: int = 1
+
+    @staticmethod
+    def of_profile(cfg) -> dict:
+        return {**RunSettings.of_profile(cfg), "processes": cfg.num_processes}
 
 
 def train(model: nn.Module, loss: Callable[..., dict], loader, recipe: Recipe, *,

@@ -35,6 +35,7 @@ from .cache import code_fingerprint
 from .errors import ConfigError, MissingDataError
 from .frozen import batches, outputs
 from .losses import clip_contrastive_loss
+from .models import seeded_rng
 from .pretrain import SynthData, SynthPretraining, to_tensors
 from .published import PretrainingFiles, recipe
 from .splits import tensor_loader
@@ -304,6 +305,7 @@ def load_clip(name_or_path=PAPER_CLIP, allow_random: bool = False, repo_id: str 
             if not allow_random:
                 raise MissingDataError(f"CLIP weights {repo_id}", name_or_path,
                                        f"{hint} [{type(err).__name__}]") from None
-            model = CLIPModel(config)
+            with seeded_rng():
+                model = CLIPModel(config)
             print(f"[clip] dry run: random weights for {name_or_path} (no checkpoint found)")
     return model.eval(), tokenizer

@@ -4,7 +4,6 @@ in-run, published, or the paper's checkpoints) and the BYOL baseline, each self-
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn

@@ -13,6 +13,7 @@ from .cache import cached, model_fingerprint
 from .errors import ConfigError
 from .frozen import ViewTargets, batches, outputs
 from .kassl_data import input_side
+from .models import seeded_rng
 from .splits import StudyData
 from .parallel import per_example
 
@@ -42,8 +43,7 @@ class AugmentedViewBank:
              data_key: dict) -> AugmentedViewBank:
         if k < 2 or k % 2:
             raise ConfigError(f"a view bank needs an even number of views >= 2, got {k}.")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_rng(seed):
             out = [torch.stack([to_uint8(pair[j * 2 // k](x)) for j in range(k)], 1)
                    for x in map(as_float_images, batches(images, 512))]
         key = {"data": data_key, "views": [asdict(t) for t in pair], "k": k, "seed": seed}

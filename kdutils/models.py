@@ -14,6 +14,7 @@ weight file is an error that says where to put it, never random weights
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -125,12 +126,24 @@ def weights_requirement(name: str, weights: str) -> tuple[Path, str]:
                   f"{path.name} to {path}; set TORCH_HOME to use another cache folder.")
 
 
+@contextlib.contextmanager
+def seeded_rng(seed: int = 0):
+    """Draw inside from torch's CPU generator seeded with `seed`; the global stream is untouched outside.
+
+    Dry runs build their placeholder weights here, so every dry run gets the same ones whatever the
+    notebook drew before (a cache hit skips the draws a cold run makes).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def torchvision_model(name: str, weights: str | None, allow_random: bool = False) -> nn.Module:
     """A torchvision model with published weights (`weights` is the enum member name).
 
     The weight file must already be in torch's hub cache ($TORCH_HOME): nothing
     downloads at run time here. When it is missing the error names the file and
-    how to fetch it; `allow_random=True` (dry runs) builds random weights instead.
+    how to fetch it; `allow_random=True` (dry runs) builds seeded random weights (`seeded_rng`) instead.
     """
     import torchvision
 
@@ -138,8 +151,11 @@ def torchvision_model(name: str, weights: str | None, allow_random: bool = False
         builder = torchvision.models.get_model_builder(name)
     except ValueError as err:
         raise ConfigError(f"torchvision has no model '{name}': {err}") from None
-    if weights is None or allow_random:
+    if weights is None:
         return builder(weights=None)
+    if allow_random:
+        with seeded_rng():
+            return builder(weights=None)
     path, how = weights_requirement(name, weights)
     if not path.exists():
         raise MissingDataError(f"{name} weights {weights}", path, how)

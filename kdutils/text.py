@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, MissingDataError
+from .models import seeded_rng
 
 __all__ = ["SPECIAL_TOKENS", "PUNCTUATION", "build_tokenizer", "small_text_model", "tokenize", "mean_pool",
            "TextEncoder", "load_text_encoder",
@@ -203,6 +204,7 @@ def load_text_encoder(name_or_path, allow_random: bool = False, normalize: bool 
         except (OSError, ValueError) as err:
             if not allow_random:
                 raise MissingDataError("text encoder weights", name_or_path, f"{hint} [{type(err).__name__}]") from None
-            model = AutoModel.from_config(config, **extra)
+            with seeded_rng():
+                model = AutoModel.from_config(config, **extra)
             print(f"[text] dry run: random weights for {name_or_path} (no checkpoint found)")
     return TextEncoder(tokenizer, model, normalize=normalize)

@@ -15,11 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
 from torch import nn
 
 from .errors import ConfigError
-from .models import SMALL_ARCHS, SmallResNet, small_resnet, torchvision_model
+from .models import SMALL_ARCHS, SmallResNet, seeded_rng, small_resnet, torchvision_model
 from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize
 
 if TYPE_CHECKING:  # the pretrainings import the zoo
@@ -96,8 +95,7 @@ def backbone(name: str, *, weights: str | None = None, input_size: int | None = 
         import torchvision
 
         kwargs = {"image_size": input_size} if name.startswith("vit") and input_size else {}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(random_seed)
+        with seeded_rng(random_seed):
             net = torchvision.models.get_model(name, weights=None, **kwargs)
     else:
         net = torchvision_model(name, weights, allow_random=allow_random)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from kdutils import clip, synthworld, text
+from kdutils.cache import model_fingerprint
 from kdutils.errors import ConfigError, MissingDataError
 from kdutils.losses import clip_contrastive_loss
 from kdutils.profiles import load_profile
@@ -138,7 +139,12 @@ def test_load_text_encoder_round_trip_and_errors(tokenizer, tmp_path):
     (folder / "model.safetensors").unlink()
     with pytest.raises(MissingDataError, match="weights"):
         text.load_text_encoder(folder)
-    assert text.load_text_encoder(folder, allow_random=True).dim == 32
+    placeholder = text.load_text_encoder(folder, allow_random=True)
+    assert placeholder.dim == 32
+    state = torch.get_rng_state()
+    assert model_fingerprint(text.load_text_encoder(folder, allow_random=True).model) == \
+        model_fingerprint(placeholder.model)  # the same placeholder every dry run ...
+    assert torch.equal(torch.get_rng_state(), state)  # ... drawn beside the global stream
 
 
 # ----------------------------------------------------------------------------- CLIP
@@ -267,3 +273,5 @@ def test_load_clip_round_trip_and_errors(tokenizer, tmp_path):
         clip.load_clip(folder)
     random_model, _ = clip.load_clip(folder, allow_random=True)
     assert random_model.config.projection_dim == 16
+    torch.rand(3)
+    assert model_fingerprint(clip.load_clip(folder, allow_random=True)[0]) == model_fingerprint(random_model)

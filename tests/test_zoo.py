@@ -36,6 +36,10 @@ def test_torchvision_backbones_lose_their_head_and_say_how_to_normalise():
     same, _ = zoo.backbone("resnet18", weights="IMAGENET1K_V1", allow_random=True, random_seed=0)
     assert torch.equal(torch.get_rng_state(), state)  # a seeded dry run leaves the global stream alone
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), same.state_dict().values()))
+    unseeded, _ = zoo.backbone("resnet18", weights="IMAGENET1K_V1", allow_random=True)
+    torch.rand(3)  # without a seed, a dry run's placeholder is still the same whatever was drawn before
+    again, _ = zoo.backbone("resnet18", weights="IMAGENET1K_V1", allow_random=True)
+    assert all(torch.equal(a, b) for a, b in zip(unseeded.state_dict().values(), again.state_dict().values()))
     with pytest.raises(ConfigError, match="num_classes"):
         zoo.backbone("resnet18", num_classes=3)
     with pytest.raises(ConfigError, match="head"):

@@ -18,7 +18,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import subprocess
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import torch
 from .cache import cache_root, entry_lock, key_digest
 from .checkpoint import load_checkpoint
 from .errors import ConfigError, CorruptFileError
-from .paths import REPO_ROOT
+from .paths import REPO_ROOT, write_atomically
 from .results import write_json
 
 FOLDER = REPO_ROOT / "published"  # tests point this elsewhere
@@ -188,13 +187,10 @@ def ship(name: str, module, summary: dict, provenance: dict) -> dict:
     manifest entry; `summary` holds its "recipe"."""
     state = {k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
              for k, v in module.state_dict().items()}
-    FOLDER.mkdir(parents=True, exist_ok=True)
-    path = FOLDER / f"{name}.pt.gz"
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    tmp.write_bytes(gzip.compress(buffer.getvalue(), compresslevel=9, mtime=0))  # mtime 0: the same bytes every time
-    os.replace(tmp, path)
+    data = gzip.compress(buffer.getvalue(), compresslevel=9, mtime=0)  # mtime 0: the same bytes every time
+    path = write_atomically(FOLDER / f"{name}.pt.gz", lambda tmp: tmp.write_bytes(data))
     summary = dict(summary)
     entry = {"file": path.name, "sha256": sha256(path), "bytes": path.stat().st_size, "recipe": summary.pop("recipe"),
              "summary": summary, **provenance}

@@ -61,8 +61,8 @@ _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_graysca
 
 
 def as_float_images(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images (0..255) -> float in [0, 1]; float images pass through."""
-    return x.float().div_(255) if x.dtype == torch.uint8 else x
+    """uint8 images (0..255) -> float32 in [0, 1]; float images pass through as float32."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
 
 
 def _uniform(n: int, lo: float, hi: float, device) -> torch.Tensor:

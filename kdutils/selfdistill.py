@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from . import metrics, splits
+from .augment import as_float_images
 from .cache import cache_root, cached, code_fingerprint, key_digest, model_fingerprint
 from .distillers import CrossEntropy, SoftTargetKD
 from .errors import ConfigError
@@ -50,7 +51,7 @@ from .frozen import outputs
 from .selfdistill_data import in_order, indices_of, labels_of
 from .selfdistill_encoders import Student
 from .splits import TensorRows
-from .selfdistill_features import VIEWS, FrozenFeatures, flip_where, tensor_digest, to_unit
+from .selfdistill_features import VIEWS, FrozenFeatures, flip_where, tensor_digest
 from .text_queried_head import TextQueriedHead
 from .parallel import launch, per_example
 from .train import ParallelRunSettings, Recipe, RunSettings, seed_everything, train
@@ -296,7 +297,7 @@ def _fit_student(spec: dict, train_set, recipe: SelfDistillStudentRecipe, data_k
     def compute_loss(batch):
         images, labels, index = batch
         view = per_example(lambda n: torch.randint(0, len(VIEWS), (n,), device=labels.device), len(labels))
-        logits = student(flip_where(to_unit(images), view))
+        logits = student(flip_where(as_float_images(images), view))
         teacher = None if targets is None else targets[view.cpu(), index.cpu()].to(logits.device)
         return distiller(logits, teacher, labels)
 
@@ -323,7 +324,7 @@ def student_logits(student: Student, dataset, device, view: int = 0, features: b
     forward = student.features if features else student
 
     def logits(batch):
-        x = to_unit(batch[0])
+        x = as_float_images(batch[0])
         return forward(x.flip(-1) if view else x)
 
     return outputs(student, in_order(dataset), logits, device=device), labels_of(dataset)

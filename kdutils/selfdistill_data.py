@@ -33,7 +33,7 @@ from .train import RunSettings
 
 __all__ = [
     "load_data", "synthworld_data", "cifar_data", "imagenet_data",
-    "imagenet_class_names", "prompt", "paper_requirements", "Captioner", "image_captions", "mirror_text", "labels_of",
+    "imagenet_class_names", "paper_requirements", "Captioner", "image_captions", "mirror_text", "labels_of",
     "indices_of", "in_order", "clip_path",
 ]
 
@@ -59,12 +59,6 @@ def in_order(dataset, batch_size: int = 512, num_workers: int | None = None) -> 
     if num_workers is None:
         num_workers = min(8, os.cpu_count() or 1) if base.lazy else 0
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-
-
-def prompt(class_name: str) -> str:
-    """The thesis's prompt: "This is an image of a [class]."."""
-    name = class_name.replace("_", " ")
-    return f"This is an image of {'an' if name[0].lower() in 'aeiou' else 'a'} {name}."
 
 
 def synthworld_data(cfg) -> StudyData:

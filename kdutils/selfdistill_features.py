@@ -10,12 +10,13 @@ import hashlib
 
 import torch
 
+from .augment import as_float_images
 from .cache import cached
 from .frozen import ViewTargets, outputs
 from .selfdistill_data import in_order, indices_of
 from .selfdistill_encoders import ImageEncoder
 
-__all__ = ["VIEWS", "FrozenFeatures", "features_of", "tensor_digest", "to_unit", "flip_where"]
+__all__ = ["VIEWS", "FrozenFeatures", "features_of", "tensor_digest", "flip_where"]
 
 VIEWS = ("plain", "hflip")
 
@@ -25,10 +26,6 @@ def tensor_digest(t: torch.Tensor) -> str:
     t = t.detach().cpu().contiguous()
     return hashlib.sha256(str((t.dtype, tuple(t.shape))).encode() + t.view(-1).view(torch.uint8).numpy().tobytes()
                           ).hexdigest()[:16]
-
-
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
 
 
 def flip_where(x: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
@@ -48,7 +45,7 @@ class FrozenFeatures:
     def __init__(self, encoder: ImageEncoder, dataset, data_key: dict, split: str, views: int, device, *,
                  cache_mb: float, batch_size: int = 256, num_workers: int = 0, progress: bool = False):
         self.encoder, self.views, self.device = encoder, views, torch.device(device)
-        first = to_unit(dataset[0][0].unsqueeze(0)).to(self.device)
+        first = as_float_images(dataset[0][0].unsqueeze(0)).to(self.device)
         tokens, pooled = encoder(first)
         self.num_tokens, self.token_dim, self.pooled_dim = tokens.shape[1], tokens.shape[2], pooled.shape[1]
         mb = len(dataset) * views * (self.num_tokens * self.token_dim * 2 + self.pooled_dim * 4) / 2**20
@@ -71,7 +68,7 @@ class FrozenFeatures:
         toks, pools = [], []
         for v in range(self.views):
             def flat_outputs(batch, v=v):
-                x = to_unit(batch[0].to(self.device))
+                x = as_float_images(batch[0].to(self.device))
                 return torch.cat([t.flatten(1) for t in self.encoder(x.flip(-1) if v else x)], dim=1)
 
             flat = outputs(self.encoder, in_order(dataset, batch_size, num_workers), flat_outputs, progress=progress,
@@ -82,7 +79,7 @@ class FrozenFeatures:
 
     def __call__(self, images: torch.Tensor, index: torch.Tensor, view: torch.Tensor):
         """(tokens, pooled) as float32 on the device for items in the given views (`images` unused when cached)."""
-        x = None if self.in_memory else flip_where(to_unit(images.to(self.device)), view.to(self.device))
+        x = None if self.in_memory else flip_where(as_float_images(images.to(self.device)), view.to(self.device))
         tokens, pooled = self.targets(index.cpu(), view.cpu(), x, device=self.device)
         return tokens.float(), pooled
 

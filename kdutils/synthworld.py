@@ -236,9 +236,15 @@ def make_caption(named: dict[str, str], prompt_prefix: bool = False) -> str:
     return f"This is an image of {text}" if prompt_prefix else text
 
 
+def prompt(class_name: str) -> str:
+    """The thesis's prompt, "This is an image of a [class].", for any class name (study 1 queries real data too)."""
+    name = class_name.replace("_", " ")
+    return f"This is an image of {'an' if name[0].lower() in 'aeiou' else 'a'} {name}."
+
+
 def class_prompts(task: str) -> list[str]:
-    """Prompts "This is an image of a {class}." in label order."""
-    return [f"This is an image of {_article(c)} {c}." for c in class_names(task)]
+    """The task's class prompts (`prompt`) in label order."""
+    return [prompt(c) for c in class_names(task)]
 
 
 def class_names(task: str) -> list[str]:
@@ -340,6 +346,6 @@ __all__ = [
     "ATTRIBUTE_VALUES", "BACKGROUNDS", "BG_COLORS", "COLORS", "HOME_BACKGROUND",
     "MODIFIERS", "NEGATIVE_ATTRIBUTES", "POSITIONS", "SHAPES", "SIZES",
     "SOURCE_CLASSES", "TARGET_CLASSES", "SynthBatch",
-    "WorldConfig", "class_names", "class_prompts", "generate",
+    "WorldConfig", "class_names", "class_prompts", "prompt", "generate",
     "make_caption", "object_phrase", "vocabulary", "words",
 ]

@@ -9,6 +9,7 @@ from kdutils import selfdistill as sd
 from kdutils import selfdistill_analysis as s1an
 from kdutils import selfdistill_features as s1feat
 from kdutils import selfdistill_data as s1data
+from kdutils import synthworld as sw
 from kdutils.splits import Split, StudyData
 from kdutils import selfdistill_encoders as s1enc
 from benchmarks import selfdistill as bench_selfdistill
@@ -48,9 +49,9 @@ CACHE_MB = 64  # every test split fits: its features are cached in memory and on
 # ----------------------------------------------------------------------------- data and text
 
 def test_prompt_follows_the_thesis_template_with_the_right_article():
-    assert s1data.prompt("cat") == "This is an image of a cat."
-    assert s1data.prompt("aquarium_fish") == "This is an image of an aquarium fish."
-    assert s1data.prompt("Egyptian cat") == "This is an image of an Egyptian cat."
+    assert sw.prompt("cat") == "This is an image of a cat."
+    assert sw.prompt("aquarium_fish") == "This is an image of an aquarium fish."
+    assert sw.prompt("Egyptian cat") == "This is an image of an Egyptian cat."
 
 
 def test_mirror_text_swaps_left_and_right_only_as_words():
@@ -87,7 +88,7 @@ def test_synthworld_data_matches_the_shared_splits():
     cfg = _cfg()
     data = s1data.load_data(cfg, "synthworld")
     assert data.num_classes == 10 and data.name == "SynthWorld target task"
-    assert s1data.prompt(data.class_names[3]) == "This is an image of a star."
+    assert sw.prompt(data.class_names[3]) == "This is an image of a star."
     assert len(data.splits["train"]) == cfg.n_target_train and len(data.splits["test"].captions) == cfg.n_target_test
     from kdutils.pretrain import SynthData
     batch = SynthData.of(cfg).split("target_val")

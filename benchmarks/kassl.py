@@ -10,7 +10,8 @@ from kdutils.kassl_encoders import feature_dim_of
 from kdutils.kassl_views import AugmentedViewBank, BankViews
 from kdutils.augment import view_pair
 from kdutils.teacher import FrozenTeacher
-from kdutils.train import Recipe, seed_everything
+from kdutils.recipes import Recipe
+from kdutils.train import seed_everything
 
 
 def run(n_images: int = 1024, views: int = 4, epochs: int = 4, students: int = 2, rounds: int = 2) -> dict:

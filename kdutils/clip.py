@@ -43,7 +43,8 @@ from .synthworld import class_prompts, vocabulary
 from .teacher import CLIP_MEAN, CLIP_STD, Normalize
 from .text import (build_tokenizer, hf_download_hint, hf_source, local_config_and_tokenizer, quiet_transformers,
                    tokenize)
-from .train import Recipe, resolve_device, seed_everything, train
+from .recipes import Recipe
+from .train import resolve_device, seed_everything, train
 
 __all__ = ["SMALL_CLIP_ARCHS", "PAPER_CLIP", "small_clip_config", "preprocess", "image_embeds", "text_embeds",
            "encode_texts", "encode_images", "retrieval_recalls", "zero_shot_accuracy",

@@ -32,7 +32,8 @@ from .kassl_views import AugmentedViewBank, BankViews, FreshViews, SameImage
 from .parallel import launch
 from .ssl import LossTrace
 from .teacher import FrozenTeacher
-from .train import ParallelRunSettings, Recipe, seed_everything, train
+from .recipes import ParallelRunSettings, Recipe
+from .train import seed_everything, train
 
 __all__ = ["EncoderExtension", "KASSLStudent", "mean_direction_cosine", "feature_pairs", "train_kassl",
            "KASSLStudentRecipe", "train_student"]

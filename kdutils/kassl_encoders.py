@@ -23,7 +23,8 @@ from .splits import StudyData, tensor_loader
 from .teacher import IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher
 from .parallel import launch
 from .pretrain import SourcePretraining, SynthData, to_tensors
-from .train import FrozenDict, ParallelRunSettings, resolve_device, seed_everything
+from .recipes import FrozenDict, ParallelRunSettings
+from .train import resolve_device, seed_everything
 from .zoo import NO_NORMALISATION, backbone, source_backbone
 
 __all__ = ["student_backbone", "teacher_architecture", "feature_dim_of", "SSLRecipe", "TeacherSources",

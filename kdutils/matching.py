@@ -38,7 +38,8 @@ from .distillers import BinaryCrossEntropy, Distiller
 from .errors import ConfigError
 from .frozen import outputs
 from .parallel import launch
-from .train import Recipe, seed_everything, train
+from .recipes import Recipe
+from .train import seed_everything, train
 
 __all__ = ["ClipMatcher", "TwoTowerMatcher", "pairs_fingerprint", "predict_logits",
            "teacher_logits", "train_matcher", "calibrate_bias", "matching_report", "additive_score_analysis",

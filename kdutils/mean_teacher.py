@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .clip import encode_images, encode_texts, retrieval_recalls
-from .train import Recipe, seed_everything, train
+from .recipes import Recipe
+from .train import seed_everything, train
 
 __all__ = ["Adapter", "MeanTeacherRetrieval", "clip_embeddings", "train_retrieval", "compare", "recalls"]
 

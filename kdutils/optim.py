@@ -1,4 +1,4 @@
-"""Optimisers and learning-rate schedules built by name, so a `train.Recipe` can say which in plain strings."""
+"""Optimisers and learning-rate schedules built by name, so a `recipes.Recipe` can say which in plain strings."""
 
 from __future__ import annotations
 

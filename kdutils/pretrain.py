@@ -23,7 +23,8 @@ from .published import PretrainingFiles, recipe
 from .splits import nchw, tensor_loader, to_float
 from .synthworld import SynthBatch, WorldConfig, class_names, generate
 from .distillers import CrossEntropy
-from .train import FrozenDict, Recipe, RunSettings, resolve_device, seed_everything, train
+from .recipes import FrozenDict, Recipe, RunSettings
+from .train import resolve_device, seed_everything, train
 from .zoo import backbone
 
 # Fixed data seeds: every study sees the same SynthWorld images for a profile,

@@ -15,7 +15,8 @@ from torch import nn
 from . import metrics
 from .distillers import CrossEntropy
 from .splits import tensor_loader
-from .train import Recipe, seed_everything, train
+from .recipes import Recipe
+from .train import seed_everything, train
 
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,

@@ -54,7 +54,8 @@ from .splits import TensorRows
 from .selfdistill_features import VIEWS, FrozenFeatures, flip_where, tensor_digest
 from .text_queried_head import TextQueriedHead
 from .parallel import launch, per_example
-from .train import ParallelRunSettings, Recipe, RunSettings, seed_everything, train
+from .recipes import ParallelRunSettings, Recipe, RunSettings
+from .train import seed_everything, train
 
 __all__ = ["HeadClassifier", "HeadRecipe", "SelfDistillStudentRecipe", "fit_teacher", "teacher_logits",
            "soft_targets", "fit_student", "student_logits", "student_targets"]

@@ -15,7 +15,8 @@ from .losses import ClipLoss
 from .selfdistill import HeadClassifier
 from .selfdistill_features import FrozenFeatures
 from .splits import tensor_loader
-from .train import Recipe, seed_everything, train
+from .recipes import Recipe
+from .train import seed_everything, train
 
 __all__ = ["topk", "few_shot_indices", "retrieval_recalls", "attention_maps"]
 

@@ -29,7 +29,7 @@ from .models import weights_requirement
 from .paths import under
 from .pretrain import DATA_SEEDS, SynthData
 from .splits import StudyData
-from .train import RunSettings
+from .recipes import RunSettings
 
 __all__ = [
     "load_data", "synthworld_data", "cifar_data", "imagenet_data",

@@ -30,7 +30,8 @@ from .published import PretrainingFiles, recipe
 from .selfdistill_data import clip_path
 from .splits import tensor_loader
 from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, FrozenTeacher, Normalize
-from .train import FrozenDict, Recipe, seed_everything, train
+from .recipes import FrozenDict, Recipe
+from .train import seed_everything, train
 from .zoo import backbone, clip, text_encoder
 
 __all__ = ["ImageEncoder", "Student", "TextQueries", "EncoderSources", "Encoders", "TextPretraining",

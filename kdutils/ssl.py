@@ -26,7 +26,8 @@ from .augment import ViewAugment
 from .checkpoint import History
 from .errors import ConfigError
 from .losses import MoCoQueue, byol_loss, info_nce
-from .train import Recipe, train
+from .recipes import Recipe
+from .train import train
 
 __all__ = ["MLPHead", "BYOL", "MoCoV2", "LossTrace", "make_learner", "train_ssl"]
 

@@ -25,7 +25,8 @@ from .distillers import CrossEntropy, HintonKD
 from .errors import ConfigError
 from .splits import array_digest
 from .tlkd_features import HeadInputs, head_logits
-from .train import Recipe, seed_everything, single_cpu_thread, train
+from .recipes import Recipe
+from .train import seed_everything, single_cpu_thread, train
 
 __all__ = ["HeadParams", "HeadRun", "train_head", "h1_seed", "tl_vs_kd", "subset_indices", "noisy_labels",
            "study_seeds"]

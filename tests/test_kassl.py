@@ -21,7 +21,7 @@ from kdutils.profiles import load_profile
 from kdutils.kassl_views import AugmentedViewBank, BankViews, SameImage
 from kdutils.augment import ViewAugment
 from kdutils.teacher import FrozenTeacher
-from kdutils.train import Recipe
+from kdutils.recipes import Recipe
 
 
 def _backbone():
@@ -169,7 +169,6 @@ def test_standardised_targets_and_the_mean_direction_reference():
     assert kassl.mean_direction_cosine(t.view(4, 8, 5)) == pytest.approx(kassl.mean_direction_cosine(t))
 
 
-
 def test_recipes_holding_dicts_are_hashable_read_only_and_keyed_as_before():
     """TeacherSources holds dicts at three depths (ssl recipes and their hyper-parameters, checkpoints, the source
     pretraining's SynthData sizes): it hashes, survives copy and pickle, refuses changes, and a key still
@@ -183,6 +182,7 @@ def test_recipes_holding_dicts_are_hashable_read_only_and_keyed_as_before():
             change()
     assert json.dumps(recipe.key(), sort_keys=True) == json.dumps({**recipe.key(), "hyper": dict(recipe.hyper)},
                                                                    sort_keys=True)
+
 
 def test_benchmark_cached_bank_trains_like_the_live_teacher():
     from benchmarks import kassl as bench_kassl

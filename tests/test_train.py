@@ -170,7 +170,8 @@ def test_bad_arguments_fail_early():
 
 def test_train_with_a_recipe_equals_fit_with_the_same_optimiser_and_schedule():
     from kdutils.distillers import CrossEntropy
-    from kdutils.train import Recipe, train
+    from kdutils.recipes import Recipe
+    from kdutils.train import train
 
     _, h_fit = _train(seed=5)
     model, loader, _, _, evaluate = make_run(5)  # make_run's optimiser and schedule, as a recipe
@@ -185,7 +186,8 @@ def test_train_with_a_recipe_equals_fit_with_the_same_optimiser_and_schedule():
 
 
 def test_recipe_warm_up_and_parameter_groups_reach_the_optimiser_and_schedule():
-    from kdutils.train import Recipe, train
+    from kdutils.recipes import Recipe
+    from kdutils.train import train
 
     # warm-up: a fraction of all steps with a cap, or whole epochs (at most all of them)
     assert Recipe(warmup_fraction=0.1, epochs=3).warmup_steps(100) == 30

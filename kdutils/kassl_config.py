@@ -20,7 +20,7 @@ SSL_TEACHERS = ("byol", "moco_v2")
 
 
 def check_config(cfg) -> None:
-    """Refuse what the profile's field rules cannot see, one field at a time, before any work."""
+    """Refuse, before any work, what the profile's field rules cannot see: they check one field at a time."""
     if len(set(cfg.s3_teachers)) != len(cfg.s3_teachers):
         raise ConfigError(f"s3_teachers must be distinct, got {cfg.s3_teachers}.")
     if cfg.s3_view_bank % 2:

@@ -11,10 +11,9 @@ regenerated, never typed (`python -m kdutils findings --write-readme`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .paths import REPO_ROOT
+from .paths import REPO_ROOT, read_json
 from .results import staleness
 from .stats import VERDICTS
 
@@ -48,11 +47,11 @@ def collect(root: str | Path, studies: list[str], profile: str) -> list[dict]:
     rows = []
     for study in studies:
         path = Path(root) / study / "results.json"
-        if not path.exists():
+        results = read_json(path)
+        if results is None:
             rows.append({"study": study, "kind": "claim", "claim": "(not run at this profile)", "paper": "",
                          "measured": "", "verdict": VERDICTS[3], "note": str(path), "stale": ""})
             continue
-        results = json.loads(path.read_text())
         stale = staleness(results, study, profile)
         for row in results.get("claims", []):
             rows.append({"study": study, **row, "kind": row.get("kind", "claim"), "ours": _ours(row),

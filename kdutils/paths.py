@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Callable
+
+from .errors import CorruptFileError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -19,17 +22,29 @@ def runs_dir() -> Path:
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """`write(tmp)` to a temporary file beside `path` (same suffix: savefig reads the format from it), then
-    rename it to `path`: a crash never leaves a half-written file, and a failed write leaves no temporary."""
+    """`write(tmp)` to a hidden temporary file beside `path`, then rename it to `path`: a crash never leaves a
+    half-written file, and a failed write leaves no temporary."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def read_json(path: str | os.PathLike) -> dict | None:
+    """A JSON file (a results.json, a manifest), or None when there is none. One that does not parse was edited
+    by hand (every write here is atomic): an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise CorruptFileError(f"{path} is not valid JSON ({err}): delete it, or run again what wrote it.") from None
 
 
 def under(root: str | os.PathLike, path: str | os.PathLike = ".") -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .results import read_results
+from .paths import read_json
 
 
 def section_titles(cells) -> list[str]:
@@ -31,7 +31,7 @@ def section_titles(cells) -> list[str]:
 
 def expected_seconds(results_json: Path, profile: str) -> float | None:
     """The wall time of the last run at `profile` that wrote `results_json`; None if there is none."""
-    results = read_results(results_json) or {}
+    results = read_json(results_json) or {}
     wall = results.get("wall_time_s")
     return float(wall) if results.get("profile") == profile and isinstance(wall, (int, float)) else None
 

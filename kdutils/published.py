@@ -28,7 +28,7 @@ import torch
 from .cache import cache_root, entry_lock, key_digest
 from .checkpoint import load_checkpoint
 from .errors import ConfigError, CorruptFileError
-from .paths import REPO_ROOT, write_atomically
+from .paths import REPO_ROOT, read_json, write_atomically
 from .results import write_json
 
 FOLDER = REPO_ROOT / "published"  # tests point this elsewhere
@@ -41,8 +41,7 @@ def recipe(key: dict) -> dict:
 
 
 def manifest() -> dict:
-    path = FOLDER / "MANIFEST.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(FOLDER / "MANIFEST.json") or {}
 
 
 def sha256(path) -> str:

@@ -17,8 +17,7 @@ from pathlib import Path
 import nbformat
 
 from .errors import ConfigError
-from .paths import REPO_ROOT, runs_dir
-from .results import read_results
+from .paths import REPO_ROOT, read_json, runs_dir
 
 # The lab template with code folded away and its CDN scripts (RequireJS, MathJax, Mermaid, widgets) left out.
 PAGE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
@@ -83,7 +82,7 @@ def results_of(nb, executed: Path) -> dict | None:
         output_dir = Path(output_dir) if Path(output_dir).is_absolute() else REPO_ROOT / output_dir
         candidates += [output_dir, output_dir.parent / executed.stem]
     candidates.append(executed.parent / executed.stem)
-    return next(filter(None, (read_results(folder / "results.json") for folder in candidates)), None)
+    return next(filter(None, (read_json(folder / "results.json") for folder in candidates)), None)
 
 
 def render_page(nb, destination: Path) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 from .cache import notebook_fingerprint
 from .paths import NOTEBOOKS_DIR, write_atomically
 
-__all__ = ["environment", "git_commit", "write_json", "write_results", "save_figure", "read_results",
+__all__ = ["environment", "git_commit", "write_json", "write_results", "save_figure",
            "staleness"]
 
 _LIBRARIES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "transformers", "shap",
@@ -105,14 +105,6 @@ def write_results(path: str | os.PathLike, *, notebook: str, metrics: dict, conf
     return write_json(path, data)
 
 
-def read_results(path: str | os.PathLike) -> dict | None:
-    """A results.json, or None when there is none or it does not parse (atomic writes never leave half a file)."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def staleness(results: dict, study: str, profile: str) -> str:
     """Why `study`'s results must not be counted beside a run at `profile` ("" when they are current).
 
@@ -132,4 +124,5 @@ def staleness(results: dict, study: str, profile: str) -> str:
 
 def save_figure(fig, out_dir: str | os.PathLike, name: str, dpi: int = 110) -> Path:
     """Save a figure as PNG atomically under `out_dir/name.png` and return the path."""
-    return write_atomically(Path(out_dir) / f"{name}.png", lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight"))
+    return write_atomically(Path(out_dir) / f"{name}.png", lambda tmp: fig.savefig(tmp, format="png", dpi=dpi,
+                                                                                      bbox_inches="tight"))

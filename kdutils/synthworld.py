@@ -212,10 +212,6 @@ class SynthBatch:
 
 # ---- Text ----------------------------------------------------------------
 
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
 def object_phrase(shape: str, modifier: str | None = None) -> str:
     """The noun phrase naming an object: "star", "hollow star", "star with a dot"."""
     if modifier is None:

@@ -78,9 +78,9 @@ def backbone(name: str, *, weights: str | None = None, input_size: int | None = 
 
     SynthWorld names take `num_classes` (a fresh linear head; None: features out) and no weights. torchvision
     names load `weights` (an enum member name; None: random initialisation from the global RNG); `allow_random`
-    (dry runs) builds random weights instead, drawn with `random_seed` in a forked RNG when one is given (the
-    same weights every dry run, the global stream untouched). A ViT with published weights must be given its
-    own `input_size` (or none); with random weights it is built for `input_size`.
+    (dry runs) builds random weights instead, drawn in a forked RNG seeded with `random_seed`, or 0
+    (`models.seeded_rng`: the same weights every dry run, the global stream untouched). A ViT with published
+    weights must be given its own `input_size` (or none); with random weights it is built for `input_size`.
     """
     if name in SMALL_ARCHS:
         if weights is not None:

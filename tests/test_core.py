@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from kdutils.cache import cached
-from kdutils.errors import ConfigError
-from kdutils.paths import write_atomically
+from kdutils.errors import ConfigError, CorruptFileError
+from kdutils.paths import read_json, write_atomically
 from kdutils.profiles import PROFILE_NAMES, load_profile
-from kdutils.results import read_results, write_json, write_results
+from kdutils.results import write_json, write_results
 from kdutils.teacher import FrozenTeacher
 
 
@@ -108,7 +108,7 @@ def test_results_json_has_provenance_and_is_atomic(tmp_path):
 
     path = write_results(tmp_path / "r" / "results.json", notebook="nb", metrics={"acc": 91.5, "bad": float("nan")},
                          config=load_profile("tiny").to_dict(), seeds=[0], started=time.time())
-    data = read_results(path)
+    data = read_json(path)
     assert data["metrics"] == {"acc": 91.5, "bad": "nan"}
     for key in ("config", "seeds", "git_commit", "environment", "wall_time_s", "profile"):
         assert key in data
@@ -116,8 +116,10 @@ def test_results_json_has_provenance_and_is_atomic(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["results.json"]
     write_json(tmp_path / "x.json", {"t": torch.tensor([1, 2])})
     assert json.loads((tmp_path / "x.json").read_text()) == {"t": [1, 2]}
+    assert read_json(tmp_path / "absent.json") is None
     (tmp_path / "edited.json").write_text("{not json")
-    assert read_results(tmp_path / "edited.json") is None and read_results(tmp_path / "absent.json") is None
+    with pytest.raises(CorruptFileError, match="edited.json is not valid JSON"):
+        read_json(tmp_path / "edited.json")
 
 
 def test_source_pretraining_is_cached_with_its_summary(tmp_path, monkeypatch):

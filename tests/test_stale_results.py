@@ -6,7 +6,7 @@ import nbformat
 import pytest
 
 from kdutils import cache, results
-from kdutils.paths import REPO_ROOT
+from kdutils.paths import REPO_ROOT, read_json
 from kdutils.profiles import load_profile
 
 
@@ -24,7 +24,7 @@ def study(tmp_path, monkeypatch):
     nbformat.write(nb, tmp_path / "99_fake.ipynb")
     written = results.write_results(tmp_path / "out" / "results.json", notebook="99_fake", metrics={},
                                     config=load_profile("tiny").to_dict(), seeds=[0], started=time.time())
-    return results.read_results(written), tmp_path, metrics_copy
+    return read_json(written), tmp_path, metrics_copy
 
 
 def test_current_results_are_counted_and_another_profile_is_stale(study):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .errors import CorruptFileError
 from .paths import read_json
 
 
@@ -31,7 +32,10 @@ def section_titles(cells) -> list[str]:
 
 def expected_seconds(results_json: Path, profile: str) -> float | None:
     """The wall time of the last run at `profile` that wrote `results_json`; None if there is none."""
-    results = read_json(results_json) or {}
+    try:
+        results = read_json(results_json) or {}
+    except CorruptFileError:  # no estimate from a file that is not a finished run's results
+        return None
     wall = results.get("wall_time_s")
     return float(wall) if results.get("profile") == profile and isinstance(wall, (int, float)) else None
 

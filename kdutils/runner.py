@@ -27,7 +27,7 @@ from papermill.exceptions import PapermillExecutionError
 
 from . import engine as run_engine
 from .progress import expected_seconds
-from .errors import ConfigError
+from .errors import ConfigError, CorruptFileError
 from .paths import FIGURES_DIR, NOTEBOOKS_DIR, read_json, runs_dir
 from .profiles import Config, load_profile
 from .results import staleness
@@ -185,7 +185,10 @@ def run(names: list[str], profile: str, params: dict, output_root: Path | None =
 def up_to_date(path: Path, full: dict, profile: str, output_root: Path) -> str | None:
     """The commit of the results `path` left in `output_root` when running it again would change nothing: the same
     code (`results.staleness`), profile and configuration, written from a clean tree; else None."""
-    results = read_json(output_root / path.stem / "results.json") or {}
+    try:
+        results = read_json(output_root / path.stem / "results.json") or {}
+    except CorruptFileError:  # not a finished run's results: this run rewrites them
+        return None
     commit = str(results.get("git_commit") or "")
     if not commit or commit.endswith("+dirty") or staleness(results, path.stem, profile):
         return None

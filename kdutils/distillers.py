@@ -2,9 +2,10 @@
 
 A distiller maps the student's output, the frozen teacher's output for the same inputs and the
 labels to named losses: `"loss"` is the one to back-propagate, the other entries are its terms
-(before their weights) for `train.fit` to log. The teacher's outputs arrive precomputed (cached by
-`kdutils.cache`) or from a `FrozenTeacher`, which keeps itself in eval mode; distillers detach them,
-so a forgotten `no_grad` cannot train the teacher.
+(before their weights) for `train.fit` to log; the hard-label term is `"ce"` in every one. The teacher's
+outputs arrive precomputed (cached by `kdutils.cache`) or from a `FrozenTeacher`, which keeps itself in eval
+mode; the logit distillers detach them, so a forgotten `no_grad` cannot train the teacher.
+`FeatureRegression` does not: a projection on its teacher side may train through its targets.
 
 >>> kd = HintonKD(T=10, alpha=0.1)                 # study 4's TL+KD
 >>> parts = kd(student_logits, teacher_logits, labels)
@@ -13,7 +14,9 @@ so a forgotten `no_grad` cannot train the teacher.
 
 Conventions: inputs are logits unless a name says otherwise; every loss is a batch mean; KL
 divergences are summed over classes (`batchmean`); `alpha` weights the distillation term and
-`1 - alpha` the hard-label term. Bad shapes or hyperparameters raise before torch would broadcast.
+`1 - alpha` the hard-label term. Bad hyperparameters raise, and so do bad shapes: the distillers with a
+teacher check them before torch would broadcast, `CrossEntropy` and `BinaryCrossEntropy` leave them to torch's
+own loss, which does not broadcast.
 """
 
 from __future__ import annotations
@@ -55,8 +58,8 @@ class _Weighted(Distiller):
     def config(self) -> dict:
         return {"kind": self.name, "T": self.T, "alpha": self.alpha}
 
-    def _combine(self, kd: torch.Tensor, ce: torch.Tensor, hard_name: str = "ce") -> dict:
-        return {"loss": self.alpha * kd + (1.0 - self.alpha) * ce, "kd": kd, hard_name: ce}
+    def _combine(self, kd: torch.Tensor, ce: torch.Tensor) -> dict:
+        return {"loss": self.alpha * kd + (1.0 - self.alpha) * ce, "kd": kd, "ce": ce}
 
 
 # ------------------------------------------------------------------ multi-class (studies 1 and 4)
@@ -74,21 +77,15 @@ class HintonKD(_Weighted):
     """Hinton et al. (2015): `alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) + (1 - alpha) * CE(y, z_s)`.
 
     T^2 keeps the soft term's gradient on the hard term's scale as T changes; the TL+KD thesis
-    uses T = 10, alpha = 0.1. `labels=None` is allowed only for alpha = 1 (pure distillation).
+    uses T = 10, alpha = 0.1.
     """
 
     name = "hinton_kd"
 
-    def forward(self, student_logits, teacher_logits, labels=None) -> dict:
+    def forward(self, student_logits, teacher_logits, labels) -> dict:
         kd = self.T * self.T * tempered_kl(student_logits, teacher_logits, self.T)
-        if labels is None:
-            if self.alpha != 1.0:
-                raise ValueError("labels=None is only allowed with alpha=1 (no hard-label term)")
-            ce = torch.zeros_like(kd)
-        else:
-            n, c = student_logits.shape
-            ce = F.cross_entropy(student_logits, _check_class_targets(labels, n, c))
-        return self._combine(kd, ce)
+        n, c = student_logits.shape
+        return self._combine(kd, F.cross_entropy(student_logits, _check_class_targets(labels, n, c)))
 
 
 class SoftTargetKD(Distiller):
@@ -114,8 +111,8 @@ class BinaryCrossEntropy(Distiller):
     name, label = "bce", "BCE"
 
     def forward(self, student_logit, teacher_logit=None, labels=None) -> dict:
-        hard = F.binary_cross_entropy_with_logits(student_logit, labels)
-        return {"loss": hard, "hard": hard.detach()}
+        ce = F.binary_cross_entropy_with_logits(student_logit, labels)
+        return {"loss": ce, "ce": ce.detach()}
 
 
 class BinarySoftmaxKD(_Weighted):
@@ -130,31 +127,22 @@ class BinarySoftmaxKD(_Weighted):
     def forward(self, student_logit, teacher_logit, labels) -> dict:
         zs, zt, y = _binary_inputs(student_logit, teacher_logit, labels)
         kd = self.T * self.T * tempered_kl(_two_class(zs), _two_class(zt), self.T)
-        return self._combine(kd, F.binary_cross_entropy_with_logits(zs, y), "hard")
+        return self._combine(kd, F.binary_cross_entropy_with_logits(zs, y))
 
 
 class SigmoidKD(_Weighted):
     """Study 2's "sigmoid KD": `alpha * BCE(sigmoid(z_s/T), sigmoid(z_t/T)) + (1 - alpha) * BCE(z_s, y)`.
 
-    The paper uses no T^2 factor (`scale_by_T2=True` adds Hinton's). The soft BCE differs from the
-    binary KL only by the teacher's entropy: the same gradient, a minimum at that entropy.
+    The paper uses no T^2 factor. The soft BCE differs from the binary KL only by the teacher's
+    entropy: the same gradient, a minimum at that entropy.
     """
 
     name = "sigmoid_kd"
 
-    def __init__(self, T: float, alpha: float, scale_by_T2: bool = False):
-        super().__init__(T, alpha)
-        self.scale_by_T2 = scale_by_T2
-
-    def config(self) -> dict:  # every hyperparameter, or two cached runs would share a key
-        return {**super().config(), **({"scale_by_T2": True} if self.scale_by_T2 else {})}
-
     def forward(self, student_logit, teacher_logit, labels) -> dict:
         zs, zt, y = _binary_inputs(student_logit, teacher_logit, labels)
         kd = F.binary_cross_entropy_with_logits(zs / self.T, torch.sigmoid(zt.detach() / self.T))
-        if self.scale_by_T2:
-            kd = self.T * self.T * kd
-        return self._combine(kd, F.binary_cross_entropy_with_logits(zs, y), "hard")
+        return self._combine(kd, F.binary_cross_entropy_with_logits(zs, y))
 
 
 def binary(kind: str, T: float = 1.0, alpha: float = 0.0) -> Distiller:

@@ -119,7 +119,7 @@ def test_train_matcher_learns_and_resumes(tmp_path, monkeypatch, data):
     h1 = matching.train_matcher(m1, data, data, loss=spec, teacher=teacher, epochs=3, lr=1e-2, batch_size=8, seed=0,
                                 cache_tag="unit", progress=False)
     assert [e["epoch"] for e in h1.epochs] == [1, 2, 3]
-    assert {"train_loss", "train_hard", "train_kd", "train_acc", "val_loss", "val_acc"} <= set(h1.epochs[0])
+    assert {"train_loss", "train_ce", "train_kd", "train_acc", "val_loss", "val_acc"} <= set(h1.epochs[0])
     assert h1.epochs[-1]["train_loss"] < h1.epochs[0]["train_loss"]  # it learns
     # same seed, same numbers; a second call returns the cached run without training
     m2 = make()

@@ -1,10 +1,10 @@
-"""Linear probes and heads on frozen features.
+"""Linear probes on frozen features: the usual evaluation of a representation (KASSL's tables, study 1's
+reference).
 
-The usual evaluation of a representation (KASSL's tables, study 1's
-reference) and the head-only transfer learning of study 4 are the same
-computation: a linear layer trained on features that never change. Features
-are computed once (see `kdutils.cache`) and the head trains on tensors, which
-takes seconds instead of minutes.
+A linear layer trains on standardised features that never change; the features are computed once (see
+`kdutils.cache`) and the layer trains on tensors, which takes seconds instead of minutes. Study 4's heads
+(`tlkd.train_head`) also train on frozen features, but are not probes: dropout, Hinton KD, unstandardised
+features and the thesis's SGD and plateau recipe.
 """
 
 from __future__ import annotations

@@ -97,13 +97,13 @@ def to_device(batch, device: torch.device, channels_last: bool = False):
     return batch
 
 
-def train(model: nn.Module, loss: Callable[..., dict], loader, recipe: Recipe, *,
+def train(model: nn.Module, distiller: Callable[..., dict], loader, recipe: Recipe, *,
           outputs: Callable[[object], tuple] | None = None, parameters: Iterable | None = None,
           log: Callable[..., dict] | None = None, evaluate: Callable[[], dict] | None = None,
           **fit_options) -> History:
-    """Train `model` by `recipe` until `loss(*outputs(batch))["loss"]` is low; return the History.
+    """Train `model` by `recipe` until `distiller(*outputs(batch))["loss"]` is low; return the History.
 
-    `loss` is a distiller or any module returning named losses; `outputs` defaults to `(batch,)` and
+    `distiller` is a distiller or any module returning named losses; `outputs` defaults to `(batch,)` and
     `parameters` (parameter groups) to the model's. `log(*outputs(batch))` adds values to record (an
     accuracy); `fit_options` go to `fit` (checkpoint, device, progress...).
     """
@@ -117,7 +117,7 @@ def train(model: nn.Module, loss: Callable[..., dict], loader, recipe: Recipe, *
 
     def compute_loss(batch):
         args = (batch,) if outputs is None else outputs(batch)
-        parts = loss(*args)
+        parts = distiller(*args)
         return parts if log is None else {**parts, **log(*args)}
 
     return fit(model, loader, compute_loss, opt, recipe.epochs, scheduler=sched, evaluate=evaluate,
@@ -127,14 +127,14 @@ def train(model: nn.Module, loss: Callable[..., dict], loader, recipe: Recipe, *
 
 def fit(model: nn.Module, loader, compute_loss: Callable[[object], dict], optimizer: torch.optim.Optimizer,
         epochs: int, *, scheduler=None, evaluate: Callable[[], dict] | None = None, monitor: str | None = None,
-        mode: str = "max", patience: int | None = None, restore_best: bool = False,
+        patience: int | None = None, restore_best: bool = False,
         checkpoint: str | os.PathLike | None = None, checkpoint_key: str = "", device: torch.device | str = "cpu",
         amp: bool | None = None, channels_last: bool | None = None, max_steps_per_epoch: int | None = None,
         desc: str = "train", progress: bool = True, on_step: Callable[[dict], None] | None = None) -> History:
     """Train `model` for `epochs` on `compute_loss(batch)["loss"]` (other entries: logged epoch means).
 
-    `evaluate()` gives validation metrics after each epoch; `monitor` names the one that drives early
-    stopping (`patience`), ReduceLROnPlateau and `restore_best`. With `checkpoint`, the state is saved
+    `evaluate()` gives validation metrics after each epoch; `monitor` names the one (higher is better) that
+    drives early stopping (`patience`), ReduceLROnPlateau and `restore_best`. With `checkpoint`, the state is saved
     after each epoch and an existing file with the same `checkpoint_key` is resumed (a finished run
     returns at once; another key never resumes). `max_steps_per_epoch` caps the steps (dry runs: 2).
     Under a launcher (`launch`) every process iterates the same seeded `loader`, trains on its share of
@@ -149,8 +149,6 @@ def fit(model: nn.Module, loader, compute_loss: Callable[[object], dict], optimi
     plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     if (patience is not None or plateau or restore_best) and (evaluate is None or monitor is None):
         raise ConfigError("early stopping, ReduceLROnPlateau and restore_best need `evaluate` and `monitor`.")
-    if mode not in ("max", "min"):
-        raise ConfigError(f"mode must be 'max' or 'min', got '{mode}'.")
     device, amp, channels_last = _place(model, device, amp, channels_last, accelerator)
     on_cuda = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp and on_cuda)
@@ -190,7 +188,7 @@ def fit(model: nn.Module, loader, compute_loss: Callable[[object], dict], optimi
         history.epochs.append(record)
 
         if monitor is not None:  # early stopping, the plateau schedule and the best weights follow `monitor`
-            best_state, since_best = _follow(history, record[monitor], mode, model, best_state, since_best,
+            best_state, since_best = _follow(history, record[monitor], model, best_state, since_best,
                                              restore_best, scheduler if plateau else None, patience)
         epoch_bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
                                if k not in ("epoch", "seconds") and isinstance(v, float)})
@@ -234,11 +232,11 @@ def _epoch(loader, one_step: Callable, max_steps: int | None, *, desc: str, prog
     return {k: v / max(n_steps, 1) for k, v in sums.items()}
 
 
-def _follow(history: History, value: float, mode: str, model, best_state, since_best: int, restore_best: bool,
+def _follow(history: History, value: float, model, best_state, since_best: int, restore_best: bool,
             plateau, patience: int | None):
     """Book one epoch's monitored `value`: best epoch and weights, the plateau schedule, early stopping."""
     epoch = len(history.epochs)
-    if history.best_value is None or (value > history.best_value if mode == "max" else value < history.best_value):
+    if history.best_value is None or value > history.best_value:
         history.best_value, history.best_epoch, since_best = value, epoch, 0
         if restore_best:
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

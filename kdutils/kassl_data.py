@@ -18,7 +18,7 @@ from .paths import under
 from .pretrain import DATA_SEEDS, SynthData
 from .splits import StudyData
 
-__all__ = ["input_side", "paper_paths", "required_files", "synth_key", "load_data", "data_loader"]
+__all__ = ["input_side", "paper_paths", "paper_requirements", "synth_key", "load_data", "data_loader"]
 
 
 def input_side(data: StudyData) -> int:
@@ -34,7 +34,7 @@ def paper_paths(cfg) -> dict:
             "moco_v2": under(cfg.weights_root, cfg.s3_moco_checkpoint)}
 
 
-def required_files(cfg) -> dict:
+def paper_requirements(cfg) -> dict:
     """{what: (path, how to get it)} for `session.require_files` at `paper`.
 
     The data is always required; the teachers' weights only outside dry runs

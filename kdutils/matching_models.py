@@ -15,12 +15,12 @@ from .models import weights_requirement
 from .paths import under
 from .pretrain import SourcePretraining
 
-__all__ = ["MINILM", "paper_inputs", "MatchingModels", "build_teacher", "student_factory"]
+__all__ = ["MINILM", "paper_requirements", "MatchingModels", "build_teacher", "student_factory"]
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def paper_inputs(cfg) -> dict:
+def paper_requirements(cfg) -> dict:
     """{what: (path, how to get it)} for `session.require_files` at `paper`.
 
     Data is always required; weights only outside dry runs (where random

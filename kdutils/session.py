@@ -78,6 +78,7 @@ def require_files(paths: dict[str, tuple[Path, str]]) -> None:
     """
     missing = [(what, Path(p), how) for what, (p, how) in paths.items() if not Path(p).exists()]
     if not missing:
+        print("paper inputs found:", ", ".join(paths))
         return
     if len(missing) == 1:
         what, p, how = missing[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from torch import nn
 
@@ -31,7 +32,8 @@ def run(profile: str = "small", epochs: int = 3, seed: int = 0) -> dict:
                               input_size=cfg.s4_student_input_size)
     teacher, _ = load_encoder(cfg.teacher_arch, backbones, weights=cfg.s4_teacher_weights,
                               input_size=cfg.s4_teacher_input_size, teacher=True)
-    hp = HeadParams.from_config(cfg).replace(epochs=epochs, patience=None, restore_best=False)
+    hp = HeadParams.of(cfg)
+    hp = replace(hp, recipe=replace(hp.recipe, epochs=epochs, patience=None, restore_best=False))
     n_cls = data.num_classes
     train, val, test = (data.splits[role] for role in ("train", "val", "test"))
     flips, plain = FixedViews.mirrored(len(train)), FixedViews.plain
@@ -45,7 +47,7 @@ def run(profile: str = "small", epochs: int = 3, seed: int = 0) -> dict:
     y, yv, yt = train.labels, val.labels, test.labels
     common = dict(num_classes=n_cls, seed=seed)
     teacher_head = train_head(HeadInputs.cached(t_tr), y, HeadInputs.cached(t_va), yv, hp, **common).head
-    kd = hp.replace(alpha=cfg.s4_alpha)
+    kd = replace(hp, alpha=cfg.s4_alpha)
     distill = HeadInputs.cached(s_tr).with_teacher(teacher_head, t_tr)
     cached_run = train_head(distill, y, HeadInputs.cached(s_va), yv, kd, **common)
     teacher_net = nn.Sequential(teacher, teacher_head).eval()

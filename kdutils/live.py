@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from . import metrics
+from . import metrics, tlkd
 from .plots import role_color
-from .tlkd import HeadParams, train_head
 from .tlkd_features import head_logits
 
 
@@ -26,42 +25,38 @@ class LiveDistillation:
     `student` / `teacher` map "train", "val", "test" to cached `HeadInputs` of
     the same images (no teacher logits needed: they come from the teacher
     head of the seed); `labels` maps the splits to labels; `hp` is the H1
-    recipe. Per seed the teacher head and the TL head train once and are
-    remembered; each call trains one TL+KD head, exactly as H1 does.
+    recipe. Per seed the teacher head and the TL head train once (`tlkd.seed_heads`)
+    and are remembered; each call trains one TL+KD head, exactly as H1 does.
     """
 
     student: dict
     teacher: dict
     labels: dict
-    hp: HeadParams
+    hp: tlkd.HeadParams
     num_classes: int
-    max_steps: int | None = None
     _per_seed: dict = field(default_factory=dict, repr=False)
 
-    def _train(self, source, role: str, hp: HeadParams, seed: int):
-        head = train_head(source, self.labels["train"], getattr(self, role)["val"], self.labels["val"], hp,
-                          num_classes=self.num_classes, seed=seed, max_steps=self.max_steps).head
-        return metrics.accuracy(self.labels["test"], head_logits(head, getattr(self, role)["test"])), head
+    def _test_accuracy(self, run: tlkd.HeadRun, role: dict) -> float:
+        return metrics.accuracy(self.labels["test"], head_logits(run.head, role["test"]))
 
     def references(self, seed: int) -> dict:
         """The seed's teacher and TL accuracies and the teacher's logits of every training view (cached)."""
         if seed not in self._per_seed:
-            plain = self.hp.replace(alpha=0.0)
-            teacher_acc, teacher_head = self._train(self.teacher["train"], "teacher", plain, seed)
-            tl_acc, _ = self._train(self.student["train"], "student", plain, seed)
-            distill = self.student["train"].with_teacher(teacher_head, self.teacher["train"].features.table)
-            self._per_seed[seed] = {"teacher": teacher_acc, "TL": tl_acc, "distill_source": distill}
+            teacher_run, students, distill = tlkd.seed_heads(self.student, self.teacher, self.labels, self.hp, (0.0,),
+                                                             num_classes=self.num_classes, seed=seed)
+            self._per_seed[seed] = {"teacher": self._test_accuracy(teacher_run, self.teacher),
+                                    "TL": self._test_accuracy(students[0.0], self.student), "distill_source": distill}
         return self._per_seed[seed]
 
     def accuracy(self, temperature: float, alpha: float, seed: int) -> dict:
         """{"TL+KD", "TL", "teacher": test accuracy in %, "seconds": time of this call}."""
-        if not 0.0 <= alpha <= 1.0 or temperature <= 0:
-            raise ValueError(f"alpha must be in [0, 1] and T > 0, got alpha={alpha}, T={temperature}.")
         t0 = time.perf_counter()
         ref = self.references(seed)
-        kd_acc, _ = self._train(ref["distill_source"], "student",
-                                self.hp.replace(temperature=float(temperature), alpha=float(alpha)), seed)
-        return {"TL+KD": kd_acc, "TL": ref["TL"], "teacher": ref["teacher"], "seconds": time.perf_counter() - t0}
+        kd = tlkd.train_head(ref["distill_source"], self.labels["train"], self.student["val"], self.labels["val"],
+                             replace(self.hp, temperature=float(temperature), alpha=float(alpha)),
+                             num_classes=self.num_classes, seed=seed)
+        return {"TL+KD": self._test_accuracy(kd, self.student), "TL": ref["TL"], "teacher": ref["teacher"],
+                "seconds": time.perf_counter() - t0}
 
 
 def describe(temperature: float, alpha: float, seed: int, result: dict) -> str:

@@ -1,9 +1,10 @@
 """Study 4's experiments: new linear heads on frozen backbones, trained by TL or TL+KD (Hinton KD).
 
-`train_head` trains one `Dropout -> Linear` head from a `tlkd_features` source; `h1_seed` and
-`tl_vs_kd` are H1's and H4's per-seed experiments, each seed stored once finished (a warm run and a
-sweep's merge reuse it). Also here: H4's data conditions (stratified subsets, label noise) and the
-study's seeds.
+`train_head` trains one `Dropout -> Linear` head from a `tlkd_features` source; `seed_heads` trains one
+seed's teacher head, then student heads distilled from it (H1, H4 and the live panel all train so);
+`h1_seed` and `tl_vs_kd` are H1's and H4's per-seed experiments, each seed stored once finished (a warm
+run and a sweep's merge reuse it). Also here: H4's data conditions (stratified subsets, label noise) and
+the study's seeds.
 """
 
 from __future__ import annotations
@@ -28,50 +29,36 @@ from .tlkd_features import HeadInputs, head_logits
 from .recipes import Recipe
 from .train import seed_everything, single_cpu_thread, train
 
-__all__ = ["HeadParams", "HeadRun", "train_head", "h1_seed", "tl_vs_kd", "subset_indices", "noisy_labels",
-           "study_seeds"]
+__all__ = ["THESIS_RECIPE", "HeadParams", "HeadRun", "train_head", "seed_heads", "h1_seed", "tl_vs_kd",
+           "subset_indices", "noisy_labels", "study_seeds"]
+
+# The thesis's head training: SGD with momentum, ReduceLROnPlateau and early stopping on validation accuracy,
+# the best validation epoch's weights kept.
+THESIS_RECIPE = Recipe(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="plateau",
+                       plateau_factor=0.9, plateau_patience=3, epochs=200, monitor="val_acc", patience=10,
+                       restore_best=True)
 
 
 @dataclass(frozen=True)
 class HeadParams:
-    """The head-only training recipe (thesis): SGD, plateau schedule, early stopping, KD weight."""
+    """A head's training: its `recipe` (a `recipes.Recipe`, step cap included), batch, dropout and KD weight."""
 
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    recipe: Recipe = THESIS_RECIPE
     batch_size: int = 64
-    epochs: int = 200
-    patience: int | None = 10         # None: no early stopping
-    plateau_factor: float = 0.9
-    plateau_patience: int = 3
     dropout: float = 0.2
     temperature: float = 10.0
     alpha: float = 0.0                # 0: plain cross-entropy (TL); > 0: Hinton KD (TL+KD)
-    restore_best: bool = True         # keep the weights of the best validation epoch
 
     @classmethod
-    def from_config(cls, cfg) -> "HeadParams":
-        """The H1 recipe of a profile (one epoch in dry runs)."""
-        return cls(lr=cfg.s4_lr, momentum=cfg.s4_momentum, weight_decay=cfg.s4_weight_decay,
-                   batch_size=cfg.s4_batch_size, epochs=cfg.phase_epochs(cfg.s4_epochs),
-                   patience=cfg.s4_patience, plateau_factor=cfg.s4_plateau_factor,
-                   plateau_patience=cfg.s4_plateau_patience, dropout=cfg.s4_dropout,
-                   temperature=cfg.s4_temperature, alpha=0.0)
-
-    def h4(self, cfg) -> "HeadParams":
-        """H4's changes: its own learning rate and epochs, no early stopping, final weights."""
-        return replace(self, lr=cfg.s4_h4_lr, epochs=cfg.phase_epochs(cfg.s4_h4_epochs), patience=None,
-                       restore_best=False)
-
-    def replace(self, **changes) -> "HeadParams":
-        return replace(self, **changes)
-
-    def recipe(self, max_steps: int | None = None) -> Recipe:
-        """SGD with momentum, ReduceLROnPlateau and early stopping on validation accuracy."""
-        return Recipe(optimizer="sgd", lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
-                      schedule="plateau", plateau_factor=self.plateau_factor, plateau_patience=self.plateau_patience,
-                      epochs=self.epochs, monitor="val_acc", patience=self.patience, restore_best=self.restore_best,
-                      max_steps=max_steps)
+    def of(cls, cfg, *, h4: bool = False) -> "HeadParams":
+        """A profile's H1 heads (one epoch in dry runs); `h4=True`: H4's, with their own learning rate and
+        epochs, no early stopping and the final weights."""
+        recipe = replace(THESIS_RECIPE, lr=cfg.s4_h4_lr if h4 else cfg.s4_lr, momentum=cfg.s4_momentum,
+                         weight_decay=cfg.s4_weight_decay, plateau_factor=cfg.s4_plateau_factor,
+                         plateau_patience=cfg.s4_plateau_patience,
+                         epochs=cfg.phase_epochs(cfg.s4_h4_epochs if h4 else cfg.s4_epochs),
+                         patience=None if h4 else cfg.s4_patience, restore_best=not h4, max_steps=cfg.max_steps)
+        return cls(recipe, batch_size=cfg.s4_batch_size, dropout=cfg.s4_dropout, temperature=cfg.s4_temperature)
 
 
 @dataclass
@@ -98,7 +85,7 @@ class _IndexBatches:
 
 
 def train_head(train_source, labels: torch.Tensor, val_source, val_labels: torch.Tensor, hp: HeadParams, *,
-               num_classes: int, seed: int, device="cpu", max_steps: int | None = None, desc: str = "head") -> HeadRun:
+               num_classes: int, seed: int, device="cpu", desc: str = "head") -> HeadRun:
     """Train a new `Dropout -> Linear` head on a frozen backbone; TL when alpha = 0, TL+KD otherwise.
 
     The sources are `HeadInputs` (cached or live). Each step draws one
@@ -133,9 +120,27 @@ def train_head(train_source, labels: torch.Tensor, val_source, val_labels: torch
 
     t0 = time.perf_counter()
     with single_cpu_thread(device) if train_source.render is None else contextlib.nullcontext():
-        history = train(head, distiller, loader, hp.recipe(max_steps), outputs=outputs, evaluate=evaluate,
+        history = train(head, distiller, loader, hp.recipe, outputs=outputs, evaluate=evaluate,
                         device=device, amp=False, channels_last=False, desc=desc, progress=False)
     return HeadRun(head.eval(), history, time.perf_counter() - t0)
+
+
+def seed_heads(student: dict, teacher: dict, labels: dict, hp: HeadParams, alphas, *, num_classes: int, seed: int,
+               device="cpu") -> tuple[HeadRun, dict, HeadInputs]:
+    """One seed's heads: the teacher's (cross-entropy), then a student head per alpha distilled from its logits.
+
+    `student` / `teacher` map "train" and "val" to cached `HeadInputs` of the same images (no teacher
+    logits), `labels` the splits to labels; alpha = 0 is TL. Returns (teacher run, {alpha: student run},
+    the student's training source with the teacher head's logits, for more alphas).
+    """
+    def head(source, role: dict, alpha: float, desc: str) -> HeadRun:
+        return train_head(source, labels["train"], role["val"], labels["val"], replace(hp, alpha=alpha),
+                          num_classes=num_classes, seed=seed, device=device, desc=desc)
+
+    teacher_run = head(teacher["train"], teacher, 0.0, "teacher head")
+    distill = student["train"].with_teacher(teacher_run.head, teacher["train"].features.table)
+    students = {alpha: head(distill, student, alpha, f"student head alpha={alpha}") for alpha in alphas}
+    return teacher_run, students, distill
 
 
 def _stored_seed(kind: str, tensors: dict, params: dict, compute):
@@ -146,9 +151,9 @@ def _stored_seed(kind: str, tensors: dict, params: dict, compute):
     return cached(kind, key, compute, root=results_root(), verbose=False)
 
 
-def h1_seed(features: dict, labels: dict, hp: HeadParams, alphas, seed: int, *, num_classes: int, device="cpu",
-            max_steps: int | None = None) -> tuple[HeadRun, dict]:
-    """One seed of H1: the teacher's head (`hp`), then a student head per alpha on its logits; stored per seed.
+def h1_seed(features: dict, labels: dict, hp: HeadParams, alphas, seed: int, *, num_classes: int,
+            device="cpu") -> tuple[HeadRun, dict]:
+    """One seed of H1 (`seed_heads` on cached features), stored per seed.
 
     `features` maps (role, split) to cached features for roles "teacher" and
     "student" and splits "train" and "val"; returns (teacher run, {alpha: student run}).
@@ -157,18 +162,13 @@ def h1_seed(features: dict, labels: dict, hp: HeadParams, alphas, seed: int, *, 
     tensors = {f"{role}_{split}": features[role, split]
                for role in ("teacher", "student") for split in ("train", "val")}
     tensors.update({f"labels_{split}": labels[split] for split in ("train", "val")})
-    params = {"hp": hp, "alphas": sorted(alphas), "seed": seed, "num_classes": num_classes, "max_steps": max_steps,
-              "device": device.type}
+    params = {"hp": hp, "alphas": sorted(alphas), "seed": seed, "num_classes": num_classes, "device": device.type}
 
     def compute() -> tuple[HeadRun, dict]:
-        common = dict(num_classes=num_classes, seed=seed, device=device, max_steps=max_steps)
-        val = {role: HeadInputs.cached(features[role, "val"], device=device) for role in ("teacher", "student")}
-        teacher_run = train_head(HeadInputs.cached(features["teacher", "train"], device=device), labels["train"],
-                                 val["teacher"], labels["val"], hp, desc="teacher head", **common)
-        distill = HeadInputs.cached(features["student", "train"], device=device).with_teacher(
-            teacher_run.head, features["teacher", "train"])
-        students = {alpha: train_head(distill, labels["train"], val["student"], labels["val"], hp.replace(alpha=alpha),
-                                      desc=f"student head alpha={alpha}", **common) for alpha in alphas}
+        student, teacher = ({split: HeadInputs.cached(features[role, split], device=device)
+                             for split in ("train", "val")} for role in ("student", "teacher"))
+        teacher_run, students, _ = seed_heads(student, teacher, labels, hp, alphas, num_classes=num_classes,
+                                              seed=seed, device=device)
         for run in (teacher_run, *students.values()):
             run.head.cpu()  # stored device-free: a GPU job's seed is reused on any machine
         return teacher_run, students
@@ -180,8 +180,8 @@ def h1_seed(features: dict, labels: dict, hp: HeadParams, alphas, seed: int, *, 
 
 
 def tl_vs_kd(student: dict, teacher: dict, labels: dict, hp: HeadParams, alpha: float, seeds, *,
-             num_classes: int, device="cpu", max_steps: int | None = None) -> dict:
-    """One H4 condition: per seed a teacher head, then TL and TL+KD student heads; test metrics.
+             num_classes: int, device="cpu") -> dict:
+    """One H4 condition: per seed `seed_heads` with TL and TL+KD (`alpha`); test metrics.
 
     `student` and `teacher` map "train", "val", "test" to cached `HeadInputs` of
     the same images, `labels` maps them to labels. The teacher head trains on
@@ -193,19 +193,13 @@ def tl_vs_kd(student: dict, teacher: dict, labels: dict, hp: HeadParams, alpha: 
     tensors.update({f"labels_{split}": y for split, y in labels.items()})
 
     def one_seed(seed: int) -> dict:
-        common = dict(num_classes=num_classes, seed=seed, device=device, max_steps=max_steps)
-        t_run = train_head(teacher["train"], labels["train"], teacher["val"], labels["val"],
-                           hp.replace(alpha=0.0), **common)
-        with_teacher = student["train"].with_teacher(t_run.head, teacher["train"].features.table)
-        tl = train_head(student["train"], labels["train"], student["val"], labels["val"], hp.replace(alpha=0.0),
-                        **common)
-        kd = train_head(with_teacher, labels["train"], student["val"], labels["val"], hp.replace(alpha=alpha),
-                        **common)
+        t_run, students, _ = seed_heads(student, teacher, labels, hp, (0.0, alpha), num_classes=num_classes,
+                                        seed=seed, device=device)
+        runs = (("teacher", t_run, teacher), ("tl", students[0.0], student), ("kd", students[alpha], student))
         return {name: metrics.classification_report(labels["test"], head_logits(run.head, source["test"]))
-                for name, run, source in (("teacher", t_run, teacher), ("tl", tl, student), ("kd", kd, student))}
+                for name, run, source in runs}
 
-    params = {"hp": hp, "alpha": alpha, "num_classes": num_classes, "max_steps": max_steps,
-              "device": torch.device(device).type}
+    params = {"hp": hp, "alpha": alpha, "num_classes": num_classes, "device": torch.device(device).type}
     return {seed: _stored_seed("tlkd-h4-seed", tensors, {**params, "seed": seed}, lambda: one_seed(seed))
             for seed in seeds}
 

@@ -1,6 +1,7 @@
 """The live distillation panel of study 4: the callback's values, its memory per seed, the debounce."""
 
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ def study():
         s_feat, labels[split] = cached_split(n, seed=k, views=views, separation=0.6)
         t_feat, _ = cached_split(n, seed=k, views=views, separation=2.0)
         student[split], teacher[split] = HeadInputs.cached(s_feat), HeadInputs.cached(t_feat)
-    hp = tlkd.HeadParams(epochs=6, patience=3, batch_size=32)
+    hp = tlkd.HeadParams(replace(tlkd.THESIS_RECIPE, epochs=6, patience=3), batch_size=32)
     return student, teacher, labels, hp
 
 
@@ -33,7 +34,7 @@ def test_live_accuracy_is_the_h1_tl_kd_head(study):
     student, teacher, labels, hp = study
     lab = live.LiveDistillation(student, teacher, labels, hp, num_classes=4)
     got = lab.accuracy(temperature=4, alpha=0.7, seed=3)
-    ref = tlkd.tl_vs_kd(student, teacher, labels, hp.replace(temperature=4.0), alpha=0.7, seeds=[3],
+    ref = tlkd.tl_vs_kd(student, teacher, labels, replace(hp, temperature=4.0), alpha=0.7, seeds=[3],
                         num_classes=4)[3]
     assert got["TL+KD"] == ref["kd"]["accuracy"]
     assert got["TL"] == ref["tl"]["accuracy"]
@@ -46,7 +47,7 @@ def test_references_train_once_per_seed(study, monkeypatch):
     lab = live.LiveDistillation(student, teacher, labels, hp, num_classes=4)
     trained = []
     original = tlkd.train_head
-    monkeypatch.setattr(live, "train_head", lambda *a, **k: trained.append(k["seed"]) or original(*a, **k))
+    monkeypatch.setattr(tlkd, "train_head", lambda *a, **k: trained.append(k["seed"]) or original(*a, **k))
     first = lab.accuracy(10, 0.1, seed=0)
     again = lab.accuracy(10, 0.1, seed=0)
     assert trained == [0, 0, 0, 0]  # teacher, TL, TL+KD; then TL+KD alone

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -141,7 +142,7 @@ def test_h1_seeds_are_stored_and_reused_not_retrained(tmp_path, monkeypatch):
     features = {(role, split): torch.randn(2 if split == "train" else 1, n, 6, generator=g)
                 for role in ("teacher", "student") for split, n in (("train", 30), ("val", 12))}
     labels = {"train": torch.arange(30) % 3, "val": torch.arange(12) % 3}
-    hp = tlkd.HeadParams(epochs=2, batch_size=8)
+    hp = tlkd.HeadParams(replace(tlkd.THESIS_RECIPE, epochs=2), batch_size=8)
     args = dict(features=features, labels=labels, hp=hp, alphas=[0.0, 0.5], num_classes=3)
     teacher, students = tlkd.h1_seed(seed=7, **args)
 
@@ -156,7 +157,7 @@ def test_h1_seeds_are_stored_and_reused_not_retrained(tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="trained again"):
         tlkd.h1_seed(seed=8, **args)  # another seed is another entry
     with pytest.raises(AssertionError, match="trained again"):
-        tlkd.h1_seed(seed=7, **{**args, "hp": hp.replace(lr=0.02)})  # so is another recipe
+        tlkd.h1_seed(seed=7, **{**args, "hp": replace(hp, recipe=replace(hp.recipe, lr=0.02))})  # so is another recipe
 
 
 def test_h4_seeds_are_stored_and_reused_not_retrained(tmp_path, monkeypatch):
@@ -167,7 +168,7 @@ def test_h4_seeds_are_stored_and_reused_not_retrained(tmp_path, monkeypatch):
                          "val": HeadInputs.cached(torch.randn(1, 9, d, generator=g)),
                          "test": HeadInputs.cached(torch.randn(1, 9, d, generator=g))}
     labels = {"train": torch.arange(24) % 3, "val": torch.arange(9) % 3, "test": torch.arange(9) % 3}
-    hp = tlkd.HeadParams(epochs=1, patience=None)
+    hp = tlkd.HeadParams(replace(tlkd.THESIS_RECIPE, epochs=1, patience=None))
     args = dict(student=sources(5), teacher=sources(7), labels=labels, hp=hp, alpha=0.1, num_classes=3)
     first = tlkd.tl_vs_kd(seeds=[1, 7], **args)
     monkeypatch.setattr(tlkd, "train_head", fail_if_recomputed)

@@ -1,6 +1,7 @@
 """Head training on cached views equals the plain loop; H4 conditions; study data and models."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -114,12 +115,12 @@ def test_cached_training_equals_the_plain_loop(networks, cache_dir, kind):
     views = (FixedViews.mirrored(32) if kind == "none"
             else FixedViews.corrupted(kind, 32, p=0.5, draws=2, seed=0, min_side=0.5))
     plain = FixedViews.plain
-    hp = tlkd.HeadParams(epochs=2, batch_size=8, patience=None, lr=0.05)
+    hp = tlkd.HeadParams(replace(tlkd.THESIS_RECIPE, epochs=2, patience=None, lr=0.05), batch_size=8)
     t_train = frozen_features(teacher, train, views)
     t_head = tlkd.train_head(HeadInputs.cached(t_train), train.labels,
                              HeadInputs.cached(frozen_features(teacher, val, plain(12))), val.labels, hp,
                              num_classes=4, seed=0).head
-    kd = hp.replace(alpha=0.5, temperature=4.0)
+    kd = replace(hp, alpha=0.5, temperature=4.0)
     cached = tlkd.train_head(
         HeadInputs.cached(frozen_features(student, train, views)).with_teacher(t_head, t_train),
         train.labels, HeadInputs.cached(frozen_features(student, val, plain(12))), val.labels, kd,
@@ -144,13 +145,13 @@ def test_train_head_is_reproducible_and_checks_its_inputs():
     g = torch.Generator().manual_seed(0)
     feats, val = torch.randn(2, 30, 6, generator=g), torch.randn(1, 10, 6, generator=g)
     y, yv = torch.arange(30) % 3, torch.arange(10) % 3
-    hp = tlkd.HeadParams(epochs=2, batch_size=8)
+    hp = tlkd.HeadParams(replace(tlkd.THESIS_RECIPE, epochs=2), batch_size=8)
     a = tlkd.train_head(HeadInputs.cached(feats), y, HeadInputs.cached(val), yv, hp, num_classes=3, seed=4)
     b = tlkd.train_head(HeadInputs.cached(feats), y, HeadInputs.cached(val), yv, hp, num_classes=3, seed=4)
     assert torch.equal(a.head[1].weight, b.head[1].weight) and not a.head.training
     assert [type(m).__name__ for m in a.head] == ["Dropout", "Linear"] and a.head[0].p == 0.2
     with pytest.raises(ConfigError, match="teacher logits"):
-        tlkd.train_head(HeadInputs.cached(feats), y, HeadInputs.cached(val), yv, hp.replace(alpha=0.1),
+        tlkd.train_head(HeadInputs.cached(feats), y, HeadInputs.cached(val), yv, replace(hp, alpha=0.1),
                         num_classes=3, seed=0)
     with pytest.raises(ValueError, match="one label per image"):
         tlkd.train_head(HeadInputs.cached(feats), y[:5], HeadInputs.cached(val), yv, hp, num_classes=3, seed=0)
@@ -164,8 +165,8 @@ def test_tl_vs_kd_reports_each_seed():
                          "val": HeadInputs.cached(torch.randn(1, 9, d, generator=g)),
                          "test": HeadInputs.cached(torch.randn(1, 9, d, generator=g))}
     labels = {"train": torch.arange(24) % 3, "val": torch.arange(9) % 3, "test": torch.arange(9) % 3}
-    out = tlkd.tl_vs_kd(sources(5), sources(7), labels, tlkd.HeadParams(epochs=1, patience=None), 0.1, [1, 7],
-                        num_classes=3)
+    hp = tlkd.HeadParams(replace(tlkd.THESIS_RECIPE, epochs=1, patience=None))
+    out = tlkd.tl_vs_kd(sources(5), sources(7), labels, hp, 0.1, [1, 7], num_classes=3)
     assert set(out) == {1, 7}
     assert set(out[1]) == {"teacher", "tl", "kd"}
     assert set(out[1]["kd"]) == {"accuracy", "precision", "recall", "f1"}
@@ -173,14 +174,18 @@ def test_tl_vs_kd_reports_each_seed():
 
 def test_head_params_follow_the_thesis():
     small = load_profile("small")
-    hp = tlkd.HeadParams.from_config(small)
-    assert (hp.lr, hp.momentum, hp.weight_decay, hp.batch_size) == (0.01, 0.9, 5e-4, 64)
-    assert (hp.patience, hp.plateau_factor, hp.plateau_patience, hp.dropout) == (10, 0.9, 3, 0.2)
+    hp = tlkd.HeadParams.of(small)
+    assert replace(hp.recipe, epochs=200) == tlkd.THESIS_RECIPE  # the thesis's values but fewer epochs
+    assert (hp.recipe.lr, hp.recipe.momentum, hp.recipe.weight_decay, hp.batch_size) == (0.01, 0.9, 5e-4, 64)
+    assert (hp.recipe.patience, hp.recipe.plateau_factor, hp.recipe.plateau_patience) == (10, 0.9, 3)
+    assert hp.dropout == 0.2
     assert (hp.temperature, hp.alpha, small.s4_alpha) == (10.0, 0.0, 0.1)
-    assert tlkd.HeadParams.from_config(load_profile("paper")).epochs == 200
-    assert tlkd.HeadParams.from_config(load_profile("paper", dry_run=True)).epochs == 1
-    h4 = hp.h4(small)
-    assert (h4.lr, h4.patience, h4.restore_best) == (0.1, None, False)
+    assert tlkd.HeadParams.of(load_profile("paper")).recipe.epochs == 200
+    dry = tlkd.HeadParams.of(load_profile("paper", dry_run=True)).recipe
+    assert (dry.epochs, dry.max_steps) == (1, 2)  # the step cap rides in the recipe
+    h4 = tlkd.HeadParams.of(small, h4=True)
+    assert (h4.recipe.lr, h4.recipe.patience, h4.recipe.restore_best) == (0.1, None, False)
+    assert replace(h4.recipe, lr=hp.recipe.lr, epochs=hp.recipe.epochs, patience=10, restore_best=True) == hp.recipe
     assert load_profile("paper").s4_h4_seeds == [1, 7, 42]
 
 

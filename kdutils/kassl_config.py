@@ -1,11 +1,11 @@
-"""Study 3's settings: the teachers and variants it knows, the checks of a profile, and what it derives from one."""
+"""Study 3's settings: the teachers and variants it knows, and what it derives from a profile (its checks are in
+`profiles/study3.py`)."""
 
 from __future__ import annotations
 
-from .errors import ConfigError
+from .profiles.study3 import SSL_EPOCH_FIELDS
 
-__all__ = ["VARIANTS", "TEACHER_LABELS", "TARGET_NORMS", "SSL_TEACHERS", "check_config", "ssl_epochs",
-           "grid", "probe_args"]
+__all__ = ["VARIANTS", "TEACHER_LABELS", "TARGET_NORMS", "SSL_TEACHERS", "ssl_epochs", "grid", "probe_args"]
 
 
 #: variant -> (augmented views?, teacher feature reduced?)
@@ -16,32 +16,12 @@ TEACHER_LABELS = {"byol": "BYOL", "moco_v2": "MoCo-v2", "supervised": "Supervise
 #: What is done to the teacher's feature before the cosine: nothing (the presentation) or standardisation.
 TARGET_NORMS = ("none", "standardize")
 #: The teachers pretrained self-supervised (in-run at tiny/small, published checkpoints at paper).
-SSL_TEACHERS = ("byol", "moco_v2")
-
-
-def check_config(cfg) -> None:
-    """Refuse, before any work, what the profile's field rules cannot see: they check one field at a time."""
-    if len(set(cfg.s3_teachers)) != len(cfg.s3_teachers):
-        raise ConfigError(f"s3_teachers must be distinct, got {cfg.s3_teachers}.")
-    if cfg.s3_view_bank % 2:
-        raise ConfigError(f"s3_view_bank must be 0 (fresh views) or an even number >= 2, got {cfg.s3_view_bank}.")
-    if cfg.profile == "paper" and cfg.s3_view_bank:
-        raise ConfigError("s3_view_bank > 0 keeps every view in memory: only for SynthWorld; use 0 at paper.")
-    if cfg.s3_ssl_batch % cfg.s3_moco_bn_splits:
-        raise ConfigError(f"s3_ssl_batch ({cfg.s3_ssl_batch}) must be a multiple of s3_moco_bn_splits "
-                          f"({cfg.s3_moco_bn_splits}).")
-    for t in cfg.s3_teachers:
-        if t in SSL_TEACHERS and cfg.profile != "paper" and ssl_epochs(cfg, t) < 1:
-            raise ConfigError(f"{_SSL_EPOCH_FIELDS[t]} must be >= 1 to pretrain the {TEACHER_LABELS[t]} teacher "
-                              f"in-run.")
-
-
-_SSL_EPOCH_FIELDS = {"byol": "s3_byol_epochs", "moco_v2": "s3_moco_epochs"}
+SSL_TEACHERS = tuple(SSL_EPOCH_FIELDS)
 
 
 def ssl_epochs(cfg, method: str) -> int:
     """The profile's pretraining epochs of an SSL teacher."""
-    return getattr(cfg, _SSL_EPOCH_FIELDS[method])
+    return getattr(cfg, SSL_EPOCH_FIELDS[method])
 
 
 def grid(cfg) -> list[tuple[str, str]]:

@@ -26,7 +26,7 @@ from kdutils.teacher import FrozenTeacher
 
 cfg = load_profile("tiny", num_processes=processes, s3_kassl_batch=15, s3_kassl_epochs=2, s3_kassl_lr=0.02,
                    s3_kassl_warmup_epochs=0, s3_extension_hidden=16, s3_reduced_dim=4, s3_ssl_batch=15,
-                   s3_baseline_epochs=1, s3_ssl_hidden=16, s3_ssl_proj_dim=8)
+                   s3_moco_bn_splits=1, s3_baseline_epochs=1, s3_ssl_hidden=16, s3_ssl_proj_dim=8)
 gen = torch.Generator().manual_seed(3)
 images = (torch.rand(45, 3, 16, 16, generator=gen) * 255).to(torch.uint8)
 labels = torch.arange(45) % 3

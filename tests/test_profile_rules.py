@@ -108,13 +108,14 @@ def test_profile_rules_shared_by_the_studies():
     ("tiny", {"s3_view_bank": 3}, "s3_view_bank must be 0 .fresh views. or an even number"),
     ("paper", {"s3_view_bank": 2}, "use 0 at paper"),
     ("tiny", {"s3_ssl_batch": 63}, r"s3_ssl_batch \(63\) must be a multiple of s3_moco_bn_splits \(2\)"),
-    ("tiny", {"s3_moco_epochs": 0}, "s3_moco_epochs must be >= 1 to pretrain the MoCo-v2 teacher in-run"),
+    ("tiny", {"s3_moco_epochs": 0}, "s3_moco_epochs must be >= 1 to pretrain the moco_v2 teacher in-run"),
+    ("small", {"s1_student_text_encoders": ["roberta"], "s1_text_encoders": ["clip"]},
+     "s1_student_text_encoders .'roberta'. must be among s1_text_encoders"),
+    ("small", {"s1_ablation_text": "roberta"}, "s1_ablation_text 'roberta' must be one of s1_student_text_encoders"),
+    ("tiny", {"s1_ablation_encoder": "vit"}, "s1_ablation_encoder 'vit' must be one of s1_student_encoders"),
 ])
-def test_study3_refuses_what_one_field_rule_cannot_see(profile, overrides, message):
-    """Study 3's cross-field checks; each field alone is valid, so `load_profile` accepts it."""
-    from kdutils.kassl_config import check_config
-
-    cfg = load_profile(profile, **overrides)
+def test_cross_field_checks_refuse_what_one_field_rule_cannot_see(profile, overrides, message):
+    """The study files' CHECKS: each field alone is valid, together they are refused, before any work."""
     with pytest.raises(ConfigError, match=message):
-        check_config(cfg)
-    check_config(load_profile(profile))
+        load_profile(profile, **overrides)
+    load_profile(profile)

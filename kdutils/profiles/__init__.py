@@ -7,8 +7,10 @@ below; each study adds its own in a sibling module (`study1.py`...) as a
 `FIELDS` dict, so the full list of knobs and their values at each scale lives
 in this folder. In a study file a value may be a dict with exactly the keys
 tiny, small and paper: one value per scale. Every field also says what values
-it accepts (a rule from `rules.py`). Unknown keys, wrong types and values
-outside the rule are errors that name the key, raised before any work starts.
+it accepts (a rule from `rules.py`), and a study file's `CHECKS` (functions of
+all the values) refuse what one field alone cannot show. Unknown keys, wrong
+types and values outside the rules are errors that name the key, raised
+before any work starts (the command line checks `-p` before a kernel starts).
 """
 
 from __future__ import annotations
@@ -71,20 +73,27 @@ COMMON_FIELDS: dict[str, tuple] = {
 }
 
 
+def _study_modules() -> list:
+    return [importlib.import_module(f"{__name__}.{info.name}")
+            for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name)]
+
+
 def _study_fields() -> dict[str, tuple]:
     fields: dict[str, tuple] = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{__name__}.{info.name}")
+    for module in _study_modules():
+        info = module.__name__.rsplit(".", 1)[-1]
         for name, spec in getattr(module, "FIELDS", {}).items():
             if name in fields or name in COMMON_FIELDS:
-                raise ConfigError(f"profile field '{name}' is defined twice (again in {info.name}.py).")
+                raise ConfigError(f"profile field '{name}' is defined twice (again in {info}.py).")
             if len(spec) != 3:
-                raise ConfigError(f"profile field '{name}' in {info.name}.py needs (type, value, allowed values).")
+                raise ConfigError(f"profile field '{name}' in {info}.py needs (type, value, allowed values).")
             fields[name] = spec
     return fields
 
 
 ALL_FIELDS = {**COMMON_FIELDS, **_study_fields()}
+#: Checks across fields (`check(values)` raises ConfigError), from the study files' `CHECKS`.
+CROSS_CHECKS = [check for module in _study_modules() for check in getattr(module, "CHECKS", ())]
 
 
 def _to_dict(self) -> dict:
@@ -160,6 +169,8 @@ def _validate(values: dict) -> None:
                 where = key if i is None else f"{key}[{i}]"
                 raise ConfigError(f"parameter '{where}' must be {allowed.text}, got {item!r}"
                                   + (f" (in {value!r})." if i is not None else "."))
+    for check in CROSS_CHECKS:
+        check(values)
 
 
 def _build(base: dict, overrides: dict):

@@ -15,6 +15,7 @@ vision towers) and `resnet50` (torchvision, ImageNet weights) at `paper`.
 Text encoders: `clip` (the text tower of the CLIP in use) and `roberta`.
 """
 
+from ..errors import ConfigError
 from .rules import FLAG, FRACTION, NAME, NON_NEGATIVE, POSITIVE, one_of
 
 IMAGE_ENCODERS = one_of("resnet", "vit", "vit_b_32", "vit_b_16", "resnet50")
@@ -87,3 +88,18 @@ FIELDS = {
     # `paper` data (relative to data_root): ImageNet as train/<wnid>/ and val/<wnid>/ folders
     "s1_imagenet_dir": (str, "imagenet", NAME),
 }
+
+
+def _check(v: dict) -> None:
+    if not set(v["s1_student_text_encoders"]) <= set(v["s1_text_encoders"]):
+        raise ConfigError(f"s1_student_text_encoders {v['s1_student_text_encoders']} must be among s1_text_encoders "
+                          f"{v['s1_text_encoders']}.")
+    if v["s1_ablation_text"] not in v["s1_student_text_encoders"]:
+        raise ConfigError(f"s1_ablation_text '{v['s1_ablation_text']}' must be one of s1_student_text_encoders "
+                          f"{v['s1_student_text_encoders']} (the ablations' cell trains its students).")
+    if v["s1_ablation_encoder"] not in v["s1_student_encoders"]:
+        raise ConfigError(f"s1_ablation_encoder '{v['s1_ablation_encoder']}' must be one of s1_student_encoders "
+                          f"{v['s1_student_encoders']}.")
+
+
+CHECKS = [_check]

@@ -10,6 +10,7 @@ this lab's choices. `small` values are sized for two CPU cores: SSL there
 (batch 64, queue 1024, EMA 0.99, lr 0.1) was tuned for short runs.
 """
 
+from ..errors import ConfigError
 from .rules import FLAG, NAME, NON_NEGATIVE, POSITIVE, UNIT, one_of
 
 _ALL_VARIANTS = ["original", "no_aug", "feature_reduction", "no_aug_fr"]
@@ -76,3 +77,24 @@ FIELDS = {
     "s3_trust_pickled_checkpoints": (bool, False, FLAG),
     "s3_imagenet100": (str, "imagenet100", NAME),
 }
+
+#: The epochs field of each teacher pretrained self-supervised in-run (tiny/small).
+SSL_EPOCH_FIELDS = {"byol": "s3_byol_epochs", "moco_v2": "s3_moco_epochs"}
+
+
+def _check(v: dict) -> None:
+    if len(set(v["s3_teachers"])) != len(v["s3_teachers"]):
+        raise ConfigError(f"s3_teachers must be distinct, got {v['s3_teachers']}.")
+    if v["s3_view_bank"] % 2:
+        raise ConfigError(f"s3_view_bank must be 0 (fresh views) or an even number >= 2, got {v['s3_view_bank']}.")
+    if v["profile"] == "paper" and v["s3_view_bank"]:
+        raise ConfigError("s3_view_bank > 0 keeps every view in memory: only for SynthWorld; use 0 at paper.")
+    if v["s3_ssl_batch"] % v["s3_moco_bn_splits"]:
+        raise ConfigError(f"s3_ssl_batch ({v['s3_ssl_batch']}) must be a multiple of s3_moco_bn_splits "
+                          f"({v['s3_moco_bn_splits']}).")
+    for teacher, field in SSL_EPOCH_FIELDS.items():
+        if teacher in v["s3_teachers"] and v["profile"] != "paper" and v[field] < 1:
+            raise ConfigError(f"{field} must be >= 1 to pretrain the {teacher} teacher in-run.")
+
+
+CHECKS = [_check]

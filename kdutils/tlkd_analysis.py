@@ -1,13 +1,14 @@
 """Study 4's analyses of trained heads: the per-class gain table (H1), epochs to a threshold (H3),
-and the foreground / background SHAP comparison with its Wilcoxon tests (H2)."""
+and the foreground / background SHAP comparison with its Wilcoxon tests and its scale-free form per seed (H2)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from .attribution_regions import foreground_share, region_table
 from .stats import paired_wilcoxon
 
-__all__ = ["per_class_gain", "first_epoch_reaching", "foreground_analysis"]
+__all__ = ["per_class_gain", "first_epoch_reaching", "foreground_analysis", "foreground_shares_per_seed"]
 
 
 def per_class_gain(y_true, pred_tl, pred_kd, class_names) -> list[dict]:
@@ -56,3 +57,24 @@ def foreground_analysis(tl: dict, kd: dict) -> tuple[dict, dict]:
         "foreground |neg|: TL vs TL+KD": paired_wilcoxon(np.abs(tl["fg_neg"]), np.abs(kd["fg_neg"])),
     }
     return columns, tests
+
+
+def foreground_shares_per_seed(values: dict, masks) -> list[dict]:
+    """H2, scale-free: a row per seed of TL's and TL+KD's mean foreground share (%) of positive attribution.
+
+    `values` maps each seed to {"TL": ..., "TL+KD": ...} attributions, (N, C, H, W) or (N, H, W), of the
+    images with a mask; `masks` is (N, H, W). Shares are averaged over the images where both models have
+    positive attribution; each row also holds the gain (TL+KD - TL), the images' paired Wilcoxon p and the
+    median (A/B)/(C/D) (`foreground_analysis`). Rescaling a model's attributions changes none of them.
+    """
+    rows = []
+    for seed, by_model in values.items():
+        share = {name: foreground_share(by_model[name], masks) for name in ("TL", "TL+KD")}
+        columns, _ = foreground_analysis(*(region_table(by_model[name], masks) for name in ("TL", "TL+KD")))
+        both = ~np.isnan(share["TL"]) & ~np.isnan(share["TL+KD"])
+        tl, kd = share["TL"][both], share["TL+KD"][both]
+        rows.append({"seed": seed, "TL share": 100 * float(np.mean(tl)), "TL+KD share": 100 * float(np.mean(kd)),
+                     "gain (TL+KD - TL)": 100 * float(np.mean(kd - tl)),
+                     "Wilcoxon p (images)": paired_wilcoxon(kd, tl).pvalue,
+                     "median (A/B)/(C/D)": float(np.nanmedian(columns["(A/B)/(C/D)"])), "images": int(both.sum())})
+    return rows

@@ -244,6 +244,25 @@ def test_foreground_analysis_columns_and_tests():
     assert len(tests) == 6
 
 
+def test_foreground_shares_per_seed_by_hand():
+    """Seed 0: TL+KD is TL halved (same shares, ratio 1); seed 1: TL+KD moves attribution onto the object."""
+    mask = np.array([[True, False], [False, False]])
+    tl = np.array([[[3.0, 1.0], [2.0, -1.0]],      # share 3/6, A = 3, C = 2
+                   [[1.0, 1.0], [1.0, 1.0]],       # share 1/4, A = 1, C = 3
+                   [[-1.0, 0.0], [0.0, 0.0]]])     # no positive attribution: left out of the shares
+    kd1 = np.array([[[4.0, 1.0], [2.0, -1.0]], [[3.0, 1.0], [1.0, 1.0]], tl[2]])  # shares 4/7 and 3/6
+    rows = tlkd_analysis.foreground_shares_per_seed({0: {"TL": tl, "TL+KD": 0.5 * tl}, 1: {"TL": tl, "TL+KD": kd1}},
+                                                    np.stack([mask] * 3))
+    assert [r["seed"] for r in rows] == [0, 1] and [r["images"] for r in rows] == [2, 2]
+    assert rows[0]["TL share"] == pytest.approx(37.5) and rows[0]["TL+KD share"] == pytest.approx(37.5)
+    assert rows[0]["gain (TL+KD - TL)"] == pytest.approx(0.0) and rows[0]["median (A/B)/(C/D)"] == pytest.approx(1.0)
+    assert rows[1]["TL+KD share"] == pytest.approx(100 * (4 / 7 + 0.5) / 2)
+    assert rows[1]["gain (TL+KD - TL)"] == pytest.approx(100 * ((4 / 7 - 0.5) + (0.5 - 0.25)) / 2)
+    # (A/B)/(C/D): image 0 (3/4)/(2/2), image 1 (1/3)/(3/3), image 2 NaN (C = D = 0)
+    assert rows[1]["median (A/B)/(C/D)"] == pytest.approx((0.75 + 1 / 3) / 2)
+    assert 0.0 <= rows[1]["Wilcoxon p (images)"] <= 1.0
+
+
 def test_study_seeds():
     assert tlkd.study_seeds("small", None, {}) == [0, 7, 42]
     assert tlkd.study_seeds("small", [3], {}) == [3]

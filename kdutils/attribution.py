@@ -40,11 +40,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .cache import cached, model_fingerprint
+from .cache import cached, content_digest, model_fingerprint
 from .attribution_regions import pixel_map
 from .errors import ConfigError
 from .frozen import batches, outputs
-from .splits import array_digest
 from .train import single_cpu_thread
 
 __all__ = [
@@ -282,8 +281,8 @@ def explain_deep_cached(model: nn.Module, background: torch.Tensor, images: torc
     DeepExplainer is study 4's costliest step and every seed's heads are explained: a rerun of the same
     heads (a warm run, a sweep's merge) loads the attributions instead of recomputing them.
     """
-    key = {"model": model_fingerprint(model), "background": array_digest(background.detach().cpu().numpy()),
-           "images": array_digest(images.detach().cpu().numpy()),
+    key = {"model": model_fingerprint(model), "background": content_digest(background),
+           "images": content_digest(images),
            "accumulate_maxpool": kwargs.get("accumulate_maxpool", True)}
     return cached("shap", key, lambda: explain_deep(model, background, images, **kwargs), verbose=False)
 

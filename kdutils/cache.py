@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from filelock import FileLock
 from torch import nn
@@ -31,7 +32,7 @@ from .paths import write_atomically
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
-__all__ = ["cache_root", "results_root", "key_digest", "code_fingerprint", "notebook_fingerprint",
+__all__ = ["cache_root", "results_root", "key_digest", "content_digest", "code_fingerprint", "notebook_fingerprint",
            "model_fingerprint", "cached", "entry_lock"]
 
 
@@ -52,6 +53,29 @@ def key_digest(key: dict) -> str:
     """A short stable hash of a JSON-serialisable key."""
     blob = json.dumps(key, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def content_digest(*parts) -> str:
+    """A short hash of what a result depends on: arrays and tensors (values, dtype and shape), texts, lists of texts.
+
+    >>> content_digest(np.arange(3)) == content_digest(torch.arange(3))
+    True
+    """
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, str):
+            part = [part]
+        if isinstance(part, (list, tuple)):
+            h.update(("\x1f".join(part) + "\x1e").encode())
+            continue
+        if isinstance(part, torch.Tensor):
+            part = part.detach().cpu().contiguous()
+            dtype, raw = str(part.dtype).removeprefix("torch."), part.view(-1).view(torch.uint8).numpy()
+        else:
+            part = np.ascontiguousarray(part)
+            dtype, raw = str(part.dtype), part.view(np.uint8)
+        h.update(f"{dtype}{tuple(part.shape)}".encode() + raw.tobytes())
+    return h.hexdigest()[:16]
 
 
 def code_fingerprint(module: str) -> str:

@@ -23,7 +23,6 @@ teacher and the students' starting encoders of each profile are built in
 
 from __future__ import annotations
 
-import hashlib
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import metrics
-from .cache import cache_root, cached, code_fingerprint, key_digest, model_fingerprint
+from .cache import cache_root, cached, code_fingerprint, content_digest, key_digest, model_fingerprint
 from .checkpoint import History
 from .clip import image_embeds, text_embeds
 from .distillers import BinaryCrossEntropy, Distiller
@@ -111,14 +110,8 @@ class TwoTowerMatcher(nn.Module):
 
 def pairs_fingerprint(dataset) -> str:
     """Hash of a PairDataset's pairs and images (in-memory bytes, or the key of the files read)."""
-    h = hashlib.sha256()
-    p = dataset.pairs
-    h.update(p.image_index.tobytes())
-    h.update(p.labels.tobytes())
-    h.update("\x00".join(p.captions).encode())
-    split = dataset.split
-    h.update(split.key.encode() if split.lazy else split.images.numpy().tobytes())
-    return h.hexdigest()[:16]
+    p, split = dataset.pairs, dataset.split
+    return content_digest(p.image_index, p.labels, list(p.captions), split.key if split.lazy else split.images)
 
 
 def _loader(dataset, batch_size: int, shuffle: bool = False, generator=None, num_workers: int = 0):
@@ -187,7 +180,7 @@ def _train_matcher(model, train_set, val_set, loss, teacher, epochs, lr, batch_s
         spec = {"tag": cache_tag, "init": model_fingerprint(model), "train": pairs_fingerprint(train_set),
                 "val": pairs_fingerprint(val_set), "loss": loss.config(), "epochs": epochs, "lr": lr,
                 "batch": batch_size, "seed": seed, "max_steps": max_steps, "code": code_fingerprint(__name__),
-                "teacher": None if teacher is None else hashlib.sha256(teacher.numpy().tobytes()).hexdigest()[:16]}
+                "teacher": None if teacher is None else content_digest(teacher)}
         key = key_digest(spec)
         checkpoint = cache_root() / "study2" / "runs" / f"{cache_tag}-{key}.pt"
     loader = _loader(train_set, batch_size, shuffle=True, generator=gen, num_workers=num_workers)

@@ -44,14 +44,14 @@ from torch import nn
 
 from . import metrics, splits
 from .augment import as_float_images
-from .cache import cache_root, cached, code_fingerprint, key_digest, model_fingerprint
+from .cache import cache_root, cached, code_fingerprint, content_digest, key_digest, model_fingerprint
 from .distillers import CrossEntropy, SoftTargetKD
 from .errors import ConfigError
 from .frozen import outputs
 from .selfdistill_data import in_order, indices_of, labels_of
 from .selfdistill_encoders import Student
 from .splits import TensorRows
-from .selfdistill_features import VIEWS, FrozenFeatures, flip_where, tensor_digest
+from .selfdistill_features import VIEWS, FrozenFeatures, flip_where
 from .text_queried_head import TextQueriedHead
 from .parallel import launch, per_example
 from .recipes import ParallelRunSettings, Recipe, RunSettings
@@ -196,9 +196,9 @@ def fit_teacher(mode: str, feats: FrozenFeatures, train_set, recipe: HeadRecipe,
         out["val_top1"] = metrics.accuracy(labels, logits)
         return out
 
-    key = {"what": "s1-teacher", "mode": mode, "features": feats.key, "subset": tensor_digest(indices_of(train_set)),
-           "queries": tensor_digest(class_queries) if class_queries is not None else None,
-           "captions": tensor_digest(caption_table) if caption_table is not None else None,
+    key = {"what": "s1-teacher", "mode": mode, "features": feats.key, "subset": content_digest(indices_of(train_set)),
+           "queries": content_digest(class_queries) if class_queries is not None else None,
+           "captions": content_digest(caption_table) if caption_table is not None else None,
            "epochs": epochs, "steps": total, "lr": recipe.lr, "dim": recipe.dim, "heads": recipe.heads,
            "batch": recipe.batch_size, "seed": seed, "dry_run": recipe.dry_run, "val": val is not None,
            "code": code_fingerprint(__name__)}
@@ -249,8 +249,8 @@ def soft_targets(teacher: HeadClassifier, feats: FrozenFeatures, train_set, capt
     student's target is their softmax (`fit_student`).
     """
     key = {"what": "s1-soft-targets", "teacher": model_fingerprint(teacher), "mode": teacher.mode,
-           "features": feats.key, "subset": tensor_digest(indices_of(train_set)),
-           "captions": tensor_digest(caption_table) if caption_table is not None else None}
+           "features": feats.key, "subset": content_digest(indices_of(train_set)),
+           "captions": content_digest(caption_table) if caption_table is not None else None}
     return cached("s1-soft-targets", key, lambda: _per_view_table(train_set, feats.views, lambda v: teacher_logits(
         teacher, feats, train_set, "own", caption_table, view=v)[0]), verbose=False)
 
@@ -307,8 +307,8 @@ def _fit_student(spec: dict, train_set, recipe: SelfDistillStudentRecipe, data_k
         return {"val_top1": metrics.accuracy(labels, logits)}
 
     key = {"what": "s1-student", "spec": spec, "classes": num_classes, "data": data_key,
-           "subset": tensor_digest(indices_of(train_set)), "n": len(train_set),
-           "targets": tensor_digest(targets) if targets is not None else None, "epochs": epochs, "steps": total,
+           "subset": content_digest(indices_of(train_set)), "n": len(train_set),
+           "targets": content_digest(targets) if targets is not None else None, "epochs": epochs, "steps": total,
            "optimizer": [opt_name, lr, wd], "batch": batch_size, "seed": seed,
            "dry_run": recipe.dry_run, "val": val_set is not None, "code": code_fingerprint(__name__)}
     digest = key_digest(key)

@@ -9,7 +9,6 @@ encoder's architecture plus a linear layer over the classes.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -20,7 +19,7 @@ from torch import nn
 
 from . import clip as kclip
 from . import text as ktext
-from .cache import cached, code_fingerprint, model_fingerprint
+from .cache import cached, code_fingerprint, content_digest, model_fingerprint
 from .errors import ConfigError
 from .frozen import batches, outputs
 from .models import torchvision_model
@@ -36,10 +35,6 @@ from .zoo import backbone, clip, text_encoder
 
 __all__ = ["ImageEncoder", "Student", "TextQueries", "EncoderSources", "Encoders", "TextPretraining",
            "pretrain_small_roberta"]
-
-def _texts_digest(texts: Sequence[str]) -> str:
-    return hashlib.sha256("\x1f".join(texts).encode()).hexdigest()[:16]
-
 
 def _resnet_feature_map(net, x: torch.Tensor) -> torch.Tensor:
     """torchvision ResNet up to layer4 (the last feature map, before pooling)."""
@@ -130,7 +125,7 @@ class TextQueries:
 
     def cached(self, texts: Sequence[str]) -> torch.Tensor:
         """Encodings of many texts (captions), cached on disk by encoder and text."""
-        key = {"what": "s1-text", "encoder": self.fingerprint, "texts": _texts_digest(texts), "n": len(texts)}
+        key = {"what": "s1-text", "encoder": self.fingerprint, "texts": content_digest(list(texts)), "n": len(texts)}
         return cached("s1-text", key, lambda: self(texts), verbose=False)
 
 

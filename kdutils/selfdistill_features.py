@@ -6,8 +6,6 @@ and view (`VIEWS`: the image and its mirror) and every head trains on tensors.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
 from .augment import as_float_images
@@ -16,16 +14,9 @@ from .frozen import ViewTargets, outputs
 from .selfdistill_data import in_order, indices_of
 from .selfdistill_encoders import ImageEncoder
 
-__all__ = ["VIEWS", "FrozenFeatures", "features_of", "tensor_digest", "flip_where"]
+__all__ = ["VIEWS", "FrozenFeatures", "features_of", "flip_where"]
 
 VIEWS = ("plain", "hflip")
-
-
-def tensor_digest(t: torch.Tensor) -> str:
-    """A short hash of a tensor's values (cache keys of runs that depend on a tensor)."""
-    t = t.detach().cpu().contiguous()
-    return hashlib.sha256(str((t.dtype, tuple(t.shape))).encode() + t.view(-1).view(torch.uint8).numpy().tobytes()
-                          ).hexdigest()[:16]
 
 
 def flip_where(x: torch.Tensor, view: torch.Tensor) -> torch.Tensor:

@@ -10,17 +10,16 @@ one table of what the `paper` profile downloads; every study's required-files ch
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
 import torch
 
-from .cache import key_digest
+from .cache import content_digest, key_digest
 from .paths import under
 
-__all__ = ["nchw", "to_float", "array_digest", "Split", "StudyData", "TensorRows", "as_batch", "loader",
+__all__ = ["nchw", "to_float", "Split", "StudyData", "TensorRows", "as_batch", "loader",
            "tensor_loader", "from_synth", "synthworld", "cifar", "image_folder", "image_files", "PAPER_DATA",
            "paper_data"]
 
@@ -37,14 +36,6 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     here; convolutions round differently on another layout (1e-8).
     """
     return images.contiguous(memory_format=torch.channels_last).float().div_(255)
-
-
-def array_digest(*arrays) -> str:
-    """A short content hash of arrays: the cache key of a split (or of any tensor a result depends on)."""
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]
 
 
 @dataclass(eq=False)
@@ -80,7 +71,7 @@ class Split(torch.utils.data.Dataset):
         images, labels = np.asarray(images), np.asarray(labels, dtype=np.int64)
         has = None if masks is None else np.ones(len(labels), dtype=bool)
         return cls(nchw(images), torch.from_numpy(labels),
-                   array_digest(images, labels), masks, has, **extra)
+                   content_digest(images, labels), masks, has, **extra)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -109,7 +100,7 @@ class Split(torch.utils.data.Dataset):
     def part(self, indices) -> "Split":
         """The images `indices` as a split of their own (a held-out part), keyed by their content like a loaded one."""
         sub = self.subset(indices)
-        return replace(sub, key=array_digest(sub.images.permute(0, 2, 3, 1).numpy(), sub.labels.numpy()))
+        return replace(sub, key=content_digest(sub.images.permute(0, 2, 3, 1), sub.labels))
 
     def subset(self, indices) -> "Split":
         """The images `indices`, in that order, keyed by this split's key and the indices."""
@@ -118,7 +109,7 @@ class Split(torch.utils.data.Dataset):
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         pick = (lambda a: None if a is None else a[idx.numpy()])
         return replace(self, images=self.images[idx], labels=self.labels[idx],
-                       key=f"{self.key}[{array_digest(idx.numpy())}]", masks=pick(self.masks),
+                       key=f"{self.key}[{content_digest(idx)}]", masks=pick(self.masks),
                        has_mask=pick(self.has_mask),
                        captions=None if self.captions is None else [self.captions[i] for i in idx.tolist()])
 

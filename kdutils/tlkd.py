@@ -20,11 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import metrics
-from .cache import cached, results_root
+from .cache import cached, content_digest, results_root
 from .checkpoint import History
 from .distillers import CrossEntropy, HintonKD
 from .errors import ConfigError
-from .splits import array_digest
 from .tlkd_features import HeadInputs, head_logits
 from .recipes import Recipe
 from .train import seed_everything, single_cpu_thread, train
@@ -147,7 +146,7 @@ def _stored_seed(kind: str, tensors: dict, params: dict, compute):
     """`compute()` once per content: a per-seed result keyed by the hash of its input tensors and its
     parameters, kept in the results store (`cache.results_root`), so a warm run and a sweep's merge reuse
     every finished seed instead of training it again (`python -m kdutils sweep`)."""
-    key = {"inputs": {name: array_digest(t.detach().cpu().numpy()) for name, t in tensors.items()}, **params}
+    key = {"inputs": {name: content_digest(t) for name, t in tensors.items()}, **params}
     return cached(kind, key, compute, root=results_root(), verbose=False)
 
 

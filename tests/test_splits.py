@@ -8,6 +8,7 @@ import torch
 from fixtures import write_cifar, write_image_folder
 
 from kdutils import splits
+from kdutils.cache import content_digest
 from kdutils.errors import ConfigError
 from kdutils.profiles import load_profile
 
@@ -23,7 +24,7 @@ def test_from_nhwc_converts_once_keys_by_content_and_yields_indexed_items():
     s = splits.Split.from_nhwc(x, y, masks, captions=[f"c{i}" for i in range(6)])
     assert s.images.dtype == torch.uint8 and s.images.shape == (6, 3, 4, 4) and s.images.is_contiguous()
     assert torch.equal(s.images[2].permute(1, 2, 0), torch.from_numpy(x[2]))
-    assert s.key == splits.array_digest(x, y.astype(np.int64)) and s.has_mask.all()
+    assert s.key == content_digest(x, y.astype(np.int64)) and s.has_mask.all()
     assert s.key != splits.Split.from_nhwc(x[::-1].copy(), y).key and s.side == 4
     image, label, index = s[4]
     assert torch.equal(image, s.images[4]) and int(label) == 1 and index == 4

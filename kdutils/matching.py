@@ -193,13 +193,18 @@ def _train_matcher(model, train_set, val_set, loss, teacher, epochs, lr, batch_s
         z = predict_logits(model, val_set, batch_size * 2, device, num_workers)
         y = val_set.labels
         return {"val_loss": float(F.binary_cross_entropy_with_logits(z, y)),
-                "val_acc": metrics.accuracy(y.long(), (z > 0).long())}
+                "val_acc": metrics.accuracy(y.long(), predict_match(z).long())}
 
     return train(model, loss, loader, Recipe(optimizer="adam", lr=lr, epochs=epochs, max_steps=max_steps),
                  outputs=logits_targets_labels,
-                 log=lambda z, _, y: {"acc": ((z.detach() > 0).float() == y).float().mean()},
+                 log=lambda z, _, y: {"acc": (predict_match(z.detach()).float() == y).float().mean()},
                  evaluate=evaluate, checkpoint=checkpoint, checkpoint_key=key, device=device, desc=desc,
                  progress=progress)
+
+
+def predict_match(logits: torch.Tensor) -> torch.Tensor:
+    """A pair matches when sigmoid(z) >= 0.5, i.e. z >= 0 (the rule of `metrics.binary_report` too)."""
+    return logits >= 0
 
 
 def matching_report(logits: torch.Tensor, pairs) -> dict:
@@ -209,7 +214,7 @@ def matching_report(logits: torch.Tensor, pairs) -> dict:
     "shape", "jaccard"...) is the share of its pairs correctly rejected.
     """
     report = metrics.binary_report(pairs.labels, logits, from_logits=True)
-    pred = (torch.as_tensor(logits) >= 0).numpy().astype(np.int64)  # sigmoid(z) >= 0.5
+    pred = predict_match(torch.as_tensor(logits)).numpy().astype(np.int64)
     kinds = np.asarray(pairs.kind)
     report["by_kind"] = {str(k): 100.0 * float((pred[kinds == k] == pairs.labels[kinds == k]).mean())
                          for k in np.unique(kinds)}

@@ -18,8 +18,6 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-
 from .cache import notebook_fingerprint
 from .paths import NOTEBOOKS_DIR, write_atomically
 
@@ -72,8 +70,6 @@ def _plain(obj):
         return _plain(obj.tolist())
     if isinstance(obj, float) and not math.isfinite(obj):
         return str(obj)  # "nan" / "inf": visible in the file, never a fake number
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
     if isinstance(obj, Path):
         return str(obj)
     return obj

@@ -121,3 +121,22 @@ def claim(text: str, paper, measured: str | None = None, reproduced: bool | None
                basis="not measured" if reproduced is None else "one comparison", ours=None, interval=None,
                paper_inside=None)
     return row
+
+
+def claims_for(cfg):
+    """`claim` as a run at `cfg` states it: tiny and dry-run sizes measure nothing, so there a paper's claim is
+    "not measured at this profile", one rule for every study. Its gains are still formed and judged (the row's
+    `verdict_if_measured`), so every rule runs in the tests at tiny; the lab's preconditions keep their verdicts.
+
+    >>> claims_for(load_profile("tiny"))("KD beats TL", "+3.56", gains=[0.9, 1.4, 1.1])["verdict_if_measured"]
+    'reproduced'
+    """
+    if cfg.profile != "tiny" and not cfg.dry_run:
+        return claim
+
+    def not_measured_here(*args, **kwargs) -> dict:
+        row = claim(*args, **kwargs)
+        if row["kind"] == "precondition" or row["verdict"] == VERDICTS[3]:
+            return row
+        return {**row, "verdict": VERDICTS[3], "verdict_if_measured": row["verdict"], "paper_inside": None}
+    return not_measured_here

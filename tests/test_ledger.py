@@ -89,6 +89,21 @@ def test_claim_rows_without_seeds_and_preconditions():
         | {claim("x", "y", "-", None)["verdict"]} == set(VERDICTS)
 
 
+def test_tiny_and_dry_runs_judge_claims_but_report_them_not_measured():
+    from kdutils.profiles import load_profile
+    from kdutils.session import claims_for
+
+    assert claims_for(load_profile("small")) is claim
+    for cfg in (load_profile("tiny"), load_profile("small", dry_run=True)):
+        at = claims_for(cfg)
+        row = at("KD beats TL", "+3.56", gains=[-0.9, -1.4, -1.1], paper_size=3.56)
+        assert row["verdict"] == "not measured at this profile" and row["verdict_if_measured"] == "not reproduced"
+        assert row["ours"]["per_seed"] == [-0.9, -1.4, -1.1] and row["paper_inside"] is None
+        assert at("x", "y", "a > b", True)["verdict_if_measured"] == "reproduced"
+        assert at("teacher beats random", "-", gains=[5, 6, 7], precondition=True)["verdict"] == "reproduced"
+        assert "verdict_if_measured" not in at("x", "y", "no masks", None)
+
+
 # ------------------------------------------------------------------ the overview's ledger and the README
 
 def _plant(root, study, profile, fingerprint, claims):

@@ -105,8 +105,8 @@ class HeadClassifier(nn.Module):
 
 @dataclass(frozen=True)
 class HeadRecipe(RunSettings):
-    """How a head trains: AdamW at `lr` with warm-up and cosine decay for `epochs` (one in a dry run) of
-    `batch_size`; the head's width `dim` and attention `heads`; at most `max_steps` batches per epoch."""
+    """How a head trains: AdamW at `lr` with warm-up and cosine decay for `epochs` (`cfg.phase_epochs`: one in a
+    dry run) of `batch_size`; the head's width `dim` and attention `heads`; at most `max_steps` batches per epoch."""
 
     epochs: int
     lr: float
@@ -116,15 +116,15 @@ class HeadRecipe(RunSettings):
 
     @classmethod
     def of(cls, cfg) -> HeadRecipe:
-        return cls(cfg.s1_head_epochs, cfg.s1_head_lr, cfg.s1_head_dim, cfg.s1_head_heads, cfg.batch_size,
-                   **RunSettings.of_profile(cfg))
+        return cls(cfg.phase_epochs(cfg.s1_head_epochs), cfg.s1_head_lr, cfg.s1_head_dim, cfg.s1_head_heads,
+                   cfg.batch_size, **RunSettings.of_profile(cfg))
 
 
 @dataclass(frozen=True)
 class SelfDistillStudentRecipe(ParallelRunSettings):
     """How a study-1 student trains, on the head's soft targets or alone: `_student_optimizer` by architecture
-    (`vit_lr`, `resnet_lr`) with warm-up and cosine decay for `epochs` (one in a dry run) of `batch_size`, on
-    `processes` data-parallel processes."""
+    (`vit_lr`, `resnet_lr`) with warm-up and cosine decay for `epochs` (`cfg.phase_epochs`: one in a dry run) of
+    `batch_size`, on `processes` data-parallel processes."""
 
     epochs: int
     batch_size: int
@@ -133,8 +133,8 @@ class SelfDistillStudentRecipe(ParallelRunSettings):
 
     @classmethod
     def of(cls, cfg) -> SelfDistillStudentRecipe:
-        return cls(cfg.s1_student_epochs, cfg.s1_student_batch_size, cfg.s1_vit_student_lr, cfg.s1_resnet_student_lr,
-                   **ParallelRunSettings.of_profile(cfg))
+        return cls(cfg.phase_epochs(cfg.s1_student_epochs), cfg.s1_student_batch_size, cfg.s1_vit_student_lr,
+                   cfg.s1_resnet_student_lr, **ParallelRunSettings.of_profile(cfg))
 
 
 def _train_loader(dataset, generator, recipe: HeadRecipe | SelfDistillStudentRecipe, *, steps: int | None,
@@ -149,7 +149,7 @@ def _train_loader(dataset, generator, recipe: HeadRecipe | SelfDistillStudentRec
         sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=steps * batch_size,
                                                  generator=generator)
         batches = splits.loader(dataset, sampler=sampler, **common)
-    epochs = 1 if recipe.dry_run or steps is not None else recipe.epochs
+    epochs = 1 if steps is not None else recipe.epochs
     return batches, epochs, max(1, epochs * min(len(batches), recipe.max_steps or len(batches)))
 
 

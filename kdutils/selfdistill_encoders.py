@@ -159,7 +159,7 @@ class TextPretraining(SynthPretraining):
 
     @classmethod
     def of(cls, cfg) -> TextPretraining:
-        return cls(hidden=cfg.s1_text_hidden, layers=cfg.s1_text_layers, epochs=cfg.s1_mlm_epochs,
+        return cls(hidden=cfg.s1_text_hidden, layers=cfg.s1_text_layers, epochs=cfg.phase_epochs(cfg.s1_mlm_epochs),
                    **SynthPretraining.of_profile(cfg))
 
 
@@ -190,7 +190,7 @@ def pretrain_small_roberta(pretraining: TextPretraining, seed: int = 0):
     loader = tensor_loader(ids, attention, batch_size=pretraining.batch_size, shuffle=True, generator=gen,
                            drop_last=True)
     training = Recipe(optimizer="adamw", lr=1e-3, weight_decay=0.01, schedule="warmup_cosine", warmup_fraction=0.1,
-                      warmup_cap=100, epochs=1 if pretraining.dry_run else epochs, max_steps=pretraining.max_steps)
+                      warmup_cap=100, epochs=epochs, max_steps=pretraining.max_steps)
     history = train(mlm, lambda b: {"loss": loss_of(*b)[0]}, loader, training,
                     checkpoint=run.checkpoint, checkpoint_key=run.digest,
                     desc="MLM small RoBERTa on source captions", progress=pretraining.progress)

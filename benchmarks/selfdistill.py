@@ -10,7 +10,8 @@ import torch
 
 from kdutils import metrics
 from kdutils.models import small_resnet, torchvision_model
-from kdutils.selfdistill import HeadRecipe, fit_teacher, teacher_logits
+from kdutils.frozen import FixedViews
+from kdutils.selfdistill import HeadRecipe, fit_teacher, head_logits_and_labels
 from kdutils.selfdistill_data import synthworld_data
 from kdutils.selfdistill_encoders import ImageEncoder
 from kdutils.selfdistill_features import VIEWS, FrozenFeatures
@@ -40,7 +41,7 @@ def _both_ways(encoder, train, test, data, base) -> dict:
         head, _ = fit_teacher("label_free", feats, train, HeadRecipe.of(base), seed=0,
                               num_classes=data.num_classes, class_queries=queries)
         t2 = time.perf_counter()
-        logits, labels = teacher_logits(head, test_feats, test)
+        logits, labels = head_logits_and_labels(head, test_feats, test)
         out[name] = {"features_s": t1 - t0, "training_s": t2 - t1, "logits": logits,
                      "top1": metrics.accuracy(labels, logits)}
     c, s_ = out["cached"], out["streamed"]

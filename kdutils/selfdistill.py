@@ -57,7 +57,7 @@ from .parallel import launch, per_example
 from .recipes import ParallelRunSettings, Recipe, RunSettings
 from .train import seed_everything, train
 
-__all__ = ["HeadClassifier", "HeadRecipe", "SelfDistillStudentRecipe", "fit_teacher", "teacher_logits",
+__all__ = ["HeadClassifier", "HeadRecipe", "SelfDistillStudentRecipe", "fit_teacher", "head_logits_and_labels",
            "soft_targets", "fit_student", "student_logits", "student_targets"]
 
 # ----------------------------------------------------------------------------- teachers
@@ -189,10 +189,10 @@ def fit_teacher(mode: str, feats: FrozenFeatures, train_set, recipe: HeadRecipe,
     def evaluate():
         vfeats, vset, vtable = val
         out = {}
-        logits, labels = teacher_logits(teacher, vfeats, vset, "own", vtable)
+        logits, labels = head_logits_and_labels(teacher, vfeats, vset, caption_table=vtable)
         if teacher.has_text and mode != "label_free":
             out["val_top1_true_prompt"] = metrics.accuracy(labels, logits)
-            logits, labels = teacher_logits(teacher, vfeats, vset, "label_free")
+            logits, labels = head_logits_and_labels(teacher, vfeats, vset, "label_free")
         out["val_top1"] = metrics.accuracy(labels, logits)
         return out
 
@@ -211,21 +211,23 @@ def fit_teacher(mode: str, feats: FrozenFeatures, train_set, recipe: HeadRecipe,
     return teacher.eval(), history
 
 
-def teacher_logits(teacher: HeadClassifier, feats: FrozenFeatures, dataset, how: str = "own",
-                   caption_table: torch.Tensor | None = None, view: int = 0):
-    """(logits (N, C), labels) of a teacher over a split in one view, on the CPU.
+def head_logits_and_labels(teacher: HeadClassifier, feats: FrozenFeatures, dataset, mode: str | None = None,
+                           caption_table: torch.Tensor | None = None, view: int = 0):
+    """(logits (N, C), labels) of a head over a split in one view, on the CPU.
 
-    how="own": the teacher as trained (a text head queried with each image's
-    true prompt or caption: label leakage); how="label_free": every class
-    prompt queries the image, no label used.
+    `mode` is the head's own (None: as trained; for the thesis's head "prompt",
+    each image queried with its true prompt, or "caption", its own caption:
+    label leakage) or "label_free" (every class prompt queries the image, no
+    label used).
     """
-    if how not in ("own", "label_free"):
-        raise ValueError(f"how must be 'own' or 'label_free', got '{how}'.")
+    mode = mode or teacher.mode
+    if mode not in (teacher.mode, "label_free"):
+        raise ValueError(f"a '{teacher.mode}' head is evaluated as trained or 'label_free', not '{mode}'.")
 
     def logits(batch):
         images, labels, index = batch
         tokens, pooled = feats(images, index, torch.full_like(index, view))
-        if how == "label_free":
+        if mode == "label_free":
             return teacher.label_free_scores(tokens)
         queries = caption_table[view, index].to(feats.device) if caption_table is not None else None
         return teacher(tokens, pooled, labels.to(feats.device), queries)
@@ -251,8 +253,10 @@ def soft_targets(teacher: HeadClassifier, feats: FrozenFeatures, train_set, capt
     key = {"what": "s1-soft-targets", "teacher": model_fingerprint(teacher), "mode": teacher.mode,
            "features": feats.key, "subset": content_digest(indices_of(train_set)),
            "captions": content_digest(caption_table) if caption_table is not None else None}
-    return cached("s1-soft-targets", key, lambda: _per_view_table(train_set, feats.views, lambda v: teacher_logits(
-        teacher, feats, train_set, "own", caption_table, view=v)[0]), verbose=False)
+    return cached("s1-soft-targets", key, lambda: _per_view_table(
+        train_set, feats.views, lambda v: head_logits_and_labels(teacher, feats, train_set,
+                                                                  caption_table=caption_table, view=v)[0]),
+        verbose=False)
 
 
 # ----------------------------------------------------------------------------- students

@@ -75,17 +75,20 @@ def retrieval_recalls(train_image: torch.Tensor, train_text: torch.Tensor, test_
 
 
 @torch.no_grad()
-def attention_maps(teacher: HeadClassifier, feats: FrozenFeatures, dataset, indices: Sequence[int], how: str = "own"):
+def attention_maps(teacher: HeadClassifier, feats: FrozenFeatures, dataset, indices: Sequence[int],
+                   mode: str = "prompt"):
     """Attention of a text head over image tokens for some items: (n, T) weights and the labels.
 
-    how="own": the query is the image's true class prompt (the thesis's head);
-    how="label_free": the map of the highest-scoring class prompt.
+    mode="prompt": the query is the image's true class prompt (the thesis's
+    head); mode="label_free": the map of the highest-scoring class prompt.
     """
+    if mode not in ("prompt", "label_free"):
+        raise ValueError(f"attention maps are of mode 'prompt' or 'label_free', not '{mode}'.")
     subset = torch.utils.data.Subset(dataset, list(indices))
     images, labels, index = next(iter(torch.utils.data.DataLoader(subset, batch_size=len(subset))))
     tokens, _ = feats(images, index, torch.zeros_like(index))
     labels = labels.to(feats.device)
-    if how == "own":
+    if mode == "prompt":
         logits, weights = teacher.module.own_prompt_logits(tokens, teacher.class_queries[labels], True)
         return weights.cpu(), labels.cpu(), logits.argmax(1).cpu()
     scores, weights = teacher.label_free_scores(tokens, True)

@@ -140,8 +140,8 @@ def test_teacher_modes_are_the_heads_two_uses(cache):
     feats = s1feat.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     q = _queries()
     teacher, _ = sd.fit_teacher("prompt", feats, data, sd.HeadRecipe.of(_cfg()), seed=0, num_classes=4, class_queries=q)
-    own, labels = sd.teacher_logits(teacher, feats, data, "own")
-    free, _ = sd.teacher_logits(teacher, feats, data, "label_free")
+    own, labels = sd.head_logits_and_labels(teacher, feats, data, "prompt")
+    free, _ = sd.head_logits_and_labels(teacher, feats, data, "label_free")
     tokens = feats.tokens[0].float()
     torch.testing.assert_close(own, teacher.module.own_prompt_logits(tokens, q[labels]))
     torch.testing.assert_close(free, teacher.module.class_scores(tokens, q))
@@ -149,7 +149,9 @@ def test_teacher_modes_are_the_heads_two_uses(cache):
     torch.testing.assert_close(free[:, 2], teacher.module.own_prompt_logits(tokens, q[2].expand(len(tokens), -1))[:, 2])
     linear, _ = sd.fit_teacher("linear", feats, data, sd.HeadRecipe.of(_cfg()), seed=0, num_classes=4)
     with pytest.raises(ValueError, match="no prompts"):
-        sd.teacher_logits(linear, feats, data, "label_free")
+        sd.head_logits_and_labels(linear, feats, data, "label_free")
+    with pytest.raises(ValueError, match="'linear' head is evaluated as trained or 'label_free', not 'prompt'"):
+        sd.head_logits_and_labels(linear, feats, data, "prompt")
 
 
 def test_teacher_training_learns_separable_features(cache):
@@ -168,7 +170,7 @@ def test_teacher_training_learns_separable_features(cache):
     for mode in ("label_free", "linear"):
         teacher, history = sd.fit_teacher(mode, feats, data, sd.HeadRecipe.of(cfg), seed=0, num_classes=classes,
                                           class_queries=_queries(classes, 6) if mode != "linear" else None)
-        logits, y = sd.teacher_logits(teacher, feats, data, "own")
+        logits, y = sd.head_logits_and_labels(teacher, feats, data)
         assert s1an.topk(logits, y)["top1"] > 95, mode
         assert history.epochs[-1]["train_loss"] < history.epochs[0]["train_loss"]
 
@@ -183,11 +185,11 @@ def test_soft_targets_hold_the_teachers_logits_per_view_and_only_for_the_subset(
     targets = sd.soft_targets(teacher, feats, sub)
     assert targets.shape == (2, len(data), 4) and targets.dtype == torch.float16
     for v in (0, 1):
-        expected, _ = sd.teacher_logits(teacher, feats, sub, "own", view=v)
+        expected, _ = sd.head_logits_and_labels(teacher, feats, sub, view=v)
         torch.testing.assert_close(targets[v, [1, 4, 9, 30]].float(), expected, rtol=2e-3, atol=2e-3)
     assert targets[:, 0].abs().sum() == 0  # not in the subset
     assert not torch.equal(targets[0, [1, 4]], targets[1, [1, 4]])  # the flipped view differs
-    monkeypatch.setattr(sd, "teacher_logits", fail_if_recomputed)
+    monkeypatch.setattr(sd, "head_logits_and_labels", fail_if_recomputed)
     assert torch.equal(sd.soft_targets(teacher, feats, sub), targets)  # read from the cache
 
 
@@ -198,7 +200,7 @@ def test_caption_teacher_reads_each_images_own_query(cache):
     table = torch.randn(1, 16, 6)
     teacher, _ = sd.fit_teacher("caption", feats, data, sd.HeadRecipe.of(_cfg()), seed=0, num_classes=4,
                                 class_queries=q, caption_table=table)
-    own, _ = sd.teacher_logits(teacher, feats, data, "own", table)
+    own, _ = sd.head_logits_and_labels(teacher, feats, data, "caption", table)
     torch.testing.assert_close(own, teacher.module.own_prompt_logits(feats.tokens[0].float(), table[0]))
 
 
@@ -311,8 +313,8 @@ def test_attention_maps_are_distributions_over_the_image_tokens(cache):
     feats = s1feat.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
     teacher, _ = sd.fit_teacher("prompt", feats, data, sd.HeadRecipe.of(_cfg()), seed=0, num_classes=4,
                                 class_queries=_queries())
-    for how in ("own", "label_free"):
-        weights, labels, predicted = s1an.attention_maps(teacher, feats, data, [0, 5, 6], how)
+    for mode in ("prompt", "label_free"):
+        weights, labels, predicted = s1an.attention_maps(teacher, feats, data, [0, 5, 6], mode)
         assert weights.shape == (3, feats.num_tokens)
         torch.testing.assert_close(weights.sum(1), torch.ones(3))
         assert labels.tolist() == [0, 1, 2] and predicted.shape == (3,)

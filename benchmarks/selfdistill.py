@@ -14,7 +14,7 @@ from kdutils.frozen import FixedViews
 from kdutils.selfdistill import HeadRecipe, fit_teacher, head_logits_and_labels
 from kdutils.selfdistill_data import synthworld_data
 from kdutils.selfdistill_encoders import ImageEncoder
-from kdutils.selfdistill_features import VIEWS, FrozenFeatures
+from kdutils.selfdistill_features import FrozenFeatures
 from kdutils.teacher import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -35,8 +35,10 @@ def _both_ways(encoder, train, test, data, base) -> dict:
     out, passes = {}, {"batch_size": base.batch_size, "num_workers": base.num_workers}
     for name, mb in (("cached", base.s1_feature_cache_mb), ("streamed", 0)):
         t0 = time.perf_counter()
-        feats = FrozenFeatures(encoder, train, data.key, "train", len(VIEWS), "cpu", cache_mb=mb, **passes)
-        test_feats = FrozenFeatures(encoder, test, data.key, "test", 1, "cpu", cache_mb=mb, **passes)
+        feats = FrozenFeatures(encoder, train, data.key, "train", FixedViews.mirrored(len(train)), "cpu", cache_mb=mb,
+                               **passes)
+        test_feats = FrozenFeatures(encoder, test, data.key, "test", FixedViews.plain(len(test)), "cpu", cache_mb=mb,
+                                    **passes)
         t1 = time.perf_counter()
         head, _ = fit_teacher("label_free", feats, train, HeadRecipe.of(base), seed=0,
                               num_classes=data.num_classes, class_queries=queries)
@@ -83,7 +85,8 @@ def run(n_train: int = 2000, epochs: int = 3, paper_n_train: int = 128) -> dict:
             for (label, encoder), (scale, (tr, te)) in zip(_encoders(base).items(), sizes.items()):
                 if len(tr) == 0:
                     continue
-                print(f"head training on {label}: {len(tr)} images x {len(VIEWS)} views, {epochs} epochs")
+                print(f"head training on {label}: {len(tr)} images x {FixedViews.mirrored(len(tr)).n_views} views, "
+                      f"{epochs} epochs")
                 out[scale] = _both_ways(encoder, tr, te, data, base)
         finally:
             if previous is None:

@@ -28,7 +28,7 @@ the teachers and students here):
    projection (`retrieval_recalls`).
 
 Augmentation is a horizontal flip only, with the teacher's outputs cached
-for both views (`VIEWS`): a student always imitates the teacher's answer for
+for both views (`frozen.FixedViews.mirrored`): a student always imitates the teacher's answer for
 exactly the image it sees. Captions of the flipped view swap "left" and
 "right". Every inference pass goes through `kdutils.frozen.outputs`, every
 training run through `kdutils.train.train` with a checkpoint keyed by
@@ -47,11 +47,11 @@ from .augment import as_float_images
 from .cache import cache_root, cached, code_fingerprint, content_digest, key_digest, model_fingerprint
 from .distillers import CrossEntropy, SoftTargetKD
 from .errors import ConfigError
-from .frozen import outputs
+from .frozen import FixedViews, outputs
 from .selfdistill_data import in_order, indices_of, labels_of
 from .selfdistill_encoders import Student
 from .splits import TensorRows
-from .selfdistill_features import VIEWS, FrozenFeatures, flip_where
+from .selfdistill_features import FrozenFeatures
 from .text_queried_head import TextQueriedHead
 from .parallel import launch, per_example
 from .recipes import ParallelRunSettings, Recipe, RunSettings
@@ -181,7 +181,7 @@ def fit_teacher(mode: str, feats: FrozenFeatures, train_set, recipe: HeadRecipe,
 
     def compute_loss(batch):
         labels, index = batch[-2:]
-        view = torch.randint(0, feats.views, (len(labels),), device=labels.device)
+        view = torch.randint(0, feats.views.n_views, (len(labels),), device=labels.device)
         tokens, pooled = feats(batch[0] if len(batch) == 3 else None, index, view)
         queries = table[view, index] if table is not None else None
         return distiller(teacher(tokens, pooled, labels, queries), None, labels)
@@ -235,11 +235,15 @@ def head_logits_and_labels(teacher: HeadClassifier, feats: FrozenFeatures, datas
     return outputs(teacher, in_order(dataset), logits), labels_of(dataset)
 
 
-def _per_view_table(train_set, views: int, logits_in_view) -> torch.Tensor:
+def mirrored(dataset) -> FixedViews:
+    """Every image of the split under `dataset` (the split or a `Subset`) and its mirror: a student's two views."""
+    return FixedViews.mirrored(len(dataset.dataset) if isinstance(dataset, torch.utils.data.Subset) else len(dataset))
+
+
+def _per_view_table(train_set, views: FixedViews, logits_in_view) -> torch.Tensor:
     """(views, N_split, C) float16 of `logits_in_view(v)` over `train_set`; rows outside a subset stay zero."""
-    n = len(train_set.dataset) if isinstance(train_set, torch.utils.data.Subset) else len(train_set)
-    per_view = torch.stack([logits_in_view(v) for v in range(views)]).half()
-    out = torch.zeros(views, n, per_view.shape[2], dtype=torch.float16)
+    per_view = torch.stack([logits_in_view(v) for v in range(views.n_views)]).half()
+    out = torch.zeros(views.n_views, views.n, per_view.shape[2], dtype=torch.float16)
     out[:, indices_of(train_set)] = per_view
     return out
 
@@ -298,11 +302,12 @@ def _fit_student(spec: dict, train_set, recipe: SelfDistillStudentRecipe, data_k
     loader, epochs, total = _train_loader(train_set, gen, recipe, steps=steps, batch_size=batch_size)
     opt_name, lr, wd = _student_optimizer(student.kind, vit_lr=recipe.vit_lr, resnet_lr=recipe.resnet_lr)
     distiller = CrossEntropy() if targets is None else SoftTargetKD()
+    views = mirrored(train_set)
 
     def compute_loss(batch):
         images, labels, index = batch
-        view = per_example(lambda n: torch.randint(0, len(VIEWS), (n,), device=labels.device), len(labels))
-        logits = student(flip_where(as_float_images(images), view))
+        view = per_example(lambda n: torch.randint(0, views.n_views, (n,), device=labels.device), len(labels))
+        logits = student(views.render(as_float_images(images), index, view))
         teacher = None if targets is None else targets[view.cpu(), index.cpu()].to(logits.device)
         return distiller(logits, teacher, labels)
 
@@ -325,18 +330,20 @@ def _fit_student(spec: dict, train_set, recipe: SelfDistillStudentRecipe, data_k
 
 
 def student_logits(student: Student, dataset, device, view: int = 0, features: bool = False):
-    """(logits or penultimate features, labels) of a student over a split in one view, on the CPU."""
-    forward = student.features if features else student
+    """(logits or penultimate features, labels) of a student over a split in one of its views (`mirrored`), on
+    the CPU."""
+    forward, views = (student.features if features else student), mirrored(dataset)
 
     def logits(batch):
-        x = as_float_images(batch[0])
-        return forward(x.flip(-1) if view else x)
+        images, _, index = batch
+        return forward(views.render(as_float_images(images), index, torch.full_like(index, view)))
 
     return outputs(student, in_order(dataset), logits, device=device), labels_of(dataset)
 
 
 def student_targets(student: Student, train_set, device) -> torch.Tensor:
     """A student's logits on every training item and view (views, N, C) float16: the next generation's targets."""
-    return _per_view_table(train_set, len(VIEWS), lambda v: student_logits(student, train_set, device, view=v)[0])
+    return _per_view_table(train_set, mirrored(train_set),
+                           lambda v: student_logits(student, train_set, device, view=v)[0])
 
 

@@ -1,7 +1,8 @@
 """Study 1's frozen image features: an encoder's (tokens, pooled) for every item and view of a split.
 
 The image encoders never train, so their outputs are computed once per split
-and view (`VIEWS`: the image and its mirror) and every head trains on tensors.
+and view (a `frozen.FixedViews`: the training images and their mirrors, the
+others as they are) and every head trains on tensors.
 """
 
 from __future__ import annotations
@@ -10,22 +11,16 @@ import torch
 
 from .augment import as_float_images
 from .cache import cached
-from .frozen import ViewTargets, outputs
+from .errors import ConfigError
+from .frozen import FixedViews, ViewTargets, outputs
 from .selfdistill_data import in_order, indices_of
 from .selfdistill_encoders import ImageEncoder
 
-__all__ = ["VIEWS", "FrozenFeatures", "features_of", "flip_where"]
-
-VIEWS = ("plain", "hflip")
-
-
-def flip_where(x: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
-    """Flip the images whose view is 1 (hflip), per sample."""
-    return torch.where(view.view(-1, 1, 1, 1).bool(), x.flip(-1), x)
+__all__ = ["FrozenFeatures", "features_of"]
 
 
 class FrozenFeatures:
-    """A frozen encoder's (tokens, pooled) for every item and view of one split.
+    """A frozen encoder's (tokens, pooled) for every item and view (`views`, over the whole split) of one split.
 
     Cached in memory and on disk (tokens in float16) when they fit in
     `cache_mb` (the profile's `s1_feature_cache_mb`); otherwise (ViT-B/16 on
@@ -33,15 +28,18 @@ class FrozenFeatures:
     without the storage. The one-off pass reads batches of at least 256 images.
     """
 
-    def __init__(self, encoder: ImageEncoder, dataset, data_key: dict, split: str, views: int, device, *,
+    def __init__(self, encoder: ImageEncoder, dataset, data_key: dict, split: str, views: FixedViews, device, *,
                  cache_mb: float, batch_size: int = 256, num_workers: int = 0, progress: bool = False):
+        if views.n != len(dataset):
+            raise ConfigError(f"the views of {split} cover {views.n} images, the split has {len(dataset)}: build them "
+                              f"with FixedViews.mirrored(len(split)) or FixedViews.plain(len(split)).")
         self.encoder, self.views, self.device = encoder, views, torch.device(device)
         first = as_float_images(dataset[0][0].unsqueeze(0)).to(self.device)
         tokens, pooled = encoder(first)
         self.num_tokens, self.token_dim, self.pooled_dim = tokens.shape[1], tokens.shape[2], pooled.shape[1]
-        mb = len(dataset) * views * (self.num_tokens * self.token_dim * 2 + self.pooled_dim * 4) / 2**20
+        mb = len(dataset) * views.n_views * (self.num_tokens * self.token_dim * 2 + self.pooled_dim * 4) / 2**20
         self.in_memory = mb <= cache_mb
-        self.key = {"encoder": encoder.fingerprint, "data": data_key, "split": split, "views": views,
+        self.key = {"encoder": encoder.fingerprint, "data": data_key, "split": split, "views": views.key,
                     "in_memory": self.in_memory}  # stored tokens are float16: teachers trained on them differ slightly
         if self.in_memory:
             stored = cached("s1-features", self.key, lambda: self._extract(
@@ -57,20 +55,20 @@ class FrozenFeatures:
         """Every item's tokens (float16) and pooled output in every view, one `frozen.outputs` pass per view."""
         size = self.num_tokens * self.token_dim
         toks, pools = [], []
-        for v in range(self.views):
+        for v in range(self.views.n_views):
             def flat_outputs(batch, v=v):
-                x = as_float_images(batch[0].to(self.device))
-                return torch.cat([t.flatten(1) for t in self.encoder(x.flip(-1) if v else x)], dim=1)
+                x = self.views.render(as_float_images(batch[0].to(self.device)), batch[2], torch.full_like(batch[2], v))
+                return torch.cat([t.flatten(1) for t in self.encoder(x)], dim=1)
 
             flat = outputs(self.encoder, in_order(dataset, batch_size, num_workers), flat_outputs, progress=progress,
-                           desc=f"{self.encoder.name} {split} [{VIEWS[v]}]")
+                           desc=f"{self.encoder.name} {split} [view {v + 1} of {self.views.n_views}]")
             toks.append(flat[:, :size].reshape(-1, self.num_tokens, self.token_dim).half())
             pools.append(flat[:, size:])
         return {"tokens": torch.stack(toks), "pooled": torch.stack(pools)}
 
     def __call__(self, images: torch.Tensor, index: torch.Tensor, view: torch.Tensor):
         """(tokens, pooled) as float32 on the device for items in the given views (`images` unused when cached)."""
-        x = None if self.in_memory else flip_where(as_float_images(images.to(self.device)), view.to(self.device))
+        x = None if self.in_memory else self.views.render(as_float_images(images.to(self.device)), index, view)
         tokens, pooled = self.targets(index.cpu(), view.cpu(), x, device=self.device)
         return tokens.float(), pooled
 

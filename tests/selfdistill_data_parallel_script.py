@@ -23,7 +23,7 @@ import torch
 
 from kdutils import selfdistill, train
 from kdutils.profiles import load_profile
-from kdutils.selfdistill_features import VIEWS
+from kdutils.frozen import FixedViews
 from kdutils.splits import Split
 
 fit = train.fit
@@ -46,7 +46,7 @@ recipe = selfdistill.SelfDistillStudentRecipe.of(load_profile("tiny", num_proces
 gen = torch.Generator().manual_seed(4)
 images = (torch.rand(45, 3, 16, 16, generator=gen) * 255).to(torch.uint8)
 dataset = Split(images, torch.arange(45) % 3, key="toy-45")
-targets = (torch.randn(len(VIEWS), 45, 3, generator=gen) * 2).half()
+targets = (torch.randn(FixedViews.mirrored(45).n_views, 45, 3, generator=gen) * 2).half()
 result = {}
 for name, soft in (("plain", None), ("soft", targets)):
     student, history = selfdistill.fit_student({"kind": "small_resnet", "arch": "resnet_xs"}, dataset, recipe,

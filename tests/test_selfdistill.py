@@ -14,7 +14,7 @@ from kdutils.splits import Split, StudyData
 from kdutils import selfdistill_encoders as s1enc
 from benchmarks import selfdistill as bench_selfdistill
 from kdutils.errors import ConfigError
-from kdutils.frozen import ViewTargets
+from kdutils.frozen import FixedViews, ViewTargets
 from kdutils.models import small_resnet
 from kdutils.profiles import load_profile
 
@@ -100,8 +100,8 @@ def test_synthworld_data_matches_the_shared_splits():
 
 def test_cached_features_equal_the_encoder_computed_per_batch(cache):
     data, enc = _data(), _encoder()
-    cached = s1feat.FrozenFeatures(enc, data, KEY, "train", 2, "cpu", cache_mb=CACHE_MB)
-    streamed = s1feat.FrozenFeatures(enc, data, KEY, "train", 2, "cpu", cache_mb=0)
+    cached = s1feat.FrozenFeatures(enc, data, KEY, "train", FixedViews.mirrored(len(data)), "cpu", cache_mb=CACHE_MB)
+    streamed = s1feat.FrozenFeatures(enc, data, KEY, "train", FixedViews.mirrored(len(data)), "cpu", cache_mb=0)
     assert cached.in_memory and not streamed.in_memory
     images, _, index = next(iter(torch.utils.data.DataLoader(data, batch_size=16)))
     view = torch.tensor([0, 1] * 8)
@@ -119,13 +119,13 @@ def test_cached_features_equal_the_encoder_computed_per_batch(cache):
 
 def test_features_are_cached_on_disk_by_encoder_and_data(cache, monkeypatch):
     data, enc = _data(), _encoder()
-    a = s1feat.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
+    a = s1feat.FrozenFeatures(enc, data, KEY, "train", FixedViews.plain(len(data)), "cpu", cache_mb=CACHE_MB)
     assert len(list((cache / "s1-features").glob("*.pt"))) == 1
     with monkeypatch.context() as patch:
         patch.setattr(s1feat.FrozenFeatures, "_extract", fail_if_recomputed)  # (one image still sizes the tokens)
-        b = s1feat.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
+        b = s1feat.FrozenFeatures(enc, data, KEY, "train", FixedViews.plain(len(data)), "cpu", cache_mb=CACHE_MB)
     assert torch.equal(a.tokens, b.tokens)
-    s1feat.FrozenFeatures(_encoder(seed=1), data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
+    s1feat.FrozenFeatures(_encoder(seed=1), data, KEY, "train", FixedViews.plain(len(data)), "cpu", cache_mb=CACHE_MB)
     assert len(list((cache / "s1-features").glob("*.pt"))) == 2
 
 
@@ -137,7 +137,7 @@ def _queries(classes=4, dim=6, seed=0):
 
 def test_teacher_modes_are_the_heads_two_uses(cache):
     data, enc = _data(), _encoder()
-    feats = s1feat.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
+    feats = s1feat.FrozenFeatures(enc, data, KEY, "train", FixedViews.plain(len(data)), "cpu", cache_mb=CACHE_MB)
     q = _queries()
     teacher, _ = sd.fit_teacher("prompt", feats, data, sd.HeadRecipe.of(_cfg()), seed=0, num_classes=4, class_queries=q)
     own, labels = sd.head_logits_and_labels(teacher, feats, data, "prompt")
@@ -160,7 +160,7 @@ def test_teacher_training_learns_separable_features(cache):
     labels = torch.arange(n) % classes
     images = torch.zeros(n, 3, 8, 8, dtype=torch.uint8)
     data = Split(images, labels, key="zeros")
-    feats = s1feat.FrozenFeatures(_encoder(), data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
+    feats = s1feat.FrozenFeatures(_encoder(), data, KEY, "train", FixedViews.plain(len(data)), "cpu", cache_mb=CACHE_MB)
     torch.manual_seed(0)
     tokens = torch.randn(1, n, feats.num_tokens, feats.token_dim) * 0.1
     tokens[0, torch.arange(n), labels % feats.num_tokens, labels] += 3.0
@@ -177,7 +177,7 @@ def test_teacher_training_learns_separable_features(cache):
 
 def test_soft_targets_hold_the_teachers_logits_per_view_and_only_for_the_subset(cache, monkeypatch):
     data, enc = _data(), _encoder()
-    feats = s1feat.FrozenFeatures(enc, data, KEY, "train", 2, "cpu", cache_mb=CACHE_MB)
+    feats = s1feat.FrozenFeatures(enc, data, KEY, "train", FixedViews.mirrored(len(data)), "cpu", cache_mb=CACHE_MB)
     q = _queries()
     sub = torch.utils.data.Subset(data, [1, 4, 9, 30])
     teacher, _ = sd.fit_teacher("label_free", feats, sub, sd.HeadRecipe.of(_cfg()), seed=0, num_classes=4,
@@ -195,7 +195,7 @@ def test_soft_targets_hold_the_teachers_logits_per_view_and_only_for_the_subset(
 
 def test_caption_teacher_reads_each_images_own_query(cache):
     data, enc = _data(n=16), _encoder()
-    feats = s1feat.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
+    feats = s1feat.FrozenFeatures(enc, data, KEY, "train", FixedViews.plain(len(data)), "cpu", cache_mb=CACHE_MB)
     q = _queries()
     table = torch.randn(1, 16, 6)
     teacher, _ = sd.fit_teacher("caption", feats, data, sd.HeadRecipe.of(_cfg()), seed=0, num_classes=4,
@@ -310,7 +310,7 @@ def test_retrieval_projection_recovers_a_linear_image_text_map(cache):
 
 def test_attention_maps_are_distributions_over_the_image_tokens(cache):
     data, enc = _data(), _encoder()
-    feats = s1feat.FrozenFeatures(enc, data, KEY, "train", 1, "cpu", cache_mb=CACHE_MB)
+    feats = s1feat.FrozenFeatures(enc, data, KEY, "train", FixedViews.plain(len(data)), "cpu", cache_mb=CACHE_MB)
     teacher, _ = sd.fit_teacher("prompt", feats, data, sd.HeadRecipe.of(_cfg()), seed=0, num_classes=4,
                                 class_queries=_queries())
     for mode in ("prompt", "label_free"):

@@ -43,6 +43,8 @@ def _check_results(results: dict, profile: str, teachers: list[str], grid: list[
         if c["basis"] == "seeds":
             assert c["ours"]["n"] == len(per_seed)
             assert c.get("verdict_if_measured", c["verdict"]) == paired_verdict(c["ours"]["per_seed"]).name
+    # tiny and dry runs measure nothing: every claim of the presentation is judged (above), reported not measured
+    assert {c["verdict"] for c in results["claims"] if c["kind"] == "claim"} == {"not measured at this profile"}
     return m
 
 
@@ -127,7 +129,7 @@ def test_kassl_notebook_paper_without_inputs_fails_fast(tmp_path):
 
 # ------------------------------------------------------------ the notebook's own table and claims cells
 
-STARTS = ("PAPER = {", "def ratios(", "probes = probe_frame(", "def seed_values(", "def byol_summary_claims(")
+STARTS = ("PAPER = {", "def ratios(", "probes = probe_frame(", "claim = session.claims_for(", "def byol_summary_claims(")
 
 
 def _presentation(per_seed: dict, teachers: list[str]) -> dict:
@@ -145,7 +147,7 @@ def _presentation(per_seed: dict, teachers: list[str]) -> dict:
     namespace = {"np": np, "pd": pd, "session": session, "stats": stats, "display": lambda *args, **kwargs: None,
                  "TEACHER_LABELS": TEACHER_LABELS, "VARIANTS": VARIANTS, "per_seed": per_seed,
                  "SEEDS": list(per_seed),
-                 "cfg": types.SimpleNamespace(profile="small", s3_teachers=teachers, s3_target_norm="standardize")}
+                 "cfg": types.SimpleNamespace(profile="small", dry_run=False, s3_teachers=teachers, s3_target_norm="standardize")}
     for start in STARTS:
         (source,) = [c for c in cells if c.startswith(start)]
         exec(source, namespace)

@@ -94,8 +94,9 @@ def small_clip_config(vocab_size: int, image_size: int = 32, patch_size: int = 4
 
 def preprocess(model, images01: torch.Tensor) -> torch.Tensor:
     """[0, 1] images (N, 3, H, W) -> CLIP pixel values: resized to the vision input size, CLIP-normalised."""
-    if images01.dim() != 4 or images01.shape[1] != 3:
-        raise ValueError(f"images must be (N, 3, H, W) floats in [0, 1], got {tuple(images01.shape)}")
+    if images01.dim() != 4 or images01.shape[1] != 3 or not images01.is_floating_point():
+        raise ValueError(f"images must be (N, 3, H, W) floats in [0, 1], got {tuple(images01.shape)} "
+                         f"{images01.dtype} (uint8 images: augment.as_float_images)")
     norm = Normalize(CLIP_MEAN, CLIP_STD, input_size=int(model.config.vision_config.image_size))
     return norm.to(images01.device)(images01.float())
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .augment import as_float_images
 from .clip import encode_images, encode_texts, retrieval_recalls
 from .recipes import Recipe
 from .train import seed_everything, train
@@ -102,17 +103,18 @@ class MeanTeacherRetrieval(nn.Module):
 
 
 class _PairsWithUnpaired(torch.utils.data.Dataset):
-    """Item i: pair i, and an unpaired image drawn by the loader's seeded order (cycled)."""
+    """Item i: pair i and `per_pair` unpaired images drawn at random by `generator` (seeded), so that every
+    unpaired image is used, each epoch with other pairs."""
 
-    def __init__(self, image, text, unpaired, per_pair: int):
-        self.image, self.text, self.unpaired, self.per_pair = image, text, unpaired, per_pair
+    def __init__(self, image, text, unpaired, per_pair: int, generator: torch.Generator):
+        self.image, self.text, self.unpaired, self.per_pair, self.generator = image, text, unpaired, per_pair, generator
 
     def __len__(self) -> int:
         return len(self.image)
 
     def __getitem__(self, i):
         n = len(self.unpaired)
-        idx = [(i * self.per_pair + k) % n for k in range(self.per_pair)] if n else []
+        idx = torch.randint(n, (self.per_pair,), generator=self.generator) if n else []
         return self.image[i], self.text[i], self.unpaired[idx] if n else self.unpaired[:0]
 
 
@@ -123,7 +125,8 @@ def train_retrieval(image: torch.Tensor, text: torch.Tensor, unpaired: torch.Ten
     """Adapters on frozen CLIP embeddings of the pairs (`image`, `text`); with `mean_teacher`, `unpaired` too
     (consistency weight `consistency`, ramped up over the first `rampup` share of the steps)."""
     gen = seed_everything(seed)
-    data = _PairsWithUnpaired(image, text, unpaired if mean_teacher else unpaired[:0], unpaired_per_pair)
+    data = _PairsWithUnpaired(image, text, unpaired if mean_teacher else unpaired[:0], unpaired_per_pair,
+                              torch.Generator().manual_seed(seed + 10_000))  # apart from the loader's order
     steps = epochs * max(1, len(data) // batch_size)
     model = MeanTeacherRetrieval(image.shape[1], text, consistency=consistency if mean_teacher else 0.0,
                                  rampup_steps=int(rampup * steps))
@@ -167,7 +170,7 @@ def clip_embeddings(model, tokenizer, dataset, captions: list[str]):
     if len(captions) != len(dataset):
         raise ValueError(f"{len(captions)} captions for {len(dataset)} images: one caption per image is needed.")
     images = torch.cat([batch[0] for batch in torch.utils.data.DataLoader(dataset, batch_size=512)])
-    return encode_images(model, images), encode_texts(model, tokenizer, captions)
+    return encode_images(model, as_float_images(images)), encode_texts(model, tokenizer, captions)
 
 
 @torch.no_grad()

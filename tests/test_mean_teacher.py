@@ -83,3 +83,37 @@ def test_compare_chooses_the_weight_on_held_out_pairs_only():
     held_out = slice(0, 10)  # a fifth of 50 pairs
     r = recalls(image[held_out], text[held_out], out["mean teacher"])
     assert (r["i2t_r10"] + r["t2i_r10"]) / 2 == pytest.approx(out["validation"][out["weight"]])
+
+
+def test_every_unpaired_image_is_drawn_and_the_draws_are_seeded():
+    """Each pair gets `per_pair` unpaired images drawn at random, not the same fixed block every epoch."""
+    from kdutils.mean_teacher import _PairsWithUnpaired
+
+    image, text, unpaired = torch.zeros(10, 2), torch.zeros(10, 2), torch.arange(100.0).view(100, 1)
+
+    def drawn(seed, epochs=10):
+        data = _PairsWithUnpaired(image, text, unpaired, 4, torch.Generator().manual_seed(seed))
+        return torch.cat([data[i][2].view(-1) for _ in range(epochs) for i in range(len(data))])
+
+    assert torch.equal(drawn(0), drawn(0)) and not torch.equal(drawn(0), drawn(1))
+    assert len(drawn(0, epochs=1).unique()) > 30 and len(drawn(0).unique()) > 90  # a fixed block would stay at 40
+
+
+def test_clip_embeddings_read_uint8_splits_as_images_in_0_1():
+    """A split holds uint8 images; CLIP's preprocessing wants [0, 1] floats and refuses anything else."""
+    from transformers import CLIPModel
+
+    from kdutils import clip, synthworld, text
+    from kdutils.mean_teacher import clip_embeddings
+    from kdutils.splits import Split
+
+    tokenizer = text.build_tokenizer(synthworld.vocabulary(), max_length=32)
+    torch.manual_seed(0)
+    model = CLIPModel(clip.small_clip_config(len(tokenizer), patch_size=8, vision_hidden=32, vision_layers=1,
+                                             text_hidden=32, text_layers=1, heads=2, projection_dim=16)).eval()
+    images = (torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    with pytest.raises(ValueError, match="uint8"):
+        clip.preprocess(model, images)
+    image_emb, _ = clip_embeddings(model, tokenizer, Split(images, torch.zeros(3, dtype=torch.long), key="toy"),
+                                   ["a red circle"] * 3)
+    torch.testing.assert_close(image_emb, clip.encode_images(model, images.float() / 255))

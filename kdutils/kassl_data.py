@@ -64,7 +64,7 @@ def synth_key(data: SynthData, split: str) -> dict:
 def load_data(cfg) -> StudyData:
     """SynthWorld target train/test (tiny, small) or ImageNet-100 train/val (paper)."""
     if cfg.profile != "paper":
-        train, test = (splits.synthworld(cfg, name) for name in ("target_train", "target_test"))
+        train, test = (splits.synthworld_split(cfg, name) for name in ("target_train", "target_test"))
         synth = SynthData.of(cfg)
         return StudyData("SynthWorld target task", {"train": train, "probe_train": train, "probe_test": test},
                          train.class_names, {"train": synth_key(synth, "target_train"),
@@ -79,9 +79,9 @@ def load_data(cfg) -> StudyData:
     root = paper_paths(cfg)["imagenet100"]
     train_tf = v2.Compose([v2.Resize(canvas, antialias=True), v2.CenterCrop(canvas), v2.PILToTensor()])
     probe_tf = v2.Compose([v2.Resize(canvas, antialias=True), v2.CenterCrop(size), v2.PILToTensor()])
-    train = splits.image_folder(imagenet100(root, "train", transform=train_tf))
-    probe_train = splits.image_folder(imagenet100(root, "train", transform=probe_tf))
-    probe_test = splits.image_folder(imagenet100(root, "val", transform=probe_tf))
+    train = splits.folder_split(imagenet100(root, "train", transform=train_tf))
+    probe_train = splits.folder_split(imagenet100(root, "train", transform=probe_tf))
+    probe_test = splits.folder_split(imagenet100(root, "val", transform=probe_tf))
 
     def key(split, name):
         return {"imagenet100": str(root), "split": name, "n": len(split), "size": size}

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import datasets, splits as ksplits
+from . import datasets
 from . import synthworld as sw
 from . import text as ktext
 from .cache import cached, model_fingerprint
@@ -28,7 +28,7 @@ from .errors import ConfigError, MissingDataError
 from .models import weights_requirement
 from .paths import under
 from .pretrain import DATA_SEEDS, SynthData
-from .splits import StudyData
+from .splits import StudyData, cifar_splits, folder_split, paper_data, synthworld_split
 from .recipes import RunSettings
 
 __all__ = [
@@ -62,7 +62,7 @@ def in_order(dataset, batch_size: int = 512, num_workers: int | None = None) -> 
 
 
 def synthworld_data(cfg) -> StudyData:
-    splits = {split: ksplits.synthworld(cfg, f"target_{split}") for split in ("train", "val", "test")}
+    splits = {split: synthworld_split(cfg, f"target_{split}") for split in ("train", "val", "test")}
     sizes = {split: len(s) for split, s in splits.items()}
     key = {"data": "synthworld-target", "world": asdict(SynthData.of(cfg).world), "sizes": sizes,
            "seeds": {s: DATA_SEEDS[f"target_{s}"] for s in sizes}}
@@ -71,7 +71,7 @@ def synthworld_data(cfg) -> StudyData:
 
 def cifar_data(cfg, name: str) -> StudyData:
     root = under(cfg.data_root)
-    parts = ksplits.cifar(root, name, verify=not cfg.dry_run)  # dry runs read fixture batches in the official format
+    parts = cifar_splits(root, name, verify=not cfg.dry_run)  # dry runs read fixture batches in the official format
     train, test = parts["train"], parts["test"]
     classes = [c.replace("_", " ") for c in train.class_names]
     splits = {"train": train, "val": test, "test": test}
@@ -100,8 +100,8 @@ def imagenet_data(cfg) -> StudyData:
     if len(train.classes) != len(names):
         raise ConfigError(f"ImageNet at '{root / 'train'}' has {len(train.classes)} class folders; the grid needs all "
                           f"{len(names)} (class names come from torchvision's wnid-sorted list).")
-    test_set = ksplits.image_folder(val)
-    splits = {"train": ksplits.image_folder(train), "val": test_set, "test": test_set}
+    test_set = folder_split(val)
+    splits = {"train": folder_split(train), "val": test_set, "test": test_set}
     key = {"data": "imagenet", "root": str(root), "size": size,
            "sizes": {"train": len(train), "val": len(val)}}
     return StudyData("ImageNet", splits, names, key)
@@ -128,7 +128,7 @@ def paper_requirements(cfg) -> dict:
     unknown = [name for name in cfg.s1_datasets if name not in ("cifar10", "cifar100", "imagenet")]
     if unknown:
         raise ConfigError(f"s1_datasets at paper holds {unknown}; choose cifar10, cifar100 or imagenet.")
-    req = ksplits.paper_data(cfg, *cfg.s1_datasets)
+    req = paper_data(cfg, *cfg.s1_datasets)
     clip_encoders = {e for e in cfg.s1_image_encoders if e in ("vit_b_32", "vit_b_16")}
     if "clip" in cfg.s1_text_encoders and "resnet50" in cfg.s1_image_encoders:
         clip_encoders.add("vit_b_32")  # ResNet-50 reads prompts with ViT-B/32's text tower

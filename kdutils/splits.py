@@ -20,7 +20,7 @@ from .cache import content_digest, key_digest
 from .paths import under
 
 __all__ = ["nchw", "to_float", "Split", "StudyData", "TensorRows", "as_batch", "loader",
-           "tensor_loader", "from_synth", "synthworld", "cifar", "image_folder", "image_files", "PAPER_DATA",
+           "tensor_loader", "from_synth", "synthworld_split", "cifar_splits", "folder_split", "image_files", "PAPER_DATA",
            "paper_data"]
 
 
@@ -183,14 +183,14 @@ def from_synth(batch) -> Split:
                            class_names=list(batch.class_names))
 
 
-def synthworld(cfg, split: str) -> Split:
+def synthworld_split(cfg, split: str) -> Split:
     """A fixed SynthWorld split of this profile ('target_train', 'source_test'...), with masks and captions."""
     from .pretrain import SynthData
 
     return from_synth(SynthData.of(cfg).split(split))
 
 
-def cifar(root, name: str = "cifar10", *, verify: bool = True) -> dict[str, Split]:
+def cifar_splits(root, name: str = "cifar10", *, verify: bool = True) -> dict[str, Split]:
     """{"train", "test"} splits of CIFAR-10/100 from the official python batches (`datasets.cifar`)."""
     from . import datasets
 
@@ -201,7 +201,7 @@ def cifar(root, name: str = "cifar10", *, verify: bool = True) -> dict[str, Spli
     return out
 
 
-def image_folder(folder) -> Split:
+def folder_split(folder) -> Split:
     """A split read lazily from an ImageFolder (`datasets.image_folder`) whose transform gives uint8 tensors."""
     files = [(str(p), int(y)) for p, y in folder.samples]
     return Split(None, torch.tensor(folder.targets, dtype=torch.long), key_digest(files),

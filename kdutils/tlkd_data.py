@@ -29,10 +29,10 @@ def load_data(cfg) -> StudyData:
     set, and foreground masks come from `s4_mask_annotations` when given.
     """
     if cfg.profile != "paper":
-        parts = {name: splits.synthworld(cfg, f"target_{name}") for name in ("train", "val", "test")}
+        parts = {name: splits.synthworld_split(cfg, f"target_{name}") for name in ("train", "val", "test")}
         return StudyData("SynthWorld target task", parts, parts["train"].class_names)
 
-    parts = splits.cifar(under(cfg.data_root), "cifar10", verify=cfg.s4_verify_data)
+    parts = splits.cifar_splits(under(cfg.data_root), "cifar10", verify=cfg.s4_verify_data)
     train, test = parts["train"], parts["test"]
     order = np.random.default_rng(0).permutation(len(train))
     n_val = int(round(cfg.s4_val_fraction * len(train)))

@@ -60,11 +60,11 @@ def test_cifar_and_lazy_image_folder_loaders(tmp_path):
     from kdutils import datasets
 
     written = write_cifar(tmp_path, "cifar10", n_train=10, n_test=5)
-    parts = splits.cifar(tmp_path, "cifar10", verify=False)
+    parts = splits.cifar_splits(tmp_path, "cifar10", verify=False)
     assert torch.equal(parts["test"].images, splits.nchw(written["test"][0]))
     assert parts["train"].labels.tolist() == written["train"][1] and parts["train"].class_names[0] == "airplane"
     pixels = write_image_folder(tmp_path / "folder", ["cat", "dog"], n_per_class=2, size=5)
-    lazy = splits.image_folder(datasets.image_folder(tmp_path / "folder", PILToTensor()))
+    lazy = splits.folder_split(datasets.image_folder(tmp_path / "folder", PILToTensor()))
     assert lazy.lazy and lazy.images is None and len(lazy) == 4 and lazy.class_names == ["cat", "dog"]
     image, label, index = lazy[3]
     assert image.dtype == torch.uint8 and int(label) == 1 and index == 3

@@ -15,31 +15,26 @@ from pathlib import Path
 
 from .paths import REPO_ROOT, read_json
 from .results import staleness
-from .stats import VERDICTS
+from .stats import NOT_MEASURED, VERDICTS, PairedVerdict
 
 __all__ = ["collect", "counts", "markdown", "write_readme"]
 
 README_START, README_END = "<!-- findings:start -->", "<!-- findings:end -->"
 
 
-def _ours(row: dict) -> str:
+def _verdict(row: dict) -> PairedVerdict | None:
+    """The claim's `stats.PairedVerdict` as its results JSON holds it (None for a claim without gains)."""
     ours = row.get("ours")
-    return "" if not ours else f"{ours['mean']:+.2f} +- {ours['std']:.2f} (n = {ours['n']})"
+    if not ours:
+        return None
+    low, high = (float(bound) for bound in row["interval"])  # JSON holds infinite bounds as "-inf" / "inf"
+    return PairedVerdict(row.get("verdict_if_measured", row["verdict"]), ours["mean"], ours["std"], ours["n"],
+                         low, high, row.get("confidence", 0.95))
 
 
 def _inside(row: dict) -> str:
     inside = row.get("paper_inside")
     return "" if inside is None else "yes" if inside else "no"
-
-
-def _interval(row: dict) -> str:
-    interval = row.get("interval")
-    if not interval:
-        return ""
-    low, high = interval
-    if low == float("-inf") or str(low) == "-inf":
-        return "(one seed)" if row["ours"]["n"] == 1 else "(no spread over seeds)"
-    return f"[{low:+.2f}, {high:+.2f}]"
 
 
 def collect(root: str | Path, studies: list[str], profile: str) -> list[dict]:
@@ -50,12 +45,15 @@ def collect(root: str | Path, studies: list[str], profile: str) -> list[dict]:
         results = read_json(path)
         if results is None:
             rows.append({"study": study, "kind": "claim", "claim": "(not run at this profile)", "paper": "",
-                         "measured": "", "verdict": VERDICTS[3], "note": str(path), "stale": ""})
+                         "measured": "", "verdict": NOT_MEASURED, "note": str(path), "stale": ""})
             continue
         stale = staleness(results, study, profile)
         for row in results.get("claims", []):
-            rows.append({"study": study, **row, "kind": row.get("kind", "claim"), "ours": _ours(row),
-                         "interval": _interval(row), "inside": _inside(row), "stale": stale})
+            verdict = _verdict(row)
+            rows.append({"study": study, **row, "kind": row.get("kind", "claim"),
+                         "ours": verdict.gains_text() if verdict else "",
+                         "interval": verdict.interval_text() if verdict else "", "inside": _inside(row),
+                         "stale": stale})
     return rows
 
 

@@ -21,7 +21,7 @@ from .errors import ConfigError, MissingDataError
 from .paths import output_dir_for
 from .profiles import load_profile
 from .results import save_figure, write_results
-from .stats import VERDICTS, paired_verdict
+from .stats import NOT_MEASURED, NOT_REPRODUCED, REPRODUCED, paired_verdict
 from .train import resolve_device
 
 
@@ -106,16 +106,14 @@ def claim(text: str, paper, measured: str | None = None, reproduced: bool | None
     if gains is not None:
         v = paired_verdict(gains)
         per_seed = [float(g) for g in np.asarray(gains, dtype=float).ravel()]
-        interval = (f"[{v.low:+.2f}, {v.high:+.2f}]" if math.isfinite(v.low) else
-                    "(one seed: no interval)" if v.n == 1 else "(no spread over seeds: no interval)")
-        ours = f"{v.mean:+.2f} +- {v.std:.2f}{unit} (n = {v.n}), 95% CI {interval}"
+        ours = f"{v.gains_text(unit)}, 95% CI {v.interval_text()}"
         row.update(measured=f"{measured}; {ours}" if measured else ours, value=measured or "", verdict=v.name,
                    basis="seeds",
                    ours={"mean": v.mean, "std": v.std, "n": v.n, "per_seed": per_seed},
                    interval=[v.low, v.high], confidence=v.confidence,
                    paper_inside=None if paper_size is None or not math.isfinite(v.low) else v.contains(paper_size))
         return row
-    verdict = VERDICTS[3] if reproduced is None else VERDICTS[0] if reproduced else VERDICTS[1]
+    verdict = NOT_MEASURED if reproduced is None else REPRODUCED if reproduced else NOT_REPRODUCED
     row.update(measured=measured if measured is not None else "not measured", verdict=verdict,
                value=measured if measured is not None else "",
                basis="not measured" if reproduced is None else "one comparison", ours=None, interval=None,
@@ -136,7 +134,7 @@ def claims_for(cfg):
 
     def not_measured_here(*args, **kwargs) -> dict:
         row = claim(*args, **kwargs)
-        if row["kind"] == "precondition" or row["verdict"] == VERDICTS[3]:
+        if row["kind"] == "precondition" or row["verdict"] == NOT_MEASURED:
             return row
-        return {**row, "verdict": VERDICTS[3], "verdict_if_measured": row["verdict"], "paper_inside": None}
+        return {**row, "verdict": NOT_MEASURED, "verdict_if_measured": row["verdict"], "paper_inside": None}
     return not_measured_here

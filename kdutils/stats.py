@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-__all__ = ["VERDICTS", "PairedVerdict", "paired_verdict", "WilcoxonResult", "paired_wilcoxon", "summarize",
-           "seed_table"]
+__all__ = ["VERDICTS", "REPRODUCED", "NOT_REPRODUCED", "WITHIN_NOISE", "NOT_MEASURED", "PairedVerdict",
+           "paired_verdict", "WilcoxonResult", "paired_wilcoxon", "summarize", "seed_table"]
 
 #: Largest sample (non-zero differences) for which the exact null distribution is used.
 EXACT_MAX_N = 50
@@ -32,6 +32,7 @@ PERMUTATION_MAX_N = 13
 
 #: The one vocabulary of verdicts.
 VERDICTS = ("reproduced", "not reproduced", "within noise", "not measured at this profile")
+REPRODUCED, NOT_REPRODUCED, WITHIN_NOISE, NOT_MEASURED = VERDICTS
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,16 @@ class PairedVerdict:
         """Whether `value` (a paper's size, say) lies inside the interval."""
         return bool(self.low <= value <= self.high)
 
+    def gains_text(self, unit: str = "") -> str:
+        """The gains as the claims and the findings table print them: mean +- std (n)."""
+        return f"{self.mean:+.2f} +- {self.std:.2f}{unit} (n = {self.n})"
+
+    def interval_text(self) -> str:
+        """The interval as the claims and the findings table print it, or why there is none."""
+        if math.isfinite(self.low):
+            return f"[{self.low:+.2f}, {self.high:+.2f}]"
+        return "(one seed: no interval)" if self.n == 1 else "(no spread over seeds: no interval)"
+
 
 def paired_verdict(gains, confidence: float = 0.95) -> PairedVerdict:
     """Judge the claim "gain > 0" from per-seed paired gains (e.g. student with KD minus without, same seed).
@@ -81,11 +92,11 @@ def paired_verdict(gains, confidence: float = 0.95) -> PairedVerdict:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}.")
     mean = float(g.mean())
     if np.ptp(g) <= 1e-9 * np.abs(g).max():  # one seed, or identical gains (their float mean may not be exact)
-        return PairedVerdict(VERDICTS[2], mean, 0.0, int(g.size), -math.inf, math.inf, confidence)
+        return PairedVerdict(WITHIN_NOISE, mean, 0.0, int(g.size), -math.inf, math.inf, confidence)
     std = float(g.std(ddof=1))
     half = float(sps.t.ppf(0.5 + confidence / 2, df=g.size - 1)) * std / math.sqrt(g.size)
     low, high = mean - half, mean + half
-    name = VERDICTS[0] if low > 0 else VERDICTS[1] if high < 0 else VERDICTS[2]
+    name = REPRODUCED if low > 0 else NOT_REPRODUCED if high < 0 else WITHIN_NOISE
     return PairedVerdict(name, mean, std, int(g.size), low, high, confidence)
 
 

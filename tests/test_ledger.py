@@ -48,7 +48,7 @@ def test_identical_gains_have_no_interval(tmp_path):
     assert row["verdict"] == "within noise" and row["measured"].endswith("(no spread over seeds: no interval)")
     assert row["paper_inside"] is None  # no interval for the paper's size to lie in
     _plant(tmp_path, "04_tl_kd_shap", "tiny", notebook_fingerprint(NOTEBOOKS_DIR / "04_tl_kd_shap.ipynb"), [row])
-    assert "| (no spread over seeds) |" in markdown(collect(tmp_path, ["04_tl_kd_shap"], "tiny"))
+    assert "| (no spread over seeds: no interval) |" in markdown(collect(tmp_path, ["04_tl_kd_shap"], "tiny"))
 
 
 def test_verdict_is_scale_free():

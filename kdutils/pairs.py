@@ -32,6 +32,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .augment import as_float_images
 from .errors import ConfigError
 from .paths import under
 from .splits import Split, StudyData, from_synth, image_files
@@ -146,17 +147,17 @@ def hard_negative_pairs(captions: Sequence[str], near_misses: Sequence[str], kin
 
 
 def attribute_negatives(hard_negatives: Sequence[dict], seed: int,
-                        balance_over: np.ndarray | None = None) -> tuple[list[str], list[str]]:
+                        balance_over: np.ndarray) -> tuple[list[str], list[str]]:
     """For SynthWorld: one one-attribute-changed caption per image, attributes in equal shares (shuffled).
 
     `hard_negatives` is `SynthBatch.hard_negatives` (attribute -> caption per
-    image). The shares are equal over the images `balance_over` (default: all),
+    image). The shares are equal over the images `balance_over`,
     e.g. the half of a split that will get negatives.
     Returns (near-miss captions, the attribute changed in each).
     """
     attributes = sorted(hard_negatives[0])
     n = len(hard_negatives)
-    targets = np.arange(n) if balance_over is None else np.asarray(balance_over)
+    targets = np.asarray(balance_over)
     rng = np.random.default_rng([seed, 2])
     codes = np.zeros(n, dtype=np.int64)
     codes[targets] = rng.permutation(np.resize(np.arange(len(attributes)), len(targets)))
@@ -231,7 +232,7 @@ class PairDataset(torch.utils.data.Dataset):
         return len(self.pairs)
 
     def __getitem__(self, i: int) -> dict:
-        image = self.split[int(self.pairs.image_index[i])][0].float().div_(255)
+        image = as_float_images(self.split[int(self.pairs.image_index[i])][0])
         item = {"image": image, "label": self.labels[i], "index": i}
         for name, tok in self.tokens.items():
             item[f"{name}_ids"], item[f"{name}_mask"] = tok["input_ids"][i], tok["attention_mask"][i]

@@ -33,7 +33,7 @@ def run(jobs: int = 4, workers: int = 2) -> dict:
                 del os.environ["KD_CACHE_DIR"]
             else:
                 os.environ["KD_CACHE_DIR"] = previous
-    one, many = runs[1]["seconds"], runs[workers]["seconds"]
+    one, many = runs[1]["jobs_seconds"], runs[workers]["jobs_seconds"]
     numbers = {n: {k: v for k, v in m["metrics"].items() if k != "wall_time_s"} for n, m in merged.items()}
     same = numbers[workers] == numbers[1]
     print(f"sweep of {jobs} jobs (notebook 04 at tiny, seeds {seeds}), 1 CPU and 1 torch thread per job, "

@@ -1,9 +1,11 @@
-"""A disk cache for the outputs of frozen networks (features or logits).
+"""A disk cache for what the studies compute once and reuse: frozen networks' outputs, SHAP maps, captions.
 
 Frozen backbones and teachers give the same output for the same input every
 time, so the studies compute them once per (model, data, view) and train heads
-on the cached tensors. The key is explicit: a model fingerprint (a hash of its
-weights), a description of the data and the view; any change gives a new file.
+on the cached tensors; SHAP attributions and generated captions are cached the
+same way, and finished per-seed results are kept under `results_root`. The key
+is explicit: a model fingerprint (a hash of its weights), a description of the
+data and the view; any change gives a new file.
 Every key also carries a code fingerprint (`code_fingerprint`) of the module
 that produced the entry, so a warm cache never serves the results of older
 code. A file lock lets concurrent processes share one cache, and an entry that
@@ -28,7 +30,7 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from .paths import write_atomically
+from .paths import REPO_ROOT, write_atomically
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -39,7 +41,7 @@ __all__ = ["cache_root", "results_root", "key_digest", "content_digest", "code_f
 def cache_root() -> Path:
     """`$KD_CACHE_DIR`, else `.cache/` at the repository root (gitignored)."""
     env = os.environ.get("KD_CACHE_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / ".cache"
+    return Path(env) if env else REPO_ROOT / ".cache"
 
 
 def results_root() -> Path:

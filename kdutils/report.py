@@ -58,11 +58,6 @@ def last_run_folder(root: Path | None = None) -> Path:
     return max(folders, key=lambda f: max(p.stat().st_mtime for p in f.glob("[0-9][0-9]_*.ipynb")))
 
 
-def reading_order(folder: Path) -> list[Path]:
-    """The overview first (it introduces the data and gathers every claim), then the studies by number."""
-    return sorted(Path(folder).glob("[0-9][0-9]_*.ipynb"))
-
-
 def title(nb) -> str:
     for cell in nb.cells:
         if cell.cell_type == "markdown":
@@ -124,7 +119,7 @@ def study_section(page: str, name: str, heading: str, results: dict | None) -> s
 def build(folder: Path | None = None, out: Path | None = None) -> Path:
     """Render every executed notebook of `folder` (default: the last run) into `out`; return index.html."""
     folder = Path(folder) if folder else last_run_folder()
-    notebooks = reading_order(folder)
+    notebooks = sorted(Path(folder).glob("[0-9][0-9]_*.ipynb"))  # the overview first, then the studies by number
     if not notebooks:
         raise ConfigError(f"no executed notebooks (NN_name.ipynb) in {folder}.")
     out = Path(out) if out else folder / "report"

@@ -205,12 +205,14 @@ def sweep(notebook: str, profile: str, seeds: list[int], params: dict | None = N
           grid: dict[str, list] | None = None, *, address: str = "local", cpus_per_job: float = 1.0,
           gpus_per_job: float = 0.0, num_cpus: int | None = None, output_root: Path | None = None,
           kernel: str = KERNEL_NAME, poll_s: float = 1.0, stream=sys.stdout) -> dict:
-    """Run the jobs on Ray, then merge each grid cell; return {'jobs', 'merges', 'failed', 'seconds'}.
+    """Run the jobs on Ray, then merge each grid cell; return {'jobs', 'merges', 'failed', 'jobs_seconds'}.
 
     `address`: "local" starts a private Ray on this machine with `num_cpus`
     (default: all cores) and no dashboard; "auto" or "HOST:PORT" joins a
     running cluster. Raises nothing for a failed job: failures are listed
     (with their executed notebooks) and no merge runs until they succeed.
+    `jobs_seconds` is the wall time of the jobs alone (what more workers
+    shorten), without Ray's start and the merges.
     """
     import ray
 
@@ -243,7 +245,7 @@ def sweep(notebook: str, profile: str, seeds: list[int], params: dict | None = N
         t0 = time.perf_counter()
         table = Table(jobs, stream)
         _run_jobs(ray, task, jobs, table, profile, kernel, env, poll_s)
-        seconds = time.perf_counter() - t0
+        jobs_seconds = time.perf_counter() - t0
         failed = [j for j in jobs if j.state == "failed"]
         if not failed:
             table = Table(jobs + merges, stream)
@@ -257,5 +259,5 @@ def sweep(notebook: str, profile: str, seeds: list[int], params: dict | None = N
         stream.write(f"FAILED {job.name}:\n{job.error}\n")
     if not failed:
         stream.write("merged results: " + ", ".join(str(m.folder / "results.json") for m in merges) + "\n")
-    return {"jobs": jobs, "merges": merges, "failed": failed, "seconds": seconds}
+    return {"jobs": jobs, "merges": merges, "failed": failed, "jobs_seconds": jobs_seconds}
 

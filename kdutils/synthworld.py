@@ -261,8 +261,8 @@ def vocabulary() -> list[str]:
         for value in values:
             vocab.update(words(value))
     for task in TASKS:
-        for prompt in class_prompts(task):
-            vocab.update(words(prompt))
+        for text in class_prompts(task):
+            vocab.update(words(text))
     return sorted(vocab)
 
 

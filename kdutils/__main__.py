@@ -41,10 +41,10 @@ def _bench(name: str) -> None:
 
 def _findings(profile: str, root: Path | None, write_readme: bool) -> None:
     from . import ledger
-    from .paths import FIGURES_DIR, runs_dir
+    from .paths import default_output_root
     from .runner import notebooks
 
-    root = root or (FIGURES_DIR if profile == "small" else runs_dir() / profile)
+    root = root or default_output_root(profile)
     rows = ledger.collect(root, [p.stem for p in notebooks() if not p.stem.startswith("00")], profile)
     print(ledger.markdown(rows))
     if write_readme:
@@ -52,6 +52,9 @@ def _findings(profile: str, root: Path | None, write_readme: bool) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .published import REGISTRY
+    from .runner import KERNEL_NAME, PROGRESS
+
     parser = argparse.ArgumentParser(prog="python -m kdutils", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="execute notebooks with papermill")
@@ -62,8 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     run_p.add_argument("--output-root", type=Path, default=None,
                        help="figures/results go to OUTPUT_ROOT/<notebook> "
                             "(default: figures/ for small, runs/<profile>/ otherwise)")
-    run_p.add_argument("--kernel", default="kd-studies")
-    run_p.add_argument("--progress", choices=("bars", "sections", "none"), default="bars",
+    run_p.add_argument("--kernel", default=KERNEL_NAME)
+    run_p.add_argument("--progress", choices=PROGRESS, default="bars",
                        help="a cell bar and a line per section, the lines only, or nothing")
     run_p.add_argument("--no-progress", action="store_true", help="the same as --progress none")
     run_p.add_argument("--force", action="store_true",
@@ -87,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep_p.add_argument("--output-root", type=Path, default=None,
                          help="jobs in OUTPUT_ROOT/jobs/<notebook>/seedS, merged results in OUTPUT_ROOT/<notebook> "
                               "(default: runs/<profile>/sweeps; on a cluster a folder every node sees)")
-    sweep_p.add_argument("--kernel", default="kd-studies")
+    sweep_p.add_argument("--kernel", default=KERNEL_NAME)
     sub.add_parser("list", help="show the notebooks and their parameters")
     findings_p = sub.add_parser("findings", help="every study's claims and verdicts from its results.json")
     findings_p.add_argument("--profile", default="small", choices=("tiny", "small", "paper"))
@@ -102,9 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     bench_p.add_argument("name", help="one of the repository's benchmarks/ (listed by `bench list`)")
     publish_p = sub.add_parser("publish", help="train the profile's stand-ins for published weights and ship "
                                               "them in published/ (kdutils.published)")
-    publish_p.add_argument("names", nargs="*", help="networks to train and ship (default: all): "
-                                                     "source-resnet_s, source-resnet_m, clip-clip_s, roberta-small, "
-                                                     "ssl-byol-resnet_m, ssl-moco_v2-resnet_m")
+    publish_p.add_argument("names", nargs="*", help=f"networks to train and ship (default: all): {', '.join(REGISTRY)}")
     publish_p.add_argument("--profile", default="small", choices=("tiny", "small"))
     return parser
 

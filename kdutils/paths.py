@@ -21,6 +21,12 @@ def runs_dir() -> Path:
     return Path(env) if env else RUNS_DIR
 
 
+def default_output_root(profile: str) -> Path:
+    """Where a run writes each notebook's figures and results by default: `figures/` for the canonical `small`
+    run, `runs/<profile>/` otherwise."""
+    return FIGURES_DIR if profile == "small" else runs_dir() / profile
+
+
 def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """`write(tmp)` to a hidden temporary file beside `path`, then rename it to `path`: a crash never leaves a
     half-written file, and a failed write leaves no temporary."""

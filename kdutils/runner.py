@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -28,12 +29,13 @@ from papermill.exceptions import PapermillExecutionError
 from . import engine as run_engine
 from .progress import expected_seconds
 from .errors import ConfigError, CorruptFileError
-from .paths import FIGURES_DIR, NOTEBOOKS_DIR, read_json, runs_dir
+from .paths import FIGURES_DIR, NOTEBOOKS_DIR, default_output_root, read_json, runs_dir
 from .profiles import Config, load_profile
 from .results import staleness
 
 KERNEL_NAME = "kd-studies"
 PROGRESS = ("bars", "sections", "none")
+CONFIG_FIELDS = frozenset(Config.__dataclass_fields__)  # the profile's fields: a run may set them on any notebook
 
 
 def notebooks() -> list[Path]:
@@ -56,7 +58,14 @@ def resolve(name: str) -> Path:
 
 
 def notebook_parameters(path: Path) -> dict[str, dict]:
-    """The names, defaults and help of the notebook's `parameters` cell."""
+    """The names, defaults and help of the notebook's `parameters` cell (inspected once per version of the file:
+    a run and a sweep ask for them several times)."""
+    path = Path(path)
+    return _inspect(path, path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=None)
+def _inspect(path: Path, mtime_ns: int) -> dict[str, dict]:
     params = papermill.inspect_notebook(str(path))
     if not params:
         raise ConfigError(f"{path.name} has no cell tagged 'parameters'.")
@@ -89,17 +98,16 @@ def validate(path: Path, profile: str, params: dict) -> dict:
     dict; anything else is an error naming the parameter.
     """
     declared = notebook_parameters(path)
-    config_keys = set(Config.__dataclass_fields__)
     direct, overrides = {}, dict(params.get("overrides") or {})
     for name, value in params.items():
         if name == "overrides":
             continue
         if name not in declared:
-            if name in config_keys and "overrides" in declared:
+            if name in CONFIG_FIELDS and "overrides" in declared:
                 overrides[name] = value
                 continue
             raise ConfigError(f"{path.stem} has no parameter '{name}'; it has {sorted(declared)} "
-                              f"and the profile fields {sorted(config_keys)}.")
+                              f"and the profile fields {sorted(CONFIG_FIELDS)}.")
         default = declared[name]["default"]
         try:
             default_value = ast.literal_eval(default)
@@ -118,8 +126,7 @@ def validate(path: Path, profile: str, params: dict) -> dict:
 
 def _config(profile: str, full: dict):
     """The configuration a notebook will build from its checked parameters (profile fields and overrides)."""
-    config_keys = set(Config.__dataclass_fields__)
-    direct = {k: v for k, v in full.items() if k in config_keys and k != "profile"}
+    direct = {k: v for k, v in full.items() if k in CONFIG_FIELDS and k != "profile"}
     return load_profile(profile, **direct, **(full.get("overrides") or {}))
 
 
@@ -143,16 +150,15 @@ def run(names: list[str], profile: str, params: dict, output_root: Path | None =
                                      or cell_timeout <= 0):
         raise ConfigError(f"cell_timeout must be a positive number of seconds, got {cell_timeout!r}.")
     paths = [resolve(n) for n in names] if names else notebooks()
-    output_root = output_root or (FIGURES_DIR if profile == "small" else runs_dir() / profile)
-    config_keys = set(Config.__dataclass_fields__)
-    everyone = set().union(*(notebook_parameters(p) for p in paths)) | config_keys
+    output_root = output_root or default_output_root(profile)
+    everyone = set().union(*(notebook_parameters(p) for p in paths)) | CONFIG_FIELDS
     unknown = sorted(set(params) - everyone)
     if unknown:
         raise ConfigError(f"no notebook has a parameter '{unknown[0]}'; see `python -m kdutils list`.")
     plans = []
     for path in paths:
         declared = notebook_parameters(path)
-        own = {k: v for k, v in params.items() if k in declared or k in config_keys}
+        own = {k: v for k, v in params.items() if k in declared or k in CONFIG_FIELDS}
         full = validate(path, profile, own)
         if "output_dir" in declared:
             full.setdefault("output_dir", str(Path(output_root) / path.stem))

@@ -73,7 +73,7 @@ def foreground_share(values, masks) -> np.ndarray:
     array([0.25])
     """
     v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-    v = v.astype(np.float64)
+    v = v.astype(np.float64)  # before the channel sum, unlike pixel_map: reusing it would move the shares' low bits
     if v.ndim == 4:
         v = v.sum(axis=1)
     m = np.asarray(masks)

@@ -32,17 +32,15 @@ import torch.nn.functional as F
 
 from . import metrics
 from .cache import code_fingerprint
-from .errors import ConfigError, MissingDataError
+from .errors import ConfigError
 from .frozen import batches, outputs
 from .losses import clip_contrastive_loss
-from .models import seeded_rng
 from .pretrain import SynthData, SynthPretraining, to_tensors
 from .published import PretrainingFiles, recipe
 from .splits import tensor_loader
 from .synthworld import class_prompts, vocabulary
 from .teacher import CLIP_MEAN, CLIP_STD, Normalize
-from .text import (build_tokenizer, hf_download_hint, hf_source, local_config_and_tokenizer, quiet_transformers,
-                   tokenize)
+from .text import build_tokenizer, load_local_model, quiet_transformers, tokenize
 from .recipes import Recipe
 from .train import resolve_device, seed_everything, train
 
@@ -63,11 +61,13 @@ PAPER_CLIP = "openai/clip-vit-base-patch32"
 SYNTH_MAX_TOKENS = 32
 
 
-def small_clip_config(vocab_size: int, image_size: int = 32, patch_size: int = 4, vision_hidden: int = 128,
-                      vision_layers: int = 4, text_hidden: int = 128, text_layers: int = 4, heads: int = 4,
-                      projection_dim: int = 128, max_positions: int = SYNTH_MAX_TOKENS, pad_token_id: int = 0,
-                      bos_token_id: int = 2, eos_token_id: int = 3):
+def small_clip_config(vocab_size: int, *, patch_size: int, vision_hidden: int, vision_layers: int, text_hidden: int,
+                      text_layers: int, heads: int, projection_dim: int, image_size: int = 32,
+                      max_positions: int = SYNTH_MAX_TOKENS, pad_token_id: int = 0, bos_token_id: int = 2,
+                      eos_token_id: int = 3):
     """A `CLIPConfig` for small images and a word-level tokenizer (ids as `text.build_tokenizer` gives them).
+
+    The architecture (patch size to projection size) has no default: one of `SMALL_CLIP_ARCHS`, or spelled out.
 
     The text tower pools at the first `eos_token_id` ([SEP]), which must not be
     2: transformers treats eos id 2 as the legacy "argmax of the ids" rule.
@@ -271,7 +271,8 @@ def _source_pairs(data: SynthData, tokenizer) -> tuple[torch.Tensor, ...]:
     attrs = sorted(train.hard_negatives[0])
     neg = tokenize(tokenizer, [h[a] for h in train.hard_negatives for a in attrs], SYNTH_MAX_TOKENS)
     neg = {k: v.view(len(train), len(attrs), -1) for k, v in neg.items()}
-    prompts = tokenize(tokenizer, [class_prompts("source")[k] for k in train.labels], SYNTH_MAX_TOKENS)
+    prompt_of = class_prompts("source")
+    prompts = tokenize(tokenizer, [prompt_of[k] for k in train.labels], SYNTH_MAX_TOKENS)
     width = enc["input_ids"].shape[1]
     prompts = {k: F.pad(v, (0, width - v.shape[1])) for k, v in prompts.items()}  # [PAD] = 0, mask 0
     return (x, enc["input_ids"], enc["attention_mask"], neg["input_ids"], neg["attention_mask"], prompts["input_ids"],
@@ -289,25 +290,12 @@ def _clip_evaluation(model, tokenizer, data: SynthData) -> dict:
 
 
 def load_clip(name_or_path=PAPER_CLIP, allow_random: bool = False, repo_id: str = PAPER_CLIP):
-    """`(CLIPModel, tokenizer)` from a local folder written by `save_pretrained` (or the HF cache).
-
-    Nothing downloads. Missing files raise `MissingDataError` naming the path
-    and how to get `openai/clip-vit-base-patch32`; `allow_random=True` (dry
-    runs) accepts a folder with a config and tokenizer but no weights.
-    """
+    """`(CLIPModel, tokenizer)` from disk (`text.load_local_model`: nothing downloads; `allow_random`, dry runs:
+    random weights only when the folder has none)."""
     from transformers import CLIPConfig, CLIPModel
 
-    source = hf_source(name_or_path)
-    hint = hf_download_hint(repo_id, name_or_path)
-    with quiet_transformers():
-        config, tokenizer = local_config_and_tokenizer(CLIPConfig, name_or_path, f"CLIP model {repo_id}", hint)
-        try:
-            model = CLIPModel.from_pretrained(source, local_files_only=True)
-        except (OSError, ValueError) as err:
-            if not allow_random:
-                raise MissingDataError(f"CLIP weights {repo_id}", name_or_path,
-                                       f"{hint} [{type(err).__name__}]") from None
-            with seeded_rng():
-                model = CLIPModel(config)
-            print(f"[clip] dry run: random weights for {name_or_path} (no checkpoint found)")
+    model, tokenizer = load_local_model(
+        name_or_path, config_class=CLIPConfig, what=f"CLIP model {repo_id}", repo_id=repo_id,
+        allow_random=allow_random, build=CLIPModel,
+        load=lambda source, config: CLIPModel.from_pretrained(source, local_files_only=True))
     return model.eval(), tokenizer

@@ -114,7 +114,7 @@ def student_factory(models: MatchingModels, seed: int = 0):
         info = {"image_tower": f"{arch} pretrained on SynthWorld source (top-1 {summary['source_top1']:.1f}%)",
                 "text_tower": f"BERT {models.text_layers} layers x {models.text_hidden}, random init, mean-pooled"}
     else:
-        net, card = backbone(arch, weights=models.student_weights, allow_random=models.dry_run)
+        net, card = backbone(arch, weights=models.student_weights, placeholder=models.dry_run)
         image_tower = nn.Sequential(card.normalize(), net)
         pretrained_text, _ = text_encoder(MINILM, path=models.text_path, allow_random=models.dry_run)
         tokenizer = pretrained_text.tokenizer

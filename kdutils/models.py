@@ -9,7 +9,7 @@ Its stem keeps ResNet's overlapping `MaxPool2d(3, 2, 1)`, as the real ResNets do
 
 `paper` uses torchvision's models with their published weights; a missing
 weight file is an error that says where to put it, never random weights
-(unless `dry_run` allows them).
+(dry runs ask for a seeded `placeholder` instead of reading them).
 """
 
 from __future__ import annotations
@@ -60,8 +60,7 @@ class SmallResNet(nn.Module):
     feature map flattened to a (N, H*W, C) token sequence (study 1's head).
     """
 
-    def __init__(self, widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1), num_classes: int = 0,
-                 dropout: float = 0.0):
+    def __init__(self, widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1), num_classes: int = 0):
         super().__init__()
         if len(widths) != len(blocks):
             raise ConfigError(f"widths {widths} and blocks {blocks} must have the same length.")
@@ -75,7 +74,6 @@ class SmallResNet(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.feature_dim = c_in
-        self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(c_in, num_classes) if num_classes > 0 else nn.Identity()
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -91,15 +89,15 @@ class SmallResNet(nn.Module):
         return self.feature_map(x).flatten(2).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(self.features(x)))
+        return self.fc(self.features(x))
 
 
-def small_resnet(arch: str, num_classes: int = 0, dropout: float = 0.0) -> SmallResNet:
+def small_resnet(arch: str, num_classes: int = 0) -> SmallResNet:
     """One of the named `SMALL_ARCHS` sizes."""
     if arch not in SMALL_ARCHS:
         raise ConfigError(f"unknown small architecture '{arch}'; choose one of {sorted(SMALL_ARCHS)}.")
     widths, blocks = SMALL_ARCHS[arch]
-    return SmallResNet(widths, blocks, num_classes, dropout)
+    return SmallResNet(widths, blocks, num_classes)
 
 
 def weights_file(name: str, weights: str) -> Path:
@@ -138,12 +136,15 @@ def seeded_rng(seed: int = 0):
         yield
 
 
-def torchvision_model(name: str, weights: str | None, allow_random: bool = False) -> nn.Module:
+def torchvision_model(name: str, weights: str | None, *, placeholder: bool = False, seed: int | None = None,
+                      image_size: int | None = None) -> nn.Module:
     """A torchvision model with published weights (`weights` is the enum member name).
 
     The weight file must already be in torch's hub cache ($TORCH_HOME): nothing
     downloads at run time here. When it is missing the error names the file and
-    how to fetch it; `allow_random=True` (dry runs) builds seeded random weights (`seeded_rng`) instead.
+    how to fetch it. `placeholder=True` (dry runs) always builds random weights instead, never reading
+    the file, as does `weights=None`; they are drawn in `seeded_rng(seed)` (a placeholder's seed defaults
+    to 0), or from the global stream for `weights=None` without a seed. A random ViT is built for `image_size`.
     """
     import torchvision
 
@@ -151,11 +152,12 @@ def torchvision_model(name: str, weights: str | None, allow_random: bool = False
         builder = torchvision.models.get_model_builder(name)
     except ValueError as err:
         raise ConfigError(f"torchvision has no model '{name}': {err}") from None
-    if weights is None:
-        return builder(weights=None)
-    if allow_random:
-        with seeded_rng():
-            return builder(weights=None)
+    if weights is None or placeholder:
+        kwargs = {"image_size": image_size} if image_size and name.startswith("vit") else {}
+        if seed is None and not placeholder:
+            return builder(weights=None, **kwargs)
+        with seeded_rng(seed or 0):
+            return builder(weights=None, **kwargs)
     path, how = weights_requirement(name, weights)
     if not path.exists():
         raise MissingDataError(f"{name} weights {weights}", path, how)

@@ -292,7 +292,7 @@ class Encoders:
             enc = ImageEncoder(name, "clip_vision", model.vision_model, spec, f"vision tower of {description}",
                                mean=CLIP_MEAN, std=CLIP_STD, input_size=vc.image_size)
         elif not small and name == "resnet50":
-            net = torchvision_model("resnet50", sources.resnet50_weights, allow_random=sources.dry_run)
+            net = torchvision_model("resnet50", sources.resnet50_weights, placeholder=sources.dry_run)
             enc = ImageEncoder(name, "torchvision_resnet", net,
                                {"kind": "torchvision_resnet", "arch": "resnet50", "input_size": sources.image_size},
                                f"torchvision resnet50 {sources.resnet50_weights}"

@@ -154,7 +154,7 @@ class LossTrace(nn.Module):
 
     `fit` logs epoch means; SSL and KASSL runs at the `small` scale last a few
     epochs, so their curves are drawn from the steps. Attach it to the trained
-    module before `fit` and call `record(loss)` in the loss function.
+    module before training and call `record(loss)` after each step (`train_ssl` does it in `train`'s `on_step`).
     """
 
     def __init__(self, steps: int):

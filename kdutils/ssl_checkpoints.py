@@ -134,7 +134,7 @@ def load_ssl_resnet(path, arch: str = "resnet50", how_to_get: str = "", *,
     """A torchvision ResNet (`arch`) with the checkpoint's backbone and `fc = Identity`.
 
     Returns the model (eval mode, pooled features out) and a report: the file,
-    the detected format, the number of tensors loaded and the keys stripped.
+    the detected format, the number of tensors loaded and how many were stripped (not backbone keys).
     Raises MissingDataError when the file is absent and CheckpointError when
     it is unreadable, pickles objects without `trust_pickle`, or when anything
     but the classifier is missing or anything is left over.

@@ -25,7 +25,7 @@ from .errors import ConfigError, MissingDataError
 from .models import seeded_rng
 
 __all__ = ["SPECIAL_TOKENS", "PUNCTUATION", "build_tokenizer", "small_text_model", "tokenize", "mean_pool",
-           "TextEncoder", "load_text_encoder",
+           "token_limit", "TextEncoder", "load_local_model", "load_text_encoder",
            "hf_download_hint", "hf_source", "quiet_transformers"]
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -89,12 +89,17 @@ def small_text_model(kind: str, vocab_size: int, hidden: int = 128, layers: int 
                         add_pooling_layer=False)
 
 
+def token_limit(tokenizer) -> int:
+    """The longest input a Hugging Face tokenizer's model takes (its `model_max_length`), at most 512."""
+    return min(int(tokenizer.model_max_length), 512)
+
+
 def tokenize(tokenizer, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
     """`input_ids` and `attention_mask` (N, L), padded to the longest text, truncated to `max_length` tokens
-    (default: the tokenizer's own limit, at most 512)."""
+    (default: `token_limit`)."""
     if isinstance(texts, str):
         raise ValueError("pass a list of texts, not a single string.")
-    max_length = max_length or min(int(getattr(tokenizer, "model_max_length", 77)), 512)
+    max_length = max_length or token_limit(tokenizer)
     enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
@@ -121,7 +126,7 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.tokenizer = tokenizer
         self.model = model
-        self.max_length = max_length or min(int(getattr(tokenizer, "model_max_length", 128)), 512)
+        self.max_length = max_length or token_limit(tokenizer)
         self.normalize = normalize
 
     @property
@@ -169,42 +174,47 @@ def hf_source(name_or_path) -> str:
     return str(Path(name_or_path)) if Path(name_or_path).is_dir() else str(name_or_path)
 
 
-def local_config_and_tokenizer(config_class, name_or_path, what: str, hint: str):
-    """(config, tokenizer) of a Hub checkpoint from disk only; missing files name `what` and the `hint`."""
+def load_local_model(name_or_path, *, config_class, load, build, what: str, repo_id: str, allow_random: bool):
+    """(model, tokenizer) of a Hub checkpoint from a folder written by `save_pretrained` (or the HF cache).
+
+    Nothing downloads: `load(source, config)` reads the weights with `local_files_only`. Missing files raise
+    `MissingDataError` naming `what`, the path and how to get `repo_id`. The weights are always read when they
+    are there; `allow_random` (dry runs) lets a folder holding only a config and a tokenizer get random weights
+    instead, `build(config)` inside `models.seeded_rng` (the same placeholder every dry run), with a printed note.
+    """
     from transformers import AutoTokenizer
 
-    source = hf_source(name_or_path)
-    try:
-        return (config_class.from_pretrained(source, local_files_only=True),
-                AutoTokenizer.from_pretrained(source, local_files_only=True))
-    except (OSError, ValueError) as err:
-        raise MissingDataError(f"{what} (config and tokenizer)", name_or_path,
-                               f"{hint} [{type(err).__name__}]") from None
+    source, hint = hf_source(name_or_path), hf_download_hint(repo_id, name_or_path)
+    with quiet_transformers():
+        try:
+            config = config_class.from_pretrained(source, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise MissingDataError(f"{what} (config and tokenizer)", name_or_path,
+                                   f"{hint} [{type(err).__name__}]") from None
+        try:
+            model = load(source, config)
+        except (OSError, ValueError) as err:
+            if not allow_random:
+                raise MissingDataError(f"{what} weights", name_or_path, f"{hint} [{type(err).__name__}]") from None
+            with seeded_rng():
+                model = build(config)
+            print(f"[{what}] dry run: random weights for {name_or_path} (no checkpoint found)")
+    return model, tokenizer
 
 
 def load_text_encoder(name_or_path, allow_random: bool = False, normalize: bool = False,
                       repo_id: str | None = None) -> TextEncoder:
-    """A pretrained text encoder from a local folder written by `save_pretrained` (or the HF cache).
-
-    Nothing is downloaded (`local_files_only=True`). A missing checkpoint raises
-    `MissingDataError` naming the path and the download command; with
-    `allow_random=True` (dry runs only) a folder holding only a config and a
-    tokenizer is built with random weights instead. `repo_id` names the Hub
-    repository in the hint (default: `name_or_path`).
-    """
+    """A pretrained text encoder from disk (`load_local_model`; `repo_id` names the Hub repository in the
+    hint, default `name_or_path`)."""
     from transformers import AutoConfig, AutoModel
 
-    source = hf_source(name_or_path)
-    hint = hf_download_hint(repo_id or str(name_or_path), name_or_path)
-    with quiet_transformers():
-        config, tokenizer = local_config_and_tokenizer(AutoConfig, name_or_path, "text encoder", hint)
-        extra = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta") else {}
-        try:
-            model = AutoModel.from_pretrained(source, local_files_only=True, **extra)
-        except (OSError, ValueError) as err:
-            if not allow_random:
-                raise MissingDataError("text encoder weights", name_or_path, f"{hint} [{type(err).__name__}]") from None
-            with seeded_rng():
-                model = AutoModel.from_config(config, **extra)
-            print(f"[text] dry run: random weights for {name_or_path} (no checkpoint found)")
+    def no_pooler(config) -> dict:
+        return {"add_pooling_layer": False} if config.model_type in ("bert", "roberta") else {}
+
+    model, tokenizer = load_local_model(
+        name_or_path, config_class=AutoConfig, what="text encoder", repo_id=repo_id or str(name_or_path),
+        allow_random=allow_random,
+        load=lambda source, config: AutoModel.from_pretrained(source, local_files_only=True, **no_pooler(config)),
+        build=lambda config: AutoModel.from_config(config, **no_pooler(config)))
     return TextEncoder(tokenizer, model, normalize=normalize)

@@ -52,8 +52,8 @@ def load_encoder(arch: str, backbones: FrozenBackbones, *, weights: str = "", in
                 "parameters": card.parameters}
         return (FrozenTeacher(net, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)) if teacher else freeze(net)), info
     dry_run = backbones.pretraining.dry_run
-    net, card = backbone(arch, weights=weights, input_size=input_size or None, allow_random=dry_run,
-                         random_seed=0)  # dry runs: the same random weights every time
+    net, card = backbone(arch, weights=weights, input_size=input_size or None, placeholder=dry_run,
+                         seed=0)  # dry runs: the same random weights every time
     if not teacher and arch.startswith(("resnet", "wide_resnet")):
         from .attribution import shap_safe_resnet
 

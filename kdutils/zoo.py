@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from .errors import ConfigError
-from .models import SMALL_ARCHS, SmallResNet, seeded_rng, small_resnet, torchvision_model
+from .models import SMALL_ARCHS, SmallResNet, small_resnet, torchvision_model
 from .teacher import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize
 
 if TYPE_CHECKING:  # the pretrainings import the zoo
@@ -55,7 +55,7 @@ class ModelCard:
 def headless(net: nn.Module) -> tuple[nn.Module, int]:
     """`net` with its classifier replaced by Identity (in place: features out), and the feature size."""
     if isinstance(net, SmallResNet):
-        net.fc, net.dropout = nn.Identity(), nn.Identity()
+        net.fc = nn.Identity()
         return net, net.feature_dim
     if hasattr(net, "heads") and hasattr(net, "hidden_dim"):  # torchvision ViT
         net.heads = nn.Identity()
@@ -73,14 +73,15 @@ def _parameters(net: nn.Module) -> int:
 
 
 def backbone(name: str, *, weights: str | None = None, input_size: int | None = None, num_classes: int | None = None,
-             allow_random: bool = False, random_seed: int | None = None) -> tuple[nn.Module, ModelCard]:
+             placeholder: bool = False, seed: int | None = None) -> tuple[nn.Module, ModelCard]:
     """A freshly built network `name` (features out unless `num_classes`) and its card.
 
     SynthWorld names take `num_classes` (a fresh linear head; None: features out) and no weights. torchvision
-    names load `weights` (an enum member name; None: random initialisation from the global RNG); `allow_random`
-    (dry runs) builds random weights instead, drawn in a forked RNG seeded with `random_seed`, or 0
-    (`models.seeded_rng`: the same weights every dry run, the global stream untouched). A ViT with published
-    weights must be given its own `input_size` (or none); with random weights it is built for `input_size`.
+    names load `weights` (an enum member name; None: random initialisation, from the global RNG unless `seed`);
+    `placeholder` (dry runs) builds random weights instead, whether or not the file is there, drawn in
+    `models.seeded_rng(seed or 0)` (the same weights every dry run, the global stream untouched); see
+    `models.torchvision_model`. A ViT with published weights must be given its own `input_size` (or none);
+    with random weights it is built for `input_size`.
     """
     if name in SMALL_ARCHS:
         if weights is not None:
@@ -90,22 +91,14 @@ def backbone(name: str, *, weights: str | None = None, input_size: int | None = 
     if num_classes is not None:
         raise ConfigError(f"num_classes is for the SynthWorld architectures {sorted(SMALL_ARCHS)}; {name} comes "
                           "features out.")
-    random = weights is None or allow_random
-    if random and random_seed is not None:
-        import torchvision
-
-        kwargs = {"image_size": input_size} if name.startswith("vit") and input_size else {}
-        with seeded_rng(random_seed):
-            net = torchvision.models.get_model(name, weights=None, **kwargs)
-    else:
-        net = torchvision_model(name, weights, allow_random=allow_random)
+    net = torchvision_model(name, weights, placeholder=placeholder, seed=seed, image_size=input_size)
     if hasattr(net, "image_size"):  # ViTs are built for one input size
         if input_size and input_size != net.image_size:
             raise ConfigError(f"{name} with {weights} takes {net.image_size}x{net.image_size} images, "
                               f"but its input size is set to {input_size}.")
         input_size = net.image_size
     net, dim = headless(net)
-    origin = "random init" if random else f"torchvision {weights}"
+    origin = "random init" if weights is None or placeholder else f"torchvision {weights}"
     return net, ModelCard(name, dim, _parameters(net), input_size or None, IMAGENET_MEAN, IMAGENET_STD, origin)
 
 
@@ -144,7 +137,7 @@ def text_encoder(name: str, *, hidden: int = 128, layers: int = 2, max_length: i
     with `hidden` width, `layers` layers, one head per 32 dims, over SynthWorld's word-level tokenizer
     (`tokenizer` to share one, else a new one) truncating at `max_length` tokens. Any other name is a
     published checkpoint's Hub id, read from the folder `path` (nothing downloads; `allow_random`: random
-    weights in dry runs; `normalize`: L2-normalised vectors).
+    weights in dry runs when the folder has none; `normalize`: L2-normalised vectors).
     """
     from . import text
 
@@ -175,8 +168,8 @@ def clip(pretraining: ClipPretraining | None = None, *, seed: int = 0, path=None
 
     With `pretraining` (tiny/small): the small CLIP pretrained here by it on SynthWorld source captions
     (`clip.pretrain_small_clip`, cached, seed `seed`). Without (paper): the published checkpoint in the folder
-    `path` (`repo_id`, the name a missing folder is downloaded as; `allow_random`: random weights in dry runs)
-    and an empty summary.
+    `path` (`repo_id` names the checkpoint in the card and in the how-to-get-it hint of a missing folder; nothing
+    downloads; `allow_random`: random weights in dry runs when the folder has none) and an empty summary.
     """
     from . import clip as kclip
 
@@ -186,7 +179,7 @@ def clip(pretraining: ClipPretraining | None = None, *, seed: int = 0, path=None
     else:
         name = repo_id or kclip.PAPER_CLIP
         model, tokenizer = kclip.load_clip(path, allow_random=allow_random, repo_id=name)
-        summary, weights = {}, f"{name}{' (random: dry run)' if allow_random else ''}"
+        summary, weights = {}, f"{name}{' (random if no weights: dry run)' if allow_random else ''}"
     vision = model.config.vision_config
     card = ModelCard(f"clip:{name}",
                      model.config.projection_dim, _parameters(model), vision.image_size, CLIP_MEAN, CLIP_STD, weights)

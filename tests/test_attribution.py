@@ -173,7 +173,7 @@ def test_accumulating_maxpool_is_scoped_and_restores_shap():
 @pytest.fixture(scope="module")
 def small_cnn():
     torch.manual_seed(0)
-    net = small_resnet("resnet_xs", num_classes=5, dropout=0.2).eval()
+    net = small_resnet("resnet_xs", num_classes=5).eval()
     return net, torch.rand(6, 3, 16, 16), torch.rand(3, 3, 16, 16)
 
 

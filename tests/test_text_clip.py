@@ -150,13 +150,14 @@ def test_load_text_encoder_round_trip_and_errors(tokenizer, tmp_path):
 # ----------------------------------------------------------------------------- CLIP
 
 def test_small_clip_config_and_checks(tokenizer):
-    cfg = clip.small_clip_config(len(tokenizer), patch_size=4, vision_hidden=32, text_hidden=32, heads=2)
+    arch = {**clip.SMALL_CLIP_ARCHS["clip_xs"], "patch_size": 4}
+    cfg = clip.small_clip_config(len(tokenizer), **arch)
     assert cfg.vision_config.image_size == 32 and cfg.vision_config.patch_size == 4
     assert cfg.text_config.eos_token_id == tokenizer.sep_token_id and cfg.text_config.pad_token_id == 0
     with pytest.raises(ConfigError, match="multiple"):
-        clip.small_clip_config(10, image_size=32, patch_size=5)
+        clip.small_clip_config(10, image_size=32, **{**arch, "patch_size": 5})
     with pytest.raises(ConfigError, match="legacy"):
-        clip.small_clip_config(10, eos_token_id=2)
+        clip.small_clip_config(10, eos_token_id=2, **arch)
 
 
 def test_preprocess_resizes_and_normalises(tokenizer):

@@ -27,18 +27,18 @@ def test_torchvision_backbones_lose_their_head_and_say_how_to_normalise():
     net, card = zoo.backbone("resnet18")  # random initialisation from the global stream
     assert card.feature_dim == 512 and card.parameters == 11_176_512 and card.input_size is None
     assert isinstance(card.normalize(), Normalize) and net.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 512)
-    vit, vcard = zoo.backbone("vit_b_16", weights="IMAGENET1K_SWAG_E2E_V1", input_size=32, allow_random=True,
-                              random_seed=0)
+    vit, vcard = zoo.backbone("vit_b_16", weights="IMAGENET1K_SWAG_E2E_V1", input_size=32, placeholder=True,
+                              seed=0)
     assert vcard.input_size == 32 and vcard.weights == "random init"
     assert vit.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 768)
     state = torch.get_rng_state()
-    again, _ = zoo.backbone("resnet18", weights="IMAGENET1K_V1", allow_random=True, random_seed=0)
-    same, _ = zoo.backbone("resnet18", weights="IMAGENET1K_V1", allow_random=True, random_seed=0)
+    again, _ = zoo.backbone("resnet18", weights="IMAGENET1K_V1", placeholder=True, seed=0)
+    same, _ = zoo.backbone("resnet18", weights="IMAGENET1K_V1", placeholder=True, seed=0)
     assert torch.equal(torch.get_rng_state(), state)  # a seeded dry run leaves the global stream alone
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), same.state_dict().values()))
-    unseeded, _ = zoo.backbone("resnet18", weights="IMAGENET1K_V1", allow_random=True)
+    unseeded, _ = zoo.backbone("resnet18", weights="IMAGENET1K_V1", placeholder=True)
     torch.rand(3)  # without a seed, a dry run's placeholder is still the same whatever was drawn before
-    again, _ = zoo.backbone("resnet18", weights="IMAGENET1K_V1", allow_random=True)
+    again, _ = zoo.backbone("resnet18", weights="IMAGENET1K_V1", placeholder=True)
     assert all(torch.equal(a, b) for a, b in zip(unseeded.state_dict().values(), again.state_dict().values()))
     with pytest.raises(ConfigError, match="num_classes"):
         zoo.backbone("resnet18", num_classes=3)

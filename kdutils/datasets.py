@@ -6,7 +6,9 @@ has a reader, and checks that the files are there *before* building anything,
 so a machine without the downloads fails in one sentence that names the path
 and how to get the data (see `kdutils.errors`). A file that is there but
 unreadable (malformed JSON, a truncated batch, a corrupt image found
-mid-epoch, an image of the wrong size) is a `CorruptFileError` naming it.
+mid-epoch) is a `CorruptFileError` naming it. The how-tos (`cifar_files`,
+`imagenet_how`, `imagenet100_how`, `COCO_HOW`) are also what
+`splits.PAPER_DATA` tells a `paper` run to download.
 Tests feed the same loaders small files written in the same formats
 (`tests/fixtures.py`).
 """
@@ -29,26 +31,27 @@ from .errors import ConfigError, CorruptFileError, MissingDataError
 
 __all__ = [
     "read_image",
+    "cifar_files",
     "cifar",
     "image_folder",
+    "imagenet_how",
+    "imagenet100_how",
     "imagenet100",
     "imagenet100_classes",
     "CaptionRecord",
+    "COCO_HOW",
     "coco_captions",
 ]
 
 
-def read_image(path, size: tuple[int, int] | None = None) -> Image.Image:
-    """An RGB PIL image; a corrupt or unreadable file, or one not `size` (width, height), raises naming it."""
+def read_image(path) -> Image.Image:
+    """An RGB PIL image; a corrupt or unreadable file raises naming it."""
     try:
         with Image.open(path) as im:
             image = im.convert("RGB")
     except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for truncated and unknown files
         raise CorruptFileError(f"image {path} cannot be read ({type(err).__name__}: {err}); "
                                "replace it with a good copy or delete it.") from None
-    if size is not None and image.size != tuple(size):
-        raise CorruptFileError(f"image {path} is {image.size[0]}x{image.size[1]}, expected {size[0]}x{size[1]}; "
-                               "resize or replace it.")
     return image
 
 
@@ -86,8 +89,14 @@ def _unverified(cls):
 _CIFAR_UNVERIFIED = {name: _unverified(cls) for name, cls in _CIFAR.items()}
 
 
-def cifar(root, name: str = "cifar10", train: bool = True, transform: Callable | None = None,
-          download: bool = False, verify: bool = True):
+def cifar_files(root, name: str) -> tuple[str, Path, str]:
+    """(what, folder, how to get it) of CIFAR-10/100's python batches under `root`."""
+    cls = _CIFAR[name]
+    return (f"{_CIFAR_TITLE[name]} python batches", Path(root) / cls.base_folder,
+            f"Download {cls.url} and extract it into '{root}' (or set the profile's data_root).")
+
+
+def cifar(root, name: str = "cifar10", train: bool = True, verify: bool = True):
     """CIFAR-10/100 from the official python batches, as torchvision's `CIFAR10`/`CIFAR100`.
 
     `root` holds `cifar-10-batches-py/` (or `cifar-100-python/`). With
@@ -98,19 +107,14 @@ def cifar(root, name: str = "cifar10", train: bool = True, transform: Callable |
     if name not in _CIFAR:
         raise ConfigError(f"cifar name must be one of {sorted(_CIFAR)}, got {name!r}")
     cls = _CIFAR[name] if verify else _CIFAR_UNVERIFIED[name]
-    folder = Path(root) / cls.base_folder
+    what, folder, how = cifar_files(root, name)
     files = [n for n, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     bad_batch = functools.partial(_bad_cifar_batch, folder, files, f"{_CIFAR_TITLE[name]} ({cls.url}, into '{root}')")
     absent = [n for n in files if not (folder / n).is_file()]
-    if absent and not download:
-        what = f"{_CIFAR_TITLE[name]} python batches" + (
-            f" (missing {_first(absent)})" if folder.is_dir() else "")
-        raise MissingDataError(
-            what, folder,
-            f"Pass download=True on a machine with internet, or download {cls.url} "
-            f"and extract it into '{root}'.")
+    if absent:
+        raise MissingDataError(what + (f" (missing {_first(absent)})" if folder.is_dir() else ""), folder, how)
     try:
-        dataset = cls(str(root), train=train, transform=transform, download=download)
+        dataset = cls(str(root), train=train)
     except (pickle.UnpicklingError, EOFError, ValueError, KeyError) as err:  # torchvision cannot parse a batch
         raise bad_batch(err) from None
     except RuntimeError:
@@ -122,11 +126,10 @@ def cifar(root, name: str = "cifar10", train: bool = True, transform: Callable |
         if not bad:
             raise
         raise MissingDataError(
-            f"{_CIFAR_TITLE[name]} python batches with the official checksums (MD5 mismatch: {_first(bad)})",
-            folder,
-            f"These files are not the official release (corrupted download or locally written "
-            f"batches). Delete the folder and pass download=True, or download {cls.url}; "
-            f"pass verify=False only for batches you wrote yourself.") from None
+            f"{what} with the official checksums (MD5 mismatch: {_first(bad)})", folder,
+            f"These files are not the official release (corrupted download or locally written batches). "
+            f"Delete the folder, then {how[0].lower()}{how[1:]} verify=False (dry runs) is only for batches "
+            "you wrote yourself.") from None
     if len(dataset.data) != len(dataset.targets):
         raise bad_batch(ValueError(f"{len(dataset.data)} images but {len(dataset.targets)} labels"))
     return dataset
@@ -182,15 +185,13 @@ def _check_class_list(classes) -> list[str]:
 
 
 def image_folder(root, transform: Callable | None = None, classes: Sequence[str] | None = None,
-                 *, how_to_get: str = "Point root at a folder with one sub-folder of images per class.",
-                 image_size: tuple[int, int] | None = None):
+                 *, how_to_get: str = "Point root at a folder with one sub-folder of images per class."):
     """torchvision `ImageFolder` on `root/<class>/<image>`, optionally restricted to `classes`.
 
     With `classes`, other folders are ignored and label i is `classes[i]` (the
     list's order, not the alphabetical one), so a fixed class list gives the
     same labels on every machine. `how_to_get` is the hint put in the errors.
-    Images are read with `read_image`: a corrupt one, or with `image_size`
-    (width, height) one of another size, stops the epoch naming the file.
+    Images are read with `read_image`: a corrupt one stops the epoch naming the file.
     """
     root = Path(root)
     if not root.is_dir():
@@ -202,16 +203,30 @@ def image_folder(root, transform: Callable | None = None, classes: Sequence[str]
             raise MissingDataError(
                 f"{len(missing)} of {len(classes)} class folders (first missing: {_first(missing)})",
                 root, how_to_get)
-    loader = functools.partial(read_image, size=image_size)
     try:
         if classes is None:
-            return tvd.ImageFolder(str(root), transform=transform, loader=loader)
-        return _ClassListImageFolder(str(root), classes, transform=transform, loader=loader)
+            return tvd.ImageFolder(str(root), transform=transform, loader=read_image)
+        return _ClassListImageFolder(str(root), classes, transform=transform, loader=read_image)
     except FileNotFoundError as e:  # no class folder, or a class folder without images
         raise MissingDataError(f"images ({e})", root, how_to_get) from None
 
 
 # -------------------------------------------------------------- ImageNet-100
+
+_ILSVRC = ("Download ILSVRC2012 (train and val) from https://image-net.org and arrange each as one folder per "
+           "wnid (val with the usual valprep.sh)")
+
+
+def imagenet_how(root) -> str:
+    """How to get ImageNet's train/ and val/ folders under `root`."""
+    return f"{_ILSVRC}, as '{Path(root) / 'train'}' and '{Path(root) / 'val'}'."
+
+
+def imagenet100_how(root) -> str:
+    """How to get ImageNet-100's train/ and val/ folders under `root` (a full ImageNet folder works too)."""
+    return (f"{_ILSVRC}, then copy or symlink the 100 wnid folders listed in kdutils/data/imagenet100-classes.txt "
+            f"into '{Path(root) / 'train'}' and '{Path(root) / 'val'}' (or point there at the full ImageNet folder).")
+
 
 def imagenet100_classes() -> list[str]:
     """The 100 WordNet ids of the standard ImageNet-100 subset (CMC, Tian et al. 2019), shipped with kdutils."""
@@ -239,10 +254,7 @@ def imagenet100(root, split: str = "train", transform: Callable | None = None, c
     """
     if split not in ("train", "val"):
         raise ConfigError(f"imagenet100 split must be 'train' or 'val', got {split!r}")
-    how = ("Download ILSVRC2012 (train and val) from https://image-net.org, arrange val into one "
-           f"folder per wnid (e.g. with the usual valprep.sh), then copy or symlink the wnid folders "
-           f"listed in kdutils/data/imagenet100-classes.txt into '{Path(root) / split}' "
-           "(or point root at the full ImageNet folder).")
+    how = imagenet100_how(root)
     if not (Path(root) / split).is_dir():
         raise MissingDataError(f"ImageNet-100 {split} folder", Path(root) / split, how)
     return image_folder(Path(root) / split, transform=transform,
@@ -259,7 +271,7 @@ class CaptionRecord(NamedTuple):
     captions: list[str]
 
 
-_COCO_HOW = ("Download the 2017 captions annotations (annotations_trainval2017.zip, which holds "
+COCO_HOW = ("Download the 2017 captions annotations (annotations_trainval2017.zip, which holds "
              "captions_train2017.json and captions_val2017.json) and the images (train2017.zip, "
              "val2017.zip) from https://cocodataset.org/#download.")
 
@@ -273,15 +285,15 @@ def coco_captions(annotations_file, image_dir) -> list[CaptionRecord]:
     """
     annotations_file, image_dir = Path(annotations_file), Path(image_dir)
     if not annotations_file.is_file():
-        raise MissingDataError("COCO captions annotation file", annotations_file, _COCO_HOW)
+        raise MissingDataError("COCO captions annotation file", annotations_file, COCO_HOW)
     if not image_dir.is_dir():
-        raise MissingDataError("COCO image folder", image_dir, _COCO_HOW)
+        raise MissingDataError("COCO image folder", image_dir, COCO_HOW)
     try:
         with open(annotations_file, encoding="utf-8") as f:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CorruptFileError(f"'{annotations_file}' is not valid JSON ({err}); it is truncated or corrupt. "
-                               f"{_COCO_HOW}") from None
+                               f"{COCO_HOW}") from None
     if not isinstance(data, dict) or not {"images", "annotations"} <= data.keys():
         raise ConfigError(f"'{annotations_file}' is not a COCO annotation file (needs 'images' and 'annotations')")
     anns = data["annotations"]
@@ -299,7 +311,7 @@ def coco_captions(annotations_file, image_dir) -> list[CaptionRecord]:
                 orphans.append(a["id"])
     except (KeyError, TypeError) as err:
         raise CorruptFileError(f"'{annotations_file}' has a record without the field {err} (or not an object): "
-                               f"not the COCO captions format. {_COCO_HOW}") from None
+                               f"not the COCO captions format. {COCO_HOW}") from None
     if orphans:
         raise ConfigError(f"'{annotations_file}': {len(orphans)} captions refer to images not in 'images' "
                           f"(annotation ids {_first(orphans)})")
@@ -308,5 +320,5 @@ def coco_captions(annotations_file, image_dir) -> list[CaptionRecord]:
     if missing:
         raise MissingDataError(
             f"{len(missing)} of {len(files)} images referenced by {annotations_file.name} "
-            f"(first missing: {_first(missing)})", image_dir, _COCO_HOW)
+            f"(first missing: {_first(missing)})", image_dir, COCO_HOW)
     return [CaptionRecord(i, image_dir / files[i], [c for _, c in sorted(caps[i])]) for i in sorted(files)]

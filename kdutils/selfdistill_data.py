@@ -92,8 +92,7 @@ def imagenet_data(cfg) -> StudyData:
     root = under(cfg.data_root, cfg.s1_imagenet_dir)
     size = cfg.image_size
     tf = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.PILToTensor()])
-    how = ("Download ILSVRC2012 from https://image-net.org and arrange train/ and val/ as one folder per "
-           f"wnid (val with the usual valprep.sh) under '{root}'.")
+    how = datasets.imagenet_how(root)
     train = datasets.image_folder(root / "train", tf, how_to_get=how)
     val = datasets.image_folder(root / "val", tf, classes=train.classes, how_to_get=how)
     names = imagenet_class_names()

@@ -237,40 +237,43 @@ def image_files(paths, size: int, captions: list[str] | None = None) -> Split:
 
 # -------------------------------------------------------- what `paper` needs
 
-def _cifar_batches(title: str, folder: str, url: str):
+def _cifar(name: str):
     def need(cfg) -> dict:
-        root = under(cfg.data_root)
-        return {f"{title} python batches": (root / folder, f"Download {url} and extract it into '{root}' "
-                                                           "(or set data_root).")}
+        from .datasets import cifar_files
+
+        what, folder, how = cifar_files(under(cfg.data_root), name)
+        return {what: (folder, how)}
     return need
 
 
 def _imagenet(cfg) -> dict:
+    from .datasets import imagenet_how
+
     root = under(cfg.data_root, cfg.s1_imagenet_dir)
-    how = "Download ILSVRC2012 from https://image-net.org; one folder per wnid in train/ and val/."
+    how = f"{imagenet_how(root)} Or set data_root / s1_imagenet_dir."
     return {"ImageNet train folder": (root / "train", how), "ImageNet val folder": (root / "val", how)}
 
 
 def _imagenet100(cfg) -> dict:
+    from .datasets import imagenet100_how
+
     root = under(cfg.data_root, cfg.s3_imagenet100)
-    how = ("Download ILSVRC2012 from https://image-net.org and put (or symlink) the 100 wnid folders "
-           "listed in kdutils/data/imagenet100-classes.txt under train/ and val/ there "
-           "(or set data_root / s3_imagenet100; the full ImageNet folder works too).")
+    how = f"{imagenet100_how(root)} Or set data_root / s3_imagenet100."
     return {"ImageNet-100 train folder": (root / "train", how), "ImageNet-100 val folder": (root / "val", how)}
 
 
 def _coco(cfg) -> dict:
-    from .datasets import _COCO_HOW
+    from .datasets import COCO_HOW
     from .pairs import coco_paths
 
     annotations, images = coco_paths(cfg)
-    return {"COCO captions annotations": (annotations, _COCO_HOW), "COCO images": (images, _COCO_HOW)}
+    return {"COCO captions annotations": (annotations, COCO_HOW), "COCO images": (images, COCO_HOW)}
 
 
 #: Every real data set of the `paper` profile: name -> cfg -> {what: (path, how to get it)}.
 PAPER_DATA = {
-    "cifar10": _cifar_batches("CIFAR-10", "cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
-    "cifar100": _cifar_batches("CIFAR-100", "cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
+    "cifar10": _cifar("cifar10"),
+    "cifar100": _cifar("cifar100"),
     "imagenet": _imagenet,
     "imagenet100": _imagenet100,
     "coco": _coco,

@@ -45,15 +45,6 @@ def test_corrupt_image_mid_epoch_in_an_image_folder_names_it_through_a_worker(tm
         list(batches)
 
 
-def test_image_of_the_wrong_size_is_named(tmp_path):
-    write_image_folder(tmp_path, ["a"], n_per_class=1, size=8)
-    write_image_folder(tmp_path, ["b"], n_per_class=1, size=(8, 10))
-    ds = D.image_folder(tmp_path, image_size=(8, 8))
-    ds[0]
-    with pytest.raises(CorruptFileError, match=r"b_0000.png is 10x8, expected 8x8"):
-        ds[1]
-
-
 def test_truncated_cifar_batch_is_named(tmp_path):
     w = write_cifar(tmp_path, "cifar10", n_train=10, n_test=4)
     batch = w["folder"] / "data_batch_3"

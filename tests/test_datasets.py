@@ -5,7 +5,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from torchvision.datasets import CIFAR10, CIFAR100
 
@@ -43,13 +42,6 @@ def test_cifar_fixture_round_trip(tmp_path, name):
         assert y == labels[3]
 
 
-def test_cifar_transform_applied(tmp_path):
-    w = write_cifar(tmp_path, "cifar10", n_train=5, n_test=3, seed=2)
-    ds = D.cifar(tmp_path, train=False, transform=lambda im: torch.from_numpy(np.asarray(im).copy()), verify=False)
-    x, _ = ds[2]
-    assert torch.equal(x, torch.from_numpy(w["test"][0][2]))
-
-
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_verify_rejects_fixture(tmp_path, name):
     w = write_cifar(tmp_path, name, n_train=5, n_test=2)
@@ -68,7 +60,7 @@ def test_cifar_missing(tmp_path, name, folder, url):
     with pytest.raises(MissingDataError) as e:
         D.cifar(tmp_path, name, verify=False)
     msg = str(e.value)
-    assert str(tmp_path / folder) in msg and url in msg and "download=True" in msg
+    assert str(tmp_path / folder) in msg and url in msg and "extract it into" in msg
     assert e.value.path == str(tmp_path / folder)
 
 

@@ -128,8 +128,8 @@ def cifar(root, name: str = "cifar10", train: bool = True, verify: bool = True):
         raise MissingDataError(
             f"{what} with the official checksums (MD5 mismatch: {_first(bad)})", folder,
             f"These files are not the official release (corrupted download or locally written batches). "
-            f"Delete the folder, then {how[0].lower()}{how[1:]} verify=False (dry runs) is only for batches "
-            "you wrote yourself.") from None
+            f"Delete the folder, then {how[0].lower()}{how[1:]} verify=False is only for batches written "
+            "locally (the dry runs' fixtures).") from None
     if len(dataset.data) != len(dataset.targets):
         raise bad_batch(ValueError(f"{len(dataset.data)} images but {len(dataset.targets)} labels"))
     return dataset

@@ -52,8 +52,8 @@ def _findings(profile: str, root: Path | None, write_readme: bool) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .published import REGISTRY
-    from .runner import KERNEL_NAME, PROGRESS
+    from .paths import KERNEL_NAME  # torch-free imports: `report`, `list` and `--help` start fast
+    from .progress import PROGRESS_MODES
 
     parser = argparse.ArgumentParser(prog="python -m kdutils", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="figures/results go to OUTPUT_ROOT/<notebook> "
                             "(default: figures/ for small, runs/<profile>/ otherwise)")
     run_p.add_argument("--kernel", default=KERNEL_NAME)
-    run_p.add_argument("--progress", choices=PROGRESS, default="bars",
+    run_p.add_argument("--progress", choices=PROGRESS_MODES, default="bars",
                        help="a cell bar and a line per section, the lines only, or nothing")
     run_p.add_argument("--no-progress", action="store_true", help="the same as --progress none")
     run_p.add_argument("--force", action="store_true",
@@ -105,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     bench_p.add_argument("name", help="one of the repository's benchmarks/ (listed by `bench list`)")
     publish_p = sub.add_parser("publish", help="train the profile's stand-ins for published weights and ship "
                                               "them in published/ (kdutils.published)")
-    publish_p.add_argument("names", nargs="*", help=f"networks to train and ship (default: all): {', '.join(REGISTRY)}")
+    publish_p.add_argument("names", nargs="*",
+                           help="networks to train and ship (default: all of kdutils.published.REGISTRY)")
     publish_p.add_argument("--profile", default="small", choices=("tiny", "small"))
     return parser
 

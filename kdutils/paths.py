@@ -13,6 +13,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 FIGURES_DIR = REPO_ROOT / "figures"
 RUNS_DIR = REPO_ROOT / "runs"  # the default of runs_dir()
+KERNEL_NAME = "kd-studies"  # the Jupyter kernel `make install` registers, which runs every notebook
 
 
 def runs_dir() -> Path:

@@ -17,6 +17,9 @@ from tqdm.auto import tqdm
 from .errors import CorruptFileError
 from .paths import read_json
 
+#: What `python -m kdutils run --progress` shows: a cell bar and a line per section, the lines only, nothing.
+PROGRESS_MODES = ("bars", "sections", "none")
+
 
 def section_titles(cells) -> list[str]:
     """For each cell, the last markdown heading at or above it ('' before the first heading)."""

@@ -27,14 +27,12 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from papermill.exceptions import PapermillExecutionError
 
 from . import engine as run_engine
-from .progress import expected_seconds
+from .progress import PROGRESS_MODES, expected_seconds
 from .errors import ConfigError, CorruptFileError
-from .paths import FIGURES_DIR, NOTEBOOKS_DIR, default_output_root, read_json, runs_dir
+from .paths import FIGURES_DIR, KERNEL_NAME, NOTEBOOKS_DIR, default_output_root, read_json, runs_dir
 from .profiles import Config, load_profile
 from .results import staleness
 
-KERNEL_NAME = "kd-studies"
-PROGRESS = ("bars", "sections", "none")
 CONFIG_FIELDS = frozenset(Config.__dataclass_fields__)  # the profile's fields: a run may set them on any notebook
 
 
@@ -144,8 +142,8 @@ def run(names: list[str], profile: str, params: dict, output_root: Path | None =
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs must be a positive number of notebooks at once, got {jobs!r}.")
     progress = {True: "bars", False: "none"}.get(progress, progress)
-    if progress not in PROGRESS:
-        raise ConfigError(f"progress must be one of {PROGRESS}, got {progress!r}.")
+    if progress not in PROGRESS_MODES:
+        raise ConfigError(f"progress must be one of {PROGRESS_MODES}, got {progress!r}.")
     if cell_timeout is not None and (isinstance(cell_timeout, bool) or not isinstance(cell_timeout, int)
                                      or cell_timeout <= 0):
         raise ConfigError(f"cell_timeout must be a positive number of seconds, got {cell_timeout!r}.")

@@ -19,9 +19,8 @@ import torch
 from .cache import content_digest, key_digest
 from .paths import under
 
-__all__ = ["nchw", "to_float", "Split", "StudyData", "TensorRows", "as_batch", "loader",
-           "tensor_loader", "from_synth", "synthworld_split", "cifar_splits", "folder_split", "image_files", "PAPER_DATA",
-           "paper_data"]
+__all__ = ["nchw", "to_float", "Split", "StudyData", "TensorRows", "as_batch", "loader", "tensor_loader",
+           "from_synth", "synthworld_split", "cifar_splits", "folder_split", "image_files", "PAPER_DATA", "paper_data"]
 
 
 def nchw(images_nhwc) -> torch.Tensor:

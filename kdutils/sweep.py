@@ -28,7 +28,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .paths import runs_dir
-from .runner import KERNEL_NAME, _check_kernel, notebook_parameters, resolve, validate
+from .paths import KERNEL_NAME
+from .runner import _check_kernel, notebook_parameters, resolve, validate
 
 STATES = ("queued", "running", "done", "failed", "skipped")
 

@@ -28,6 +28,7 @@ import papermill
 import pytest
 
 from kdutils import report, runner
+from kdutils.paths import KERNEL_NAME
 
 pytestmark = pytest.mark.browser
 
@@ -68,7 +69,7 @@ def lab(tmp_path_factory):
     served.mkdir()
     for name in NOTEBOOKS:
         papermill.execute_notebook(str(runner.resolve(name)), str(served / f"{name}.ipynb"), prepare_only=True,
-                                   kernel_name=runner.KERNEL_NAME,
+                                   kernel_name=KERNEL_NAME,
                                    parameters={"profile": "tiny", "output_dir": str(work / "out" / name),
                                                "overrides": {"progress": True}})
     for name, values in LAB_SETTINGS.items():

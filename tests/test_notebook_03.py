@@ -129,7 +129,8 @@ def test_kassl_notebook_paper_without_inputs_fails_fast(tmp_path):
 
 # ------------------------------------------------------------ the notebook's own table and claims cells
 
-STARTS = ("PAPER = {", "def ratios(", "probes = probe_frame(", "claim = session.claims_for(", "def byol_summary_claims(")
+STARTS = ("PAPER = {", "def ratios(", "probes = probe_frame(", "claim = session.claims_for(",
+          "def byol_summary_claims(")
 
 
 def _presentation(per_seed: dict, teachers: list[str]) -> dict:
@@ -147,7 +148,8 @@ def _presentation(per_seed: dict, teachers: list[str]) -> dict:
     namespace = {"np": np, "pd": pd, "session": session, "stats": stats, "display": lambda *args, **kwargs: None,
                  "TEACHER_LABELS": TEACHER_LABELS, "VARIANTS": VARIANTS, "per_seed": per_seed,
                  "SEEDS": list(per_seed),
-                 "cfg": types.SimpleNamespace(profile="small", dry_run=False, s3_teachers=teachers, s3_target_norm="standardize")}
+                 "cfg": types.SimpleNamespace(profile="small", dry_run=False, s3_teachers=teachers,
+                                              s3_target_norm="standardize")}
     for start in STARTS:
         (source,) = [c for c in cells if c.startswith(start)]
         exec(source, namespace)

@@ -86,3 +86,13 @@ def test_report_defaults_to_the_newest_run_folder(tmp_path, monkeypatch):
 def test_report_without_runs_says_what_to_do(tmp_path):
     with pytest.raises(ConfigError, match="make run"):
         report.last_run_folder(tmp_path)
+
+
+def test_the_command_line_and_the_report_start_without_torch():
+    """`report`, `list` and `--help` start in under a second: neither the parser nor the report imports torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, kdutils.__main__ as m, kdutils.report; m._parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

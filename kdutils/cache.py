@@ -64,11 +64,12 @@ def content_digest(*parts) -> str:
     True
     """
     h = hashlib.sha256()
-    for part in parts:
+    for part in parts:  # each part tagged with its kind and size, so no two parts can read as one
         if isinstance(part, str):
             part = [part]
         if isinstance(part, (list, tuple)):
-            h.update(("\x1f".join(part) + "\x1e").encode())
+            texts = [t.encode() for t in part]
+            h.update(f"texts{[len(t) for t in texts]}".encode() + b"".join(texts))
             continue
         if isinstance(part, torch.Tensor):
             part = part.detach().cpu().contiguous()
@@ -76,7 +77,7 @@ def content_digest(*parts) -> str:
         else:
             part = np.ascontiguousarray(part)
             dtype, raw = str(part.dtype), part.view(np.uint8)
-        h.update(f"{dtype}{tuple(part.shape)}".encode() + raw.tobytes())
+        h.update(f"array {dtype}{tuple(part.shape)}".encode() + raw.tobytes())
     return h.hexdigest()[:16]
 
 

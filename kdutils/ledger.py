@@ -27,7 +27,7 @@ def _verdict(row: dict) -> PairedVerdict | None:
     ours = row.get("ours")
     if not ours:
         return None
-    low, high = (float(bound) for bound in row["interval"])  # JSON holds infinite bounds as "-inf" / "inf"
+    low, high = (float(bound) for bound in row.get("interval") or ("-inf", "inf"))  # JSON: "-inf" / "inf"
     return PairedVerdict(row.get("verdict_if_measured", row["verdict"]), ours["mean"], ours["std"], ours["n"],
                          low, high, row.get("confidence", 0.95))
 

@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
-from .paths import runs_dir
-from .paths import KERNEL_NAME
+from .paths import KERNEL_NAME, runs_dir
 from .runner import _check_kernel, notebook_parameters, resolve, validate
 
 STATES = ("queued", "running", "done", "failed", "skipped")

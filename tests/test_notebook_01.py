@@ -206,7 +206,7 @@ def _run_table_and_claims_cells(cfg):
 
     cells = nbformat.read(NOTEBOOKS_DIR / f"{STEM}.ipynb", 4).cells
     table_cell = next(c.source for c in cells if c.source.startswith("df = pd.DataFrame(records)\nmetric_cols"))
-    claims_cell = next(c.source for c in cells if c.source.startswith("THESIS_PLUS3 = "))
+    claims_cell = next(c.source for c in cells if c.source.startswith("claim = session.claims_for(cfg)"))
     records, gens, few, retrieval, mt_rows = _planted_runs()
     namespace = {"np": np, "pd": pd, "session": session, "cfg": cfg, "records": records,
                  "data": {"synthworld": SimpleNamespace(num_classes=10)}, "display": lambda *args, **kwargs: None,

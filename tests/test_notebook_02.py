@@ -129,7 +129,7 @@ def test_the_claims_cell_judges_planted_runs():
 
     cells = nbformat.read(NOTEBOOKS_DIR / f"{STEM}.ipynb", 4).cells
     table_cell = next(c.source for c in cells if c.source.startswith("def table(which):"))
-    claims_cell = next(c.source for c in cells if c.source.startswith("PAPER = {"))
+    claims_cell = next(c.source for c in cells if c.source.startswith("claim = session.claims_for(cfg)"))
     cfg = load_profile("small")
     planted = {"teacher (CLIP)": (90, 84, 90), "additive (paper baseline)": (50, 50, 50),
                "additive + softmax kd": (51, 50, 52), "additive + sigmoid kd": (88, 82, 94),
